@@ -1,0 +1,107 @@
+"""Exceptions, and the one place that turns C engine error codes into them.
+
+Every exception derives from :class:`MQueueError` and, where one fits, from the
+builtin a caller would naturally catch (``ValueError``, ``KeyError``, ...), in
+the style of pynacl.
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import NoReturn
+
+
+class MQueueError(Exception):
+    """Base class of every error raised by mqueue."""
+
+
+class DefinitionError(MQueueError, builtins.ValueError):
+    """A queue definition (modparam string or parameter) is malformed."""
+
+
+class QueueNotFoundError(MQueueError, builtins.KeyError):
+    """No queue of that name exists in the namespace."""
+
+    def __str__(self) -> str:  # KeyError would show the repr of its argument
+        return str(self.args[0]) if self.args else "unknown queue"
+
+
+class NamespaceExistsError(MQueueError, builtins.FileExistsError):
+    """``create`` found the namespace already there (or with other definitions)."""
+
+
+class NamespaceNotFoundError(MQueueError, builtins.FileNotFoundError):
+    """``attach`` (or ``destroy``) found no such namespace."""
+
+
+class ItemTypeError(MQueueError, builtins.TypeError):
+    """A key or value is neither ``str`` nor ``bytes``."""
+
+
+class ItemTooLargeError(MQueueError, builtins.ValueError):
+    """An item is larger than its queue's whole byte capacity."""
+
+
+class QueueFullError(MQueueError):
+    """A queue with no count bound has no room left in bytes; nothing was changed."""
+
+
+class AccessDeniedError(MQueueError, builtins.PermissionError):
+    """The namespace exists but this user may not open it."""
+
+
+class CorruptSegmentError(MQueueError):
+    """The shared segment is damaged, foreign, truncated or of another layout."""
+
+
+class TooManyProcessesError(MQueueError):
+    """Every liveness slot of the namespace is taken by a live process."""
+
+
+class PersistenceError(MQueueError):
+    """Loading or saving a queue to its database failed."""
+
+
+class BackendError(MQueueError, builtins.ConnectionError):
+    """A remote backend (Redis) could not be reached or failed mid-operation."""
+
+
+class RPCError(MQueueError):
+    """An RPC-style command failed; carries Kamailio's ``code`` and ``message``."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.message}"
+
+
+def raise_for_code(rc: int, what: str, errno_value: int = 0) -> NoReturn:
+    """Raise the exception that matches a negative C engine return code.
+
+    ``what`` names the object the call was about (queue or namespace), so that
+    messages say where things went wrong.  Must be called with ``rc < 0``.
+    """
+    from . import _lowlevel as ll  # deferred: keeps this module importable alone
+
+    exc: MQueueError
+    if rc == ll.MQ_ETOOBIG:
+        exc = ItemTooLargeError(f"{what}: item is larger than the queue's byte capacity")
+    elif rc == ll.MQ_EFULL:
+        exc = QueueFullError(
+            f"{what}: queue is full (no count bound and no room left in bytes); nothing added"
+        )
+    elif rc in (ll.MQ_ECORRUPT, ll.MQ_EVERSION, ll.MQ_EMAGIC):
+        exc = CorruptSegmentError(f"{what}: {ll.strerror(rc)}")
+    elif rc == ll.MQ_ESLOTS:
+        exc = TooManyProcessesError(f"{what}: {ll.strerror(rc)}")
+    elif rc == ll.MQ_ESYS:
+        import os
+
+        err = OSError(errno_value, os.strerror(errno_value))
+        exc = MQueueError(f"{what}: system call failed: {err}")
+    else:
+        exc = MQueueError(f"{what}: {ll.strerror(rc)} (code {rc})")
+    raise exc
