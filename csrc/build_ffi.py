@@ -1,0 +1,82 @@
+"""cffi builder (API mode) for the C engine: wires csrc/*.c into mqueue._mq_cffi.
+
+The cdef declares functions, opaque types and the process-local structs of
+mq.h only; the shared-memory layout stays private to the C code.  Constants
+are taken from the compiler (``#define X ...``).  Set MQUEUE_CFLAGS to add
+flags (e.g. sanitizers); MQUEUE_TESTING=1 compiles the test kill points in.
+"""
+
+import os
+import shlex
+from pathlib import Path
+
+from cffi import FFI
+
+HERE = Path(__file__).resolve().parent
+
+CDEF = """
+#define MQ_OK ...
+#define MQ_EINVAL ...
+#define MQ_ENOMEM ...
+#define MQ_ESYS ...
+#define MQ_EMAGIC ...
+#define MQ_EVERSION ...
+#define MQ_ECORRUPT ...
+#define MQ_ETOOBIG ...
+#define MQ_EFULL ...
+#define MQ_EBUF ...
+#define MQ_EINTR ...
+#define MQ_ESLOTS ...
+#define MQ_ERANGE ...
+#define MQ_ENOTREADY ...
+#define MQ_KEY_STR ...
+#define MQ_VAL_STR ...
+#define MQ_MAX_QUEUES ...
+#define MQ_NSLOTS ...
+#define MQ_REC_HDR ...
+
+typedef struct mq_ns mq_ns;
+struct mq_qparam { uint64_t capacity; int64_t size_limit; uint32_t addmode; };
+struct mq_stats {
+    uint64_t count, added, fetched, evicted, duplicates, high_water, recoveries;
+    uint64_t bytes_used, capacity;
+    int64_t size_limit;
+    uint32_t addmode;
+};
+
+int mq_segment_size(uint32_t, const struct mq_qparam *, size_t, uint64_t *);
+int mq_create(int, uint32_t, const struct mq_qparam *, const char *, size_t, mq_ns **);
+int mq_attach(int, mq_ns **);
+int mq_reattach(mq_ns *, int);
+void mq_detach(mq_ns *);
+int mq_last_errno(void);
+uint32_t mq_nqueues(const mq_ns *);
+int mq_meta(const mq_ns *, const char **, size_t *);
+int mq_slot(const mq_ns *);
+int mq_add(mq_ns *, uint32_t, const char *, size_t, const char *, size_t, uint32_t);
+int64_t mq_add_many(mq_ns *, uint32_t, const char *, size_t, const uint32_t *, size_t);
+int mq_fetch(mq_ns *, uint32_t, int64_t, char *, size_t, uint32_t *);
+int64_t mq_fetch_many(mq_ns *, uint32_t, uint32_t, int64_t, char *, size_t, uint32_t *);
+int mq_count(mq_ns *, uint32_t, uint64_t *);
+int mq_stats(mq_ns *, uint32_t, struct mq_stats *);
+int mq_testing(void);
+"""
+
+CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter"]
+CFLAGS += shlex.split(os.environ.get("MQUEUE_CFLAGS", ""))
+if os.environ.get("MQUEUE_TESTING") == "1":
+    CFLAGS.append("-DMQ_TESTING")
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "mqueue._mq_cffi",
+    '#include "mq.h"',
+    sources=["csrc/mq.c"],  # relative: setup.py runs from the project root
+    include_dirs=[str(HERE)],
+    extra_compile_args=CFLAGS,
+    extra_link_args=shlex.split(os.environ.get("MQUEUE_LDFLAGS", "")),
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,920 @@
+/* mq.c - the mqueue engine: crash-safe named queues in one shared segment.
+ *
+ * The lock ("robust benaphore", after shared/reference/lock_poc.c):
+ *   - the owner word is the lock; it is taken with one compare-and-swap, so
+ *     an uncontended lock/unlock makes no system call;
+ *   - a process-shared POSIX semaphore is the wait queue: waiters sleep on it
+ *     with a short CLOCK_MONOTONIC timeout (LOCK_SLICE_NS);
+ *   - liveness: each attached process holds an OFD lock on one byte (its
+ *     slot) of the segment's file; the kernel drops it when the process dies,
+ *     whatever pid namespace it lives in and whoever reuses its pid.  The
+ *     owner word carries the slot and the generation of that slot's claim, so
+ *     a new process reusing the slot never makes a dead owner look alive;
+ *   - a waiter whose slice expires checks the owner; only a dead owner (slot
+ *     generation moved on, or its OFD lock gone) is taken over, by CAS, and
+ *     the taker repairs the queue (q_recover) and counts a recovery.  A slow
+ *     or stopped owner is never robbed on a timeout alone.
+ *
+ * Crash consistency: every operation builds the new queue state (head, tail,
+ * count, counters) in the inactive of two state copies and publishes it with
+ * one release store of `cur`.  New record bytes are written before that,
+ * into ring space no queued record occupies.  So a process killed at any
+ * instruction leaves the queue before or after the operation.  The index
+ * chains and the `dead` marks are derived data: they may be touched before
+ * the commit, and q_rebuild() re-derives them from the committed records
+ * after a crash or an aborted operation.
+ *
+ * Nothing read from the segment is trusted: the layout is recomputed and
+ * compared on attach, the state is checked every time it is loaded, and every
+ * record header and chain position is bounds-checked before use.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <semaphore.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mq.h"
+#include "mq_layout.h"
+
+#define LOCK_SLICE_NS  10000000LL    /* 10 ms: bounds how long a dead owner blocks others */
+#define WAIT_SLICE_NS  100000000LL   /* 100 ms: bounds a wait whose waker died */
+#define NS_PER_S       1000000000LL
+
+struct mq_q {                   /* process-local, validated copy of q_hdr's constants */
+    struct q_hdr *h;
+    uint8_t *data;
+    uint64_t phys, cap, nbuckets;
+    int64_t limit;
+    _Atomic uint64_t *buckets;  /* NULL for addmode 0 */
+    uint32_t addmode;
+};
+
+struct mq_ns {
+    uint8_t *base;
+    uint64_t size;
+    struct seg_hdr *h;
+    int fd;
+    int slot;
+    uint64_t me;                /* owner word value of this process */
+    uint32_t nq;
+    const char *meta;
+    size_t meta_len;
+    struct mq_q q[];
+};
+
+static __thread int last_errno;
+
+int mq_last_errno(void) { return last_errno; }
+
+static int sys_fail(void) { last_errno = errno; return MQ_ESYS; }
+
+/* ------------------------------------------------------------ test kill points */
+#ifdef MQ_TESTING
+static const char *kill_point(void) {
+    static const char *kp;
+    static int init;
+    if (!init) { kp = getenv("MQ_KILLPOINT"); init = 1; }
+    return kp;
+}
+/* Dies here (as a SIGKILL would) when MQ_KILLPOINT names this point. */
+#define KILLPOINT(name) do { const char *kp_ = kill_point(); \
+        if (kp_ && strcmp(kp_, name) == 0) _exit(77); } while (0)
+int mq_testing(void) { return 1; }
+#else
+#define KILLPOINT(name) do { } while (0)
+int mq_testing(void) { return 0; }
+#endif
+
+/* ------------------------------------------------------------ small helpers */
+static uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
+
+/* Returns CLOCK_MONOTONIC in ns (the clock Python's time.monotonic uses). */
+static int64_t mono_ns(void) {
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) return 0;   /* cannot fail on Linux */
+    return (int64_t)ts.tv_sec * NS_PER_S + ts.tv_nsec;
+}
+
+static uint64_t fnv1a(const char *p, size_t n) {
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n; i++) { h ^= (uint8_t)p[i]; h *= 1099511628211ULL; }
+    return h;
+}
+
+static uint64_t nbuckets_for(uint64_t cap) {
+    uint64_t want = cap / 64, n = 16;
+    while (n < want) n <<= 1;
+    return n;
+}
+
+/* Size of the record for klen/vlen, or 0 when it cannot fit a uint32 len. */
+static uint64_t rec_size(size_t klen, size_t vlen) {
+    if (klen > UINT32_MAX || vlen > UINT32_MAX) return 0;
+    uint64_t n = align_up((uint64_t)MQ_REC_HDR + klen + vlen, 8);
+    return n > UINT32_MAX ? 0 : n;
+}
+
+/* ------------------------------------------------------------ layout */
+struct layout {
+    uint64_t meta_off, qtable_off, total;
+    uint64_t index_off[MQ_MAX_QUEUES], nbuckets[MQ_MAX_QUEUES], data_off[MQ_MAX_QUEUES];
+};
+
+/* Computes where everything goes.  Returns 0, or MQ_EINVAL for parameters
+ * no segment may have (out is then partly written and meaningless). */
+static int layout_compute(uint32_t nq, const uint64_t *caps, const uint32_t *addmodes,
+                          uint64_t meta_len, struct layout *out) {
+    if (nq > MQ_MAX_QUEUES || meta_len > (1u << 30)) return MQ_EINVAL;
+    uint64_t off = align_up(sizeof(struct seg_hdr), 64);
+    out->meta_off = off;
+    off = align_up(off + meta_len, 64);
+    out->qtable_off = off;
+    off += (uint64_t)nq * sizeof(struct q_hdr);
+    for (uint32_t i = 0; i < nq; i++) {
+        uint64_t cap = caps[i];
+        if (cap < 64 || cap > (1ULL << 40) || cap % 8 || addmodes[i] > 2) return MQ_EINVAL;
+        if (addmodes[i]) {
+            out->nbuckets[i] = nbuckets_for(cap);
+            out->index_off[i] = off;
+            off = align_up(off + out->nbuckets[i] * 8, 64);
+        } else {
+            out->nbuckets[i] = 0;
+            out->index_off[i] = 0;
+        }
+        out->data_off[i] = off;
+        off = align_up(off + 2 * cap, 64);
+        if (off > (1ULL << 46)) return MQ_EINVAL;
+    }
+    out->total = align_up(off, 4096);
+    return 0;
+}
+
+static int params_check(uint32_t nq, const struct mq_qparam *p, uint64_t *caps, uint32_t *am) {
+    if (nq > MQ_MAX_QUEUES || (nq && !p)) return MQ_EINVAL;
+    for (uint32_t i = 0; i < nq; i++) {
+        if (p[i].addmode > 2 || p[i].capacity < 64 || p[i].capacity > (1ULL << 40)) return MQ_EINVAL;
+        caps[i] = align_up(p[i].capacity, 8);
+        am[i] = p[i].addmode;
+    }
+    return 0;
+}
+
+int mq_segment_size(uint32_t nq, const struct mq_qparam *params, size_t meta_len, uint64_t *out) {
+    static __thread struct layout L;
+    static __thread uint64_t caps[MQ_MAX_QUEUES];
+    static __thread uint32_t am[MQ_MAX_QUEUES];
+    if (!out) return MQ_EINVAL;
+    int rc = params_check(nq, params, caps, am);
+    if (rc) return rc;
+    rc = layout_compute(nq, caps, am, meta_len, &L);
+    if (rc) return rc;
+    *out = L.total;
+    return 0;
+}
+
+/* ------------------------------------------------------------ liveness slots */
+/* Places, tests or drops an OFD lock on byte `slot`.  Returns 0 done (for
+ * F_OFD_GETLK: 0 free, 1 held by another open file description), or -errno. */
+static int ofd(int fd, short type, int slot, int cmd) {
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = type;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = slot;
+    fl.l_len = 1;
+    if (fcntl(fd, cmd, &fl) == -1) return -errno;
+    if (cmd == F_OFD_GETLK) return fl.l_type != F_UNLCK;
+    return 0;
+}
+
+/* Claims the first free slot for this process's open file description fd.
+ * Returns 0 and sets *slot and *me; MQ_ESLOTS when all are held; MQ_ESYS. */
+static int slot_claim(struct seg_hdr *h, int fd, int *slot, uint64_t *me) {
+    for (int i = 0; i < MQ_NSLOTS; i++) {
+        int rc = ofd(fd, F_WRLCK, i, F_OFD_SETLK);
+        if (rc == -EAGAIN || rc == -EACCES) continue;       /* a live process has it */
+        if (rc < 0) { last_errno = -rc; return MQ_ESYS; }
+        /* seq_cst RMW: any owner word naming the previous claim of slot i
+         * stops matching before this process can take a lock with it. */
+        uint64_t gen = (atomic_fetch_add(&h->slot_gen[i], 1) + 1) & 0xffffffffffffULL;
+        if (gen == 0) gen = atomic_fetch_add(&h->slot_gen[i], 1) + 1;   /* skip 0 on wrap */
+        atomic_store_explicit(&h->slot_pid[i], (uint32_t)getpid(), memory_order_relaxed); /* informational */
+        *slot = i;
+        *me = ((gen & 0xffffffffffffULL) << 16) | (uint64_t)(i + 1);
+        return 0;
+    }
+    return MQ_ESLOTS;
+}
+
+/* Returns 1 when the process named by owner word o may still be running,
+ * 0 when it is certainly dead (or o is not a valid owner at all). */
+static int owner_alive(const mq_ns *ns, uint64_t o) {
+    uint64_t s1 = o & 0xffff, gen = o >> 16;
+    if (o == ns->me) return 1;                       /* another thread of this process */
+    if (s1 == 0 || s1 > MQ_NSLOTS) return 0;         /* garbage: nobody can own with it */
+    int slot = (int)s1 - 1;
+    /* acquire: pairs with the seq_cst RMW in slot_claim */
+    if ((atomic_load_explicit(&ns->h->slot_gen[slot], memory_order_acquire) & 0xffffffffffffULL) != gen)
+        return 0;                                    /* slot reclaimed since: owner died */
+    if (slot == ns->slot) return 1;                  /* our own slot, current gen: it is us */
+    int rc = ofd(ns->fd, F_WRLCK, slot, F_OFD_GETLK);
+    return rc != 0;                                  /* error: assume alive, never steal */
+}
+
+/* ------------------------------------------------------------ ring access */
+static void copy_in(const struct mq_q *q, uint64_t pos, const void *src, size_t n) {
+    uint64_t o = pos % q->phys, first = q->phys - o;
+    if (n <= first) { memcpy(q->data + o, src, n); return; }
+    memcpy(q->data + o, src, first);
+    memcpy(q->data, (const uint8_t *)src + first, n - first);
+}
+
+static void copy_out(const struct mq_q *q, uint64_t pos, void *dst, size_t n) {
+    uint64_t o = pos % q->phys, first = q->phys - o;
+    if (n <= first) { memcpy(dst, q->data + o, n); return; }
+    memcpy(dst, q->data + o, first);
+    memcpy((uint8_t *)dst + first, q->data, n - first);
+}
+
+/* Compares n ring bytes at pos with p.  Returns 1 when equal. */
+static int ring_eq(const struct mq_q *q, uint64_t pos, const char *p, size_t n) {
+    uint64_t o = pos % q->phys, first = q->phys - o;
+    if (n <= first) return memcmp(q->data + o, p, n) == 0;
+    return memcmp(q->data + o, p, first) == 0 && memcmp(q->data, p + first, n - first) == 0;
+}
+
+static uint64_t ring_hash(const struct mq_q *q, uint64_t pos, size_t n) {
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n; i++) { h ^= q->data[(pos + i) % q->phys]; h *= 1099511628211ULL; }
+    return h;
+}
+
+/* Reads and checks the record header at pos, which must end by lim.
+ * Returns 0, or MQ_ECORRUPT (r is then meaningless). */
+static int rec_read(const struct mq_q *q, uint64_t pos, uint64_t lim, struct rec_hdr *r) {
+    if ((pos & 7) || pos >= lim || lim - pos < MQ_REC_HDR) return MQ_ECORRUPT;
+    copy_out(q, pos, r, sizeof *r);
+    if (r->len < MQ_REC_HDR || (r->len & 7) || r->len > lim - pos) return MQ_ECORRUPT;
+    if ((uint64_t)MQ_REC_HDR + r->klen + r->vlen > r->len) return MQ_ECORRUPT;
+    return 0;
+}
+
+static void rec_set_dead(const struct mq_q *q, uint64_t pos, uint8_t dead) {
+    copy_in(q, pos + offsetof(struct rec_hdr, dead), &dead, 1);
+}
+
+/* ------------------------------------------------------------ state */
+/* Loads the current state (caller holds the lock) into *s and checks it.
+ * Returns 0 or MQ_ECORRUPT. */
+static int state_load(const struct mq_q *q, struct q_state *s) {
+    /* acquire: pairs with the release in state_commit, so the state copy and
+     * the records it covers are seen whole */
+    uint32_t c = atomic_load_explicit(&q->h->cur, memory_order_acquire) & 1;
+    memcpy(s, &q->h->st[c], sizeof *s);
+    if (s->tail < s->head || s->tail - s->head > q->cap || (s->head & 7) || (s->tail & 7))
+        return MQ_ECORRUPT;
+    if (s->count > (s->tail - s->head) / MQ_REC_HDR) return MQ_ECORRUPT;
+    return 0;
+}
+
+/* Publishes *s: the operation's commit point.  Never fails. */
+static void state_commit(const struct mq_q *q, const struct q_state *s) {
+    uint32_t c = atomic_load_explicit(&q->h->cur, memory_order_relaxed) & 1; /* stable: we hold the lock */
+    memcpy(&q->h->st[c ^ 1], s, sizeof *s);
+    KILLPOINT("commit_before_flip");
+    /* release: orders the new record bytes, dead marks and the state copy
+     * above before the flip; one store, so a crash leaves old or new state */
+    atomic_store_explicit(&q->h->cur, c ^ 1, memory_order_release);
+}
+
+/* ------------------------------------------------------------ key index */
+/* Looks for a live record with this key in [head, lim).  Returns 1 and *pos
+ * when found, 0 when not, MQ_ECORRUPT for a damaged record. */
+static int idx_find(const struct mq_q *q, uint64_t hash, const char *key, size_t klen,
+                    uint64_t head, uint64_t lim, uint64_t *pos) {
+    uint64_t e = atomic_load_explicit(&q->buckets[hash & (q->nbuckets - 1)], memory_order_relaxed);
+    while (e) {
+        uint64_t p = e - 1;
+        if (p < head || p >= lim) return 0;          /* older entries were fetched or evicted */
+        struct rec_hdr r;
+        if (rec_read(q, p, lim, &r)) return MQ_ECORRUPT;
+        if (!r.dead && r.klen == klen && ring_eq(q, p + MQ_REC_HDR, key, klen)) {
+            *pos = p;
+            return 1;
+        }
+        if (r.next == 0 || r.next - 1 >= p) return 0;  /* chains strictly descend: no loops */
+        e = r.next;
+    }
+    return 0;
+}
+
+/* Rebuilds the index chains, the dead marks and the count from the records
+ * in [s->head, s->tail) (the committed state).  Used by recovery and to undo
+ * an aborted operation.  Returns 0 with s->count set, or MQ_ECORRUPT. */
+static int q_rebuild(const struct mq_q *q, struct q_state *s) {
+    uint64_t count = 0;
+    if (q->buckets)
+        for (uint64_t b = 0; b < q->nbuckets; b++)
+            atomic_store_explicit(&q->buckets[b], 0, memory_order_relaxed);
+    for (uint64_t p = s->head; p < s->tail;) {
+        struct rec_hdr r;
+        if (rec_read(q, p, s->tail, &r)) return MQ_ECORRUPT;
+        uint8_t dead = 0;
+        if (q->buckets) {
+            uint64_t kpos = p + MQ_REC_HDR, h = ring_hash(q, kpos, r.klen);
+            uint64_t b = h & (q->nbuckets - 1);
+            if (q->addmode == 2) {
+                /* a later record of a key replaces every earlier one */
+                uint64_t e = atomic_load_explicit(&q->buckets[b], memory_order_relaxed);
+                while (e) {
+                    uint64_t o = e - 1;
+                    struct rec_hdr or;
+                    if (rec_read(q, o, s->tail, &or)) return MQ_ECORRUPT;
+                    if (!or.dead && or.klen == r.klen) {
+                        int same = 1;
+                        for (uint32_t i = 0; i < r.klen && same; i++)
+                            same = q->data[(kpos + i) % q->phys] ==
+                                   q->data[(o + MQ_REC_HDR + i) % q->phys];
+                        if (same) { rec_set_dead(q, o, 1); count--; break; }
+                    }
+                    if (or.next == 0 || or.next - 1 >= o) break;
+                    e = or.next;
+                }
+            }
+            uint64_t next = atomic_load_explicit(&q->buckets[b], memory_order_relaxed);
+            copy_in(q, p + offsetof(struct rec_hdr, next), &next, sizeof next);
+            atomic_store_explicit(&q->buckets[b], p + 1, memory_order_relaxed);
+        }
+        if (r.dead != dead) rec_set_dead(q, p, dead);
+        count++;
+        p += r.len;
+    }
+    s->count = count;
+    return 0;
+}
+
+/* ------------------------------------------------------------ the lock */
+/* Repairs a queue whose lock owner died (caller now holds the lock):
+ * re-derives the index, dead marks and count from the committed records,
+ * counts a recovery and commits.  Returns 0 or MQ_ECORRUPT (then nothing
+ * is committed and the caller must unlock). */
+static int q_recover(const struct mq_q *q) {
+    /* full fence: the dead owner's last stores reached memory before the
+     * kernel released its OFD lock, which we observed through a syscall;
+     * this orders our reads after that observation */
+    atomic_thread_fence(memory_order_seq_cst);
+    KILLPOINT("recover_begin");
+    struct q_state s;
+    if (state_load(q, &s)) return MQ_ECORRUPT;
+    if (q_rebuild(q, &s)) return MQ_ECORRUPT;
+    s.recoveries++;
+    if (s.count > s.high_water) s.high_water = s.count;
+    KILLPOINT("recover_before_commit");
+    state_commit(q, &s);
+    return 0;
+}
+
+static void q_unlock(const struct mq_q *q) {
+    KILLPOINT("unlock_before_release");
+    /* release: everything done under the lock happens-before the next
+     * owner's acquiring CAS */
+    atomic_store_explicit(&q->h->owner, 0, memory_order_release);
+    /* seq_cst load: pairs with the waiter's seq_cst increment + owner
+     * re-check in q_lock, so a waiter is either seen here or sees 0 there */
+    if (atomic_load_explicit(&q->h->lock_waiters, memory_order_seq_cst))
+        sem_post(&q->h->sem);   /* can fail only on overflow; waiters time out anyway */
+}
+
+/* Takes q's lock.  Returns 0 when taken, MQ_EINTR when a signal arrived
+ * while waiting (the lock is not held), MQ_ECORRUPT when a dead owner's
+ * queue could not be repaired (the lock is not held). */
+static int q_lock(const mq_ns *ns, const struct mq_q *q) {
+    struct q_hdr *h = q->h;
+    for (;;) {
+        uint64_t expected = 0;
+        /* acquire: pairs with the release in q_unlock */
+        if (atomic_compare_exchange_strong_explicit(&h->owner, &expected, ns->me,
+                                                    memory_order_acquire, memory_order_relaxed))
+            return 0;
+        /* seq_cst: see q_unlock */
+        atomic_fetch_add_explicit(&h->lock_waiters, 1, memory_order_seq_cst);
+        if (atomic_load_explicit(&h->owner, memory_order_seq_cst) == 0) {
+            atomic_fetch_sub_explicit(&h->lock_waiters, 1, memory_order_relaxed);
+            continue;
+        }
+        struct timespec ts;
+        int64_t dl = mono_ns() + LOCK_SLICE_NS;
+        ts.tv_sec = dl / NS_PER_S;
+        ts.tv_nsec = dl % NS_PER_S;
+        int rc = sem_clockwait(&h->sem, CLOCK_MONOTONIC, &ts);
+        int err = rc ? errno : 0;
+        atomic_fetch_sub_explicit(&h->lock_waiters, 1, memory_order_relaxed);
+        if (err == EINTR) return MQ_EINTR;
+        if (err == 0) continue;                       /* woken: try again */
+        if (err != ETIMEDOUT) {                       /* damaged semaphore: do not spin hot */
+            struct timespec z = {0, 1000000};
+            nanosleep(&z, NULL);
+        }
+        uint64_t o = atomic_load_explicit(&h->owner, memory_order_acquire);
+        if (o == 0 || owner_alive(ns, o)) continue;   /* never steal from a live owner */
+        /* acquire: we take over the dead owner's lock; only one taker wins */
+        if (atomic_compare_exchange_strong_explicit(&h->owner, &o, ns->me,
+                                                    memory_order_acquire, memory_order_relaxed)) {
+            if (q_recover(q)) { q_unlock(q); return MQ_ECORRUPT; }
+            return 0;
+        }
+    }
+}
+
+/* Wakes up to n processes blocked in fetch on q. */
+static void q_notify(const struct mq_q *q, int64_t n) {
+    /* seq_cst: the bump is ordered before the waiter-count load, pairing
+     * with q_wait's increment before FUTEX_WAIT (no lost wake-up) */
+    atomic_fetch_add_explicit(&q->h->seq, 1, memory_order_seq_cst);
+    if (atomic_load_explicit(&q->h->data_waiters, memory_order_seq_cst)) {
+        int cnt = n > INT_MAX ? INT_MAX : (int)n;
+        /* shared futex (no FUTEX_PRIVATE_FLAG): waiters are other processes */
+        syscall(SYS_futex, &q->h->seq, FUTEX_WAKE, cnt, NULL, NULL, 0);
+    }
+}
+
+/* Sleeps until q's seq moves away from seq0, a slice passes or the deadline.
+ * Returns 0 (check again), 1 (deadline reached), MQ_EINTR. */
+static int q_wait(const struct mq_q *q, uint32_t seq0, int64_t deadline) {
+    int64_t now = mono_ns(), slice = WAIT_SLICE_NS;
+    if (deadline >= 0) {
+        if (now >= deadline) return 1;
+        if (deadline - now < slice) slice = deadline - now;
+    }
+    struct timespec rel = {(time_t)(slice / NS_PER_S), (long)(slice % NS_PER_S)};
+    /* seq_cst: see q_notify */
+    atomic_fetch_add_explicit(&q->h->data_waiters, 1, memory_order_seq_cst);
+    long rc = syscall(SYS_futex, &q->h->seq, FUTEX_WAIT, seq0, &rel, NULL, 0);
+    int err = rc ? errno : 0;
+    atomic_fetch_sub_explicit(&q->h->data_waiters, 1, memory_order_relaxed);
+    if (rc && err == EINTR) return MQ_EINTR;
+    return 0;   /* woken, EAGAIN (seq moved), ETIMEDOUT (slice over): re-check */
+}
+
+/* ------------------------------------------------------------ attach */
+static int q_index(const mq_ns *ns, uint32_t qi, const struct mq_q **q) {
+    if (!ns || qi >= ns->nq) return MQ_ERANGE;
+    *q = &ns->q[qi];
+    return 0;
+}
+
+/* Validates a mapped segment and builds the handle.  Returns 0 and *out,
+ * or a negative code with nothing allocated. */
+static int ns_build(uint8_t *base, uint64_t size, int fd, mq_ns **out) {
+    static __thread struct layout L;
+    static __thread uint64_t caps[MQ_MAX_QUEUES];
+    static __thread uint32_t am[MQ_MAX_QUEUES];
+    struct seg_hdr *h = (struct seg_hdr *)base;
+    /* acquire: pairs with the creator's release store of magic, so the
+     * formatted header and tables are seen whole */
+    uint64_t magic = atomic_load_explicit(&h->magic, memory_order_acquire);
+    if (magic == 0) {
+        for (size_t i = 0; i < sizeof *h; i++) if (base[i]) return MQ_EMAGIC;
+        return MQ_ENOTREADY;
+    }
+    if (magic != MQ_MAGIC) return MQ_EMAGIC;
+    if (h->layout_version != MQ_LAYOUT_VERSION) return MQ_EVERSION;
+    if (h->hdr_size != sizeof(struct seg_hdr) || h->qhdr_size != sizeof(struct q_hdr) ||
+        h->nslots != MQ_NSLOTS || h->rec_hdr != MQ_REC_HDR || h->total_size != size ||
+        h->nqueues > MQ_MAX_QUEUES || h->meta_len > (1u << 30))
+        return MQ_ECORRUPT;
+    uint32_t nq = h->nqueues;
+    if (h->qtable_off > size || (uint64_t)nq * sizeof(struct q_hdr) > size - h->qtable_off ||
+        (h->qtable_off % 64))
+        return MQ_ECORRUPT;
+    struct q_hdr *qt = (struct q_hdr *)(base + h->qtable_off);
+    for (uint32_t i = 0; i < nq; i++) {
+        caps[i] = qt[i].capacity;
+        am[i] = qt[i].addmode;
+    }
+    if (layout_compute(nq, caps, am, h->meta_len, &L)) return MQ_ECORRUPT;
+    if (L.total != size || L.meta_off != h->meta_off || L.qtable_off != h->qtable_off)
+        return MQ_ECORRUPT;
+    mq_ns *ns = calloc(1, sizeof *ns + (size_t)nq * sizeof(struct mq_q));
+    if (!ns) return MQ_ENOMEM;
+    for (uint32_t i = 0; i < nq; i++) {
+        struct q_hdr *qh = &qt[i];
+        if (qh->data_off != L.data_off[i] || qh->phys != 2 * caps[i] ||
+            qh->index_off != L.index_off[i] || qh->nbuckets != L.nbuckets[i]) {
+            free(ns);
+            return MQ_ECORRUPT;
+        }
+        struct mq_q *q = &ns->q[i];
+        q->h = qh;
+        q->data = base + L.data_off[i];
+        q->phys = 2 * caps[i];
+        q->cap = caps[i];
+        q->limit = qh->size_limit;
+        q->addmode = am[i];
+        q->nbuckets = L.nbuckets[i];
+        q->buckets = am[i] ? (_Atomic uint64_t *)(base + L.index_off[i]) : NULL;
+    }
+    ns->base = base;
+    ns->size = size;
+    ns->h = h;
+    ns->fd = fd;
+    ns->nq = nq;
+    ns->meta = (const char *)base + L.meta_off;
+    ns->meta_len = h->meta_len;
+    *out = ns;
+    return 0;
+}
+
+int mq_attach(int fd, mq_ns **out) {
+    struct stat st;
+    if (!out || fd < 0) return MQ_EINVAL;
+    if (fstat(fd, &st) != 0) return sys_fail();
+    if (st.st_size == 0) return MQ_ENOTREADY;
+    if ((uint64_t)st.st_size < sizeof(struct seg_hdr)) return MQ_ECORRUPT;
+    uint64_t size = (uint64_t)st.st_size;
+    void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) return sys_fail();
+    mq_ns *ns = NULL;
+    int rc = ns_build(base, size, fd, &ns);
+    if (rc == 0) {
+        rc = slot_claim(ns->h, fd, &ns->slot, &ns->me);
+        if (rc) free(ns);
+    }
+    if (rc) {
+        if (munmap(base, size) != 0) { /* nothing more can be done */ }
+        return rc;
+    }
+    *out = ns;
+    return 0;
+}
+
+int mq_create(int fd, uint32_t nq, const struct mq_qparam *params,
+              const char *meta, size_t meta_len, mq_ns **out) {
+    static __thread struct layout L;
+    static __thread uint64_t caps[MQ_MAX_QUEUES];
+    static __thread uint32_t am[MQ_MAX_QUEUES];
+    struct stat st;
+    if (!out || fd < 0 || (meta_len && !meta)) return MQ_EINVAL;
+    int rc = params_check(nq, params, caps, am);
+    if (rc) return rc;
+    for (uint32_t i = 0; i < nq; i++)
+        if (params[i].size_limit < 0) return MQ_EINVAL;
+    rc = layout_compute(nq, caps, am, meta_len, &L);
+    if (rc) return rc;
+    if (fstat(fd, &st) != 0) return sys_fail();
+    if ((uint64_t)st.st_size != L.total) return MQ_EINVAL;
+    uint8_t *base = mmap(NULL, L.total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) return sys_fail();
+    struct seg_hdr *h = (struct seg_hdr *)base;
+    if (atomic_load_explicit(&h->magic, memory_order_relaxed) != 0) {   /* not fresh */
+        rc = MQ_EINVAL;
+        goto out;
+    }
+    h->layout_version = MQ_LAYOUT_VERSION;
+    h->hdr_size = sizeof(struct seg_hdr);
+    h->qhdr_size = sizeof(struct q_hdr);
+    h->nqueues = nq;
+    h->nslots = MQ_NSLOTS;
+    h->rec_hdr = MQ_REC_HDR;
+    h->total_size = L.total;
+    h->meta_off = L.meta_off;
+    h->meta_len = meta_len;
+    h->qtable_off = L.qtable_off;
+    if (meta_len) memcpy(base + L.meta_off, meta, meta_len);
+    struct q_hdr *qt = (struct q_hdr *)(base + L.qtable_off);
+    for (uint32_t i = 0; i < nq; i++) {
+        struct q_hdr *qh = &qt[i];
+        qh->data_off = L.data_off[i];
+        qh->phys = 2 * caps[i];
+        qh->capacity = caps[i];
+        qh->size_limit = params[i].size_limit;
+        qh->index_off = L.index_off[i];
+        qh->nbuckets = L.nbuckets[i];
+        qh->addmode = am[i];
+        if (sem_init(&qh->sem, 1, 0) != 0) {         /* pshared = 1: across processes */
+            rc = sys_fail();
+            goto out;
+        }
+    }
+    /* release: the whole formatted header, tables and semaphores before the
+     * magic that tells attachers the segment is ready */
+    atomic_store_explicit(&h->magic, MQ_MAGIC, memory_order_release);
+    rc = 0;
+out:
+    if (munmap(base, L.total) != 0 && rc == 0) rc = sys_fail();
+    if (rc) return rc;
+    return mq_attach(fd, out);
+}
+
+int mq_reattach(mq_ns *ns, int newfd) {
+    int slot;
+    uint64_t me;
+    if (!ns || newfd < 0) return MQ_EINVAL;
+    int rc = slot_claim(ns->h, newfd, &slot, &me);
+    if (rc) return rc;
+    ns->fd = newfd;
+    ns->slot = slot;
+    ns->me = me;
+    return 0;
+}
+
+void mq_detach(mq_ns *ns) {
+    if (!ns) return;
+    /* dropping the OFD lock frees the slot; closing the fd would too */
+    if (ofd(ns->fd, F_UNLCK, ns->slot, F_OFD_SETLK) != 0) { /* fd already closed: slot is free */ }
+    if (munmap(ns->base, ns->size) != 0) { /* cannot happen for a valid mapping */ }
+    free(ns);
+}
+
+uint32_t mq_nqueues(const mq_ns *ns) { return ns ? ns->nq : 0; }
+int mq_slot(const mq_ns *ns) { return ns ? ns->slot : -1; }
+
+int mq_meta(const mq_ns *ns, const char **data, size_t *len) {
+    if (!ns || !data || !len) return MQ_EINVAL;
+    *data = ns->meta;
+    *len = ns->meta_len;
+    return 0;
+}
+
+/* ------------------------------------------------------------ add */
+/* Advances s->head over whole records until an item of R more bytes fits
+ * (and, on a bounded queue, one more item fits the count).  Dead records are
+ * reclaimed, live ones counted as evicted.  Returns 0 or MQ_ECORRUPT. */
+static int make_room(const struct mq_q *q, struct q_state *s, uint64_t R) {
+    while ((q->limit > 0 && s->count + 1 > (uint64_t)q->limit) || (s->tail - s->head) + R > q->cap) {
+        struct rec_hdr r;
+        if (s->head == s->tail) return MQ_ECORRUPT;   /* R <= cap, so impossible when sane */
+        if (rec_read(q, s->head, s->tail, &r)) return MQ_ECORRUPT;
+        if (!r.dead) {
+            if (s->count == 0) return MQ_ECORRUPT;
+            s->count--;
+            s->evicted++;
+        }
+        s->head += r.len;
+    }
+    return 0;
+}
+
+/* Writes one record at s->tail (space checked by the caller), links it into
+ * the index and updates *s.  Not yet published. */
+static void put_record(const struct mq_q *q, struct q_state *s, uint64_t hash, const char *key,
+                       size_t klen, const char *val, size_t vlen, uint32_t flags, uint64_t R) {
+    struct rec_hdr r;
+    memset(&r, 0, sizeof r);
+    r.len = (uint32_t)R;
+    r.klen = (uint32_t)klen;
+    r.vlen = (uint32_t)vlen;
+    r.flags = (uint8_t)flags;
+    uint64_t pos = s->tail;
+    if (q->buckets) r.next = atomic_load_explicit(&q->buckets[hash & (q->nbuckets - 1)], memory_order_relaxed);
+    copy_in(q, pos, &r, sizeof r);
+    if (klen) copy_in(q, pos + MQ_REC_HDR, key, klen);
+    KILLPOINT("add_mid_copy");
+    if (vlen) copy_in(q, pos + MQ_REC_HDR + klen, val, vlen);
+    if (q->buckets)   /* relaxed: under the lock; a crash before commit is undone by q_rebuild */
+        atomic_store_explicit(&q->buckets[hash & (q->nbuckets - 1)], pos + 1, memory_order_relaxed);
+    s->tail += R;
+    s->count++;
+    s->added++;
+    if (s->count > s->high_water) s->high_water = s->count;
+}
+
+/* Undoes uncommitted index/dead-mark changes and unlocks.  Returns rc. */
+static int abort_op(const struct mq_q *q, int rc) {
+    struct q_state s;
+    if (state_load(q, &s) == 0 && q_rebuild(q, &s) == 0) { /* derived data restored */ }
+    q_unlock(q);
+    return rc;
+}
+
+/* One item of an add: dedup, room, write.  Returns 1 stored, 0 dropped
+ * (addmode 1), or a negative code (caller aborts). */
+static int add_one(const struct mq_q *q, struct q_state *s, const char *key, size_t klen,
+                   const char *val, size_t vlen, uint32_t flags, uint64_t R) {
+    uint64_t hash = 0;
+    if (q->buckets) {
+        uint64_t found;
+        hash = fnv1a(key, klen);
+        int rc = idx_find(q, hash, key, klen, s->head, s->tail, &found);
+        if (rc < 0) return rc;
+        if (rc == 1) {
+            s->duplicates++;
+            if (q->addmode == 1) { s->added++; return 0; }
+            if (q->limit <= 0 && (s->tail - s->head) + R > q->cap) { s->duplicates--; return MQ_EFULL; }
+            rec_set_dead(q, found, 1);     /* addmode 2: the old one goes */
+            KILLPOINT("add_after_kill");
+            s->count--;
+        }
+    }
+    if (q->limit <= 0 && (s->tail - s->head) + R > q->cap) return MQ_EFULL;
+    int rc = make_room(q, s, R);
+    if (rc) return rc;
+    put_record(q, s, hash, key, klen, val, vlen, flags, R);
+    return 1;
+}
+
+int mq_add(mq_ns *ns, uint32_t qi, const char *key, size_t klen,
+           const char *val, size_t vlen, uint32_t flags) {
+    const struct mq_q *q;
+    int rc = q_index(ns, qi, &q);
+    if (rc) return rc;
+    if ((klen && !key) || (vlen && !val) || (flags & ~MQ_FLAGS_MASK)) return MQ_EINVAL;
+    uint64_t R = rec_size(klen, vlen);
+    if (R == 0 || R > q->cap) return MQ_ETOOBIG;
+    rc = q_lock(ns, q);
+    if (rc) return rc;
+    KILLPOINT("add_locked");
+    struct q_state s;
+    if (state_load(q, &s)) { q_unlock(q); return MQ_ECORRUPT; }
+    rc = add_one(q, &s, key, klen, val, vlen, flags, R);
+    if (rc < 0) return abort_op(q, rc);
+    KILLPOINT("add_before_commit");
+    state_commit(q, &s);
+    KILLPOINT("add_after_commit");
+    q_unlock(q);
+    if (rc == 1) q_notify(q, 1);
+    return rc;
+}
+
+int64_t mq_add_many(mq_ns *ns, uint32_t qi, const char *data, size_t data_len,
+                    const uint32_t *lens, size_t n) {
+    const struct mq_q *q;
+    int rc = q_index(ns, qi, &q);
+    if (rc) return rc;
+    if (n == 0) return 0;
+    if (!lens || (data_len && !data) || n > (size_t)1 << 40) return MQ_EINVAL;
+    uint64_t total = 0;
+    for (size_t i = 0; i < n; i++) {            /* check every item first */
+        uint64_t kl = lens[3 * i], vl = lens[3 * i + 1];
+        if (lens[3 * i + 2] & ~MQ_FLAGS_MASK) return MQ_EINVAL;
+        uint64_t R = rec_size(kl, vl);
+        if (R == 0 || R > q->cap) return MQ_ETOOBIG;
+        total += kl + vl;
+        if (total > data_len) return MQ_EINVAL;
+    }
+    rc = q_lock(ns, q);
+    if (rc) return rc;
+    struct q_state s;
+    if (state_load(q, &s)) { q_unlock(q); return MQ_ECORRUPT; }
+    uint64_t committed_head = s.head;
+    int64_t stored = 0, pending = 0;
+    const char *p = data;
+    for (size_t i = 0; i < n; i++) {
+        size_t kl = lens[3 * i], vl = lens[3 * i + 1];
+        uint64_t R = rec_size(kl, vl);
+        /* The record goes at [tail, tail + R); it must not overwrite bytes of
+         * the last published state.  Only a bounded queue given a batch larger
+         * than its free space gets here: publish what we have first. */
+        if (q->limit > 0) {
+            struct q_state t = s;
+            if (make_room(q, &t, R)) return abort_op(q, MQ_ECORRUPT);
+            if (s.tail + R - committed_head > q->phys) {
+                state_commit(q, &s);
+                committed_head = s.head;
+                q_notify(q, pending);
+                pending = 0;
+            }
+        }
+        rc = add_one(q, &s, p, kl, p + kl, vl, lens[3 * i + 2], R);
+        if (rc < 0) {
+            if (s.head != committed_head || stored != pending)   /* part already published */
+                return abort_op(q, rc);
+            return abort_op(q, rc);
+        }
+        stored += rc;
+        pending += rc;
+        p += kl + vl;
+        KILLPOINT("add_many_mid");
+    }
+    state_commit(q, &s);
+    q_unlock(q);
+    if (pending) q_notify(q, pending);
+    return stored;
+}
+
+/* ------------------------------------------------------------ fetch */
+/* Skips dead records at s->head.  Returns 0 or MQ_ECORRUPT. */
+static int skip_dead(const struct mq_q *q, struct q_state *s) {
+    while (s->head < s->tail) {
+        struct rec_hdr r;
+        if (rec_read(q, s->head, s->tail, &r)) return MQ_ECORRUPT;
+        if (!r.dead) return 0;
+        s->head += r.len;
+    }
+    if (s->count) return MQ_ECORRUPT;
+    return 0;
+}
+
+/* Takes up to max items under one lock hold.  Returns the number taken
+ * (0 = empty), MQ_EBUF (meta[0] = need), or a negative code; nothing is
+ * taken on failure. */
+static int64_t take(const struct mq_q *q, uint32_t max, char *buf, size_t bufsize, uint32_t *meta) {
+    struct q_state s;
+    if (state_load(q, &s)) return MQ_ECORRUPT;
+    uint64_t head0 = s.head;
+    if (skip_dead(q, &s)) return MQ_ECORRUPT;
+    int64_t n = 0;
+    size_t used = 0;
+    while (n < (int64_t)max && s.head < s.tail) {
+        struct rec_hdr r;
+        if (rec_read(q, s.head, s.tail, &r) || r.dead) return MQ_ECORRUPT;
+        size_t need = (size_t)r.klen + r.vlen;
+        if (need > bufsize - used) {
+            if (n == 0) { meta[0] = (uint32_t)(need > UINT32_MAX ? UINT32_MAX : need); return MQ_EBUF; }
+            break;
+        }
+        copy_out(q, s.head + MQ_REC_HDR, buf + used, need);
+        KILLPOINT("fetch_after_copy");
+        meta[3 * n] = r.klen;
+        meta[3 * n + 1] = r.vlen;
+        meta[3 * n + 2] = r.flags & MQ_FLAGS_MASK;
+        used += need;
+        s.head += r.len;
+        if (s.count == 0) return MQ_ECORRUPT;
+        s.count--;
+        s.fetched++;
+        n++;
+        if (skip_dead(q, &s)) return MQ_ECORRUPT;
+    }
+    if (n == 0 && s.count) return MQ_ECORRUPT;
+    if (n || s.head != head0) state_commit(q, &s);
+    KILLPOINT("fetch_after_commit");
+    return n;
+}
+
+static int64_t fetch_loop(mq_ns *ns, uint32_t qi, uint32_t max, int64_t deadline,
+                          char *buf, size_t bufsize, uint32_t *meta) {
+    const struct mq_q *q;
+    int rc = q_index(ns, qi, &q);
+    if (rc) return rc;
+    if (!meta || (bufsize && !buf) || max == 0 || deadline < -1) return MQ_EINVAL;
+    for (;;) {
+        /* acquire: read before looking at the queue, so an add published
+         * after this read moves seq and FUTEX_WAIT returns at once */
+        uint32_t seq0 = atomic_load_explicit(&q->h->seq, memory_order_acquire);
+        rc = q_lock(ns, q);
+        if (rc) return rc;
+        int64_t n = take(q, max, buf, bufsize, meta);
+        q_unlock(q);
+        if (n != 0) return n;
+        if (deadline == 0) return 0;
+        int w = q_wait(q, seq0, deadline);
+        if (w < 0) return w;
+        if (w == 1) return 0;
+    }
+}
+
+int mq_fetch(mq_ns *ns, uint32_t qi, int64_t deadline_ns, char *buf, size_t bufsize, uint32_t *meta) {
+    return (int)fetch_loop(ns, qi, 1, deadline_ns, buf, bufsize, meta);
+}
+
+int64_t mq_fetch_many(mq_ns *ns, uint32_t qi, uint32_t max, int64_t deadline_ns,
+                      char *buf, size_t bufsize, uint32_t *meta) {
+    return fetch_loop(ns, qi, max, deadline_ns, buf, bufsize, meta);
+}
+
+/* ------------------------------------------------------------ inspection */
+int mq_count(mq_ns *ns, uint32_t qi, uint64_t *out) {
+    struct mq_stats st;
+    if (!out) return MQ_EINVAL;
+    int rc = mq_stats(ns, qi, &st);
+    if (rc) return rc;
+    *out = st.count;
+    return 0;
+}
+
+int mq_stats(mq_ns *ns, uint32_t qi, struct mq_stats *out) {
+    const struct mq_q *q;
+    int rc = q_index(ns, qi, &q);
+    if (rc) return rc;
+    if (!out) return MQ_EINVAL;
+    rc = q_lock(ns, q);
+    if (rc) return rc;
+    struct q_state s;
+    rc = state_load(q, &s);
+    q_unlock(q);
+    if (rc) return rc;
+    out->count = s.count;
+    out->added = s.added;
+    out->fetched = s.fetched;
+    out->evicted = s.evicted;
+    out->duplicates = s.duplicates;
+    out->high_water = s.high_water;
+    out->recoveries = s.recoveries;
+    out->bytes_used = s.tail - s.head;
+    out->capacity = q->cap;
+    out->size_limit = q->limit;
+    out->addmode = q->addmode;
+    return 0;
+}

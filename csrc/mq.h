@@ -1,0 +1,149 @@
+/* mq.h - public interface of the mqueue C engine.
+ *
+ * A namespace is one POSIX shared-memory segment holding a header, a table of
+ * queues and one byte ring (plus, for addmode 1/2, a key index) per queue.
+ * Every operation on a queue is one call here, under that queue's crash-safe
+ * lock (see mq.c).  The caller (Python, through cffi) owns the segment's file
+ * descriptor; this layer maps it, validates it and never trusts what it reads
+ * from it.
+ *
+ * Conventions: functions return 0 (or a documented positive value) on success
+ * and a negative MQ_E* code on failure.  Unless a function says otherwise, a
+ * failure changes nothing in the shared segment.
+ */
+#ifndef MQUEUE_MQ_H
+#define MQUEUE_MQ_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Error codes (negative return values). */
+#define MQ_OK        0
+#define MQ_EINVAL   (-1)   /* bad argument (caller error) */
+#define MQ_ENOMEM   (-2)   /* process-local allocation failed */
+#define MQ_ESYS     (-3)   /* a system call failed; see mq_last_errno() */
+#define MQ_EMAGIC   (-4)   /* not an mqueue segment */
+#define MQ_EVERSION (-5)   /* an mqueue segment of another layout version */
+#define MQ_ECORRUPT (-6)   /* the segment is damaged */
+#define MQ_ETOOBIG  (-7)   /* item larger than the queue's capacity */
+#define MQ_EFULL    (-8)   /* unbounded queue has no room in bytes */
+#define MQ_EBUF     (-9)   /* output buffer too small; needed size reported */
+#define MQ_EINTR    (-10)  /* a signal interrupted a wait; nothing was done */
+#define MQ_ESLOTS   (-11)  /* every liveness slot is held by a live process */
+#define MQ_ERANGE   (-12)  /* no queue with that index */
+#define MQ_ENOTREADY (-13) /* segment exists but its creator has not finished */
+
+/* Item flags: how the Python layer encoded the key and the value. */
+#define MQ_KEY_STR   1u
+#define MQ_VAL_STR   2u
+#define MQ_FLAGS_MASK 3u
+
+#define MQ_MAX_QUEUES 4096
+#define MQ_NSLOTS     1024   /* processes attached at once per namespace */
+#define MQ_REC_HDR    24     /* bytes of record header */
+
+typedef struct mq_ns mq_ns;
+
+/* Per-queue parameters given at creation. */
+struct mq_qparam {
+    uint64_t capacity;   /* usable data bytes (the `bytes=` attribute) */
+    int64_t  size_limit; /* max items, <= 0 = no count bound */
+    uint32_t addmode;    /* 0, 1, 2 */
+};
+
+/* A queue's counters, copied out under the lock. */
+struct mq_stats {
+    uint64_t count;       /* queued items (held items not counted) */
+    uint64_t added;       /* items accepted by add (incl. addmode-1 drops) */
+    uint64_t fetched;     /* items taken by fetch */
+    uint64_t evicted;     /* items dropped as oldest */
+    uint64_t duplicates;  /* items dropped for a duplicate key (addmode 1, 2) */
+    uint64_t high_water;  /* the largest count ever reached */
+    uint64_t recoveries;  /* dead lock owners recovered from */
+    uint64_t bytes_used;  /* ring bytes in use (incl. replaced records) */
+    uint64_t capacity;    /* usable data bytes */
+    int64_t  size_limit;
+    uint32_t addmode;
+};
+
+/* Bytes a segment for these queues needs.  Returns 0 and sets *out, or
+ * MQ_EINVAL for a bad parameter (nothing else happens). */
+int mq_segment_size(uint32_t nqueues, const struct mq_qparam *params,
+                    size_t meta_len, uint64_t *out);
+
+/* Formats a freshly created, zero-filled segment of exactly the size
+ * mq_segment_size() gave, maps it and attaches.  `meta` is an opaque blob
+ * (the queue definitions) stored for attachers.  The header's magic is
+ * written last, so attachers never see a half-made segment as ready.
+ * Returns 0 and *out, or a negative code with *out untouched and nothing
+ * mapped (the segment may be half-formatted: the caller removes it). */
+int mq_create(int fd, uint32_t nqueues, const struct mq_qparam *params,
+              const char *meta, size_t meta_len, mq_ns **out);
+
+/* Maps and validates an existing segment and claims a liveness slot.
+ * Returns 0 and *out; MQ_ENOTREADY while the creator is still formatting;
+ * MQ_EMAGIC/MQ_EVERSION/MQ_ECORRUPT for a foreign or damaged segment;
+ * MQ_ESLOTS/MQ_ESYS.  On failure nothing stays mapped or locked. */
+int mq_attach(int fd, mq_ns **out);
+
+/* After fork: takes `newfd` (a fresh open of the same segment, so a new open
+ * file description) and claims a new liveness slot for this process.  The
+ * inherited descriptor is not closed here (the caller owns it).  Returns 0;
+ * on failure the handle keeps its old fd and slot and the code says why. */
+int mq_reattach(mq_ns *ns, int newfd);
+
+/* Releases the slot, unmaps and frees the handle.  Never fails. */
+void mq_detach(mq_ns *ns);
+
+/* errno of the last MQ_ESYS seen by this process (thread-local). */
+int mq_last_errno(void);
+/* Number of queues; the stored metadata blob (valid while attached). */
+uint32_t mq_nqueues(const mq_ns *ns);
+int mq_meta(const mq_ns *ns, const char **data, size_t *len);
+/* This process's liveness slot (for tests and diagnostics). */
+int mq_slot(const mq_ns *ns);
+
+/* Appends one item.  Returns 1 stored, 0 dropped as a duplicate (addmode 1;
+ * still success); MQ_ETOOBIG, MQ_EFULL, MQ_EINVAL, MQ_ERANGE, MQ_ECORRUPT,
+ * MQ_EINTR with nothing changed. */
+int mq_add(mq_ns *ns, uint32_t q, const char *key, size_t klen,
+           const char *val, size_t vlen, uint32_t flags);
+
+/* Appends n items in order.  `data` holds key0 value0 key1 value1 ...
+ * back to back; `lens` holds 3 words per item: klen, vlen, flags.  Every item
+ * is checked before anything changes.  Returns the number stored (items
+ * dropped by addmode 1 are not counted) or a negative code with nothing
+ * changed.  The batch is published in one step when it fits the ring's free
+ * space; a larger batch on a bounded queue is published in several steps. */
+int64_t mq_add_many(mq_ns *ns, uint32_t q, const char *data, size_t data_len,
+                    const uint32_t *lens, size_t n);
+
+/* Takes the oldest item, waiting until `deadline_ns` (CLOCK_MONOTONIC,
+ * nanoseconds; 0 = do not wait, -1 = wait forever).  On success copies key
+ * then value into buf and sets meta[0..2] = klen, vlen, flags; returns 1.
+ * Returns 0 when the queue is still empty at the deadline; MQ_EBUF with
+ * meta[0] = bytes needed (the item stays queued); MQ_EINTR when a signal
+ * arrived (nothing taken); other negative codes with nothing changed. */
+int mq_fetch(mq_ns *ns, uint32_t q, int64_t deadline_ns,
+             char *buf, size_t bufsize, uint32_t *meta);
+
+/* Takes up to `max` oldest items at once (waiting like mq_fetch only while
+ * the queue is empty).  Items are packed in buf as mq_fetch does, one after
+ * another; meta gets 3 words per item.  Returns the number taken (0 when
+ * empty at the deadline); MQ_EBUF with meta[0] = bytes the first item needs
+ * when not even one fits; MQ_EINTR; other negative codes, nothing taken. */
+int64_t mq_fetch_many(mq_ns *ns, uint32_t q, uint32_t max, int64_t deadline_ns,
+                      char *buf, size_t bufsize, uint32_t *meta);
+
+/* Queued item count (held items not counted).  Returns 0 and *out. */
+int mq_count(mq_ns *ns, uint32_t q, uint64_t *out);
+
+/* Copies a queue's counters.  Returns 0 and *out; changes nothing. */
+int mq_stats(mq_ns *ns, uint32_t q, struct mq_stats *out);
+
+/* Test support: the number of distinct kill points, their names, and
+ * whether this build has them (-DMQ_TESTING); with MQ_KILLPOINT=name in the
+ * environment the process _exit()s at that point. */
+int mq_testing(void);
+
+#endif

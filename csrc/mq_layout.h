@@ -1,0 +1,103 @@
+/* mq_layout.h - the shared-memory layout of an mqueue namespace (internal).
+ *
+ * Only mq.c and the C tests include this; the cffi interface never sees it.
+ *
+ *   [seg_hdr][meta blob][q_hdr x nqueues][queue 0: index?, ring][queue 1 ...]
+ *
+ * Everything is at an offset that mq_layout() computes from the queue
+ * parameters alone, so attach recomputes the layout and demands that the
+ * stored offsets match it exactly: a damaged or foreign table is refused
+ * before any offset is used.
+ *
+ * A queue's ring holds records at free-running 64-bit logical byte positions
+ * (head <= tail, never reused); the byte at logical position p lives at
+ * data[p % phys].  Records may wrap around the physical end (copied in two
+ * pieces).  phys = 2 * capacity: used bytes never exceed capacity, so a new
+ * record is always written into space no queued record occupies, and an
+ * add (including the evictions it causes) is published by one store.
+ */
+#ifndef MQUEUE_MQ_LAYOUT_H
+#define MQUEUE_MQ_LAYOUT_H
+
+#include <semaphore.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "mq.h"
+
+#define MQ_MAGIC  0x314555455551514dULL   /* "MQQUEUE1" little-endian-ish */
+#define MQ_LAYOUT_VERSION 1u
+
+/* The queue state that one operation changes.  Two copies live in q_hdr;
+ * `cur` says which is current.  A writer fills the other copy and flips
+ * `cur` with one release store: that store is the operation's commit point.
+ * Invariant (every addmode): added == fetched + evicted + duplicates + count. */
+struct q_state {
+    uint64_t head, tail;        /* logical byte positions, 8-aligned */
+    uint64_t count;             /* live records in [head, tail) */
+    uint64_t added, fetched, evicted, duplicates, high_water, recoveries;
+};
+
+struct q_hdr {
+    /* Written at creation, read-only afterwards (validated on attach and
+     * then cached in the process-local handle; never re-read). */
+    uint64_t data_off;          /* ring bytes */
+    uint64_t phys;              /* ring size = 2 * capacity */
+    uint64_t capacity;          /* usable bytes, multiple of 8 */
+    int64_t  size_limit;        /* <= 0: no count bound */
+    uint64_t index_off;         /* key index (addmode 1/2), else 0 */
+    uint64_t nbuckets;          /* power of two, or 0 */
+    uint32_t addmode;
+    uint32_t reserved0;
+    uint64_t reserved1;
+
+    /* The lock: owner word + process-shared semaphore as wait queue. */
+    _Alignas(64) _Atomic uint64_t owner;   /* 0 free, else (gen << 16) | (slot + 1) */
+    _Atomic uint32_t lock_waiters;
+    uint32_t reserved2;
+    sem_t sem;
+
+    /* Blocking fetch: futex word bumped after every publish. */
+    _Alignas(64) _Atomic uint32_t seq;
+    _Atomic uint32_t data_waiters;
+
+    /* Double-buffered state. */
+    _Alignas(64) _Atomic uint32_t cur;
+    uint32_t reserved3;
+    struct q_state st[2];
+} __attribute__((aligned(64)));
+
+struct seg_hdr {
+    _Atomic uint64_t magic;     /* written last at creation (release) */
+    uint32_t layout_version;
+    uint32_t hdr_size;          /* sizeof(struct seg_hdr) */
+    uint32_t qhdr_size;         /* sizeof(struct q_hdr) */
+    uint32_t nqueues;
+    uint32_t nslots;
+    uint32_t rec_hdr;
+    uint64_t total_size;
+    uint64_t meta_off, meta_len;
+    uint64_t qtable_off;
+    uint64_t reserved[4];
+    /* Liveness slots: a process owns slot i while it holds an OFD write
+     * lock on byte i of the segment's file; slot_gen[i] is bumped by every
+     * claim so an owner word naming a dead claim never matches a new one. */
+    _Atomic uint64_t slot_gen[MQ_NSLOTS];
+    _Atomic uint32_t slot_pid[MQ_NSLOTS];   /* informational only */
+} __attribute__((aligned(64)));
+
+/* A record in the ring. len covers header, key, value and padding. */
+struct rec_hdr {
+    uint32_t len;
+    uint32_t klen;
+    uint32_t vlen;
+    uint8_t  flags;     /* MQ_KEY_STR | MQ_VAL_STR */
+    uint8_t  dead;      /* replaced by a later add of the same key (addmode 2) */
+    uint16_t reserved;
+    uint64_t next;      /* index chain: (older record's position + 1), 0 = end */
+};
+
+_Static_assert(sizeof(struct rec_hdr) == MQ_REC_HDR, "record header size");
+_Static_assert(sizeof(struct q_state) == 72, "state size");
+
+#endif

@@ -1,0 +1,152 @@
+"""mqueue: named message queues in POSIX shared memory, crash-safe, with the
+semantics of Kamailio's ``mqueue`` module.
+
+A listener process ``add``s (key, value) items to named, optionally bounded
+queues and never waits on slow work; worker processes ``fetch`` them.  When a
+bounded queue is full, the oldest item is dropped.  See the README.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ._core import Item, MQueue, Queue, QueueStats
+from ._defs import QueueDef, parse_definition, parse_definitions
+from ._errors import (
+    AccessDeniedError,
+    BackendError,
+    CorruptSegmentError,
+    DefinitionError,
+    ItemTooLargeError,
+    ItemTypeError,
+    MQueueError,
+    NamespaceExistsError,
+    NamespaceNotFoundError,
+    PersistenceError,
+    QueueFullError,
+    QueueNotFoundError,
+    RPCError,
+    TooManyProcessesError,
+)
+
+__version__ = "0.1.0"
+
+
+def _backend(url: str | None):  # type: ignore[no-untyped-def]
+    if url is None:
+        from . import _shm
+
+        return _shm
+    if not isinstance(url, str):
+        raise DefinitionError(f"url must be a str or None, not {type(url).__name__}")
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from . import _redis  # type: ignore[attr-defined]
+
+        return _redis
+    raise DefinitionError(f"unsupported url {url!r}: use None (shared memory) or redis://...")
+
+
+def create(
+    namespace: str,
+    definitions: Iterable[str | QueueDef],
+    *,
+    db_url: str | None = None,
+    mode: int = 0o600,
+    exist_ok: bool = False,
+    url: str | None = None,
+) -> MQueue:
+    """Create the namespace ``namespace`` holding the queues ``definitions``.
+
+    ``definitions`` are Kamailio modparam strings (``"name=myq;size=20"``) or
+    :class:`QueueDef` objects.  The segment is readable and writable by its
+    owner only unless ``mode`` says otherwise.  With ``exist_ok=True`` an
+    existing namespace with the same definitions is attached instead (one with
+    other definitions raises :class:`NamespaceExistsError`).  With ``db_url``,
+    queues with dbmode 1 or 2 are loaded now and queues with dbmode 1 or 3 are
+    saved by this process's :meth:`MQueue.close`.  ``url=None`` is shared
+    memory on this machine; ``"redis://host:port/db"`` the same queues on Redis.
+
+    Raises DefinitionError (a ValueError) for a bad definition or name,
+    NamespaceExistsError (a FileExistsError), AccessDeniedError (a
+    PermissionError), PersistenceError when loading fails (nothing is left).
+    """
+    from ._core import check_namespace
+
+    check_namespace(namespace)
+    defs = parse_definitions(definitions, db_url=db_url)
+    persist = db_url is not None and any(d.dbmode for d in defs)
+    if persist:
+        from . import _persist
+
+        _persist.validate_queue_tables(defs, db_url)  # type: ignore[arg-type]
+    mq: MQueue = _backend(url).create(
+        namespace,
+        defs,
+        mode=mode,
+        exist_ok=exist_ok,
+        db_url=db_url if persist else None,
+        **({"url": url} if url is not None else {}),
+    )
+    if persist and mq.is_creator:
+        from . import _persist
+
+        try:
+            _persist.load_queues(mq, db_url)  # type: ignore[arg-type]
+        except BaseException:
+            mq._abandon()
+            destroy(namespace, url=url)
+            raise
+    return mq
+
+
+def attach(namespace: str, *, url: str | None = None) -> MQueue:
+    """Attach to an existing namespace (from any process, forked or not).
+
+    Raises NamespaceNotFoundError (a FileNotFoundError) when it does not exist,
+    AccessDeniedError (a PermissionError), CorruptSegmentError for a damaged
+    or foreign segment.
+    """
+    if url is None:
+        from . import _shm
+
+        return _shm.attach(namespace)
+    return _backend(url).attach(namespace, url=url)  # type: ignore[no-any-return]
+
+
+def destroy(namespace: str, *, url: str | None = None) -> None:
+    """Remove a namespace for good.  Processes still attached keep working on
+    their mapping until they close; new ``attach`` calls fail."""
+    if url is None:
+        from . import _shm
+
+        _shm.destroy(namespace)
+        return
+    _backend(url).destroy(namespace, url=url)
+
+
+__all__ = [
+    "AccessDeniedError",
+    "BackendError",
+    "CorruptSegmentError",
+    "DefinitionError",
+    "Item",
+    "ItemTooLargeError",
+    "ItemTypeError",
+    "MQueue",
+    "MQueueError",
+    "NamespaceExistsError",
+    "NamespaceNotFoundError",
+    "PersistenceError",
+    "Queue",
+    "QueueDef",
+    "QueueFullError",
+    "QueueNotFoundError",
+    "QueueStats",
+    "RPCError",
+    "TooManyProcessesError",
+    "attach",
+    "create",
+    "destroy",
+    "parse_definition",
+    "parse_definitions",
+]

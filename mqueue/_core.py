@@ -1,0 +1,342 @@
+"""The backend-independent public objects: Item, QueueStats, Queue, MQueue.
+
+A backend (shared memory in :mod:`mqueue._shm`, Redis in :mod:`mqueue._redis`)
+subclasses :class:`Queue` with the raw operations; everything that is the same
+for every backend lives here: the per-process held item (Kamailio's
+``$mqk``/``$mqv``), argument checks, timeouts, the namespace object and the
+persistence hooks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from ._defs import QueueDef
+from ._errors import DefinitionError, ItemTypeError, MQueueError, QueueNotFoundError
+
+Data = str | bytes
+
+FLAG_KEY_STR = 1
+FLAG_VAL_STR = 2
+
+
+class Item(NamedTuple):
+    """One queued item: ``(key, value)``, each ``str`` or ``bytes`` as added."""
+
+    key: Data
+    value: Data
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """A snapshot of one queue's counters (``Queue.stats()``).
+
+    Every addmode keeps ``added == fetched + evicted + duplicates + length``;
+    with addmode 0 ``duplicates`` is 0, so ``added == fetched + evicted + len(q)``.
+    """
+
+    name: str
+    length: int
+    """Queued items (items held by processes are not counted)."""
+    added: int
+    """Items accepted by ``add`` (including addmode-1 items dropped as duplicates)."""
+    fetched: int
+    """Items taken by ``fetch``/``fetch_many`` (and saved to a database)."""
+    evicted: int
+    """Items dropped as the oldest to make room (count bound or bytes)."""
+    duplicates: int
+    """Items dropped for a duplicate key: the new one (addmode 1) or the old (addmode 2)."""
+    high_water: int
+    """The largest length the queue ever reached."""
+    recoveries: int
+    """Times a process took over this queue's lock from a dead owner and repaired it."""
+    bytes_used: int
+    """Bytes of the queue's capacity in use (records, headers, replaced records)."""
+    capacity: int
+    """The queue's data capacity in bytes."""
+    size_limit: int
+    """The count bound (``size=``), 0 when unbounded."""
+    addmode: int
+
+
+def encode(x: object) -> tuple[bytes, bool]:
+    """Return ``(bytes, is_str)`` for a key or value; raise ItemTypeError otherwise."""
+    if isinstance(x, str):
+        return x.encode("utf-8", "surrogatepass"), True
+    if isinstance(x, bytes):
+        return bytes(x), False
+    raise ItemTypeError(f"keys and values must be str or bytes, not {type(x).__name__}")
+
+
+def decode(raw: bytes, is_str: int) -> Data:
+    """Inverse of :func:`encode`."""
+    return raw.decode("utf-8", "surrogatepass") if is_str else raw
+
+
+def deadline_ns(timeout: float | None) -> int:
+    """CLOCK_MONOTONIC deadline in ns for a timeout: 0 = now, -1 = forever."""
+    if timeout is None:
+        return -1
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be >= 0 or None, not {timeout!r}")
+    if timeout == 0:
+        return 0
+    if math.isinf(timeout):
+        return -1
+    return time.monotonic_ns() + max(1, int(timeout * 1e9))
+
+
+def check_count(n: object) -> int:
+    """Validate fetch_many's ``n``."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an int, not {type(n).__name__}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, not {n}")
+    return n
+
+
+class Queue:
+    """A handle on one named queue of a namespace (``mq["name"]``).
+
+    ``key``/``value`` are this process's held item: the item its last
+    :meth:`fetch` took (Kamailio's ``$mqk``/``$mqv``), ``None`` when none.
+    Backends implement ``add``, ``add_many``, ``_take``, ``__len__`` and
+    ``stats``; a backend may override ``fetch`` with a faster path.
+    """
+
+    def __init__(self, mq: MQueue, index: int, definition: QueueDef) -> None:
+        self._mq = mq  # keeps the namespace (and its mapping) alive while we are
+        self._index = index
+        self.definition = definition
+        self.name = definition.name
+        self._held: Item | None = None
+
+    # -- held item (per process) -------------------------------------------
+    @property
+    def key(self) -> Data | None:
+        """Key of the item this process fetched last (``$mqk``), or None."""
+        return None if self._held is None else self._held.key
+
+    @property
+    def value(self) -> Data | None:
+        """Value of the item this process fetched last (``$mqv``), or None."""
+        return None if self._held is None else self._held.value
+
+    @property
+    def held(self) -> Item | None:
+        """The held item as an :class:`Item`, or None."""
+        return self._held
+
+    def free(self) -> None:
+        """Release the held item (Kamailio's ``mq_pv_free``)."""
+        self._held = None
+
+    # -- operations ---------------------------------------------------------
+    def add(self, key: Data, value: Data) -> bool:
+        """Append an item at the tail (``mq_add``).
+
+        Returns True when stored, False only when addmode 1 dropped it because
+        the key is already queued.  On a bounded queue the oldest items are
+        dropped to make room.  Raises ItemTypeError (a TypeError) for a key or
+        value that is neither str nor bytes, ItemTooLargeError (a ValueError)
+        for an item larger than the queue's capacity, QueueFullError when a
+        queue with no count bound has no room in bytes (nothing changes).
+        """
+        raise NotImplementedError
+
+    def add_many(self, items: Iterable[tuple[Data, Data]]) -> int:
+        """Append several ``(key, value)`` items in order, in one operation.
+
+        Every item is checked first: a bad one raises and nothing is stored.
+        Returns the number of items stored (addmode-1 drops are not counted).
+        """
+        raise NotImplementedError
+
+    def _take(self, n: int, deadline: int) -> list[Item]:
+        raise NotImplementedError
+
+    def fetch(self, timeout: float | None = 0) -> Item | None:
+        """Release the held item, then take the oldest item and hold it (``mq_fetch``).
+
+        ``timeout=0`` returns at once, ``None`` waits forever, ``t > 0`` waits
+        up to t seconds (no CPU used while waiting; signal handlers run, and
+        Ctrl-C interrupts the wait).  Returns the :class:`Item`, or None when
+        the queue is (still) empty; the held item is then cleared.
+        """
+        self._held = None
+        items = self._take(1, deadline_ns(timeout))
+        if not items:
+            return None
+        self._held = items[0]
+        return self._held
+
+    def fetch_many(self, n: int, timeout: float | None = 0) -> list[Item]:
+        """Take up to ``n`` oldest items at once, oldest first.
+
+        Waits (as :meth:`fetch`) only while the queue is empty; returns an
+        empty list when it stays empty.  Does not change the held item.
+        """
+        if check_count(n) == 0:
+            return []
+        return self._take(n, deadline_ns(timeout))
+
+    def __len__(self) -> int:
+        """Number of queued items (items held by processes are not counted)."""
+        raise NotImplementedError
+
+    def stats(self) -> QueueStats:
+        """A snapshot of the queue's counters; changes nothing."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        ns = self._mq.namespace
+        return f"<mqueue.Queue {self.name!r} of {ns!r} ({self.definition.to_modparam()})>"
+
+
+class MQueue:
+    """A namespace of named queues, as returned by ``create`` / ``attach``.
+
+    ``mq["name"]`` gives a :class:`Queue` (KeyError kind for an unknown name);
+    ``"name" in mq``; ``list(mq)`` lists the queue names in definition order.
+    Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        namespace: str,
+        definitions: Sequence[QueueDef],
+        make_queue: Callable[[MQueue, int, QueueDef], Queue],
+        *,
+        url: str | None = None,
+        db_url: str | None = None,
+        creator: bool = False,
+    ) -> None:
+        self.namespace = namespace
+        self.url = url
+        self.db_url = db_url
+        self.definitions: list[QueueDef] = list(definitions)
+        self._creator_pid = os.getpid() if creator else None
+        self._closed = False
+        self._queues: dict[str, Queue] = {}
+        for i, d in enumerate(self.definitions):
+            self._queues[d.name] = make_queue(self, i, d)
+
+    @property
+    def is_creator(self) -> bool:
+        """True in the process that created the namespace (not in its forked children)."""
+        return self._creator_pid == os.getpid()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __getitem__(self, name: str) -> Queue:
+        try:
+            return self._queues[name]
+        except (KeyError, TypeError):
+            raise QueueNotFoundError(
+                f"no queue named {name!r} in namespace {self.namespace!r}"
+            ) from None
+
+    def get(self, name: str) -> Queue | None:
+        """The queue of that name, or None."""
+        return self._queues.get(name) if isinstance(name, str) else None
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._queues
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._queues))
+
+    def __len__(self) -> int:
+        return len(self._queues)
+
+    def queues(self) -> list[Queue]:
+        """The queue handles, in definition order."""
+        return list(self._queues.values())
+
+    def sizes(self) -> dict[str, int]:
+        """``{name: number of queued items}`` for every queue; changes nothing."""
+        return {name: len(q) for name, q in self._queues.items()}
+
+    def close(self) -> None:
+        """Detach from the namespace.  Idempotent.
+
+        In the creating process (Kamailio's main process), queues with dbmode
+        1 or 3 are first saved to ``db_url``.  Another process's close, or a
+        forked child's, never saves.  The queues stay in place for the other
+        processes; :func:`mqueue.destroy` removes them for good.
+        """
+        if self._closed:
+            return
+        try:
+            if (
+                self.is_creator
+                and self.db_url
+                and any(d.dbmode in (1, 3) for d in self.definitions)
+            ):
+                from . import _persist
+
+                _persist.save_queues(self, self.db_url)
+        finally:
+            self._closed = True
+            self._release()
+
+    def _release(self) -> None:
+        """Backend hook: free what the handle holds (no saving)."""
+
+    def _abandon(self) -> None:
+        """Detach without saving (used when creation fails)."""
+        self._creator_pid = None
+        self.close()
+
+    def __enter__(self) -> MQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._queues)} queues"
+        where = self.url or "shm"
+        return f"<mqueue.MQueue {self.namespace!r} ({where}, {state})>"
+
+
+def check_namespace(namespace: object) -> str:
+    """Validate a namespace name: non-empty str, at most 200 UTF-8 bytes, no '/' or NUL."""
+    if not isinstance(namespace, str):
+        raise DefinitionError(f"namespace must be a str, not {type(namespace).__name__}")
+    if not namespace:
+        raise DefinitionError("namespace must not be empty")
+    if "/" in namespace or "\0" in namespace:
+        raise DefinitionError(f"namespace {namespace!r} must not contain '/' or NUL")
+    try:
+        raw = namespace.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DefinitionError(f"namespace {namespace!r} is not valid UTF-8 text") from None
+    if len(raw) > 200:
+        raise DefinitionError(f"namespace {namespace[:40]!r}... is longer than 200 bytes")
+    if namespace in (".", ".."):
+        raise DefinitionError(f"namespace {namespace!r} is not a usable name")
+    return namespace
+
+
+__all__ = [
+    "Data",
+    "Item",
+    "MQueue",
+    "MQueueError",
+    "Queue",
+    "QueueStats",
+    "check_namespace",
+    "deadline_ns",
+    "decode",
+    "encode",
+]

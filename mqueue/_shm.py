@@ -1,0 +1,506 @@
+"""The shared-memory backend: one POSIX shared-memory segment per namespace.
+
+The segment is created and opened with posix_ipc; the C engine (through cffi)
+maps it, validates it and runs every queue operation as one call.  Segment
+names are ``/mqueue.<namespace>`` (``/dev/shm/mqueue.<namespace>`` on Linux).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import posix_ipc
+
+from . import _lowlevel as ll
+from ._core import (
+    FLAG_KEY_STR,
+    FLAG_VAL_STR,
+    Data,
+    Item,
+    MQueue,
+    Queue,
+    QueueStats,
+    check_namespace,
+    deadline_ns,
+    encode,
+)
+from ._defs import QueueDef
+from ._errors import (
+    AccessDeniedError,
+    CorruptSegmentError,
+    ItemTypeError,
+    MQueueError,
+    NamespaceExistsError,
+    NamespaceNotFoundError,
+    raise_for_code,
+)
+
+ffi, lib = ll.ffi, ll.lib
+
+PREFIX = "mqueue."
+SHM_DIR = "/dev/shm"
+ATTACH_WAIT_S = 2.0
+_INITIAL_BUF = 64 * 1024
+
+_mq_add = lib.mq_add
+_mq_fetch = lib.mq_fetch
+_EINTR = ll.MQ_EINTR
+_EBUF = ll.MQ_EBUF
+
+
+def shm_name(namespace: str) -> str:
+    """The POSIX shared-memory name of a namespace."""
+    return "/" + PREFIX + check_namespace(namespace)
+
+
+def list_namespaces() -> list[str]:
+    """Namespaces present on this machine (segments named ``mqueue.*``), sorted."""
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return []
+    return sorted(n[len(PREFIX) :] for n in names if n.startswith(PREFIX) and len(n) > len(PREFIX))
+
+
+def _err(rc: int, what: str) -> MQueueError:
+    """The exception for a C return code (raised by the caller)."""
+    try:
+        raise_for_code(rc, what, lib.mq_last_errno())
+    except MQueueError as e:
+        return e
+
+
+class _Buffers:
+    """A fetch buffer and its metadata words, grown on demand."""
+
+    __slots__ = ("size", "buf", "view", "meta", "nmeta")
+
+    def __init__(self, size: int, nmeta: int = 1) -> None:
+        self.size = size
+        self.buf = ffi.new("char[]", size)
+        self.view = ffi.buffer(self.buf)
+        self.nmeta = nmeta
+        self.meta = ffi.new("uint32_t[]", 3 * nmeta)
+
+
+class ShmQueue(Queue):
+    """A queue in a shared-memory namespace (see :class:`mqueue.Queue`)."""
+
+    def __init__(self, mq: MQueue, index: int, definition: QueueDef) -> None:
+        super().__init__(mq, index, definition)
+        self._ns: Any = mq._ns  # type: ignore[attr-defined]
+        self._bufs: _Buffers | None = _Buffers(_INITIAL_BUF)
+        self._what = f"queue {definition.name!r}"
+
+    def _fail(self, rc: int) -> MQueueError:
+        if self._ns == ffi.NULL:
+            return MQueueError(f"{self._what}: the namespace handle is closed")
+        return _err(rc, self._what)
+
+    def add(self, key: Data, value: Data) -> bool:
+        flags = 0
+        if type(key) is str:
+            try:
+                kb = key.encode()
+            except UnicodeEncodeError:
+                kb = key.encode("utf-8", "surrogatepass")
+            flags = FLAG_KEY_STR
+        elif isinstance(key, bytes):
+            kb = key
+        else:
+            kb, s = encode(key)
+            flags = FLAG_KEY_STR if s else 0
+        if type(value) is str:
+            try:
+                vb = value.encode()
+            except UnicodeEncodeError:
+                vb = value.encode("utf-8", "surrogatepass")
+            flags |= FLAG_VAL_STR
+        elif isinstance(value, bytes):
+            vb = value
+        else:
+            vb, s = encode(value)
+            flags |= FLAG_VAL_STR if s else 0
+        rc = _mq_add(self._ns, self._index, kb, len(kb), vb, len(vb), flags)
+        while rc < 0:
+            if rc != _EINTR:
+                raise self._fail(rc)
+            rc = _mq_add(self._ns, self._index, kb, len(kb), vb, len(vb), flags)
+        return bool(rc == 1)
+
+    def add_many(self, items: Iterable[tuple[Data, Data]]) -> int:
+        parts: list[bytes] = []
+        lens: list[int] = []
+        try:
+            for key, value in items:
+                kb, ks = encode(key)
+                vb, vs = encode(value)
+                parts.append(kb)
+                parts.append(vb)
+                lens.append(len(kb))
+                lens.append(len(vb))
+                lens.append((FLAG_KEY_STR if ks else 0) | (FLAG_VAL_STR if vs else 0))
+        except (TypeError, ValueError) as e:
+            if isinstance(e, ItemTypeError):
+                raise
+            raise ItemTypeError(f"add_many takes an iterable of (key, value) pairs: {e}") from None
+        n = len(lens) // 3
+        if n == 0:
+            return 0
+        if any(x > 0xFFFFFFFF for x in lens):
+            raise _err(ll.MQ_ETOOBIG, self._what)
+        data = b"".join(parts)
+        clens = ffi.new("uint32_t[]", lens)
+        rc = lib.mq_add_many(self._ns, self._index, data, len(data), clens, n)
+        while rc < 0:
+            if rc != _EINTR:
+                raise self._fail(rc)
+            rc = lib.mq_add_many(self._ns, self._index, data, len(data), clens, n)
+        return int(rc)
+
+    def _grab(self, need: int, nmeta: int) -> _Buffers:
+        b = self._bufs
+        self._bufs = None  # another thread using this handle meanwhile gets its own
+        if b is None or b.size < need or b.nmeta < nmeta:
+            size = max(need, b.size if b else 0, _INITIAL_BUF)
+            b = _Buffers(size, max(nmeta, b.nmeta if b else 1))
+        return b
+
+    def _take(self, n: int, deadline: int) -> list[Item]:
+        n = min(n, 0xFFFFFFFF)
+        b = self._grab(0, min(n, 65536))
+        try:
+            while True:
+                want = min(n, b.nmeta)
+                if want == 1:
+                    rc = _mq_fetch(self._ns, self._index, deadline, b.buf, b.size, b.meta)
+                else:
+                    rc = lib.mq_fetch_many(
+                        self._ns, self._index, want, deadline, b.buf, b.size, b.meta
+                    )
+                if rc > 0:
+                    break
+                if rc == 0:
+                    return []
+                if rc == _EBUF:
+                    need = int(b.meta[0])
+                    self._bufs = b
+                    b = self._grab(max(need, 2 * b.size), b.nmeta)
+                    continue
+                if rc != _EINTR:
+                    raise self._fail(rc)
+                # EINTR: Python runs its signal handlers before the next call;
+                # a handler that raises (Ctrl-C) ends the wait.  The deadline
+                # is absolute, so the wait goes on for what is left of it.
+            out: list[Item] = []
+            view, meta = b.view, b.meta
+            off = 0
+            for i in range(rc):
+                kl, vl, fl = meta[3 * i], meta[3 * i + 1], meta[3 * i + 2]
+                k = view[off : off + kl]
+                v = view[off + kl : off + kl + vl]
+                off += kl + vl
+                out.append(
+                    Item(
+                        k.decode("utf-8", "surrogatepass") if fl & FLAG_KEY_STR else k,
+                        v.decode("utf-8", "surrogatepass") if fl & FLAG_VAL_STR else v,
+                    )
+                )
+            return out
+        finally:
+            self._bufs = b
+
+    def fetch(self, timeout: float | None = 0) -> Item | None:
+        self._held = None
+        d = 0 if timeout == 0 and type(timeout) is int else deadline_ns(timeout)
+        items = self._take(1, d)
+        if not items:
+            return None
+        self._held = items[0]
+        return self._held
+
+    def _stats_raw(self) -> Any:
+        st = ffi.new("struct mq_stats *")
+        rc = lib.mq_stats(self._ns, self._index, st)
+        while rc < 0:
+            if rc != _EINTR:
+                raise self._fail(rc)
+            rc = lib.mq_stats(self._ns, self._index, st)
+        return st
+
+    def __len__(self) -> int:
+        out = ffi.new("uint64_t *")
+        rc = lib.mq_count(self._ns, self._index, out)
+        while rc < 0:
+            if rc != _EINTR:
+                raise self._fail(rc)
+            rc = lib.mq_count(self._ns, self._index, out)
+        return int(out[0])
+
+    def stats(self) -> QueueStats:
+        st = self._stats_raw()
+        return QueueStats(
+            name=self.name,
+            length=int(st.count),
+            added=int(st.added),
+            fetched=int(st.fetched),
+            evicted=int(st.evicted),
+            duplicates=int(st.duplicates),
+            high_water=int(st.high_water),
+            recoveries=int(st.recoveries),
+            bytes_used=int(st.bytes_used),
+            capacity=int(st.capacity),
+            size_limit=max(0, int(st.size_limit)),
+            addmode=int(st.addmode),
+        )
+
+
+_live: weakref.WeakSet[ShmNamespace] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+class ShmNamespace(MQueue):
+    """A namespace in POSIX shared memory (see :class:`mqueue.MQueue`)."""
+
+    def __init__(
+        self,
+        namespace: str,
+        shm: posix_ipc.SharedMemory,
+        ns: Any,
+        definitions: Sequence[QueueDef],
+        *,
+        db_url: str | None,
+        creator: bool,
+    ) -> None:
+        self._shm = shm
+        self._ns = ns
+        super().__init__(namespace, definitions, ShmQueue, db_url=db_url, creator=creator)
+        self._finalizer = weakref.finalize(self, _release_handle, ns, shm)
+        with _live_lock:
+            _live.add(self)
+
+    @property
+    def slot(self) -> int:
+        """This process's liveness slot in the namespace (diagnostics)."""
+        return int(lib.mq_slot(self._ns)) if not self._closed else -1
+
+    def _release(self) -> None:
+        for q in self._queues.values():
+            q._ns = ffi.NULL  # type: ignore[attr-defined]
+        with _live_lock:
+            _live.discard(self)
+        self._finalizer()
+
+    def _after_fork_in_child(self) -> None:
+        """Give this process its own liveness slot (the inherited fd shares the parent's)."""
+        self._creator_pid = None
+        for q in self._queues.values():
+            q._held = None
+        old = self._shm
+        try:
+            new = posix_ipc.SharedMemory(shm_name(self.namespace))
+        except Exception:
+            self._detach_broken()
+            return
+        rc = lib.mq_reattach(self._ns, new.fd)
+        if rc != 0:
+            new.close_fd()
+            self._detach_broken()
+            return
+        self._shm = new
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, _release_handle, self._ns, new)
+        with contextlib.suppress(Exception):
+            old.close_fd()
+
+    def _detach_broken(self) -> None:
+        # Without a slot of its own the child must not operate on the queues:
+        # the parent's liveness would vouch for it.  The handle is closed.
+        self._creator_pid = None
+        self._closed = True
+        self._release()
+
+
+def _release_handle(ns: Any, shm: posix_ipc.SharedMemory) -> None:
+    lib.mq_detach(ns)
+    with contextlib.suppress(Exception):
+        shm.close_fd()
+
+
+def _after_fork_in_child() -> None:
+    for h in list(_live):
+        if not h._closed:
+            h._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _params(defs: Sequence[QueueDef]) -> Any:
+    p = ffi.new("struct mq_qparam[]", max(1, len(defs)))
+    for i, d in enumerate(defs):
+        p[i].capacity = d.nbytes
+        p[i].size_limit = max(0, d.size)
+        p[i].addmode = d.addmode
+    return p
+
+
+def _meta(namespace: str, defs: Sequence[QueueDef]) -> bytes:
+    doc = {"mqueue": 1, "namespace": namespace, "queues": [d.to_dict() for d in defs]}
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _read_meta(ns: Any, namespace: str) -> list[QueueDef]:
+    p = ffi.new("const char **")
+    n = ffi.new("size_t *")
+    if lib.mq_meta(ns, p, n) != 0:
+        raise CorruptSegmentError(f"namespace {namespace!r}: cannot read its definitions")
+    raw = ffi.unpack(p[0], n[0])
+    try:
+        doc = json.loads(raw)
+        if (
+            not isinstance(doc, dict)
+            or doc.get("mqueue") != 1
+            or not isinstance(doc.get("queues"), list)
+        ):
+            raise ValueError("unexpected document")
+        defs = [QueueDef.from_dict(d) for d in doc["queues"]]
+    except (ValueError, TypeError, UnicodeDecodeError) as e:
+        raise CorruptSegmentError(
+            f"namespace {namespace!r}: the stored queue definitions are damaged ({e})"
+        ) from None
+    if len(defs) != lib.mq_nqueues(ns) or len({d.name for d in defs}) != len(defs):
+        raise CorruptSegmentError(
+            f"namespace {namespace!r}: queue table does not match its definitions"
+        )
+    st = ffi.new("struct mq_stats *")
+    for i, d in enumerate(defs):
+        rc = lib.mq_stats(ns, i, st)
+        if rc == ll.MQ_EINTR:
+            continue
+        if rc != 0:
+            raise _err(rc, f"namespace {namespace!r}, queue {d.name!r}")
+        if (
+            st.addmode != d.addmode
+            or st.size_limit != d.size
+            or st.capacity != (d.nbytes + 7) // 8 * 8
+        ):
+            raise CorruptSegmentError(
+                f"namespace {namespace!r}: queue {d.name!r} does not match its definition"
+            )
+    return defs
+
+
+def _open_error(e: Exception, namespace: str) -> MQueueError:
+    if isinstance(e, posix_ipc.PermissionsError):
+        return AccessDeniedError(f"namespace {namespace!r}: permission denied")
+    if isinstance(e, posix_ipc.ExistentialError):
+        return NamespaceNotFoundError(f"no namespace {namespace!r} on this machine")
+    return MQueueError(f"namespace {namespace!r}: cannot open its shared memory: {e}")
+
+
+def attach(namespace: str) -> ShmNamespace:
+    """Attach to an existing shared-memory namespace."""
+    name = shm_name(namespace)
+    try:
+        shm = posix_ipc.SharedMemory(name)
+    except Exception as e:
+        raise _open_error(e, namespace) from None
+    out = ffi.new("mq_ns **")
+    give_up = time.monotonic() + ATTACH_WAIT_S
+    try:
+        while True:
+            rc = lib.mq_attach(shm.fd, out)
+            if rc != ll.MQ_ENOTREADY or time.monotonic() > give_up:
+                break
+            time.sleep(0.005)
+        if rc != 0:
+            raise _err(rc, f"namespace {namespace!r}")
+        try:
+            defs = _read_meta(out[0], namespace)
+        except BaseException:
+            lib.mq_detach(out[0])
+            raise
+    except BaseException:
+        shm.close_fd()
+        raise
+    return ShmNamespace(namespace, shm, out[0], defs, db_url=None, creator=False)
+
+
+def create(
+    namespace: str,
+    defs: Sequence[QueueDef],
+    *,
+    mode: int = 0o600,
+    exist_ok: bool = False,
+    db_url: str | None = None,
+) -> ShmNamespace:
+    """Create a shared-memory namespace holding these queues."""
+    name = shm_name(namespace)
+    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+        raise ValueError(f"mode must be an int in 0..0o777, not {mode!r}")
+    meta = _meta(namespace, defs)
+    params = _params(defs)
+    size_out = ffi.new("uint64_t *")
+    rc = lib.mq_segment_size(len(defs), params, len(meta), size_out)
+    if rc != 0:
+        raise _err(rc, f"namespace {namespace!r}")
+    size = int(size_out[0])
+    try:
+        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=mode, size=size)
+    except posix_ipc.ExistentialError:
+        if not exist_ok:
+            raise NamespaceExistsError(f"namespace {namespace!r} already exists") from None
+        mq = attach(namespace)
+        if mq.definitions != list(defs):
+            mq.close()
+            raise NamespaceExistsError(
+                f"namespace {namespace!r} already exists with other queue definitions"
+            ) from None
+        return mq
+    except posix_ipc.PermissionsError:
+        raise AccessDeniedError(f"namespace {namespace!r}: permission denied") from None
+    except ValueError as e:  # posix_ipc refuses some names/sizes
+        raise MQueueError(f"namespace {namespace!r}: cannot create shared memory: {e}") from None
+    out = ffi.new("mq_ns **")
+    try:
+        os.fchmod(shm.fd, mode)  # exactly `mode`, whatever the umask
+        try:
+            os.posix_fallocate(shm.fd, 0, size)  # reserve now: no SIGBUS later
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+                raise MQueueError(
+                    f"namespace {namespace!r}: not enough shared memory for {size} bytes "
+                    f"({os.strerror(e.errno)}); use smaller bytes= or free /dev/shm"
+                ) from None
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+        rc = lib.mq_create(shm.fd, len(defs), params, meta, len(meta), out)
+        if rc != 0:
+            raise _err(rc, f"namespace {namespace!r}")
+    except BaseException:
+        try:
+            shm.unlink()
+        finally:
+            shm.close_fd()
+        raise
+    return ShmNamespace(namespace, shm, out[0], defs, db_url=db_url, creator=True)
+
+
+def destroy(namespace: str) -> None:
+    """Remove a namespace's segment.  Attached processes keep their mapping."""
+    try:
+        posix_ipc.unlink_shared_memory(shm_name(namespace))
+    except Exception as e:
+        raise _open_error(e, namespace) from None
+
+
+__all__ = ["ShmNamespace", "ShmQueue", "attach", "create", "destroy", "list_namespaces", "shm_name"]
