@@ -66,6 +66,8 @@ CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-paramet
 CFLAGS += shlex.split(os.environ.get("MQUEUE_CFLAGS", ""))
 if os.environ.get("MQUEUE_TESTING") == "1":
     CFLAGS.append("-DMQ_TESTING")
+if os.environ.get("MQUEUE_NAIVE_LOCK") == "1":  # negative control for torture tests only
+    CFLAGS.append("-DMQ_NAIVE_LOCK")
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)

@@ -219,7 +219,7 @@ static int slot_claim(struct seg_hdr *h, int fd, int *slot, uint64_t *me) {
 
 /* Returns 1 when the process named by owner word o may still be running,
  * 0 when it is certainly dead (or o is not a valid owner at all). */
-static int owner_alive(const mq_ns *ns, uint64_t o) {
+__attribute__((unused)) static int owner_alive(const mq_ns *ns, uint64_t o) {
     uint64_t s1 = o & 0xffff, gen = o >> 16;
     if (o == ns->me) return 1;                       /* another thread of this process */
     if (s1 == 0 || s1 > MQ_NSLOTS) return 0;         /* garbage: nobody can own with it */
@@ -369,7 +369,7 @@ static int q_rebuild(const struct mq_q *q, struct q_state *s) {
  * re-derives the index, dead marks and count from the committed records,
  * counts a recovery and commits.  Returns 0 or MQ_ECORRUPT (then nothing
  * is committed and the caller must unlock). */
-static int q_recover(const struct mq_q *q) {
+__attribute__((unused)) static int q_recover(const struct mq_q *q) {
     /* full fence: the dead owner's last stores reached memory before the
      * kernel released its OFD lock, which we observed through a syscall;
      * this orders our reads after that observation */
@@ -385,6 +385,25 @@ static int q_recover(const struct mq_q *q) {
     return 0;
 }
 
+#ifdef MQ_NAIVE_LOCK
+/* Negative control for the torture tests only: the semaphore used as a plain
+ * mutex, as most IPC queues do.  A holder that dies leaves it taken forever;
+ * the torture test must see that stall. */
+static void q_unlock(const struct mq_q *q) {
+    KILLPOINT("unlock_before_release");
+    sem_post(&q->h->sem);
+}
+
+static int q_lock(const mq_ns *ns, const struct mq_q *q) {
+    (void)ns;
+    for (;;) {
+        if (sem_wait(&q->h->sem) == 0) return 0;
+        if (errno == EINTR) return MQ_EINTR;
+    }
+}
+#define SEM_INITIAL 1
+#else
+#define SEM_INITIAL 0
 static void q_unlock(const struct mq_q *q) {
     KILLPOINT("unlock_before_release");
     /* release: everything done under the lock happens-before the next
@@ -436,6 +455,8 @@ static int q_lock(const mq_ns *ns, const struct mq_q *q) {
         }
     }
 }
+
+#endif /* MQ_NAIVE_LOCK */
 
 /* Wakes up to n processes blocked in fetch on q. */
 static void q_notify(const struct mq_q *q, int64_t n) {
@@ -602,7 +623,7 @@ int mq_create(int fd, uint32_t nq, const struct mq_qparam *params,
         qh->index_off = L.index_off[i];
         qh->nbuckets = L.nbuckets[i];
         qh->addmode = am[i];
-        if (sem_init(&qh->sem, 1, 0) != 0) {         /* pshared = 1: across processes */
+        if (sem_init(&qh->sem, 1, SEM_INITIAL) != 0) {   /* pshared = 1: across processes */
             rc = sys_fail();
             goto out;
         }
