@@ -32,10 +32,10 @@ from __future__ import annotations
 import base64
 import binascii
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Union
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from ._errors import DefinitionError, PersistenceError
@@ -72,7 +72,7 @@ _SAVE_BATCH = 500
 # How many items one fetch_many call of a save takes.
 _FETCH_CHUNK = 1000
 
-Data = Union[str, bytes]
+Data = str | bytes
 
 
 class _QueueLike(Protocol):

@@ -14,9 +14,14 @@ break things precisely), then the real ``mqueue.create`` / ``close`` cycle.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
+import signal
 import sqlite3
+import subprocess
 import sys
+import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +30,9 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from mqueue import _persist
+import mqueue
+from mqueue import _persist, kamailio
+from mqueue._defs import QueueDef
 from mqueue._errors import DefinitionError, MQueueError, PersistenceError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -630,3 +637,308 @@ def test_table_without_required_columns(db: Raw) -> None:
     with pytest.raises(PersistenceError, match="table 'q' has no column 'key'"):
         _persist.save_queues(mq, db.url)
     assert items_of(mq["q"]) == [("a", "b")]
+
+
+# --------------------------------------------- the real cycle: create / close
+
+
+@pytest.fixture
+def ns() -> Iterator[str]:
+    name = f"t{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            mqueue.destroy(name)
+        assert not os.path.exists(f"/dev/shm/mqueue.{name}")
+
+
+def restart(mq: mqueue.MQueue, ns: str, defs: list[Any], url: str) -> mqueue.MQueue:
+    """Shut down as the creator (saves), remove the namespace, create it again (loads)."""
+    mq.close()
+    mqueue.destroy(ns)
+    return mqueue.create(ns, defs, db_url=url)
+
+
+def drain(q: Any) -> list[tuple[Any, Any]]:
+    return [tuple(i) for i in q.fetch_many(1_000_000, timeout=0)]
+
+
+def test_dbmode1_cycle(db: Raw, ns: str) -> None:
+    defs = ["name=q;dbmode=1"]
+    mq = mqueue.create(ns, defs, db_url=db.url)
+    assert db.exists("q") and db.rows("q") == []  # created at load
+    q = mq["q"]
+    q.add("held", "by this process")
+    assert q.fetch() == ("held", "by this process")  # held: not saved at close
+    for k, v in TRICKY_ITEMS:
+        q.add(k, v)
+    mq = restart(mq, ns, defs, db.url)
+    assert db.rows("q") == []  # loaded, then emptied
+    got = drain(mq["q"])
+    assert got == TRICKY_ITEMS
+    assert [(type(k), type(v)) for k, v in got] == [(type(k), type(v)) for k, v in TRICKY_ITEMS]
+    for k, v in TRICKY_ITEMS[:3]:
+        mq["q"].add(k, v)
+    mq.close()
+    assert len(db.rows("q")) == 3  # saved again by the second creator
+    with mqueue.attach(ns) as other:
+        assert len(other["q"]) == 0  # the saved items left the queue
+
+
+def test_dbmode2_loads_but_never_saves(db: Raw, ns: str) -> None:
+    db.create_kamailio_table("q")
+    db.insert("q", [("a", "1"), ("b", "2")])
+    mq = mqueue.create(ns, ["name=q;dbmode=2"], db_url=db.url)
+    try:
+        assert db.rows("q") == []
+        mq["q"].add("c", "3")
+        assert len(mq["q"]) == 3
+    finally:
+        mq.close()
+    assert db.rows("q") == []
+    with mqueue.attach(ns) as other:
+        assert other["q"].fetch() == ("a", "1")  # still in the queue
+
+
+def test_dbmode3_saves_only_and_grows(db: Raw, ns: str) -> None:
+    defs = ["name=q;dbmode=3"]
+    db.create_kamailio_table("q")
+    db.insert("q", [("old", "0")])
+    mq = mqueue.create(ns, defs, db_url=db.url)
+    assert len(mq["q"]) == 0  # dbmode 3 never loads
+    expected = [("old", "0")]
+    for run in range(1, 4):
+        mq["q"].add_many([(f"k{run}", "a"), (f"k{run}", b"b")])
+        expected += [(f"k{run}", "a"), (f"k{run}", "b")]
+        mq = restart(mq, ns, defs, db.url)
+        assert db.rows("q") == expected  # appended, never deleted
+        assert len(mq["q"]) == 0
+    mq.close()
+
+
+def test_dbmode0_ignores_the_database(db: Raw, ns: str) -> None:
+    db.create_kamailio_table("q")
+    db.insert("q", [("a", "1")])
+    mq = mqueue.create(ns, ["name=q", "name=r;dbmode=0"], db_url=db.url)
+    assert len(mq["q"]) == 0
+    mq["q"].add("b", "2")
+    mq["r"].add("b", "2")
+    mq.close()
+    assert db.rows("q") == [("a", "1")] and not db.exists("r")
+
+
+def test_load_order_size_and_addmode(db: Raw, ns: str) -> None:
+    rows = [(30, "k1", "a"), (10, "k2", "b"), (20, "k1", "c"), (40, "k3", "d"), (50, "k2", "e")]
+    # in id order: k2:b k1:c k1:a k3:d k2:e
+    for name in ("plain", "size3", "keep", "replace"):
+        db.create_kamailio_table(name)
+        db.insert(name, rows)
+    defs = [
+        "name=plain;dbmode=2",
+        "name=size3;size=3;dbmode=1",
+        "name=keep;addmode=1;dbmode=1",
+        "name=replace;addmode=2;dbmode=2",
+    ]
+    mq = mqueue.create(ns, defs, db_url=db.url)
+    try:
+        assert drain(mq["plain"]) == [
+            ("k2", "b"),
+            ("k1", "c"),
+            ("k1", "a"),
+            ("k3", "d"),
+            ("k2", "e"),
+        ]
+        assert drain(mq["size3"]) == [("k1", "a"), ("k3", "d"), ("k2", "e")]
+        assert drain(mq["keep"]) == [("k2", "b"), ("k1", "c"), ("k3", "d")]
+        assert drain(mq["replace"]) == [("k1", "a"), ("k3", "d"), ("k2", "e")]
+        for name in ("plain", "size3", "keep", "replace"):
+            assert db.rows(name) == []  # every table emptied
+    finally:
+        mq.close()
+
+
+def test_bad_row_fails_create_and_changes_nothing(db: Raw, ns: str) -> None:
+    db.create_kamailio_table("good")
+    db.create_kamailio_table("bad", nullable=True)
+    db.insert("good", [("g", "1")])
+    db.insert("bad", [(5, "b", "1"), (9, None, "2")])
+    defs = ["name=good;dbmode=1", "name=bad;dbmode=1", "name=later;dbmode=3"]
+    with pytest.raises(PersistenceError) as exc:
+        mqueue.create(ns, defs, db_url=db.url)
+    assert "'bad'" in str(exc.value) and "id=9" in str(exc.value)
+    assert "key is NULL" in str(exc.value)
+    assert db.rows("good") == [("g", "1")]  # one transaction: rolled back
+    assert db.rows("bad") == [("b", "1"), (None, "2")]
+    assert not db.exists("later")  # a failed start never saves
+    with pytest.raises(FileNotFoundError):
+        mqueue.attach(ns)
+
+
+def test_item_too_large_for_queue_fails_create(db: Raw, ns: str) -> None:
+    db.create_kamailio_table("q")
+    db.insert("q", [("a", "1"), ("big", "x" * 4096)])
+    with pytest.raises(PersistenceError, match=r"table 'q' row id=2: cannot add"):
+        mqueue.create(ns, ["name=q;dbmode=1;bytes=1K"], db_url=db.url)
+    assert db.rows("q") == [("a", "1"), ("big", "x" * 4096)]
+    with pytest.raises(FileNotFoundError):
+        mqueue.attach(ns)
+
+
+def test_missing_tables_created(db: Raw, ns: str) -> None:
+    mq = mqueue.create(
+        ns, ["name=one;dbmode=1", "name=two;dbmode=2", "name=three;dbmode=3"], db_url=db.url
+    )
+    assert db.tables() == ["one", "two"]
+    mq.close()
+    assert db.tables() == ["one", "three", "two"]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES[:4])
+def test_hostile_queue_name_real(db: Raw, ns: str, name: str) -> None:
+    db.create_kamailio_table("x")
+    db.insert("x", [("still", "here")])
+    defs = [QueueDef(name=name, dbmode=1)]
+    mq = mqueue.create(ns, defs, db_url=db.url)
+    mq[name].add("k", b"v")
+    mq = restart(mq, ns, defs, db.url)
+    assert drain(mq[name]) == [("k", b"v")]
+    mq.close()
+    assert db.rows("x") == [("still", "here")]
+
+
+def test_hostile_name_in_a_modparam_string(db: Raw, ns: str) -> None:
+    db.create_kamailio_table("x")
+    mq = mqueue.create(ns, ["name='q\"; DROP TABLE x; --';dbmode=3"], db_url=db.url)
+    mq['q"; DROP TABLE x; --'].add("k", "v")
+    mq.close()
+    assert db.rows('q"; DROP TABLE x; --') == [("k", "v")] and db.exists("x")
+
+
+def test_name_that_cannot_be_a_table_refused_at_create(db: Raw, ns: str) -> None:
+    name = "x" * 64 if db.engine == "postgresql" else "sqlite_q"
+    with pytest.raises(DefinitionError, match="cannot be a database table name"):
+        mqueue.create(ns, [QueueDef(name=name, dbmode=1)], db_url=db.url)
+    with pytest.raises(FileNotFoundError):
+        mqueue.attach(ns)
+    assert db.tables() == []
+
+
+def test_attached_and_forked_close_do_not_save(db: Raw, ns: str) -> None:
+    mq = mqueue.create(ns, ["name=q;dbmode=1"], db_url=db.url)
+    mq["q"].add_many([("a", "1"), ("b", "2"), ("c", "3")])
+    # another process attaches and closes
+    code = "import sys, mqueue; m = mqueue.attach(sys.argv[1]); assert len(m['q']) == 3; m.close()"
+    subprocess.run([sys.executable, "-c", code, ns], cwd=REPO, env=_child_env(), check=True)
+    # an attached handle in this process
+    mqueue.attach(ns).close()
+    # a forked child closes the creator's own handle
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        status = 0
+        try:
+            mq.close()
+        except BaseException:
+            status = 1
+        os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert db.rows("q") == [] and len(mq["q"]) == 3
+    mq.close()  # the creator
+    assert db.rows("q") == [("a", "1"), ("b", "2"), ("c", "3")]
+
+
+def test_kamailio_facade_cycle(db: Raw, ns: str) -> None:
+    def module() -> kamailio.MQueueModule:
+        m = kamailio.MQueueModule()
+        m.modparam("db_url", db.url)
+        m.modparam("mqueue", "name=myq;size=20;dbmode=1")
+        return m
+
+    m = module()
+    m.init(ns)
+    assert m.mq_add("myq", "alice", "call from bob") == 1
+    assert m.mq_add("myq", "", "") == 1
+    m.close()
+    assert db.rows("myq") == [("alice", "call from bob"), ("", "")]
+    mqueue.destroy(ns)
+    m = module()
+    m.init(ns)
+    assert db.rows("myq") == []
+    assert m.mq_fetch("myq") == 1 and m.pv("$mqk(myq)") == "alice"
+    assert m.mq_fetch("myq") == 1 and m.pv("$mqk(myq)") == "" and m.pv("$mqv(myq)") == ""
+    m.close()
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+KILL_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    import mqueue
+    from mqueue import _persist
+
+    ns, url, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    mq = mqueue.create(ns, ["name=q;dbmode=3"], db_url=url)
+    mq["q"].add_many([(f"new{i}", "v" * 50) for i in range(n)])
+
+    def hook(table, done):
+        if done == n // 2:
+            print("halfway", flush=True)
+        time.sleep(0.005)
+
+    _persist._SAVE_BATCH = 1
+    _persist._save_hook = hook
+    mq.close()  # saves, row by row, until killed
+    print("saved", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("kill", [True, False])
+def test_killed_during_save_leaves_old_or_new_rows(db: Raw, ns: str, kill: bool) -> None:
+    db.create_kamailio_table("q")
+    old = [("old1", "a"), ("old2", "b")]
+    db.insert("q", old)
+    n = 200
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILL_CHILD, ns, db.url, str(n)],
+        cwd=REPO,
+        env=_child_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "halfway"
+        if kill:
+            child.send_signal(signal.SIGKILL)
+            assert child.wait(timeout=30) == -signal.SIGKILL
+        else:
+            assert child.stdout.readline().strip() == "saved"
+            assert child.wait(timeout=60) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    deadline = time.monotonic() + 30
+    while True:  # PostgreSQL ends the dead client's transaction on its own
+        try:
+            rows = db.rows("q")
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    new = [(f"new{i}", "v" * 50) for i in range(n)]
+    assert rows == (old if kill else old + new)
+    # The table is still usable: a later save appends after the old rows.
+    mqueue.destroy(ns)
+    mq = mqueue.create(ns, ["name=q;dbmode=3"], db_url=db.url)
+    mq["q"].add("after", "kill")
+    mq.close()
+    assert db.rows("q")[-1] == ("after", "kill")
