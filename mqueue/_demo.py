@@ -1,0 +1,353 @@
+"""``mqueue demo``: a SIP listener that never waits, and workers that do the slow part.
+
+The story of Kamailio's ``mqueue``: the listener process (Kamailio's SIP socket
+reader) adds one call event per INVITE to a bounded queue (``name=calls;size=5000``)
+and goes on at once; worker processes fetch the events with a blocking
+``fetch(timeout=...)`` and do a little slow work on each.  The listener adds at a
+steady rate the workers can follow, then, for about a second, a flood of INVITEs
+several times faster: the workers fall behind, the queue fills up to its bound and
+its *oldest* events are dropped (counted as ``evicted``), never the listener's new
+ones; after the flood the workers catch up.
+
+Figures are printed once a second (on standard error), and a summary at the end,
+which checks the queue's books: ``added == fetched + evicted + left``, every process's
+own count against the queue's counters, and that each worker saw its events in the
+order they were added (FIFO, no duplicates).
+
+The demo runs in its own namespace (``demo<pid>``), and removes it and stops every
+child process when it ends, also on Ctrl-C or on an error.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import random
+import signal
+import sys
+import time
+from typing import Any
+
+import mqueue
+
+QUEUE = "calls"
+QUEUE_SIZE = 5000
+DEFINITION = f"name={QUEUE};size={QUEUE_SIZE}"
+DOMAINS = ("pc33.example.com", "atlanta.example.com", "biloxi.example.org", "ua1.example.net")
+USERS = ("alice", "bob", "carol", "dave", "erin", "frank")
+
+# slots of the shared counters array: [0] listener's adds, [1 + i] worker i's fetches,
+# [1 + workers + i] worker i's order errors
+_STARTUP_TIMEOUT = 60.0
+_DRAIN_TIMEOUT = 3.0
+_WORK_SECONDS = 0.0001  # a worker's "slow work" per event
+DEFAULT_RATE = 4000.0  # steady call events per second
+FLOOD_FACTOR = 6  # during the flood the listener adds this many times faster
+FLOOD_SECONDS = 1.0
+
+
+def flood_window(seconds: float) -> tuple[float, float]:
+    """When the INVITE flood happens: one second (or less) starting at 40 % of the run."""
+    start = 0.4 * seconds
+    return start, min(seconds, start + FLOOD_SECONDS)
+
+
+def events_due(t: float, rate: float, seconds: float) -> int:
+    """How many events the paced listener has added ``t`` seconds into the run."""
+    f0, f1 = flood_window(seconds)
+    flooded = max(0.0, min(t, f1) - f0)
+    return int(rate * t + (FLOOD_FACTOR - 1) * rate * flooded) + 1
+
+
+def call_event(seq: int, rng: random.Random) -> tuple[str, str]:
+    """One SIP-like call event: (Call-ID, a short INVITE summary line).
+
+    The Call-ID starts with ``seq`` in hex, so that workers can check the order.
+    """
+    call_id = f"{seq:010x}{rng.getrandbits(24):06x}@{rng.choice(DOMAINS)}"
+    caller, callee = rng.sample(USERS, 2)
+    value = (
+        f"INVITE sip:{callee}@biloxi.example.com SIP/2.0 "
+        f"From: <sip:{caller}@atlanta.example.com> CSeq: {seq % 65536 + 1} INVITE"
+    )
+    return call_id, value
+
+
+def _orphaned(parent: int) -> bool:
+    return os.getppid() != parent
+
+
+def _listener(
+    namespace: str,
+    counts: Any,
+    ready: Any,
+    go: Any,
+    stop: Any,
+    seconds: float,
+    rate: float,
+    parent: int,
+) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent coordinates Ctrl-C
+    rng = random.Random(os.getpid())
+    with mqueue.attach(namespace) as mq:
+        q = mq[QUEUE]
+        ready.release()
+        while not go.wait(0.2):
+            if stop.is_set() or _orphaned(parent):
+                return
+        start = time.monotonic()
+        deadline = start + seconds
+        seq = 0
+        while not stop.is_set():
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            if rate > 0:
+                due = events_due(now - start, rate, seconds)
+                if seq >= due:
+                    time.sleep(min(0.001, deadline - now))
+                    continue
+                batch = min(due - seq, 1000)
+            else:
+                batch = 1000
+            for _ in range(batch):
+                key, value = call_event(seq, rng)
+                q.add(key, value)  # the listener never waits
+                seq += 1
+            counts[0] = seq
+            if seq % 50000 < batch and _orphaned(parent):
+                return
+        counts[0] = seq
+
+
+def _worker(
+    index: int,
+    workers: int,
+    namespace: str,
+    counts: Any,
+    ready: Any,
+    stop: Any,
+    parent: int,
+) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with mqueue.attach(namespace) as mq:
+        q = mq[QUEUE]
+        ready.release()
+        fetched = 0
+        order_errors = 0
+        last = -1
+        while not stop.is_set():
+            item = q.fetch(timeout=0.1)  # blocks without using CPU
+            if item is None:
+                if _orphaned(parent):
+                    return
+                continue
+            fetched += 1
+            key = item.key if isinstance(item.key, str) else item.key.decode()
+            seq = int(key[:10], 16)
+            if seq <= last:
+                order_errors += 1
+            last = seq
+            # the "slow work": look at the event, then take a little time
+            if not str(item.value).startswith("INVITE "):
+                order_errors += 1
+            time.sleep(_WORK_SECONDS)
+            counts[1 + index] = fetched
+            counts[1 + workers + index] = order_errors
+        q.free()
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run(workers: int = 3, seconds: float = 10.0, rate: float = DEFAULT_RATE) -> dict[str, Any]:
+    """Run the demo and return its summary (a JSON-able dict).
+
+    ``rate`` is the listener's steady pace in events per second, with a flood
+    of ``FLOOD_FACTOR`` times that for about a second at 40 % of the run; ``0``
+    means as fast as it can, all along.  Live figures go to standard error once
+    a second.  The summary's ``"balanced"`` is true when the books check out.
+    """
+    ctx = mp.get_context("spawn")
+    namespace = f"demo{os.getpid()}"
+    parent = os.getpid()
+    counts = ctx.Array("q", 1 + 2 * workers, lock=False)
+    ready = ctx.Semaphore(0)
+    go, stop = ctx.Event(), ctx.Event()
+    procs: list[Any] = []
+    interrupted = False
+    old_term = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    in_main_thread = _is_main_thread()
+    if in_main_thread:
+        signal.signal(signal.SIGTERM, on_term)
+    mq = mqueue.create(namespace, [DEFINITION])
+    try:
+        q = mq[QUEUE]
+        _say(
+            f"mqueue demo: namespace {namespace!r}, queue {DEFINITION!r}, "
+            f"1 listener, {workers} worker(s), {seconds:g} s, "
+            f"rate {'unpaced' if rate <= 0 else f'{rate:g}/s'}"
+        )
+        if rate > 0:
+            f0, f1 = flood_window(seconds)
+            _say(
+                f"an INVITE flood ({FLOOD_FACTOR}x the rate) from {f0:g} s to {f1:g} s: "
+                f"the queue fills and its oldest events are dropped; the listener never waits"
+            )
+        listener = ctx.Process(
+            target=_listener,
+            name="mqueue-demo-listener",
+            args=(namespace, counts, ready, go, stop, seconds, rate, parent),
+        )
+        procs.append(listener)
+        for i in range(workers):
+            procs.append(
+                ctx.Process(
+                    target=_worker,
+                    name=f"mqueue-demo-worker-{i}",
+                    args=(i, workers, namespace, counts, ready, stop, parent),
+                )
+            )
+        for p in procs:
+            p.daemon = True
+            p.start()
+        t_end = time.monotonic() + _STARTUP_TIMEOUT
+        started = 0
+        while started < len(procs):  # every child attached before the clock starts
+            if ready.acquire(timeout=0.2):
+                started += 1
+                continue
+            dead = [p.name for p in procs if p.exitcode is not None]
+            if dead:
+                raise mqueue.MQueueError(f"demo: child process(es) died at start: {dead}")
+            if time.monotonic() > t_end:
+                raise mqueue.MQueueError("demo: child processes did not start in time")
+        go.set()
+        start = time.monotonic()
+        prev = q.stats()
+        prev_t = start
+        _say(
+            f"{'time':>6}  {'added/s':>9}  {'fetched/s':>9}  {'queued':>6}  "
+            f"{'evicted':>9}  {'added':>9}  {'fetched':>9}"
+        )
+        phase_end = start + seconds + _DRAIN_TIMEOUT
+        while True:
+            listener.join(timeout=max(0.0, min(1.0, prev_t + 1.0 - time.monotonic())))
+            now = time.monotonic()
+            if now - prev_t >= 0.999 or listener.exitcode is not None:
+                st = q.stats()
+                dt = max(now - prev_t, 1e-6)
+                _say(
+                    f"{now - start:5.1f}s  {(st.added - prev.added) / dt:9.0f}  "
+                    f"{(st.fetched - prev.fetched) / dt:9.0f}  {len(q):6d}  "
+                    f"{st.evicted:9d}  {st.added:9d}  {st.fetched:9d}"
+                )
+                prev, prev_t = st, now
+            if listener.exitcode is not None:
+                break
+            if now > phase_end:
+                raise mqueue.MQueueError("demo: the listener did not stop in time")
+            dead = [p.name for p in procs[1:] if p.exitcode is not None]
+            if dead:
+                raise mqueue.MQueueError(f"demo: worker(s) died: {dead}")
+        if listener.exitcode != 0:
+            raise mqueue.MQueueError(f"demo: the listener failed (exit {listener.exitcode})")
+        added_time = time.monotonic() - start
+        _say(f"listener stopped; the workers drain the {len(q)} queued event(s)")
+        # let the workers drain what is left, for a bounded time
+        drain_end = time.monotonic() + _DRAIN_TIMEOUT
+        while len(q) > 0 and time.monotonic() < drain_end:
+            time.sleep(0.02)
+        stop.set()
+        for p in procs[1:]:
+            p.join(timeout=5.0)
+        failed = [p.name for p in procs[1:] if p.exitcode != 0]
+        if failed:
+            raise mqueue.MQueueError(f"demo: worker(s) failed: {failed}")
+        elapsed = time.monotonic() - start
+        st = q.stats()
+        left = len(q)
+        per_worker = [int(counts[1 + i]) for i in range(workers)]
+        order_errors = sum(int(counts[1 + workers + i]) for i in range(workers))
+        summary: dict[str, Any] = {
+            "namespace": namespace,
+            "queue": DEFINITION,
+            "workers": workers,
+            "seconds": round(elapsed, 3),
+            "adding_seconds": round(added_time, 3),
+            "added": st.added,
+            "fetched": st.fetched,
+            "evicted": st.evicted,
+            "left": left,
+            "high_water": st.high_water,
+            "recoveries": st.recoveries,
+            "listener_added": int(counts[0]),
+            "worker_fetched": per_worker,
+            "order_errors": order_errors,
+            "added_per_second": round(st.added / max(added_time, 1e-6)),
+            "fetched_per_second": round(st.fetched / max(elapsed, 1e-6)),
+        }
+        summary["balanced"] = (
+            st.added == st.fetched + st.evicted + left
+            and int(counts[0]) == st.added
+            and sum(per_worker) == st.fetched
+            and order_errors == 0
+        )
+        return summary
+    except KeyboardInterrupt:
+        interrupted = True
+        _say("mqueue demo: interrupted, cleaning up")
+        raise
+    finally:
+        stop.set()
+        go.set()
+        for p in procs:
+            if p.pid is not None:
+                p.join(timeout=3.0)
+        for p in procs:
+            if p.pid is not None and p.exitcode is None:
+                p.terminate()
+                p.join(timeout=2.0)
+            if p.pid is not None and p.exitcode is None:
+                p.kill()
+                p.join()
+        try:
+            mq.close()
+        finally:
+            mqueue.destroy(namespace)
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, old_term)
+        if interrupted:
+            _say(f"mqueue demo: namespace {namespace!r} removed")
+
+
+def _is_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """The summary as a few readable lines."""
+    check = "OK" if s["balanced"] else "MISMATCH"
+    workers = ", ".join(str(n) for n in s["worker_fetched"])
+    return "\n".join(
+        [
+            f"summary ({s['seconds']:g} s, queue {s['queue']!r}):",
+            f"  added    {s['added']:>10}  ({s['added_per_second']}/s by 1 listener, "
+            f"which never waited)",
+            f"  fetched  {s['fetched']:>10}  ({s['fetched_per_second']}/s by {s['workers']} "
+            f"worker(s): {workers})",
+            f"  evicted  {s['evicted']:>10}  (oldest events dropped while the queue was full)",
+            f"  left     {s['left']:>10}  (still queued)",
+            f"  high-water mark {s['high_water']}, lock recoveries {s['recoveries']}, "
+            f"order errors {s['order_errors']}",
+            f"  check: added == fetched + evicted + left: "
+            f"{s['added']} == {s['fetched']} + {s['evicted']} + {s['left']}: {check}",
+        ]
+    )
