@@ -544,10 +544,10 @@ def load_queues(mq: _MQLike, db_url: str, *, queues: Iterable[str] | None = None
 # ------------------------------------------------------------------------ save
 
 
-def _fetch_all(q: _QueueLike) -> list[tuple[Data, Data]]:
-    """Take the items queued now, oldest first (not ones added meanwhile)."""
+def _fetch_into(q: _QueueLike, items: list[tuple[Data, Data]]) -> None:
+    """Take the items queued now, oldest first (not ones added meanwhile), appending
+    them to ``items`` as they come, so that a failure half way loses none."""
     want = len(q)
-    items: list[tuple[Data, Data]] = []
     while len(items) < want:
         chunk = q.fetch_many(min(_FETCH_CHUNK, want - len(items)), timeout=0)
         if not chunk:
@@ -555,7 +555,6 @@ def _fetch_all(q: _QueueLike) -> list[tuple[Data, Data]]:
         for item in chunk:
             key, value = item
             items.append((key, value))
-    return items
 
 
 def _put_back(q: _QueueLike, items: Sequence[tuple[Data, Data]]) -> int:
@@ -586,7 +585,7 @@ def _save_one(db: _DB, target: _Target, name: str, q: _QueueLike) -> int:
                         f"table {name!r} has no column {required!r} "
                         f"(it has {', '.join(cols) or 'none'})"
                     )
-            items = _fetch_all(q)
+            _fetch_into(q, items)
             rows = [_encode(k) + _encode(v) for k, v in items]
             # (key text, key marker, val text, val marker)
             if any(r[1] is not None or r[3] is not None for r in rows):
