@@ -86,10 +86,19 @@ def _item_json(key: str | bytes, value: str | bytes) -> dict[str, str]:
     return out
 
 
+def _backend_missing(url: str | None, exc: ImportError) -> MQueueError:
+    return MQueueError(f"the backend for url {url!r} is not available: {exc}")
+
+
 def _attach(args: argparse.Namespace) -> MQueue:
     import mqueue
 
-    return mqueue.attach(args.namespace, url=args.url)
+    try:
+        return mqueue.attach(args.namespace, url=args.url)
+    except ImportError as exc:
+        if args.url is None:
+            raise
+        raise _backend_missing(args.url, exc) from None
 
 
 def _cmd_ls(args: argparse.Namespace) -> Any:
@@ -169,7 +178,12 @@ def _cmd_stats(args: argparse.Namespace) -> Any:
 def _cmd_destroy(args: argparse.Namespace) -> Any:
     import mqueue
 
-    mqueue.destroy(args.namespace, url=args.url)
+    try:
+        mqueue.destroy(args.namespace, url=args.url)
+    except ImportError as exc:
+        if args.url is None:
+            raise
+        raise _backend_missing(args.url, exc) from None
     return {"namespace": args.namespace, "destroyed": True}
 
 
@@ -317,9 +331,9 @@ def _error_message(exc: BaseException) -> str:
     if isinstance(exc, RPCError):
         return exc.message
     if isinstance(exc, QueueNotFoundError):
-        return f"No such queue: {exc}"
+        return str(exc) or "No such queue"
     if isinstance(exc, NamespaceNotFoundError):
-        return f"No such namespace: {exc}"
+        return str(exc) or "No such namespace"
     return str(exc) or type(exc).__name__
 
 

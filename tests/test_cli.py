@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -202,8 +203,9 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_url_option_is_passed(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, ns: str
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    ns = _new_ns()  # never created: attach and destroy are replaced below
     seen: list[Any] = []
 
     def fake_destroy(namespace: str, *, url: str | None = None) -> None:
@@ -247,6 +249,38 @@ def test_save_load_calls_persistence(
     rc, out, err = run(capsys, "load", ns, "--db-url", "sqlite:///a.db")
     assert (rc, err, out) == (0, None, {"namespace": ns, "db_url": "sqlite:///a.db", "loaded": {}})
     assert calls == [("save", ns, "sqlite:///a.db"), ("load", ns, "sqlite:///a.db")]
+
+
+def test_save_load_round_trip(capsys: pytest.CaptureFixture[str], ns: str, tmp_path: Path) -> None:
+    pytest.importorskip("mqueue._persist")
+    url = f"sqlite:///{tmp_path}/mq.db"
+    with mqueue.create(ns, ["name=p;dbmode=1", "name=plain"], db_url=url) as mq:
+        mq["p"].add("k1", "v1")
+        mq["p"].add("", b"\xff")
+        rc, out, err = run(capsys, "save", ns, "--db-url", url)
+        assert (rc, err) == (0, None)
+        assert out["saved"] == {"p": 2}
+        assert run(capsys, "get_size", ns, "p")[1] == {"name": "p", "size": 0}
+        rc, out, err = run(capsys, "load", ns, "--db-url", url)
+        assert (rc, err) == (0, None)
+        assert out["loaded"] == {"p": 2}
+        assert run(capsys, "fetch", ns, "p")[1] == {"key": "k1", "val": "v1"}
+        assert run(capsys, "fetch", ns, "p")[1] == {"key": "", "val_b64": "/w=="}
+
+
+def test_unavailable_backend_url_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ns = _new_ns()  # never created: attach and destroy are replaced below
+
+    def no_backend(namespace: str, *, url: str | None = None) -> Any:
+        raise ImportError("No module named 'redis'")
+
+    monkeypatch.setattr(mqueue, "attach", no_backend)
+    monkeypatch.setattr(mqueue, "destroy", no_backend)
+    for argv in (("get_sizes", ns), ("destroy", ns)):
+        msg = assert_error(run(capsys, *argv, "--url", "redis://h/0"), 500)
+        assert "backend" in msg and "redis://h/0" in msg
 
 
 def _python_m(*argv: str) -> subprocess.CompletedProcess[str]:
