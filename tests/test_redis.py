@@ -1,0 +1,955 @@
+"""The Redis backend: SPEC.md sections 1, 2 and 4 over a real redis-server.
+
+The server is ``MQUEUE_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6399/0``,
+started by ``.ci/services-redis.sh``).  When it does not answer, the tests
+skip, unless ``MQUEUE_REQUIRE_SERVICES=1`` (CI), where they fail.  Every test
+uses its own namespace and leaves no key behind.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import mqueue
+
+try:
+    import redis
+except ImportError:
+    if os.environ.get("MQUEUE_REQUIRE_SERVICES"):
+        raise
+    pytest.skip("redis-py is not installed (pip install mqueue[redis])", allow_module_level=True)
+
+from mqueue import _redis as R  # noqa: E402
+
+URL = os.environ.get("MQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6399/0")
+
+
+def _reachable(url: str) -> str | None:
+    try:
+        c = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        try:
+            c.ping()
+        finally:
+            c.close()
+    except Exception as e:  # noqa: BLE001
+        return str(e)
+    return None
+
+
+_PROBLEM = _reachable(URL)
+if _PROBLEM is not None:
+    if os.environ.get("MQUEUE_REQUIRE_SERVICES"):
+        raise RuntimeError(f"Redis at {URL} is required (MQUEUE_REQUIRE_SERVICES) but: {_PROBLEM}")
+    pytestmark = pytest.mark.skip(reason=f"no Redis server at {URL}: {_PROBLEM}")
+
+
+def new_ns() -> str:
+    return f"t{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+
+def _ns_keys(client: Any, ns: str) -> list[bytes]:
+    pat = R._glob_esc(f"mqueue:{{{R._esc(ns)}") + "[:}]*"
+    return list(client.scan_iter(match=pat, count=1000))
+
+
+@pytest.fixture
+def admin() -> Iterator[Any]:
+    c = redis.Redis.from_url(URL)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def rns(admin: Any) -> Iterator[str]:
+    name = new_ns()
+    yield name
+    with contextlib.suppress(FileNotFoundError):
+        mqueue.destroy(name, url=URL)
+    left = _ns_keys(admin, name)
+    for k in left:
+        admin.delete(k)
+    assert not left, f"keys left behind: {left}"
+
+
+Make = Callable[..., mqueue.MQueue]
+
+
+@pytest.fixture
+def make(rns: str) -> Iterator[Make]:
+    made: list[mqueue.MQueue] = []
+
+    def mk(defs: list[str] | str, **kw: Any) -> mqueue.MQueue:
+        if isinstance(defs, str):
+            defs = [defs]
+        mq = mqueue.create(rns, defs, url=URL, **kw)
+        made.append(mq)
+        return mq
+
+    yield mk
+    for mq in made:
+        with contextlib.suppress(Exception):
+            for q in mq.queues():
+                q._check()  # type: ignore[attr-defined]
+        mq.close()
+
+
+def rs(k: bytes | str, v: bytes | str) -> int:
+    kb = k.encode() if isinstance(k, str) else k
+    vb = v.encode() if isinstance(v, str) else v
+    return (24 + len(kb) + len(vb) + 7) // 8 * 8
+
+
+# ------------------------------------------------------------ conformance
+def test_add_fetch_fifo_and_held(make: Make) -> None:
+    q = make("name=q")["q"]
+    assert q.key is None and q.value is None
+    assert q.add("k1", "v1") is True
+    assert q.add(b"k2", b"v2") is True
+    assert len(q) == 2
+    it = q.fetch()
+    assert it == mqueue.Item("k1", "v1") and q.key == "k1" and q.value == "v1"
+    assert q.held == it
+    assert len(q) == 1  # held item not counted
+    assert q.fetch() == (b"k2", b"v2") and q.key == b"k2"
+    assert q.fetch() is None and q.key is None and q.value is None  # empty clears held
+    q.add("a", "b")
+    q.fetch()
+    q.free()
+    assert q.key is None and len(q) == 0
+
+
+def test_held_is_per_process_and_handle(make: Make, rns: str) -> None:
+    mq = make("name=q")
+    q = mq["q"]
+    q.add("a", "1")
+    q.add("b", "2")
+    other = mqueue.attach(rns, url=URL)
+    try:
+        assert other["q"].fetch() == ("a", "1")
+        assert q.key is None  # another handle's fetch does not change ours
+        assert q.fetch() == ("b", "2")
+        assert other["q"].key == "a"
+    finally:
+        other.close()
+
+
+def test_len_stats_sizes_change_nothing(make: Make) -> None:
+    mq = make(["name=a;size=5", "name=b"])
+    mq["a"].add_many([(str(i), "x") for i in range(3)])
+    before = mq["a"].stats()
+    for _ in range(3):
+        assert len(mq["a"]) == 3
+        assert mq.sizes() == {"a": 3, "b": 0}
+        assert mq["a"].stats() == before
+    st = before
+    assert (st.length, st.added, st.fetched, st.evicted, st.duplicates) == (3, 3, 0, 0, 0)
+    assert st.high_water == 3 and st.recoveries == 0
+    assert st.bytes_used == 3 * rs("0", "x") and st.capacity == 1 << 20
+    assert st.size_limit == 5 and st.addmode == 0
+
+
+def test_size_eviction_drops_oldest(make: Make) -> None:
+    q = make("name=q;size=3")["q"]
+    for i in range(5):
+        assert q.add(f"k{i}", f"v{i}")
+    assert len(q) == 3
+    st = q.stats()
+    assert st.evicted == 2 and st.high_water == 3
+    assert [i.key for i in q.fetch_many(10)] == ["k2", "k3", "k4"]
+    st = q.stats()
+    assert st.added == st.fetched + st.evicted + len(q)
+
+
+def test_bytes_bounded_evicts_unbounded_raises(make: Make) -> None:
+    mq = make(["name=b;size=100;bytes=256", "name=u;bytes=256"])
+    b, u = mq["b"], mq["u"]
+    r = rs("k0", "x" * 40)  # 72
+    for i in range(5):
+        b.add(f"k{i}", "x" * 40)
+    st = b.stats()
+    assert st.length == 256 // r and st.evicted == 5 - 256 // r
+    assert st.bytes_used == st.length * r <= 256
+    assert b.fetch().key == f"k{5 - 256 // r}"  # type: ignore[union-attr]
+    for i in range(3):
+        u.add(f"k{i}", "x" * 40)
+    before = u.stats()
+    with pytest.raises(mqueue.QueueFullError, match="full"):
+        u.add("k9", "x" * 40)
+    assert u.stats() == before  # nothing changed
+    with pytest.raises(mqueue.ItemTooLargeError):
+        u.add("k", "x" * 300)
+    with pytest.raises(ValueError):
+        b.add("k", "x" * 300)
+    assert u.stats() == before
+    # exactly the capacity fits
+    mq2_q = mq["u"]
+    mq2_q.fetch_many(10)
+    assert mq2_q.add("", "y" * (256 - 24)) is True
+    assert mq2_q.stats().bytes_used == 256
+
+
+def test_addmode1_keeps_old(make: Make) -> None:
+    q = make("name=q;addmode=1")["q"]
+    assert q.add("a", "1") is True
+    assert q.add(b"a", "2") is False  # "a" and b"a" are the same key
+    assert len(q) == 1
+    st = q.stats()
+    assert st.added == 2 and st.duplicates == 1
+    assert q.fetch() == ("a", "1")
+    # held items are not compared
+    assert q.add("a", "3") is True
+    assert q.key == "a" and len(q) == 1
+    st = q.stats()
+    assert st.added == st.fetched + st.evicted + st.duplicates + st.length
+
+
+def test_addmode2_replaces_old_and_keeps_bytes(make: Make) -> None:
+    q = make("name=q;addmode=2;bytes=1K")["q"]
+    q.add("a", "1")
+    q.add("b", "2")
+    q.add(b"a", "3")
+    assert len(q) == 2
+    st = q.stats()
+    assert st.duplicates == 1 and st.added == 3
+    assert st.bytes_used == 3 * rs("a", "1")  # the replaced record still occupies its bytes
+    assert q.fetch() == ("b", "2")
+    assert q.stats().bytes_used == rs("a", "1")  # head passed the replaced one
+    assert q.fetch() == (b"a", "3")
+    assert q.stats().bytes_used == 0
+    q.add("a", "4")
+    q.fetch()
+    assert q.add("a", "5") is True and len(q) == 1  # held not compared
+    assert q.stats().duplicates == 1
+
+
+def test_addmode2_unbounded_full_changes_nothing(make: Make) -> None:
+    q = make("name=q;addmode=2;bytes=256")["q"]
+    for i in range(8):
+        q.add(f"k{i}", "v" * 5)
+    before = q.stats()
+    assert before.bytes_used + rs("k0", "v" * 5) > 256
+    with pytest.raises(mqueue.QueueFullError):
+        q.add("k0", "v" * 5)
+    assert q.stats() == before
+    assert q.fetch() == ("k0", "v" * 5)
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("", ""),
+        (b"", b""),
+        ("é€𝄞", "\udcff surrogate"),
+        (b"\x00\xff\x01", b"\xff" * 100),
+        ("k", b"\x00"),
+        (b"k", "v"),
+        ("x" * 5000, b"y" * 100000),
+    ],
+)
+def test_str_bytes_round_trip(make: Make, key: Any, value: Any) -> None:
+    q = make("name=q;addmode=2")["q"]
+    q.add(key, value)
+    q.add_many([(key, value)])
+    for it in (q.fetch(), *q.fetch_many(5)):
+        if it is None:
+            continue
+        assert type(it.key) is type(key) and type(it.value) is type(value)
+        assert it == (key, value)
+
+
+def test_bad_types(make: Make) -> None:
+    q = make("name=q")["q"]
+    for k, v in [(1, "a"), ("a", None), (bytearray(b"a"), "x"), ("a", 3.0)]:
+        with pytest.raises(TypeError):
+            q.add(k, v)
+    with pytest.raises(mqueue.ItemTypeError):
+        q.add_many([("a", "b"), ("c", 4)])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        q.add_many([("a",)])  # type: ignore[list-item]
+    assert len(q) == 0
+
+
+def test_timeouts(make: Make) -> None:
+    q = make("name=q")["q"]
+    t = time.monotonic()
+    assert q.fetch() is None and q.fetch(timeout=0) is None
+    assert q.fetch_many(3, timeout=0) == []
+    assert time.monotonic() - t < 0.5
+    t = time.monotonic()
+    assert q.fetch(timeout=0.3) is None
+    assert 0.25 <= time.monotonic() - t < 1.5
+    t = time.monotonic()
+    assert q.fetch_many(5, timeout=0.2) == []
+    assert 0.15 <= time.monotonic() - t < 1.5
+    with pytest.raises(TypeError):
+        q.fetch(timeout="1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        q.fetch(timeout=-1)
+    with pytest.raises(ValueError):
+        q.fetch_many(-1)
+    with pytest.raises(TypeError):
+        q.fetch_many(1.5)  # type: ignore[arg-type]
+    # a waiting fetch is woken by an add from another thread (own connection)
+    threading.Timer(0.3, lambda: q.add("late", "v")).start()
+    t = time.monotonic()
+    assert q.fetch(timeout=None) == ("late", "v")
+    assert time.monotonic() - t < 1.0
+
+
+def test_add_many_and_fetch_many(make: Make) -> None:
+    mq = make(["name=q", "name=s;size=3", "name=u;bytes=256", "name=d;addmode=1"])
+    q = mq["q"]
+    assert q.add_many([]) == 0
+    assert q.add_many((f"k{i}", b"v") for i in range(10)) == 10
+    q.fetch()
+    held = q.held
+    got = q.fetch_many(4)
+    assert [i.key for i in got] == ["k1", "k2", "k3", "k4"]
+    assert q.held == held  # fetch_many does not change the held item
+    assert q.fetch_many(0) == []
+    assert len(q.fetch_many(100)) == 5
+    # bounded: oldest dropped as for add
+    assert mq["s"].add_many([(str(i), "") for i in range(5)]) == 5
+    assert [i.key for i in mq["s"].fetch_many(9)] == ["2", "3", "4"]
+    assert mq["s"].stats().evicted == 2
+    # unbounded: a batch that does not fit stores nothing
+    u = mq["u"]
+    with pytest.raises(mqueue.QueueFullError):
+        u.add_many([(str(i), "x" * 40) for i in range(4)])
+    assert len(u) == 0 and u.stats().added == 0
+    # a bad item stores nothing
+    with pytest.raises(mqueue.ItemTooLargeError):
+        u.add_many([("a", "b"), ("c", "x" * 1000)])
+    assert len(u) == 0
+    # addmode 1: duplicates inside the batch and against the queue
+    d = mq["d"]
+    d.add("a", "0")
+    assert d.add_many([("a", "1"), ("b", "2"), (b"b", "3"), ("c", "4")]) == 2
+    assert [tuple(i) for i in d.fetch_many(9)] == [("a", "0"), ("b", "2"), ("c", "4")]
+    st = d.stats()
+    assert st.added == 5 and st.duplicates == 2
+
+
+def test_fetch_many_waits_only_while_empty(make: Make) -> None:
+    q = make("name=q")["q"]
+    q.add("a", "1")
+    t = time.monotonic()
+    assert len(q.fetch_many(10, timeout=5)) == 1
+    assert time.monotonic() - t < 0.5
+    threading.Timer(0.2, lambda: q.add_many([("b", "2"), ("c", "3")])).start()
+    assert [i.key for i in q.fetch_many(10, timeout=None)] in (["b", "c"], ["b"])
+
+
+def test_definitions_exist_ok_attach_destroy(make: Make, rns: str, admin: Any) -> None:
+    defs = ["name=q1;size=2", "name='q 2';addmode=2;bytes=4K"]
+    mq = make(defs)
+    assert list(mq) == ["q1", "q 2"] and "q 2" in mq and "nope" not in mq
+    with pytest.raises(FileExistsError):
+        mqueue.create(rns, defs, url=URL)
+    with pytest.raises(mqueue.NamespaceExistsError):
+        mqueue.create(rns, ["name=q1;size=3", "name='q 2';addmode=2;bytes=4K"], url=URL,
+                      exist_ok=True)
+    same = mqueue.create(rns, ["NAME = q1 ; size = 2;", "name=\"q 2\";addmode=2;bytes=4k"],
+                         url=URL, exist_ok=True)
+    assert not same.is_creator and same.definitions == mq.definitions
+    same.close()
+    att = mqueue.attach(rns, url=URL)
+    assert att.definitions == mq.definitions and att.url == URL
+    with pytest.raises(KeyError):
+        att["nope"]
+    with pytest.raises(mqueue.QueueNotFoundError):
+        mq["nope"]
+    att["q1"].add("k", "v")
+    assert mq.sizes() == {"q1": 1, "q 2": 0}
+    assert rns in R.list_namespaces(URL)
+    att.close()
+    with pytest.raises(mqueue.MQueueError, match="closed"):
+        att["q1"].add("k", "v")
+    mqueue.destroy(rns, url=URL)
+    assert _ns_keys(admin, rns) == []
+    with pytest.raises(FileNotFoundError):
+        mqueue.attach(rns, url=URL)
+    with pytest.raises(FileNotFoundError):
+        mqueue.destroy(rns, url=URL)
+    with pytest.raises(mqueue.BackendError) as ei:
+        mq["q1"].add("k", "v")
+    assert isinstance(ei.value, FileNotFoundError) and "gone" in str(ei.value)
+    with pytest.raises(R.NamespaceLostError):
+        mq["q1"].fetch(timeout=None)  # does not hang on a destroyed namespace
+    # recreated with other definitions: the old handle does not touch the new queues
+    new = mqueue.create(rns, ["name=q1"], url=URL)
+    with pytest.raises(R.NamespaceLostError):
+        len(mq["q1"])
+    new.close()
+
+
+def test_attach_missing_and_bad_input(rns: str) -> None:
+    with pytest.raises(mqueue.NamespaceNotFoundError):
+        mqueue.attach(rns, url=URL)
+    with pytest.raises(mqueue.DefinitionError):
+        mqueue.create(rns, ["name=q;foo=1"], url=URL)
+    with pytest.raises(ValueError):
+        mqueue.create(rns, ["name=q"], url=URL, mode=0o1777)
+    with pytest.raises(ValueError):
+        mqueue.create("a/b", ["name=q"], url=URL)
+    with pytest.raises(mqueue.DefinitionError):
+        mqueue.create(rns, ["name=q"], url="memcached://x")
+    with pytest.raises(mqueue.BackendError):
+        mqueue.attach(rns, url="redis://127.0.0.1:1/0")  # nothing listens there
+
+
+def test_damaged_definitions(rns: str, admin: Any) -> None:
+    admin.set(R.defs_key(rns), b"\x00garbage")
+    with pytest.raises(mqueue.CorruptSegmentError):
+        mqueue.attach(rns, url=URL)
+    mqueue.destroy(rns, url=URL)  # removes even a damaged namespace
+
+
+def test_names_map_to_one_hash_slot(make: Make, admin: Any) -> None:
+    from redis.crc import key_slot
+
+    weird = ["name='a}b{c:%d e'", "name=plain", "name='}'"]
+    mq = make(weird)
+    for q in mq.queues():
+        q.add(q.name, "v")
+        assert q.fetch() == (q.name, "v")
+        ks = R.queue_keys(mq.namespace, q.name)
+        assert len({key_slot(k.encode()) for k in ks}) == 1
+    nsx = "n}s{:%" + uuid.uuid4().hex[:6]
+    try:
+        m2 = mqueue.create(nsx, ["name=q"], url=URL)
+        m2["q"].add("k", "v")
+        assert nsx in R.list_namespaces(URL)
+        m2.close()
+    finally:
+        mqueue.destroy(nsx, url=URL)
+    assert nsx not in R.list_namespaces(URL)
+
+
+def test_missing_redis_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)
+    with pytest.raises(mqueue.MQueueError, match=r"pip install mqueue\[redis\]"):
+        mqueue.attach("x", url=URL)
+
+
+def test_fork_inherited_handle(make: Make) -> None:
+    q = make("name=q")["q"]
+    q.add("a", "1")
+    q.add("b", "2")
+    q.fetch()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        ok = q.key is None and q.fetch() == ("b", "2")
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert q.key == "a" and len(q) == 0
+
+
+# ------------------------------------------------------------ model test
+class Model:
+    """The queue semantics of SPEC.md section 2, with shared memory's byte accounting."""
+
+    def __init__(self, size: int, cap: int, mode: int) -> None:
+        self.limit, self.cap, self.mode = size, (cap + 7) // 8 * 8, mode
+        self.recs: collections.deque[list[Any]] = collections.deque()  # [kb, item, R, dead]
+        self.count = self.bytes = 0
+        self.added = self.fetched = self.evicted = self.dups = self.hw = 0
+
+    def _live_key(self, kb: bytes) -> list[Any] | None:
+        for r in self.recs:
+            if not r[3] and r[0] == kb:
+                return r
+        return None
+
+    def _pop_head(self) -> list[Any]:
+        r = self.recs.popleft()
+        self.bytes -= r[2]
+        return r
+
+    def add_many(self, items: list[tuple[Any, Any]]) -> int:
+        sizes = [rs(k, v) for k, v in items]
+        if any(s > self.cap for s in sizes):
+            raise mqueue.ItemTooLargeError
+        if self.limit == 0:
+            need, seen = 0, set()
+            for (k, _), s in zip(items, sizes, strict=True):
+                kb = k.encode("utf-8", "surrogatepass") if isinstance(k, str) else k
+                if self.mode == 1 and (kb in seen or self._live_key(kb)):
+                    continue
+                seen.add(kb)
+                need += s
+            if self.bytes + need > self.cap:
+                raise mqueue.QueueFullError
+        stored = 0
+        for (k, v), s in zip(items, sizes, strict=True):
+            kb = k.encode("utf-8", "surrogatepass") if isinstance(k, str) else k
+            if self.mode:
+                old = self._live_key(kb)
+                if old is not None:
+                    self.dups += 1
+                    if self.mode == 1:
+                        self.added += 1
+                        continue
+                    old[3] = True
+                    self.count -= 1
+            while (self.limit and self.count + 1 > self.limit) or self.bytes + s > self.cap:
+                r = self._pop_head()
+                if not r[3]:
+                    self.count -= 1
+                    self.evicted += 1
+            self.recs.append([kb, mqueue.Item(k, v), s, False])
+            self.bytes += s
+            self.count += 1
+            self.added += 1
+            self.hw = max(self.hw, self.count)
+            stored += 1
+        return stored
+
+    def take(self, n: int) -> list[mqueue.Item]:
+        out: list[mqueue.Item] = []
+        while self.recs:
+            if not self.recs[0][3]:
+                if len(out) >= n:
+                    break
+                out.append(self.recs[0][1])
+                self.count -= 1
+                self.fetched += 1
+            self._pop_head()
+        return out
+
+    def stats(self) -> tuple[int, ...]:
+        return (self.count, self.added, self.fetched, self.evicted, self.dups, self.hw,
+                self.bytes)
+
+
+def _stats_tuple(st: mqueue.QueueStats) -> tuple[int, ...]:
+    return (st.length, st.added, st.fetched, st.evicted, st.duplicates, st.high_water,
+            st.bytes_used)
+
+
+def _apply(ops: list[tuple[Any, ...]], q: Any, m: Model | None) -> list[Any]:
+    out: list[Any] = []
+    for op in ops:
+        try:
+            if op[0] == "add":
+                r: Any = q.add(op[1], op[2]) if m is None else m.add_many([(op[1], op[2])]) == 1
+            elif op[0] == "add_many":
+                r = q.add_many(op[1]) if m is None else m.add_many(op[1])
+            elif op[0] == "fetch":
+                if m is None:
+                    it = q.fetch()
+                    r = None if it is None else tuple(it)
+                else:
+                    got = m.take(1)
+                    r = tuple(got[0]) if got else None
+            else:
+                r = [tuple(i) for i in (q.fetch_many(op[1]) if m is None else m.take(op[1]))]
+        except (mqueue.QueueFullError, mqueue.ItemTooLargeError) as e:
+            r = type(e).__name__
+        st = _stats_tuple(q.stats()) if m is None else m.stats()
+        out.append((r, st))
+    return out
+
+
+def _ops_strategy() -> Any:
+    from hypothesis import strategies as st
+
+    key = st.sampled_from(["a", "b", "c", b"a", b"b", "é", ""])
+    val = st.one_of(st.text(max_size=12), st.binary(max_size=60))
+    add = st.tuples(st.just("add"), key, val)
+    add_many = st.tuples(st.just("add_many"), st.lists(st.tuples(key, val), max_size=6))
+    fetch = st.tuples(st.just("fetch"))
+    fetch_many = st.tuples(st.just("fetch_many"), st.integers(1, 5))
+    return st.lists(st.one_of(add, add, add_many, fetch, fetch_many), max_size=40)
+
+
+def test_model_random_ops_vs_deque() -> None:
+    hyp = pytest.importorskip("hypothesis")
+    from hypothesis import strategies as st
+
+    @hyp.settings(max_examples=60, deadline=None, database=None)
+    @hyp.given(
+        size=st.sampled_from([0, 1, 3]),
+        cap=st.sampled_from([256, 400]),
+        mode=st.sampled_from([0, 1, 2]),
+        ops=_ops_strategy(),
+    )
+    def run(size: int, cap: int, mode: int, ops: list[tuple[Any, ...]]) -> None:
+        ns = new_ns()
+        mq = mqueue.create(ns, [f"name=q;size={size};bytes={cap};addmode={mode}"], url=URL)
+        try:
+            q = mq["q"]
+            got = _apply(ops, q, None)
+            want = _apply(ops, q, Model(size, cap, mode))
+            assert got == want
+            q._check()  # type: ignore[attr-defined]
+        finally:
+            mq.close()
+            mqueue.destroy(ns, url=URL)
+
+    run()
+
+
+def test_same_results_as_shared_memory() -> None:
+    """The same random operations give the same results and counters on both backends."""
+    rnd = random.Random(1234)
+    keys = ["a", "b", b"c", "d", ""]
+    for mode in (0, 1, 2):
+        for size in (0, 2):
+            ops: list[tuple[Any, ...]] = []
+            for _ in range(150):
+                x = rnd.random()
+                if x < 0.5:
+                    ops.append(("add", rnd.choice(keys), "v" * rnd.randint(0, 50)))
+                elif x < 0.65:
+                    ops.append(("add_many", [(rnd.choice(keys), b"w" * rnd.randint(0, 30))
+                                             for _ in range(rnd.randint(0, 4))]))
+                elif x < 0.85:
+                    ops.append(("fetch",))
+                else:
+                    ops.append(("fetch_many", rnd.randint(1, 3)))
+            d = f"name=q;size={size};bytes=300;addmode={mode}"
+            ns = new_ns()
+            shm = mqueue.create(ns, [d])
+            try:
+                want = _apply(ops, shm["q"], None)
+            finally:
+                shm.close()
+                mqueue.destroy(ns)
+            rq = mqueue.create(ns, [d], url=URL)
+            try:
+                got = _apply(ops, rq["q"], None)
+            finally:
+                rq.close()
+                mqueue.destroy(ns, url=URL)
+            assert got == want, (mode, size)
+
+
+# ------------------------------------------------------- separate processes
+def _py(code: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+_WORKER = """
+import json, sys, mqueue
+url, ns = sys.argv[1], sys.argv[2]
+mq = mqueue.attach(ns, url=url)
+q = mq["jobs"]
+got = []
+while True:
+    b = int(sys.argv[3])
+    items = q.fetch_many(b, timeout=20) if b != 1 else [q.fetch(timeout=20)]
+    if not items or items[0] is None:
+        break
+    stops = sum(1 for it in items if it.key == "stop")
+    got += [it.key for it in items if it.key != "stop"]
+    if stops:
+        if stops > 1:  # leave the others' stop items for them
+            q.add_many([("stop", "")] * (stops - 1))
+        break
+print(json.dumps(got))
+"""
+
+_PRODUCER = """
+import sys, mqueue
+url, ns, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+mq = mqueue.attach(ns, url=url)
+q = mq["jobs"]
+for i in range(0, n, 2):
+    q.add(str(i), b"payload")
+    q.add_many([(str(i + 1), "payload")])
+"""
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_producer_workers_exactly_once(make: Make, rns: str, batch: int) -> None:
+    make("name=jobs")
+    n, workers = 2000, 3
+    ws = [_py(_WORKER, URL, rns, str(batch)) for _ in range(workers)]
+    prod = _py(_PRODUCER, URL, rns, str(n))
+    out, err = prod.communicate(timeout=120)
+    assert prod.returncode == 0, err
+    mq = mqueue.attach(rns, url=URL)
+    try:
+        # one stop per worker: a worker stops at the first one it sees
+        mq["jobs"].add_many([("stop", "")] * workers)
+        got: list[str] = []
+        for w in ws:
+            o, e = w.communicate(timeout=120)
+            assert w.returncode == 0, e
+            got += json.loads(o)
+        assert sorted(got, key=int) == [str(i) for i in range(n)]  # exactly once
+        st = mq["jobs"].stats()
+        assert st.added >= n + workers and st.added == st.fetched + len(mq["jobs"])
+        assert len(mq["jobs"]) == 0
+    finally:
+        mq.close()
+
+
+def test_blocking_fetch_woken_by_other_process(make: Make, rns: str) -> None:
+    q = make("name=q")["q"]
+    code = """
+    import sys, time, json, mqueue
+    q = mqueue.attach(sys.argv[2], url=sys.argv[1])["q"]
+    print("ready", flush=True)
+    c0, t0 = time.process_time(), time.monotonic()
+    it = q.fetch(timeout=None)
+    print(json.dumps([it.key, time.monotonic() - t0, time.process_time() - c0]), flush=True)
+    """
+    p = _py(code, URL, rns)
+    assert p.stdout is not None
+    assert p.stdout.readline().strip() == "ready"
+    time.sleep(2.5)  # the child waits, across two wait slices
+    t_add = time.monotonic()
+    q.add("wake", "up")
+    line = p.stdout.readline()
+    woke = time.monotonic() - t_add
+    p.wait(timeout=10)
+    key, waited, cpu = json.loads(line)
+    assert key == "wake" and waited >= 2.4
+    assert woke < 0.5  # woken by the add, not by a poll
+    assert cpu < 0.3  # waiting used (almost) no CPU
+
+
+def test_ctrl_c_interrupts_wait(make: Make, rns: str) -> None:
+    make("name=q")
+    code = """
+    import sys, time, mqueue
+    q = mqueue.attach(sys.argv[2], url=sys.argv[1])["q"]
+    print("ready", flush=True)
+    try:
+        q.fetch(timeout=None)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    """
+    p = _py(code, URL, rns)
+    assert p.stdout is not None
+    assert p.stdout.readline().strip() == "ready"
+    time.sleep(0.3)
+    t = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=10)
+    assert "interrupted" in out and time.monotonic() - t < 3
+
+
+_KILLED_ADDER = """
+import os, sys, mqueue
+q = mqueue.attach(sys.argv[2], url=sys.argv[1])[sys.argv[3]]
+print("go", flush=True)
+b = 0
+while True:
+    q.add_many([(f"{os.getpid()}.{b}:{i}", "x" * (i % 7)) for i in range(50)])
+    b += 1
+"""
+
+
+@pytest.mark.parametrize("qdef", ["name=q;bytes=64M", "name=q;size=230;addmode=2;bytes=8K"])
+def test_client_killed_mid_add_many_leaves_queue_consistent(
+    make: Make, rns: str, qdef: str
+) -> None:
+    q = make(qdef)["q"]
+    rnd = random.Random(7)
+    for _ in range(15):
+        p = _py(_KILLED_ADDER, URL, rns, "q")
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "go"
+        time.sleep(rnd.uniform(0.0, 0.15))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        assert p.stdout is not None
+        p.stdout.close()
+        assert p.stderr is not None
+        p.stderr.close()
+        q._check()  # type: ignore[attr-defined]
+    items = q.fetch_many(10**6)
+    st = q.stats()
+    assert st.added == st.fetched + st.evicted + st.duplicates + len(q)
+    if "size" not in qdef:
+        # whole batches only: every batch present has its 50 items, in order
+        batches: dict[str, list[int]] = collections.defaultdict(list)
+        for it in items:
+            b, i = str(it.key).split(":")
+            batches[b].append(int(i))
+        assert batches and all(v == list(range(50)) for v in batches.values())
+        assert len(items) == st.added
+
+
+def test_client_killed_mid_fetch_many_leaves_queue_consistent(make: Make, rns: str) -> None:
+    q = make("name=q;addmode=1")["q"]
+    code = """
+    import sys, mqueue
+    q = mqueue.attach(sys.argv[2], url=sys.argv[1])["q"]
+    print("go", flush=True)
+    while True:
+        q.fetch_many(3, timeout=1)
+    """
+    rnd = random.Random(3)
+    for r in range(8):
+        q.add_many([(f"{r}:{i}", "v") for i in range(3000)])
+        p = _py(code, URL, rns)
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "go"
+        time.sleep(rnd.uniform(0.0, 0.1))
+        p.kill()
+        p.communicate()
+        q._check()  # type: ignore[attr-defined]
+    st = q.stats()
+    assert st.added == st.fetched + len(q) == 8 * 3000
+
+
+# ------------------------------------------------------------ faults
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def private_server(tmp_path: Any) -> Iterator[Callable[[], tuple[str, Callable[[], None]]]]:
+    """Start/stop a private redis-server (for restart tests)."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        if os.environ.get("MQUEUE_REQUIRE_SERVICES"):
+            pytest.fail("redis-server binary needed")
+        pytest.skip("no redis-server binary")
+    port = _free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> tuple[str, Callable[[], None]]:
+        p = subprocess.Popen(
+            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(tmp_path)],
+            stdout=subprocess.DEVNULL,
+        )
+        procs.append(p)
+        for _ in range(100):
+            if _reachable(url) is None:
+                break
+            time.sleep(0.05)
+
+        def stop() -> None:
+            p.kill()
+            p.wait()
+
+        return url, stop
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_server_restart_gives_backend_error(
+    private_server: Callable[[], tuple[str, Callable[[], None]]],
+) -> None:
+    url, stop = private_server()
+    mq = mqueue.create("restart", ["name=q"], url=url)
+    q = mq["q"]
+    q.add("a", "1")
+    stop()
+    with pytest.raises(mqueue.BackendError) as ei:
+        q.add("b", "2")
+    assert isinstance(ei.value, ConnectionError) and "may or may not" in str(ei.value)
+    with pytest.raises(mqueue.BackendError):
+        q.fetch()
+    with pytest.raises(mqueue.BackendError):
+        len(q)
+    url2, stop2 = private_server()  # same port, empty (no persistence)
+    assert url2 == url
+    with pytest.raises(R.NamespaceLostError, match="restarted"):
+        q.fetch()
+    with pytest.raises(mqueue.BackendError):
+        q.add("c", "3")
+    mq.close()
+    stop2()
+
+
+def test_server_dies_during_blocking_fetch(
+    private_server: Callable[[], tuple[str, Callable[[], None]]],
+) -> None:
+    url, stop = private_server()
+    mq = mqueue.create("dies", ["name=q"], url=url)
+    errs: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            mq["q"].fetch(timeout=None)
+        except BaseException as e:  # noqa: BLE001
+            errs.append(e)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.4)
+    stop()
+    t.join(10)
+    assert not t.is_alive()
+    assert len(errs) == 1 and isinstance(errs[0], mqueue.BackendError)
+    mq.close()
+
+
+def test_connection_killed_during_blocking_fetch(
+    private_server: Callable[[], tuple[str, Callable[[], None]]],
+) -> None:
+    url, stop = private_server()
+    admin = redis.Redis.from_url(url)
+    mq = mqueue.create("killed", ["name=q"], url=url)
+    q = mq["q"]
+    errs: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            q.fetch(timeout=30)
+        except BaseException as e:  # noqa: BLE001
+            errs.append(e)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    killed = 0
+    for _ in range(100):
+        for c in admin.client_list():
+            if c.get("cmd") == "blpop":
+                killed += admin.client_kill_filter(_id=c["id"])
+        if killed:
+            break
+        time.sleep(0.05)
+    t.join(10)
+    assert killed and len(errs) == 1
+    assert isinstance(errs[0], mqueue.BackendError) and "no item was taken" in str(errs[0])
+    # the handle works again afterwards (a new connection)
+    q.add("a", "b")
+    assert q.fetch() == ("a", "b")
+    # a connection the server closed while idle is replaced before anything is
+    # sent: safe, so it is transparent
+    q.add("c", "1")
+    admin.client_kill_filter(_type="normal", skipme=True)
+    time.sleep(0.1)
+    q.add("d", "2")
+    assert [i.key for i in q.fetch_many(5)] == ["c", "d"]
+    mq.close()
+    admin.close()
+    stop()
