@@ -55,6 +55,7 @@ struct mq_q {                   /* process-local, validated copy of q_hdr's cons
     struct q_hdr *h;
     uint8_t *data;
     uint64_t phys, cap, nbuckets;
+    uint64_t mask;              /* phys - 1 when phys is a power of two, else 0 */
     int64_t limit;
     _Atomic uint64_t *buckets;  /* NULL for addmode 0 */
     uint32_t addmode;
@@ -98,6 +99,16 @@ int mq_testing(void) { return 0; }
 
 /* ------------------------------------------------------------ small helpers */
 static uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
+
+/* Decrements a waiter count without going below 0.  Counts may be reset by
+ * q_notify/q_recover (healing increments left by killed processes), so a
+ * plain decrement could wrap. */
+static void dec_sat(_Atomic uint32_t *w) {
+    uint32_t v = atomic_load_explicit(w, memory_order_relaxed);
+    /* relaxed: the count is only a hint whether to wake; waits are timed */
+    while (v && !atomic_compare_exchange_weak_explicit(w, &v, v - 1, memory_order_relaxed,
+                                                        memory_order_relaxed)) { }
+}
 
 /* Returns CLOCK_MONOTONIC in ns (the clock Python's time.monotonic uses). */
 static int64_t mono_ns(void) {
@@ -233,15 +244,21 @@ __attribute__((unused)) static int owner_alive(const mq_ns *ns, uint64_t o) {
 }
 
 /* ------------------------------------------------------------ ring access */
+/* Physical offset of logical position pos (a mask for the usual power-of-two
+ * capacities, a division otherwise). */
+static inline uint64_t ring_off(const struct mq_q *q, uint64_t pos) {
+    return q->mask ? (pos & q->mask) : pos % q->phys;
+}
+
 static void copy_in(const struct mq_q *q, uint64_t pos, const void *src, size_t n) {
-    uint64_t o = pos % q->phys, first = q->phys - o;
+    uint64_t o = ring_off(q, pos), first = q->phys - o;
     if (n <= first) { memcpy(q->data + o, src, n); return; }
     memcpy(q->data + o, src, first);
     memcpy(q->data, (const uint8_t *)src + first, n - first);
 }
 
 static void copy_out(const struct mq_q *q, uint64_t pos, void *dst, size_t n) {
-    uint64_t o = pos % q->phys, first = q->phys - o;
+    uint64_t o = ring_off(q, pos), first = q->phys - o;
     if (n <= first) { memcpy(dst, q->data + o, n); return; }
     memcpy(dst, q->data + o, first);
     memcpy((uint8_t *)dst + first, q->data, n - first);
@@ -249,14 +266,14 @@ static void copy_out(const struct mq_q *q, uint64_t pos, void *dst, size_t n) {
 
 /* Compares n ring bytes at pos with p.  Returns 1 when equal. */
 static int ring_eq(const struct mq_q *q, uint64_t pos, const char *p, size_t n) {
-    uint64_t o = pos % q->phys, first = q->phys - o;
+    uint64_t o = ring_off(q, pos), first = q->phys - o;
     if (n <= first) return memcmp(q->data + o, p, n) == 0;
     return memcmp(q->data + o, p, first) == 0 && memcmp(q->data, p + first, n - first) == 0;
 }
 
 static uint64_t ring_hash(const struct mq_q *q, uint64_t pos, size_t n) {
     uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < n; i++) { h ^= q->data[(pos + i) % q->phys]; h *= 1099511628211ULL; }
+    for (size_t i = 0; i < n; i++) { h ^= q->data[ring_off(q, pos + i)]; h *= 1099511628211ULL; }
     return h;
 }
 
@@ -344,8 +361,8 @@ static int q_rebuild(const struct mq_q *q, struct q_state *s) {
                     if (!or.dead && or.klen == r.klen) {
                         int same = 1;
                         for (uint32_t i = 0; i < r.klen && same; i++)
-                            same = q->data[(kpos + i) % q->phys] ==
-                                   q->data[(o + MQ_REC_HDR + i) % q->phys];
+                            same = q->data[ring_off(q, kpos + i)] ==
+                                   q->data[ring_off(q, o + MQ_REC_HDR + i)];
                         if (same) { rec_set_dead(q, o, 1); count--; break; }
                     }
                     if (or.next == 0 || or.next - 1 >= o) break;
@@ -380,6 +397,10 @@ __attribute__((unused)) static int q_recover(const struct mq_q *q) {
     if (q_rebuild(q, &s)) return MQ_ECORRUPT;
     s.recoveries++;
     if (s.count > s.high_water) s.high_water = s.count;
+    /* Heal the lock's wait accounting that the dead process may have left:
+     * live waiters time out within a slice and count themselves again. */
+    atomic_store_explicit(&q->h->lock_waiters, 0, memory_order_relaxed);
+    for (int i = 0; i < 1024 && sem_trywait(&q->h->sem) == 0; i++) { }
     KILLPOINT("recover_before_commit");
     state_commit(q, &s);
     return 0;
@@ -411,8 +432,13 @@ static void q_unlock(const struct mq_q *q) {
     atomic_store_explicit(&q->h->owner, 0, memory_order_release);
     /* seq_cst load: pairs with the waiter's seq_cst increment + owner
      * re-check in q_lock, so a waiter is either seen here or sees 0 there */
-    if (atomic_load_explicit(&q->h->lock_waiters, memory_order_seq_cst))
-        sem_post(&q->h->sem);   /* can fail only on overflow; waiters time out anyway */
+    if (atomic_load_explicit(&q->h->lock_waiters, memory_order_seq_cst)) {
+        int v = 0;
+        /* a pending post already wakes the next waiter; more would only pile
+         * up when the count is stale (a waiter was killed) */
+        if (sem_getvalue(&q->h->sem, &v) != 0 || v <= 0)
+            sem_post(&q->h->sem);   /* fails only on overflow; waiters time out anyway */
+    }
 }
 
 /* Takes q's lock.  Returns 0 when taken, MQ_EINTR when a signal arrived
@@ -429,7 +455,7 @@ static int q_lock(const mq_ns *ns, const struct mq_q *q) {
         /* seq_cst: see q_unlock */
         atomic_fetch_add_explicit(&h->lock_waiters, 1, memory_order_seq_cst);
         if (atomic_load_explicit(&h->owner, memory_order_seq_cst) == 0) {
-            atomic_fetch_sub_explicit(&h->lock_waiters, 1, memory_order_relaxed);
+            dec_sat(&h->lock_waiters);
             continue;
         }
         struct timespec ts;
@@ -438,7 +464,7 @@ static int q_lock(const mq_ns *ns, const struct mq_q *q) {
         ts.tv_nsec = dl % NS_PER_S;
         int rc = sem_clockwait(&h->sem, CLOCK_MONOTONIC, &ts);
         int err = rc ? errno : 0;
-        atomic_fetch_sub_explicit(&h->lock_waiters, 1, memory_order_relaxed);
+        dec_sat(&h->lock_waiters);
         if (err == EINTR) return MQ_EINTR;
         if (err == 0) continue;                       /* woken: try again */
         if (err != ETIMEDOUT) {                       /* damaged semaphore: do not spin hot */
@@ -463,10 +489,20 @@ static void q_notify(const struct mq_q *q, int64_t n) {
     /* seq_cst: the bump is ordered before the waiter-count load, pairing
      * with q_wait's increment before FUTEX_WAIT (no lost wake-up) */
     atomic_fetch_add_explicit(&q->h->seq, 1, memory_order_seq_cst);
-    if (atomic_load_explicit(&q->h->data_waiters, memory_order_seq_cst)) {
+    uint32_t w = atomic_load_explicit(&q->h->data_waiters, memory_order_seq_cst);
+    if (w) {
         int cnt = n > INT_MAX ? INT_MAX : (int)n;
         /* shared futex (no FUTEX_PRIVATE_FLAG): waiters are other processes */
-        syscall(SYS_futex, &q->h->seq, FUTEX_WAKE, cnt, NULL, NULL, 0);
+        long woken = syscall(SYS_futex, &q->h->seq, FUTEX_WAKE, cnt, NULL, NULL, 0);
+        if (woken == 0) {
+            /* Nobody was asleep: the count is stale (a waiter was killed) or
+             * every counted waiter is between its increment and FUTEX_WAIT;
+             * those read seq before our bump, so their FUTEX_WAIT returns at
+             * once.  Resetting stops a stale count costing every add a
+             * syscall.  relaxed CAS: the count is only a hint. */
+            atomic_compare_exchange_strong_explicit(&q->h->data_waiters, &w, 0,
+                                                    memory_order_relaxed, memory_order_relaxed);
+        }
     }
 }
 
@@ -483,7 +519,7 @@ static int q_wait(const struct mq_q *q, uint32_t seq0, int64_t deadline) {
     atomic_fetch_add_explicit(&q->h->data_waiters, 1, memory_order_seq_cst);
     long rc = syscall(SYS_futex, &q->h->seq, FUTEX_WAIT, seq0, &rel, NULL, 0);
     int err = rc ? errno : 0;
-    atomic_fetch_sub_explicit(&q->h->data_waiters, 1, memory_order_relaxed);
+    dec_sat(&q->h->data_waiters);
     if (rc && err == EINTR) return MQ_EINTR;
     return 0;   /* woken, EAGAIN (seq moved), ETIMEDOUT (slice over): re-check */
 }
@@ -540,6 +576,7 @@ static int ns_build(uint8_t *base, uint64_t size, int fd, mq_ns **out) {
         q->h = qh;
         q->data = base + L.data_off[i];
         q->phys = 2 * caps[i];
+        q->mask = (q->phys & (q->phys - 1)) == 0 ? q->phys - 1 : 0;
         q->cap = caps[i];
         q->limit = qh->size_limit;
         q->addmode = am[i];
@@ -798,8 +835,6 @@ int64_t mq_add_many(mq_ns *ns, uint32_t qi, const char *data, size_t data_len,
          * the last published state.  Only a bounded queue given a batch larger
          * than its free space gets here: publish what we have first. */
         if (q->limit > 0) {
-            struct q_state t = s;
-            if (make_room(q, &t, R)) return abort_op(q, MQ_ECORRUPT);
             if (s.tail + R - committed_head > q->phys) {
                 state_commit(q, &s);
                 committed_head = s.head;
@@ -808,11 +843,7 @@ int64_t mq_add_many(mq_ns *ns, uint32_t qi, const char *data, size_t data_len,
             }
         }
         rc = add_one(q, &s, p, kl, p + kl, vl, lens[3 * i + 2], R);
-        if (rc < 0) {
-            if (s.head != committed_head || stored != pending)   /* part already published */
-                return abort_op(q, rc);
-            return abort_op(q, rc);
-        }
+        if (rc < 0) return abort_op(q, rc);   /* a bounded queue fails only on damage */
         stored += rc;
         pending += rc;
         p += kl + vl;
