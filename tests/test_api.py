@@ -1,0 +1,677 @@
+"""Conformance table for SPEC.md section 2 and API.md's Pythonic interface."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+import mqueue
+from mqueue import Item
+
+REC_HDR = 24
+
+
+def rec(key: bytes | str, value: bytes | str) -> int:
+    """Bytes one record takes of a queue's capacity."""
+    kb = key.encode("utf-8", "surrogatepass") if isinstance(key, str) else key
+    vb = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
+    return (REC_HDR + len(kb) + len(vb) + 7) // 8 * 8
+
+
+def balance_ok(q: mqueue.Queue) -> bool:
+    st = q.stats()
+    return st.added == st.fetched + st.evicted + st.duplicates + len(q)
+
+
+# ---------------------------------------------------------------- create / attach / destroy
+def test_create_attach_destroy(ns, make_mq):
+    mq = make_mq(["name=myq;size=20;", "name=qaz"])
+    assert isinstance(mq, mqueue.MQueue)
+    assert os.path.exists(f"/dev/shm/mqueue.{ns}")
+    other = mqueue.attach(ns)
+    try:
+        assert list(other) == ["myq", "qaz"]
+        mq["myq"].add("k", "v")
+        assert other["myq"].fetch() == Item("k", "v")
+    finally:
+        other.close()
+    mqueue.destroy(ns)
+    assert not os.path.exists(f"/dev/shm/mqueue.{ns}")
+    with pytest.raises(FileNotFoundError) as ei:
+        mqueue.attach(ns)
+    assert isinstance(ei.value, mqueue.MQueueError)
+    with pytest.raises(FileNotFoundError):
+        mqueue.destroy(ns)
+    # the creator's mapping still works after destroy
+    mq["qaz"].add("a", "b")
+    assert len(mq["qaz"]) == 1
+
+
+def test_create_existing_raises_file_exists(ns, make_mq):
+    make_mq(["name=q"])
+    with pytest.raises(FileExistsError) as ei:
+        mqueue.create(ns, ["name=q"])
+    assert isinstance(ei.value, mqueue.MQueueError)
+    assert isinstance(ei.value, mqueue.NamespaceExistsError)
+
+
+def test_create_exist_ok_same_definitions_attaches(ns, make_mq):
+    mq = make_mq(["name=q;size=3", "name=r;addmode=2"])
+    mq["q"].add("k", "v")
+    again = make_mq(["name=q;size=3", "name=r;addmode=2"], exist_ok=True)
+    assert list(again) == ["q", "r"]
+    assert again["q"].fetch() == Item("k", "v")
+    assert not again.is_creator
+
+
+@pytest.mark.parametrize(
+    "other",
+    [["name=q;size=4"], ["name=q"], ["name=q;size=3", "name=r"], ["name=q;size=3;addmode=1"]],
+)
+def test_create_exist_ok_other_definitions_raises(ns, make_mq, other):
+    make_mq(["name=q;size=3"])
+    with pytest.raises(FileExistsError):
+        mqueue.create(ns, other, exist_ok=True)
+
+
+def test_attach_missing_is_file_not_found(ns):
+    with pytest.raises(FileNotFoundError) as ei:
+        mqueue.attach(ns)
+    assert isinstance(ei.value, mqueue.NamespaceNotFoundError)
+    assert isinstance(ei.value, mqueue.MQueueError)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "a/b", "/x", "a\0b", "x" * 201, "é" * 101, ".", ".."],
+    ids=["empty", "slash", "leading-slash", "nul", "too-long", "too-long-utf8", "dot", "dotdot"],
+)
+@pytest.mark.parametrize(
+    "op",
+    [
+        "create",
+        "attach",
+        pytest.param(
+            "destroy",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="BUG: mqueue.destroy() wraps the DefinitionError of a bad namespace "
+                "name into a plain MQueueError (not a ValueError): _shm.destroy's "
+                "'except Exception' also catches check_namespace's error",
+            ),
+        ),
+    ],
+)
+def test_bad_namespace_names_are_value_errors(bad, op):
+    with pytest.raises(ValueError) as ei:
+        if op == "create":
+            mqueue.create(bad, ["name=q"])
+        elif op == "attach":
+            mqueue.attach(bad)
+        else:
+            mqueue.destroy(bad)
+    assert isinstance(ei.value, mqueue.MQueueError)
+
+
+def test_namespace_name_of_200_bytes_is_fine(make_mq):
+    name = f"t{os.getpid()}_" + "x" * 200
+    name = name[:200]
+    mq = make_mq(["name=q"], namespace=name)
+    mq["q"].add("a", "b")
+    assert len(mq["q"]) == 1
+
+
+@pytest.mark.parametrize("bad", ["name=q1;;size=2", "size=2", "name=q;size=abc", "name=q;foo=1"])
+def test_bad_definition_is_value_error_and_creates_nothing(ns, bad):
+    with pytest.raises(ValueError) as ei:
+        mqueue.create(ns, [bad])
+    assert isinstance(ei.value, mqueue.MQueueError)
+    assert not os.path.exists(f"/dev/shm/mqueue.{ns}")
+
+
+def test_duplicate_queue_name_rejected(ns):
+    with pytest.raises(ValueError):
+        mqueue.create(ns, ["name=q", "name=q;size=2"])
+    assert not os.path.exists(f"/dev/shm/mqueue.{ns}")
+
+
+# ---------------------------------------------------------------- namespace object
+def test_getitem_contains_iter(make_mq):
+    mq = make_mq(["name=myq;size=20;", "name=qaz", "name='q 1'", "name=A"])
+    assert list(mq) == ["myq", "qaz", "q 1", "A"]
+    assert "myq" in mq and "q 1" in mq and "A" in mq
+    assert "a" not in mq and "nope" not in mq and 3 not in mq
+    assert mq["q 1"].name == "q 1"
+    with pytest.raises(KeyError) as ei:
+        mq["nope"]
+    assert isinstance(ei.value, mqueue.MQueueError)
+    with pytest.raises(KeyError):
+        mq["a"]  # case-sensitive
+
+
+def test_sizes(make_mq):
+    mq = make_mq(["name=myq;size=20;", "name=qaz"])
+    assert mq.sizes() == {"myq": 0, "qaz": 0}
+    for i in range(3):
+        mq["myq"].add(str(i), "v")
+    assert mq.sizes() == {"myq": 3, "qaz": 0}
+    assert list(mq.sizes()) == ["myq", "qaz"]
+    mq["myq"].fetch()
+    assert mq.sizes() == {"myq": 2, "qaz": 0}  # held item not counted
+
+
+def test_close_idempotent_and_context_manager(ns):
+    with mqueue.create(ns, ["name=q"]) as mq:
+        q = mq["q"]
+        q.add("a", "b")
+        assert not mq.closed
+    assert mq.closed
+    mq.close()
+    mq.close()
+    with mqueue.attach(ns) as other:
+        assert other["q"].fetch() == Item("a", "b")
+    assert other.closed
+    mqueue.destroy(ns)
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        lambda q, mq: q.add("a", "b"),
+        lambda q, mq: q.add_many([("a", "b")]),
+        lambda q, mq: q.fetch(),
+        lambda q, mq: q.fetch(timeout=0.01),
+        lambda q, mq: q.fetch_many(3),
+        lambda q, mq: len(q),
+        lambda q, mq: q.stats(),
+        lambda q, mq: mq.sizes(),
+    ],
+    ids=["add", "add_many", "fetch", "fetch_timeout", "fetch_many", "len", "stats", "sizes"],
+)
+def test_operations_after_close_raise(make_mq, op):
+    mq = make_mq(["name=q"])
+    q = mq["q"]
+    q.add("x", "y")
+    mq.close()
+    with pytest.raises(mqueue.MQueueError):
+        op(q, mq)
+
+
+def test_repr_does_not_crash(make_mq):
+    mq = make_mq(["name=q;size=2", "name='we;ird'"])
+    assert "q" in repr(mq["q"])
+    assert isinstance(repr(mq), str)
+    assert isinstance(repr(mq["we;ird"]), str)
+    assert isinstance(repr(mq["q"].stats()), str)
+    assert repr(Item("a", b"b")) == "Item(key='a', value=b'b')"
+    mq.close()
+    assert isinstance(repr(mq), str)
+    assert isinstance(repr(mq["q"]), str)
+
+
+def test_segment_mode_default_0600(ns, make_mq):
+    old = os.umask(0)
+    try:
+        make_mq(["name=q"])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(f"/dev/shm/mqueue.{ns}").st_mode) == 0o600
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o660, 0o666, 0o400 | 0o200])
+def test_segment_mode_exact(ns, make_mq, mode):
+    old = os.umask(0o077)  # the exact mode is honoured whatever the umask
+    try:
+        make_mq(["name=q"], mode=mode)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(f"/dev/shm/mqueue.{ns}").st_mode) == mode
+
+
+# ---------------------------------------------------------------- add / fetch / held item
+def test_add_fetch_held_item(make_mq):
+    mq = make_mq(["name=q"])
+    q = mq["q"]
+    assert q.key is None and q.value is None
+    assert q.add("alice", "call from bob") is True
+    assert q.add_many([("k1", "v1"), ("k2", b"raw")]) == 2
+    assert len(q) == 3
+    item = q.fetch()
+    assert item == Item("alice", "call from bob")
+    assert isinstance(item, Item) and item.key == "alice" and item.value == "call from bob"
+    assert (q.key, q.value) == ("alice", "call from bob")
+    assert len(q) == 2  # the held item is not counted
+    assert q.fetch() == ("k1", "v1")
+    assert (q.key, q.value) == ("k1", "v1")  # the previous held item is released
+    q.free()
+    assert q.key is None and q.value is None
+    q.free()  # always fine
+    assert q.fetch() == ("k2", b"raw")
+    assert q.value == b"raw" and isinstance(q.value, bytes)
+    assert q.fetch() is None  # empty: the held item is cleared
+    assert q.key is None and q.value is None
+    assert q.fetch() is None
+    st = q.stats()
+    assert (st.added, st.fetched, st.evicted, st.duplicates) == (3, 3, 0, 0)
+
+
+def test_fetch_many_does_not_change_held_item(make_mq):
+    q = make_mq(["name=q"])["q"]
+    q.add_many([(f"k{i}", f"v{i}") for i in range(10)])
+    assert q.fetch() == ("k0", "v0")
+    got = q.fetch_many(4)
+    assert got == [Item(f"k{i}", f"v{i}") for i in range(1, 5)]
+    assert all(isinstance(x, Item) for x in got)
+    assert (q.key, q.value) == ("k0", "v0")
+    assert q.fetch_many(100, timeout=0) == [Item(f"k{i}", f"v{i}") for i in range(5, 10)]
+    assert q.fetch_many(100) == []
+    assert q.fetch_many(0) == []
+    assert (q.key, q.value) == ("k0", "v0")
+    st = q.stats()
+    assert st.fetched == 10 and len(q) == 0
+
+
+def test_fetch_many_bad_n(make_mq):
+    q = make_mq(["name=q"])["q"]
+    with pytest.raises(ValueError):
+        q.fetch_many(-1)
+    with pytest.raises(TypeError):
+        q.fetch_many("3")  # type: ignore[arg-type]
+
+
+def test_held_item_per_queue(make_mq):
+    mq = make_mq(["name=a", "name=b"])
+    mq["a"].add("ka", "va")
+    mq["b"].add("kb", "vb")
+    mq["a"].fetch()
+    assert mq["b"].key is None
+    mq["b"].fetch()
+    assert (mq["a"].key, mq["b"].key) == ("ka", "kb")
+    mq["a"].free()
+    assert (mq["a"].key, mq["b"].key) == (None, "kb")
+
+
+def test_fifo_order_large_batch(make_mq):
+    q = make_mq(["name=q;bytes=4M"])["q"]
+    n = 5000
+    assert q.add_many((str(i), i.to_bytes(4, "little")) for i in range(n)) == n
+    out = []
+    while True:
+        batch = q.fetch_many(777)
+        if not batch:
+            break
+        out.extend(batch)
+    assert [int(k) for k, _ in out] == list(range(n))
+    assert all(int.from_bytes(v, "little") == int(k) for k, v in out)
+
+
+def test_add_many_empty_and_generator(make_mq):
+    q = make_mq(["name=q"])["q"]
+    assert q.add_many([]) == 0
+    assert q.add_many(iter([("a", "b")])) == 1
+    assert q.add_many((k, "v") for k in "xyz") == 3
+    assert len(q) == 4
+
+
+# ---------------------------------------------------------------- types and round trips
+ROUND_TRIP = [
+    ("", ""),
+    (b"", b""),
+    ("", b""),
+    (b"", ""),
+    ("a\0b", b"\0\0\0"),
+    ("héllo wörld ✓ 日本", "émoji 🎉"),
+    ("\ud800", "lone \udfff surrogate"),
+    (b"\xff\xfe\x00", "x" * 1000),
+    ("a", b"a"),
+]
+
+
+@pytest.mark.parametrize("key,value", ROUND_TRIP)
+def test_round_trip_types(make_mq, key, value):
+    q = make_mq(["name=q"])["q"]
+    assert q.add(key, value) is True
+    assert q.add_many([(key, value)]) == 1
+    for got in (q.fetch(), q.fetch_many(1)[0]):
+        assert got == (key, value)
+        assert type(got.key) is type(key) and type(got.value) is type(value)
+    assert (q.key, q.value) == (key, value)
+    assert type(q.key) is type(key)
+
+
+def test_empty_key_is_not_none(make_mq):
+    q = make_mq(["name=q"])["q"]
+    q.add("", "")
+    assert q.fetch() == ("", "")
+    assert q.key == "" and q.value == ""
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [(1, "v"), ("k", 1), (None, "v"), ("k", None), (bytearray(b"k"), "v"), ("k", 1.5)],
+)
+def test_bad_types_are_type_errors(make_mq, key, value):
+    q = make_mq(["name=q"])["q"]
+    with pytest.raises(TypeError) as ei:
+        q.add(key, value)
+    assert isinstance(ei.value, mqueue.MQueueError)
+    with pytest.raises(TypeError):
+        q.add_many([("a", "b"), (key, value), ("c", "d")])
+    assert len(q) == 0
+    st = q.stats()
+    assert st.added == 0 and st.bytes_used == 0
+
+
+@pytest.mark.parametrize("bad", [[("a",)], [("a", "b", "c")], ["abc"], [b"ab"], [None], [1]])
+def test_add_many_malformed_pairs_store_nothing(make_mq, bad):
+    q = make_mq(["name=q"])["q"]
+    q.add("keep", "me")
+    with pytest.raises(TypeError):
+        q.add_many([("x", "y"), *bad])
+    assert len(q) == 1
+    assert q.stats().added == 1
+
+
+# ---------------------------------------------------------------- size bound and eviction
+def test_size_eviction_drops_oldest(make_mq):
+    q = make_mq(["name=q;size=3"])["q"]
+    for i in range(5):
+        assert q.add(f"k{i}", "v") is True
+    assert len(q) == 3
+    st = q.stats()
+    assert (st.added, st.evicted, st.high_water, st.size_limit) == (5, 2, 3, 3)
+    assert [x.key for x in q.fetch_many(10)] == ["k2", "k3", "k4"]
+    assert balance_ok(q)
+
+
+def test_size_eviction_in_add_many(make_mq):
+    q = make_mq(["name=q;size=2"])["q"]
+    assert q.add_many([(f"k{i}", "v") for i in range(5)]) == 5
+    assert [x.key for x in q.fetch_many(10)] == ["k3", "k4"]
+    st = q.stats()
+    assert (st.added, st.evicted, st.fetched) == (5, 3, 2)
+
+
+@pytest.mark.parametrize("size", ["0", "-1"])
+def test_size_zero_or_negative_is_unbounded(make_mq, size):
+    q = make_mq([f"name=q;size={size}"])["q"]
+    for i in range(100):
+        q.add(str(i), "")
+    assert len(q) == 100
+    assert q.stats().evicted == 0
+
+
+def test_held_item_survives_eviction(make_mq):
+    q = make_mq(["name=q;size=1"])["q"]
+    q.add("a", "1")
+    assert q.fetch() == ("a", "1")
+    q.add("b", "2")
+    q.add("c", "3")
+    assert (q.key, q.value) == ("a", "1")
+    assert len(q) == 1
+
+
+def test_stats_attributes_and_balance_addmode0(make_mq):
+    q = make_mq(["name=q;size=4;bytes=1K"])["q"]
+    st = q.stats()
+    for attr in (
+        "added",
+        "fetched",
+        "evicted",
+        "duplicates",
+        "high_water",
+        "recoveries",
+        "bytes_used",
+        "capacity",
+    ):
+        assert isinstance(getattr(st, attr), int), attr
+    assert st.capacity == 1024 and st.bytes_used == 0 and st.recoveries == 0
+    for i in range(10):
+        q.add(f"k{i}", "v" * i)
+        if i % 3 == 0:
+            q.fetch()
+        st = q.stats()
+        assert st.added == st.fetched + st.evicted + len(q)
+        assert st.duplicates == 0
+    assert q.stats().high_water == 4
+    # stats, len and sizes never change the queue
+    a = q.stats()
+    len(q)
+    q._mq.sizes()
+    assert q.stats() == a
+
+
+def test_bytes_used_accounting(make_mq):
+    q = make_mq(["name=q"])["q"]
+    q.add("ab", "cde")
+    q.add(b"", b"")
+    assert q.stats().bytes_used == rec("ab", "cde") + rec(b"", b"") == 32 + 24
+    q.fetch()
+    assert q.stats().bytes_used == 24
+
+
+# ---------------------------------------------------------------- addmode
+def test_addmode1_keeps_old(make_mq):
+    q = make_mq(["name=q;addmode=1"])["q"]
+    assert q.add("a", "1") is True
+    assert q.add("b", "1") is True
+    assert q.add("a", "2") is False  # dropped, still success
+    assert q.add(b"a", "3") is False  # "a" and b"a" are the same key
+    assert len(q) == 2
+    st = q.stats()
+    assert (st.added, st.duplicates) == (4, 2)
+    assert st.added == st.fetched + st.evicted + st.duplicates + len(q)
+    assert q.fetch() == ("a", "1")
+    # the held item is not compared: "a" can be queued again
+    assert q.add("a", "4") is True
+    assert q.fetch_many(5) == [("b", "1"), ("a", "4")]
+    assert (q.key, q.value) == ("a", "1")
+
+
+def test_addmode1_add_many_counts(make_mq):
+    q = make_mq(["name=q;addmode=1"])["q"]
+    q.add("x", "0")
+    assert q.add_many([("a", "1"), ("x", "1"), ("a", "2"), ("b", "1")]) == 2
+    assert q.fetch_many(10) == [("x", "0"), ("a", "1"), ("b", "1")]
+    assert balance_ok(q)
+
+
+def test_addmode2_replaces_and_moves_to_tail(make_mq):
+    q = make_mq(["name=q;addmode=2"])["q"]
+    assert q.add("a", "1") is True
+    assert q.add("b", "1") is True
+    assert q.add("a", "2") is True
+    assert len(q) == 2
+    assert q.add(b"b", b"2") is True
+    st = q.stats()
+    assert (st.added, st.duplicates) == (4, 2)
+    assert st.added == st.fetched + st.evicted + st.duplicates + len(q)
+    assert q.fetch() == ("a", "2")
+    assert q.add("a", "3") is True  # held item not compared
+    assert (q.key, q.value) == ("a", "2")
+    assert q.fetch_many(10) == [(b"b", b"2"), ("a", "3")]
+    assert q.stats().duplicates == 2
+
+
+def test_addmode2_add_many_counts(make_mq):
+    q = make_mq(["name=q;addmode=2"])["q"]
+    assert q.add_many([("a", "1"), ("b", "1"), ("a", "2"), ("a", "3")]) == 4
+    assert q.fetch_many(10) == [("b", "1"), ("a", "3")]
+    assert balance_ok(q)
+
+
+def test_addmode2_bounded_does_not_evict_for_a_replacement(make_mq):
+    q = make_mq(["name=q;size=2;addmode=2"])["q"]
+    q.add("a", "1")
+    q.add("b", "1")
+    q.add("a", "2")
+    assert q.stats().evicted == 0
+    assert q.fetch_many(5) == [("b", "1"), ("a", "2")]
+
+
+def test_addmode0_keeps_duplicates(make_mq):
+    q = make_mq(["name=q"])["q"]
+    q.add("a", "1")
+    q.add(b"a", "2")
+    assert q.fetch_many(5) == [("a", "1"), (b"a", "2")]
+    assert q.stats().duplicates == 0
+
+
+def test_addmode_different_bytes_are_different_keys(make_mq):
+    q = make_mq(["name=q;addmode=1"])["q"]
+    assert q.add("a", "1") is True
+    assert q.add("A", "1") is True
+    assert q.add("a\0", "1") is True
+    assert q.add("", "1") is True
+    assert q.add(b"", "2") is False
+    assert len(q) == 4
+
+
+# ---------------------------------------------------------------- byte capacity
+def test_bounded_queue_drops_oldest_to_fit_bytes(make_mq):
+    q = make_mq(["name=q;size=100;bytes=256"])["q"]
+    v = "x" * (64 - REC_HDR - 2)  # 64-byte records, 4 fit
+    for i in range(4):
+        q.add(f"k{i}", v)
+    assert q.stats().bytes_used == 256
+    assert q.add("k4", v) is True
+    st = q.stats()
+    assert (len(q), st.evicted, st.bytes_used) == (4, 1, 256)
+    big = "y" * (128 - REC_HDR - 2)
+    assert q.add("k5", big) is True  # needs two records' room
+    assert [x.key for x in q.fetch_many(10)] == ["k3", "k4", "k5"]
+    assert q.stats().evicted == 3
+
+
+def test_bounded_add_many_drops_oldest_to_fit_bytes(make_mq):
+    q = make_mq(["name=q;size=100;bytes=256"])["q"]
+    v = "x" * (64 - REC_HDR - 2)
+    assert q.add_many([(f"k{i}", v) for i in range(10)]) == 10
+    assert [x.key for x in q.fetch_many(20)] == ["k6", "k7", "k8", "k9"]
+    st = q.stats()
+    assert (st.added, st.evicted, st.fetched) == (10, 6, 4)
+
+
+def test_unbounded_full_raises_and_changes_nothing(make_mq):
+    q = make_mq(["name=q;bytes=256"])["q"]
+    v = "x" * (64 - REC_HDR - 2)
+    for i in range(4):
+        q.add(f"k{i}", v)
+    before = q.stats()
+    with pytest.raises(mqueue.QueueFullError) as ei:
+        q.add("k4", v)
+    assert isinstance(ei.value, mqueue.MQueueError)
+    assert "full" in str(ei.value)
+    assert q.stats() == before
+    with pytest.raises(mqueue.QueueFullError):
+        q.add_many([("z", "")])
+    assert q.stats() == before
+    q.fetch()
+    assert q.add("k4", v) is True
+    assert [x.key for x in q.fetch_many(10)] == ["k1", "k2", "k3", "k4"]
+
+
+def test_unbounded_add_many_that_does_not_fit_stores_nothing(make_mq):
+    q = make_mq(["name=q;bytes=256"])["q"]
+    v = "x" * (64 - REC_HDR - 2)
+    q.add("k0", v)
+    before = q.stats()
+    with pytest.raises(mqueue.QueueFullError):
+        q.add_many([(f"n{i}", v) for i in range(4)])  # 3 would fit, 4 do not
+    assert q.stats() == before
+    assert q.add_many([(f"n{i}", v) for i in range(3)]) == 3
+
+
+def test_unbounded_addmode1_duplicate_of_full_queue_is_not_an_error(make_mq):
+    q = make_mq(["name=q;bytes=256;addmode=1"])["q"]
+    v = "x" * (64 - REC_HDR - 2)
+    for i in range(4):
+        q.add(f"k{i}", v)
+    assert q.add("k0", v) is False
+
+
+@pytest.mark.parametrize("qdef", ["name=q;bytes=256", "name=q;size=3;bytes=256"])
+def test_item_larger_than_capacity(make_mq, qdef):
+    q = make_mq([qdef])["q"]
+    q.add("keep", "me")
+    before = q.stats()
+    exact = "x" * (256 - REC_HDR - 1)  # exactly the capacity
+    too_big = "x" * (256 - REC_HDR)  # 8 bytes over
+    with pytest.raises(ValueError) as ei:
+        q.add("k", too_big)
+    assert isinstance(ei.value, mqueue.ItemTooLargeError)
+    assert isinstance(ei.value, mqueue.MQueueError)
+    assert q.stats() == before
+    with pytest.raises(mqueue.ItemTooLargeError):
+        q.add_many([("a", "b"), ("k", too_big), ("c", "d")])
+    assert q.stats() == before
+    if "size" in qdef:
+        assert q.add("k", exact) is True  # fits by evicting everything else
+        assert q.fetch_many(5) == [("k", exact)]
+    else:
+        with pytest.raises(mqueue.QueueFullError):
+            q.add("k", exact)
+        q.fetch()
+        assert q.add("k", exact) is True
+
+
+def test_capacity_rounded_up_to_8(make_mq):
+    mq = make_mq(["name=q;bytes=257", "name=r;bytes=2K", "name=s;bytes=1k"])
+    assert mq["q"].stats().capacity == 264
+    assert mq["r"].stats().capacity == 2048
+    assert mq["s"].stats().capacity == 1024
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: an unbounded addmode-2 queue never reclaims replaced (dead) records at "
+    "its head on add, so a queue holding ONE small item raises QueueFullError",
+)
+def test_unbounded_addmode2_replacing_one_key_never_fills(make_mq):
+    q = make_mq(["name=q;addmode=2;bytes=256"])["q"]
+    for i in range(50):
+        q.add("k", str(i))  # each replaces the single queued item
+    assert len(q) == 1
+    assert q.fetch() == ("k", "49")
+
+
+# ---------------------------------------------------------------- timeouts
+def test_fetch_timeouts(make_mq):
+    import time
+
+    q = make_mq(["name=q"])["q"]
+    t = time.monotonic()
+    assert q.fetch() is None
+    assert q.fetch(timeout=0) is None
+    assert q.fetch(0.0) is None
+    assert q.fetch_many(3, timeout=0) == []
+    assert time.monotonic() - t < 0.1
+    t = time.monotonic()
+    assert q.fetch(timeout=0.1) is None
+    assert q.fetch_many(3, timeout=0.1) == []
+    assert 0.19 <= time.monotonic() - t < 1.0
+    q.add("a", "b")
+    assert q.fetch(timeout=None) == ("a", "b")
+    q.add("a", "c")
+    assert q.fetch_many(2, timeout=None) == [("a", "c")]
+    q.add("a", "d")
+    assert q.fetch(timeout=5) == ("a", "d")
+
+
+@pytest.mark.parametrize("bad", [-1, -0.001, float("nan")])
+def test_negative_timeout_is_value_error(make_mq, bad):
+    q = make_mq(["name=q"])["q"]
+    q.add("a", "b")
+    with pytest.raises(ValueError):
+        q.fetch(timeout=bad)
+    with pytest.raises(ValueError):
+        q.fetch_many(1, timeout=bad)
+    assert len(q) == 1
+
+
+def test_bad_timeout_type(make_mq):
+    q = make_mq(["name=q"])["q"]
+    with pytest.raises(TypeError):
+        q.fetch(timeout="1")  # type: ignore[arg-type]
