@@ -756,11 +756,15 @@ static int abort_op(const struct mq_q *q, int rc) {
     return rc;
 }
 
+static int skip_dead(const struct mq_q *q, struct q_state *s);
+
 /* One item of an add: dedup, room, write.  Returns 1 stored, 0 dropped
- * (addmode 1), or a negative code (caller aborts). */
+ * (addmode 1), or a negative code: MQ_EFULL leaves the segment as it was
+ * (only *s changed, which the caller drops); any other code may leave
+ * derived data (index, dead marks) to be restored by abort_op. */
 static int add_one(const struct mq_q *q, struct q_state *s, const char *key, size_t klen,
                    const char *val, size_t vlen, uint32_t flags, uint64_t R) {
-    uint64_t hash = 0;
+    uint64_t hash = 0, killed = 0;
     if (q->buckets) {
         uint64_t found;
         hash = fnv1a(key, klen);
@@ -769,14 +773,20 @@ static int add_one(const struct mq_q *q, struct q_state *s, const char *key, siz
         if (rc == 1) {
             s->duplicates++;
             if (q->addmode == 1) { s->added++; return 0; }
-            if (q->limit <= 0 && (s->tail - s->head) + R > q->cap) { s->duplicates--; return MQ_EFULL; }
             rec_set_dead(q, found, 1);     /* addmode 2: the old one goes */
             KILLPOINT("add_after_kill");
             s->count--;
+            killed = found + 1;
         }
     }
-    if (q->limit <= 0 && (s->tail - s->head) + R > q->cap) return MQ_EFULL;
-    int rc = make_room(q, s, R);
+    /* Replaced records at the head hold no item: reclaim their bytes first. */
+    int rc = skip_dead(q, s);
+    if (rc) return rc;
+    if (q->limit <= 0 && (s->tail - s->head) + R > q->cap) {
+        if (killed) rec_set_dead(q, killed - 1, 0);   /* undo: nothing changes */
+        return MQ_EFULL;
+    }
+    rc = make_room(q, s, R);
     if (rc) return rc;
     put_record(q, s, hash, key, klen, val, vlen, flags, R);
     return 1;
@@ -796,6 +806,7 @@ int mq_add(mq_ns *ns, uint32_t qi, const char *key, size_t klen,
     struct q_state s;
     if (state_load(q, &s)) { q_unlock(q); return MQ_ECORRUPT; }
     rc = add_one(q, &s, key, klen, val, vlen, flags, R);
+    if (rc == MQ_EFULL) { q_unlock(q); return rc; }   /* nothing was touched */
     if (rc < 0) return abort_op(q, rc);
     KILLPOINT("add_before_commit");
     state_commit(q, &s);

@@ -14,6 +14,7 @@ import os
 import threading
 import time
 import weakref
+from array import array
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -48,10 +49,24 @@ ffi, lib = ll.ffi, ll.lib
 PREFIX = "mqueue."
 SHM_DIR = "/dev/shm"
 ATTACH_WAIT_S = 2.0
-_INITIAL_BUF = 64 * 1024
+_INITIAL_BUF = 256 * 1024
 
 _mq_add = lib.mq_add
 _mq_fetch = lib.mq_fetch
+_unpack = ffi.unpack
+_tnew = tuple.__new__
+_MAX_BATCH = 65536
+_MAX_BUF = 64 << 20
+
+
+def _dec(raw: bytes) -> str:
+    """UTF-8 to str; lone surrogates (as ``add`` encoded them) round-trip."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "surrogatepass")
+
+
 _EINTR = ll.MQ_EINTR
 _EBUF = ll.MQ_EBUF
 
@@ -106,15 +121,16 @@ class ShmQueue(Queue):
         return _err(rc, self._what)
 
     def add(self, key: Data, value: Data) -> bool:
-        flags = 0
+        # The hot path: type checks, UTF-8 encoding, one C call.
         if type(key) is str:
             try:
                 kb = key.encode()
             except UnicodeEncodeError:
                 kb = key.encode("utf-8", "surrogatepass")
             flags = FLAG_KEY_STR
-        elif isinstance(key, bytes):
+        elif type(key) is bytes:
             kb = key
+            flags = 0
         else:
             kb, s = encode(key)
             flags = FLAG_KEY_STR if s else 0
@@ -124,64 +140,119 @@ class ShmQueue(Queue):
             except UnicodeEncodeError:
                 vb = value.encode("utf-8", "surrogatepass")
             flags |= FLAG_VAL_STR
-        elif isinstance(value, bytes):
+        elif type(value) is bytes:
             vb = value
         else:
             vb, s = encode(value)
-            flags |= FLAG_VAL_STR if s else 0
-        rc = _mq_add(self._ns, self._index, kb, len(kb), vb, len(vb), flags)
-        while rc < 0:
-            if rc != _EINTR:
-                raise self._fail(rc)
+            if s:
+                flags |= FLAG_VAL_STR
+        rc: int = _mq_add(self._ns, self._index, kb, len(kb), vb, len(vb), flags)
+        if rc >= 0:
+            return rc == 1
+        while rc == _EINTR:  # a signal during a lock wait: handlers ran, try again
             rc = _mq_add(self._ns, self._index, kb, len(kb), vb, len(vb), flags)
-        return bool(rc == 1)
+        if rc < 0:
+            raise self._fail(rc)
+        return rc == 1
 
     def add_many(self, items: Iterable[tuple[Data, Data]]) -> int:
         parts: list[bytes] = []
         lens: list[int] = []
+        append = parts.append
         try:
             for key, value in items:
-                kb, ks = encode(key)
-                vb, vs = encode(value)
-                parts.append(kb)
-                parts.append(vb)
-                lens.append(len(kb))
-                lens.append(len(vb))
-                lens.append((FLAG_KEY_STR if ks else 0) | (FLAG_VAL_STR if vs else 0))
+                if type(key) is str:
+                    try:
+                        kb = key.encode()
+                    except UnicodeEncodeError:
+                        kb = key.encode("utf-8", "surrogatepass")
+                    flags = FLAG_KEY_STR
+                elif type(key) is bytes:
+                    kb = key
+                    flags = 0
+                else:
+                    kb, s = encode(key)
+                    flags = FLAG_KEY_STR if s else 0
+                if type(value) is str:
+                    try:
+                        vb = value.encode()
+                    except UnicodeEncodeError:
+                        vb = value.encode("utf-8", "surrogatepass")
+                    flags |= FLAG_VAL_STR
+                elif type(value) is bytes:
+                    vb = value
+                else:
+                    vb, s = encode(value)
+                    if s:
+                        flags |= FLAG_VAL_STR
+                append(kb)
+                append(vb)
+                lens += (len(kb), len(vb), flags)
+        except ItemTypeError:
+            raise
         except (TypeError, ValueError) as e:
-            if isinstance(e, ItemTypeError):
-                raise
             raise ItemTypeError(f"add_many takes an iterable of (key, value) pairs: {e}") from None
         n = len(lens) // 3
         if n == 0:
             return 0
-        if any(x > 0xFFFFFFFF for x in lens):
-            raise _err(ll.MQ_ETOOBIG, self._what)
+        try:
+            clens = ffi.from_buffer("uint32_t[]", array("I", lens))
+        except OverflowError:
+            raise _err(ll.MQ_ETOOBIG, self._what) from None
         data = b"".join(parts)
-        clens = ffi.new("uint32_t[]", lens)
-        rc = lib.mq_add_many(self._ns, self._index, data, len(data), clens, n)
-        while rc < 0:
-            if rc != _EINTR:
-                raise self._fail(rc)
+        rc: int = lib.mq_add_many(self._ns, self._index, data, len(data), clens, n)
+        while rc == _EINTR:
             rc = lib.mq_add_many(self._ns, self._index, data, len(data), clens, n)
-        return int(rc)
+        if rc < 0:
+            raise self._fail(rc)
+        return rc
 
-    def _grab(self, need: int, nmeta: int) -> _Buffers:
+    def fetch(self, timeout: float | None = 0) -> Item | None:
+        self._held = None
+        d = 0 if timeout == 0 else deadline_ns(timeout)
         b = self._bufs
         self._bufs = None  # another thread using this handle meanwhile gets its own
-        if b is None or b.size < need or b.nmeta < nmeta:
-            size = max(need, b.size if b else 0, _INITIAL_BUF)
-            b = _Buffers(size, max(nmeta, b.nmeta if b else 1))
-        return b
+        if b is None:
+            b = _Buffers(_INITIAL_BUF)
+        rc: int = _mq_fetch(self._ns, self._index, d, b.buf, b.size, b.meta)
+        if rc == 1:  # the hot path
+            kl, vl, fl = _unpack(b.meta, 3)
+            view = b.view
+            k = view[0:kl]
+            v = view[kl : kl + vl]
+            self._bufs = b
+            try:
+                item = _tnew(
+                    Item,
+                    (
+                        _dec(k) if fl & FLAG_KEY_STR else k,
+                        _dec(v) if fl & FLAG_VAL_STR else v,
+                    ),
+                )
+            except UnicodeDecodeError:
+                raise _err(ll.MQ_ECORRUPT, self._what) from None
+            self._held = item
+            return item
+        self._bufs = b
+        if rc == 0:
+            return None
+        items = self._take(1, d)
+        if not items:
+            return None
+        self._held = items[0]
+        return self._held
 
     def _take(self, n: int, deadline: int) -> list[Item]:
         n = min(n, 0xFFFFFFFF)
-        b = self._grab(0, min(n, 65536))
+        b = self._bufs
+        self._bufs = None
+        if b is None or b.nmeta < min(n, _MAX_BATCH):
+            b = _Buffers(max(b.size if b else 0, _INITIAL_BUF), min(n, _MAX_BATCH))
         try:
             while True:
                 want = min(n, b.nmeta)
                 if want == 1:
-                    rc = _mq_fetch(self._ns, self._index, deadline, b.buf, b.size, b.meta)
+                    rc: int = _mq_fetch(self._ns, self._index, deadline, b.buf, b.size, b.meta)
                 else:
                     rc = lib.mq_fetch_many(
                         self._ns, self._index, want, deadline, b.buf, b.size, b.meta
@@ -192,8 +263,7 @@ class ShmQueue(Queue):
                     return []
                 if rc == _EBUF:
                     need = int(b.meta[0])
-                    self._bufs = b
-                    b = self._grab(max(need, 2 * b.size), b.nmeta)
+                    b = _Buffers(max(need, 2 * b.size), b.nmeta)
                     continue
                 if rc != _EINTR:
                     raise self._fail(rc)
@@ -201,31 +271,33 @@ class ShmQueue(Queue):
                 # a handler that raises (Ctrl-C) ends the wait.  The deadline
                 # is absolute, so the wait goes on for what is left of it.
             out: list[Item] = []
-            view, meta = b.view, b.meta
+            append = out.append
+            view = b.view
+            it = iter(_unpack(b.meta, 3 * rc))
             off = 0
-            for i in range(rc):
-                kl, vl, fl = meta[3 * i], meta[3 * i + 1], meta[3 * i + 2]
-                k = view[off : off + kl]
-                v = view[off + kl : off + kl + vl]
-                off += kl + vl
-                out.append(
-                    Item(
-                        k.decode("utf-8", "surrogatepass") if fl & FLAG_KEY_STR else k,
-                        v.decode("utf-8", "surrogatepass") if fl & FLAG_VAL_STR else v,
+            try:
+                for kl, vl, fl in zip(it, it, it, strict=False):
+                    e = off + kl
+                    f = e + vl
+                    k = view[off:e]
+                    v = view[e:f]
+                    off = f
+                    append(
+                        _tnew(
+                            Item,
+                            (
+                                _dec(k) if fl & FLAG_KEY_STR else k,
+                                _dec(v) if fl & FLAG_VAL_STR else v,
+                            ),
+                        )
                     )
-                )
+            except UnicodeDecodeError:
+                raise _err(ll.MQ_ECORRUPT, self._what) from None
+            if rc == want and want < n and 2 * off > b.size and b.size < _MAX_BUF:
+                b = _Buffers(2 * b.size, b.nmeta)  # the buffer limited the batch: grow
             return out
         finally:
             self._bufs = b
-
-    def fetch(self, timeout: float | None = 0) -> Item | None:
-        self._held = None
-        d = 0 if timeout == 0 and type(timeout) is int else deadline_ns(timeout)
-        items = self._take(1, d)
-        if not items:
-            return None
-        self._held = items[0]
-        return self._held
 
     def _stats_raw(self) -> Any:
         st = ffi.new("struct mq_stats *")
@@ -497,8 +569,9 @@ def create(
 
 def destroy(namespace: str) -> None:
     """Remove a namespace's segment.  Attached processes keep their mapping."""
+    name = shm_name(namespace)  # a bad name is a DefinitionError (ValueError)
     try:
-        posix_ipc.unlink_shared_memory(shm_name(namespace))
+        posix_ipc.unlink_shared_memory(name)
     except Exception as e:
         raise _open_error(e, namespace) from None
 

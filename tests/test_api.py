@@ -93,15 +93,7 @@ def test_attach_missing_is_file_not_found(ns):
     [
         "create",
         "attach",
-        pytest.param(
-            "destroy",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: mqueue.destroy() wraps the DefinitionError of a bad namespace "
-                "name into a plain MQueueError (not a ValueError): _shm.destroy's "
-                "'except Exception' also catches check_namespace's error",
-            ),
-        ),
+        "destroy",
     ],
 )
 def test_bad_namespace_names_are_value_errors(bad, op):
@@ -624,11 +616,6 @@ def test_capacity_rounded_up_to_8(make_mq):
     assert mq["s"].stats().capacity == 1024
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an unbounded addmode-2 queue never reclaims replaced (dead) records at "
-    "its head on add, so a queue holding ONE small item raises QueueFullError",
-)
 def test_unbounded_addmode2_replacing_one_key_never_fills(make_mq):
     q = make_mq(["name=q;addmode=2;bytes=256"])["q"]
     for i in range(50):

@@ -111,12 +111,11 @@ class Model:
                 if self.addmode == 1:
                     self.added += 1
                     return 0
-                if unbounded and self.used + R > self.cap:
-                    raise Full
                 found.dead = True
                 self.count -= 1
+        self._skip_dead()  # replaced records at the head hold no item: reclaimed first
         if unbounded and self.used + R > self.cap:
-            raise Full
+            raise Full  # the caller restores the snapshot: nothing changes
         while (self.limit > 0 and self.count + 1 > self.limit) or self.used + R > self.cap:
             r = self.recs.popleft()
             if not r.dead:
