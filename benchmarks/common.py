@@ -18,10 +18,10 @@ import statistics
 import string
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 KEY_LEN = 16
@@ -235,7 +235,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         return (
             "| "
             + " | ".join(
-                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
             )
             + " |"
         )

@@ -14,8 +14,8 @@ import array
 import contextlib
 import random
 import time
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import common
 

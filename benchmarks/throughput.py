@@ -266,19 +266,23 @@ class ZmqPushPull(Peer):
         d = tempfile.mkdtemp(prefix="mqbench-zmq-")
         path = os.path.join(d, "s")
         try:
-            yield f"ipc://{path}"
+            # (address, an Event the consumer sets once it has everything: the
+            # producer keeps its socket open until then; closing it earlier lost
+            # the last few hundred messages now and then despite LINGER=-1)
+            yield f"ipc://{path}", common.CTX.Event()
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(path)
             with contextlib.suppress(OSError):
                 os.rmdir(d)
 
-    def producer(self, addr: Any, items: list[Item], ready: Any, go: Any) -> int:
+    def producer(self, chan: Any, items: list[Item], ready: Any, go: Any) -> int:
         import zmq
 
+        addr, received = chan
         ctx = zmq.Context()
         s = ctx.socket(zmq.PUSH)
-        s.setsockopt(zmq.LINGER, int(STALL * 1000))
+        s.setsockopt(zmq.LINGER, -1)  # term() waits until all is delivered
         s.setsockopt(zmq.SNDTIMEO, int(STALL * 1000))
         send = s.send
         try:
@@ -288,14 +292,16 @@ class ZmqPushPull(Peer):
             t0 = time.monotonic_ns()
             for k, v in items:
                 send((k + SEP + v).encode())
+            received.wait(2 * STALL)
             return t0
         finally:
             s.close()
             ctx.term()
 
-    def consumer(self, addr: Any, items: list[Item], ready: Any, go: Any) -> Any:
+    def consumer(self, chan: Any, items: list[Item], ready: Any, go: Any) -> Any:
         import zmq
 
+        addr, received = chan
         ctx = zmq.Context()
         s = ctx.socket(zmq.PULL)
         s.setsockopt(zmq.LINGER, 0)
@@ -308,10 +314,20 @@ class ZmqPushPull(Peer):
             ready.release()
             go.wait()
             for _ in range(len(items)):
-                k, v = recv().decode().split(SEP, 1)
+                try:
+                    msg = recv()
+                except zmq.Again:
+                    got = {common.seq_of(k) for k, _v in out}
+                    lost = sorted(set(range(len(items))) - got)
+                    where = f"first lost #{lost[0]}, last #{lost[-1]}" if lost else ""
+                    raise TimeoutError(
+                        f"recv: nothing for {STALL}s after {len(out)} items ({where})"
+                    ) from None
+                k, v = msg.decode().split(SEP, 1)
                 app((k, v))
             t1 = time.monotonic_ns()
         finally:
+            received.set()
             s.close()
             ctx.term()
         return _finish(items, out, t1)
