@@ -1,0 +1,127 @@
+"""Helpers for the tests that compile C programs or a testing build of the engine.
+
+Everything is built into a directory the caller gives (a ``tmp_path_factory``
+directory), never into the source tree, so ``pytest -n auto`` workers do not
+race each other.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CSRC = ROOT / "csrc"
+CTESTS = CSRC / "tests"
+PKG = ROOT / "mqueue"
+PYTHON = sys.executable
+
+CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror"]
+SANITIZE = [
+    "-fsanitize=address,undefined",
+    "-fno-omit-frame-pointer",
+    "-fno-sanitize-recover=all",
+    "-g",
+]
+
+
+def have_gcc() -> bool:
+    return shutil.which("gcc") is not None
+
+
+def killpoint_names() -> list[str]:
+    """Every KILLPOINT("name") in mq.c, in order of first appearance."""
+    text = (CSRC / "mq.c").read_text()
+    names: list[str] = []
+    for m in re.finditer(r'KILLPOINT\("([A-Za-z0-9_]+)"\)', text):
+        if m.group(1) not in names:
+            names.append(m.group(1))
+    return names
+
+
+def compile_c(
+    program: str,
+    outdir: Path,
+    *,
+    sanitize: bool = False,
+    testing: bool = False,
+    naive: bool = False,
+    extra: list[str] | None = None,
+) -> Path:
+    """Compile csrc/tests/<program>.c with csrc/mq.c into outdir; return the binary."""
+    tag = program + ("-san" if sanitize else "") + ("-kp" if testing else "")
+    tag += "-naive" if naive else ""
+    out = outdir / tag
+    flags = list(CFLAGS)
+    if sanitize:
+        flags += SANITIZE
+    if testing:
+        flags.append("-DMQ_TESTING")
+    if naive:
+        flags.append("-DMQ_NAIVE_LOCK")
+    flags += extra or []
+    cmd = [
+        "gcc",
+        *flags,
+        f"-I{CSRC}",
+        "-o",
+        str(out),
+        str(CTESTS / f"{program}.c"),
+        str(CSRC / "mq.c"),
+        "-lpthread",
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise RuntimeError(f"compile failed: {' '.join(cmd)}\n{r.stdout}\n{r.stderr}")
+    return out
+
+
+def build_testing_package(dest: Path) -> Path:
+    """A copy of the mqueue package whose _mq_cffi is built with -DMQ_TESTING.
+
+    Returns the directory to put first on PYTHONPATH.  The copy imports exactly
+    like the real package (same Python files), only the engine differs.
+    """
+    build = dest / "build"
+    (build / "csrc").mkdir(parents=True, exist_ok=True)
+    for f in ("mq.c", "mq.h", "mq_layout.h"):  # cffi compiles "csrc/mq.c" from tmpdir
+        shutil.copy2(CSRC / f, build / "csrc" / f)
+    site = dest / "site"
+    pkg = site / "mqueue"
+    pkg.mkdir(parents=True, exist_ok=True)
+    for f in PKG.glob("*.py"):
+        shutil.copy2(f, pkg / f.name)
+    code = (
+        f"import sys; sys.path.insert(0, {str(CSRC)!r}); import os; os.chdir({str(ROOT)!r});"
+        f"import build_ffi; print(build_ffi.ffibuilder.compile(tmpdir={str(build)!r}))"
+    )
+    env = dict(os.environ, MQUEUE_TESTING="1")
+    env.pop("MQUEUE_NAIVE_LOCK", None)
+    r = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    if r.returncode != 0:
+        raise RuntimeError(f"testing build failed:\n{r.stdout}\n{r.stderr}")
+    so = Path(r.stdout.strip().splitlines()[-1])
+    shutil.copy2(so, pkg / so.name)
+    return site
+
+
+def py_env(site: Path | None = None, **extra: str) -> dict[str, str]:
+    """Environment for a Python child: the testing package first when given."""
+    env = dict(os.environ)
+    env.pop("MQ_KILLPOINT", None)
+    if site is not None:
+        env["PYTHONPATH"] = str(site) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def shm_leftovers(prefix: str) -> list[str]:
+    """Segments in /dev/shm whose name starts with mqueue.<prefix>."""
+    try:
+        return sorted(n for n in os.listdir("/dev/shm") if n.startswith("mqueue." + prefix))
+    except OSError:
+        return []

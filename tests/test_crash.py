@@ -1,0 +1,457 @@
+"""Crash safety at the Python level (issue 3): a lock holder that dies, random
+SIGKILL / SIGSTOP of Python producers and consumers, fork, a full /dev/shm,
+and access rights.
+
+Processes that must die inside the engine use a testing build of the cffi
+module (``MQUEUE_TESTING=1``, built into a tmp dir; see tests/ctools.py) with
+``MQ_KILLPOINT=add_locked``: the engine ``_exit(77)``s right after taking the
+lock in ``add``.  The engine reads MQ_KILLPOINT once per process, so such a
+process is started with it in its environment and forks the victims.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ctools import PYTHON, build_testing_package, have_gcc, py_env
+
+import mqueue
+
+BOUND_S = 1.0  # the bound on any pause after a death (see docs/crash-safety.md)
+
+
+def unique(tag: str) -> str:
+    return f"crash_{tag}_{os.getpid()}_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def ns_name() -> Iterator[str]:
+    name = unique("t")
+    yield name
+    with contextlib.suppress(mqueue.NamespaceNotFoundError):
+        mqueue.destroy(name)
+
+
+@pytest.fixture(scope="module")
+def testing_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not have_gcc():
+        pytest.skip("needs gcc for the testing build")
+    return build_testing_package(tmp_path_factory.mktemp("crashbuild"))
+
+
+def run_py(
+    code: str, *args: str, site: Path | None = None, timeout: float = 60, **env: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=py_env(site, **env),
+        cwd="/",  # not the source tree: PYTHONPATH's package must win
+    )
+
+
+# --------------------------------------------------------------------------- holder death
+
+HOLDER_SERVER = """
+import os, sys
+import mqueue
+mq = mqueue.attach(sys.argv[1])
+q = mq["q"]
+for line in sys.stdin:                       # one victim per line
+    pid = os.fork()
+    if pid == 0:
+        q.add("doomed", "never")             # MQ_KILLPOINT=add_locked: dies holding the lock
+        os._exit(0)
+    _, st = os.waitpid(pid, 0)
+    print(os.WEXITSTATUS(st) if os.WIFEXITED(st) else -os.WTERMSIG(st), flush=True)
+"""
+
+
+def test_holder_death_repeated(ns_name: str, testing_site: Path) -> None:
+    """A child takes the lock and dies, 40 times: each time the parent goes on
+    within the bound and recoveries counts exactly that death."""
+    rounds = 40
+    mq = mqueue.create(ns_name, ["name=q;size=1000"])
+    q = mq["q"]
+    server = subprocess.Popen(
+        [PYTHON, "-c", HOLDER_SERVER, ns_name],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=py_env(testing_site, MQ_KILLPOINT="add_locked"),
+        cwd="/",
+    )
+    worst = 0.0
+    try:
+        assert server.stdin and server.stdout
+        for i in range(rounds):
+            q.add(f"before{i}", "x")
+            server.stdin.write("go\n")
+            server.stdin.flush()
+            assert server.stdout.readline().strip() == "77"
+            t0 = time.monotonic()
+            q.add(f"after{i}", "y")  # must take the lock over from the dead child
+            worst = max(worst, time.monotonic() - t0)
+            st = q.stats()
+            assert st.recoveries == i + 1
+            assert st.added == st.fetched + st.evicted + st.length
+            assert st.length == 2 * (i + 1)  # the dead child's add did not happen
+    finally:
+        if server.stdin:
+            server.stdin.close()
+        server.wait(timeout=30)
+    assert worst < BOUND_S, worst
+    items = q.fetch_many(1000)
+    assert [k for k, _ in items] == [f"{w}{i}" for i in range(rounds) for w in ("before", "after")]
+    print(f"holder death x{rounds}: worst take-over {worst * 1000:.1f} ms")
+    mq.close()
+
+
+# --------------------------------------------------------------------------- torture
+
+TORTURE = """
+import json, mmap, os, random, signal, struct, sys, time
+import mqueue
+
+ns, seconds, mode = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+NP, NC, CAP = 3, 3, 1 << 20
+mq = mqueue.attach(ns)
+qs = [mq["bounded"], mq["unbounded"]]
+# shared region: [stop, progress, produced per producer slot x 2 queues]
+#                + one delivery log per consumer slot: [count, ids...]
+HDR = 8 * (2 + 2 * NP)
+shm = mmap.mmap(-1, HDR + NC * 8 * (CAP + 1))
+def get(off): return struct.unpack_from("q", shm, off)[0]
+def put(off, v): struct.pack_into("q", shm, off, v)
+LOG = lambda c: HDR + c * 8 * (CAP + 1)
+
+def producer(p, inc):
+    seq = 0
+    rnd = random.Random(inc)
+    while not get(0):
+        qi = rnd.randrange(2)
+        q = qs[qi]
+        n = rnd.choice((1, 1, 4))
+        items = []
+        for _ in range(n):
+            ident = (inc << 32) | seq
+            seq += 1
+            body = str(ident) * rnd.randrange(1, 8)
+            items.append((str(ident), body))
+        while True:
+            try:
+                if n == 1:
+                    q.add(*items[0]); done = 1
+                else:
+                    done = q.add_many(items)
+                break
+            except mqueue.QueueFullError:
+                if get(0): return
+                time.sleep(0.001)
+        off = 16 + 8 * (2 * p + qi)
+        put(off, get(off) + done)
+
+def consumer(c):
+    rnd = random.Random(os.getpid())
+    base = LOG(c)
+    while not get(0):
+        q = qs[rnd.randrange(2)]
+        if rnd.randrange(2):
+            it = q.fetch(timeout=0.02)
+            got = [it] if it is not None else []
+        else:
+            got = q.fetch_many(4, timeout=0.02)
+        for k, v in got:
+            if v != k * (len(v) // len(k)) or len(v) % len(k):
+                os._exit(13)                          # torn item
+            n = get(base)
+            if n < CAP:
+                put(base + 8 * (n + 1), int(k))
+                put(base, n + 1)
+        put(8, get(8) + len(got))
+
+def spawn(i, inc):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            producer(i, inc) if i < NP else consumer(i - NP)
+        finally:
+            os._exit(0)
+    return pid
+
+kids = [spawn(i, i + 1) for i in range(NP + NC)]
+inc = NP + NC + 1
+kills = [0] * (NP + NC)
+events = stalls = 0
+longest = 0.0
+rnd = random.Random(1)
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    time.sleep(rnd.uniform(0.002, 0.010))
+    i = rnd.randrange(NP + NC)
+    p0 = get(8)
+    t0 = time.monotonic()
+    if mode == "stop":
+        os.kill(kids[i], signal.SIGSTOP); time.sleep(0.1); os.kill(kids[i], signal.SIGCONT)
+    else:
+        os.kill(kids[i], signal.SIGKILL); os.waitpid(kids[i], 0)
+        kills[i] += 1
+        kids[i] = spawn(i, inc); inc += 1
+    events += 1
+    while get(8) == p0 and time.monotonic() - t0 < 2.0:
+        time.sleep(0.0005)
+    pause = time.monotonic() - t0 - (0.1 if mode == "stop" else 0)
+    longest = max(longest, pause)
+    if get(8) == p0:
+        stalls += 1
+        break
+put(0, 1)
+bad_exit = 0
+for pid in kids:
+    _, st = os.waitpid(pid, 0)
+    bad_exit += not (os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0)
+stats = [q.stats() for q in qs]
+left = [[int(k) for k, _ in q.fetch_many(10**6)] for q in qs]
+logs = []
+for c in range(NC):
+    n = get(LOG(c))
+    logs += [get(LOG(c) + 8 * (j + 1)) for j in range(n)]
+print(json.dumps({
+    "events": events, "producer_kills": sum(kills[:NP]), "consumer_kills": sum(kills[NP:]),
+    "stalls": stalls, "longest_pause_ms": round(longest * 1000, 1), "bad_exit": bad_exit,
+    "recorded": len(logs), "dups": len(logs) + sum(map(len, left))
+             - len(set(logs) | set(left[0]) | set(left[1])),
+    "produced": sum(get(16 + 8 * k) for k in range(2 * NP)),
+    "added": sum(s.added for s in stats), "fetched": sum(s.fetched for s in stats),
+    "evicted": sum(s.evicted for s in stats), "length": sum(s.length for s in stats),
+    "left": sum(map(len, left)), "recoveries": sum(s.recoveries for s in stats),
+    "balance": all(s.added == s.fetched + s.evicted + s.length for s in stats),
+}))
+mq.close()
+"""
+
+
+def run_torture(ns_name: str, seconds: float, mode: str) -> dict[str, int]:
+    mq = mqueue.create(ns_name, ["name=bounded;size=50;bytes=8k", "name=unbounded;bytes=16k"])
+    try:
+        r = run_py(TORTURE, ns_name, str(seconds), mode, timeout=seconds + 60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        res: dict[str, int] = json.loads(r.stdout.strip().splitlines()[-1])
+        print(mode, res)
+        return res
+    finally:
+        mq.close()
+
+
+@pytest.mark.slow
+def test_python_sigkill_torture(ns_name: str) -> None:
+    seconds = float(os.environ.get("MQUEUE_TORTURE_SECONDS", "8")) / 2
+    r = run_torture(ns_name, seconds, "kill")
+    assert r["stalls"] == 0 and r["longest_pause_ms"] < BOUND_S * 1000
+    assert r["dups"] == 0 and r["bad_exit"] == 0 and r["balance"]
+    assert r["events"] >= 100
+    # consumers log after fetching: a killed one may lose up to 4 fetched items
+    assert r["recorded"] <= r["fetched"] <= r["recorded"] + 4 * r["consumer_kills"]
+    assert r["produced"] <= r["added"] <= r["produced"] + 4 * r["producer_kills"]
+    assert r["left"] == r["length"]
+
+
+@pytest.mark.slow
+def test_python_sigstop_torture(ns_name: str) -> None:
+    seconds = min(3.0, float(os.environ.get("MQUEUE_TORTURE_SECONDS", "8")) / 2)
+    r = run_torture(ns_name, seconds, "stop")
+    assert r["stalls"] == 0 and r["recoveries"] == 0 and r["dups"] == 0 and r["balance"]
+    assert r["recorded"] == r["fetched"] and r["produced"] == r["added"]
+    assert r["bad_exit"] == 0 and r["left"] == r["length"]
+
+
+# --------------------------------------------------------------------------- fork
+
+FORK_SLOTS = """
+import os, sys, json
+import mqueue
+mq = mqueue.attach(sys.argv[1])
+q = mq["q"]
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    q.add("from-child", "x")
+    os.write(w, str(mq.slot).encode()); os._exit(0)
+os.waitpid(pid, 0)
+print(json.dumps({"parent": mq.slot, "child": int(os.read(r, 100)), "len": len(q)}))
+"""
+
+
+def test_fork_slots_differ(ns_name: str) -> None:
+    mq = mqueue.create(ns_name, ["name=q"])
+    r = run_py(FORK_SLOTS, ns_name)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["parent"] != res["child"] and res["parent"] != mq.slot
+    assert res["len"] == 1
+    mq.close()
+
+
+FORK_CHILD_DIES = """
+import os, sys, time
+import mqueue
+mq = mqueue.attach(sys.argv[1])          # MQ_KILLPOINT=add_locked: never add here
+q = mq["q"]
+pid = os.fork()
+if pid == 0:
+    q.add("doomed", "x")                 # dies holding the lock
+    os._exit(0)
+_, st = os.waitpid(pid, 0)
+assert os.WEXITSTATUS(st) == 77, st
+t0 = time.monotonic()
+assert q.add_many([("k", "v")]) == 1
+took = time.monotonic() - t0
+s = q.stats()
+print(took, s.recoveries, s.length)
+"""
+
+FORK_PARENT_DIES = """
+import os, sys, time
+import mqueue
+mq = mqueue.attach(sys.argv[1])          # MQ_KILLPOINT=add_locked
+q = mq["q"]
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(w)
+    os.read(r, 1)                        # EOF: the parent is dead
+    while os.getppid() == int(sys.argv[2]):
+        time.sleep(0.001)
+    t0 = time.monotonic()
+    q.add_many([("k", "v")])
+    took = time.monotonic() - t0
+    s = q.stats()
+    print(took, s.recoveries, s.length, flush=True)
+    os._exit(0)
+os.close(r)
+print(pid, flush=True)
+q.add("doomed", "x")                     # the parent dies holding the lock
+"""
+
+
+_PARENT_DIES_SRC = textwrap.dedent(FORK_PARENT_DIES)
+PARENT_DIES_CMD = f"import os, sys; sys.argv[2:2] = [str(os.getpid())]; exec({_PARENT_DIES_SRC!r})"
+
+
+def test_fork_child_killed_holding_lock(ns_name: str, testing_site: Path) -> None:
+    mq = mqueue.create(ns_name, ["name=q"])
+    r = run_py(FORK_CHILD_DIES, ns_name, site=testing_site, MQ_KILLPOINT="add_locked")
+    assert r.returncode == 0, r.stderr
+    took, rec, length = r.stdout.split()
+    assert float(took) < BOUND_S and int(rec) == 1 and int(length) == 1
+    mq.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: mq_reattach keeps the mapping inherited from the parent; that mapping "
+    "pins the parent's open file description, so the parent's OFD lock (its liveness "
+    "slot) outlives the parent and a lock it held when it died is never recovered "
+    "while the child lives.  Fix: remap through newfd with MAP_FIXED in mq_reattach",
+)
+def test_fork_parent_dies_holding_lock(ns_name: str, testing_site: Path) -> None:
+    mq = mqueue.create(ns_name, ["name=q"])
+    p = subprocess.Popen(
+        [
+            PYTHON,
+            "-c",
+            PARENT_DIES_CMD,
+            ns_name,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=py_env(testing_site, MQ_KILLPOINT="add_locked"),
+        cwd="/",
+        start_new_session=True,
+    )
+    try:
+        out, err = p.communicate(timeout=10)  # EOF once the orphaned child exits too
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)  # the wedged child too: nothing left behind
+        p.communicate()
+        raise AssertionError("the child stalled after its parent died holding the lock") from None
+    assert p.returncode == 77, err
+    lines = out.split("\n")
+    child_pid = int(lines[0])
+    took, rec, length = lines[1].split()
+    assert float(took) < BOUND_S and int(rec) == 1 and int(length) == 1
+    with pytest.raises(ProcessLookupError):  # nothing left behind
+        for _ in range(100):
+            os.kill(child_pid, 0)
+            time.sleep(0.02)
+    mq.close()
+
+
+# --------------------------------------------------------------------------- space, access
+
+
+def test_dev_shm_too_small(ns_name: str) -> None:
+    st = os.statvfs("/dev/shm")
+    total = st.f_blocks * st.f_frsize
+    nbytes = (total // 8 + 1) * 8  # the ring is 2 x bytes: twice what /dev/shm holds
+    if nbytes > 1 << 40:
+        pytest.skip("/dev/shm is larger than the largest queue")
+    t0 = time.monotonic()
+    with pytest.raises(mqueue.MQueueError, match="not enough shared memory"):
+        mqueue.create(ns_name, [f"name=big;bytes={nbytes}"])
+    assert time.monotonic() - t0 < 30
+    assert not os.path.exists(f"/dev/shm/mqueue.{ns_name}")
+
+
+def test_default_mode_is_0600(ns_name: str) -> None:
+    mq = mqueue.create(ns_name, ["name=q"])
+    assert os.stat(f"/dev/shm/mqueue.{ns_name}").st_mode & 0o777 == 0o600
+    mq.close()
+
+
+ATTACH_AS_NOBODY = """
+import os, sys, mqueue, mqueue._shm   # import everything before dropping root
+pid = os.fork()
+if pid == 0:
+    os.setgroups([]); os.setgid(65534); os.setuid(65534)
+    try:
+        mqueue.attach(sys.argv[1])
+    except PermissionError as e:
+        print("PermissionError", type(e).__name__, isinstance(e, mqueue.MQueueError), flush=True)
+    else:
+        print("attached", flush=True)
+    os._exit(0)
+_, st = os.waitpid(pid, 0)
+sys.exit(os.WEXITSTATUS(st))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a child as another user")
+@pytest.mark.parametrize("mode", [None, 0o666])
+def test_other_user(ns_name: str, mode: int | None) -> None:
+    mq = mqueue.create(ns_name, ["name=q"], **({} if mode is None else {"mode": mode}))
+    r = run_py(ATTACH_AS_NOBODY, ns_name)
+    assert r.returncode == 0, r.stderr
+    if mode is None:
+        assert r.stdout.split() == ["PermissionError", "AccessDeniedError", "True"]
+    else:
+        assert r.stdout.strip() == "attached"
+    mq.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-v"]))
