@@ -29,6 +29,7 @@ CDEF = """
 #define MQ_ESLOTS ...
 #define MQ_ERANGE ...
 #define MQ_ENOTREADY ...
+#define MQ_ECLOSED ...
 #define MQ_KEY_STR ...
 #define MQ_VAL_STR ...
 #define MQ_MAX_QUEUES ...
@@ -49,6 +50,7 @@ int mq_create(int, uint32_t, const struct mq_qparam *, const char *, size_t, mq_
 int mq_attach(int, mq_ns **);
 int mq_reattach(mq_ns *, int);
 void mq_detach(mq_ns *);
+void mq_free(mq_ns *);
 int mq_last_errno(void);
 uint32_t mq_nqueues(const mq_ns *);
 int mq_meta(const mq_ns *, const char **, size_t *);
@@ -56,6 +58,14 @@ int mq_slot(const mq_ns *);
 int mq_add(mq_ns *, uint32_t, const char *, size_t, const char *, size_t, uint32_t);
 int64_t mq_add_many(mq_ns *, uint32_t, const char *, size_t, const uint32_t *, size_t);
 int mq_fetch(mq_ns *, uint32_t, int64_t, char *, size_t, uint32_t *);
+#define MQ_BATCH_UNIFORM ...
+#define MQ_BATCH_NONUL ...
+struct mq_fetchbuf {
+    mq_ns *ns; uint32_t q; uint32_t info; char *buf; size_t size; uint32_t *meta; uint64_t total;
+};
+int mq_fetch_into(struct mq_fetchbuf *, int64_t);
+int64_t mq_fetch_batch(struct mq_fetchbuf *, uint32_t, int64_t);
+int64_t mq_add_many_sep(mq_ns *, uint32_t, const char *, size_t, size_t, uint32_t);
 int64_t mq_fetch_many(mq_ns *, uint32_t, uint32_t, int64_t, char *, size_t, uint32_t *);
 int mq_count(mq_ns *, uint32_t, uint64_t *);
 int mq_stats(mq_ns *, uint32_t, struct mq_stats *);

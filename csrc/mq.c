@@ -67,12 +67,20 @@ struct mq_ns {
     struct seg_hdr *h;
     int fd;
     int slot;
+    pid_t slot_pid;             /* the process that claimed `slot` through `fd` */
     uint64_t me;                /* owner word value of this process */
     uint32_t nq;
     const char *meta;
     size_t meta_len;
+    _Atomic uint32_t inflight;  /* calls of this process's threads inside the engine */
+    _Atomic uint32_t closing;   /* set by mq_detach: new calls get MQ_ECLOSED */
     struct mq_q q[];
 };
+
+/* True once mq_detach began: long waits give up at their next slice. */
+static int ns_closing(const mq_ns *ns) {
+    return atomic_load_explicit(&ns->closing, memory_order_relaxed) != 0;  /* a hint, re-read each slice */
+}
 
 static __thread int last_errno;
 
@@ -382,10 +390,43 @@ static int q_rebuild(const struct mq_q *q, struct q_state *s) {
 }
 
 /* ------------------------------------------------------------ the lock */
+/* glibc abort()s ("The futex facility returned an unexpected error code")
+ * when a semaphore's private word is garbage, as it may be in a damaged
+ * segment.  On 64-bit glibc a sem_t is {uint64 value+waiters; int private;
+ * int pad}; what sem_init(pshared = 1) stores in `private` is learnt once
+ * from a scratch semaphore, and any other value marks a semaphore damaged.
+ * If the layout is not as expected the check is off (returns 0). */
+static int sem_damaged(sem_t *sem) {
+#if defined(__GLIBC__) && __SIZEOF_POINTER__ == 8
+    static _Atomic int expected = -2;    /* -2 unknown yet, -1 check off */
+    int e = atomic_load_explicit(&expected, memory_order_relaxed);   /* idempotent init */
+    if (e == -2) {
+        sem_t probe;
+        int priv = -1;
+        if (sem_init(&probe, 1, 0) == 0) {
+            memcpy(&priv, (const char *)&probe + 8, sizeof priv);
+            uint64_t v;
+            memcpy(&v, &probe, sizeof v);
+            if (v != 0 || priv < 0) priv = -1;
+            if (sem_destroy(&probe) != 0) priv = -1;
+        }
+        e = priv;
+        atomic_store_explicit(&expected, e, memory_order_relaxed);
+    }
+    if (e < 0) return 0;
+    int priv;
+    memcpy(&priv, (const char *)sem + 8, sizeof priv);
+    return priv != e;
+#else
+    (void)sem;
+    return 0;
+#endif
+}
+
 /* Repairs a queue whose lock owner died (caller now holds the lock):
  * re-derives the index, dead marks and count from the committed records,
- * counts a recovery and commits.  Returns 0 or MQ_ECORRUPT (then nothing
- * is committed and the caller must unlock). */
+ * heals the lock's wait accounting, counts a recovery and commits.  Returns
+ * 0 or MQ_ECORRUPT (then nothing is committed and the caller must unlock). */
 __attribute__((unused)) static int q_recover(const struct mq_q *q) {
     /* full fence: the dead owner's last stores reached memory before the
      * kernel released its OFD lock, which we observed through a syscall;
@@ -400,7 +441,11 @@ __attribute__((unused)) static int q_recover(const struct mq_q *q) {
     /* Heal the lock's wait accounting that the dead process may have left:
      * live waiters time out within a slice and count themselves again. */
     atomic_store_explicit(&q->h->lock_waiters, 0, memory_order_relaxed);
-    for (int i = 0; i < 1024 && sem_trywait(&q->h->sem) == 0; i++) { }
+    if (sem_damaged(&q->h->sem)) {
+        if (sem_init(&q->h->sem, 1, 0) != 0) return MQ_ECORRUPT;   /* waiters poll meanwhile */
+    } else {
+        for (int i = 0; i < 1024 && sem_trywait(&q->h->sem) == 0; i++) { }
+    }
     KILLPOINT("recover_before_commit");
     state_commit(q, &s);
     return 0;
@@ -432,7 +477,7 @@ static void q_unlock(const struct mq_q *q) {
     atomic_store_explicit(&q->h->owner, 0, memory_order_release);
     /* seq_cst load: pairs with the waiter's seq_cst increment + owner
      * re-check in q_lock, so a waiter is either seen here or sees 0 there */
-    if (atomic_load_explicit(&q->h->lock_waiters, memory_order_seq_cst)) {
+    if (atomic_load_explicit(&q->h->lock_waiters, memory_order_seq_cst) && !sem_damaged(&q->h->sem)) {
         int v = 0;
         /* a pending post already wakes the next waiter; more would only pile
          * up when the count is stale (a waiter was killed) */
@@ -446,6 +491,7 @@ static void q_unlock(const struct mq_q *q) {
  * queue could not be repaired (the lock is not held). */
 static int q_lock(const mq_ns *ns, const struct mq_q *q) {
     struct q_hdr *h = q->h;
+    int64_t slice_end = 0;   /* when the current owner is next checked for liveness */
     for (;;) {
         uint64_t expected = 0;
         /* acquire: pairs with the release in q_unlock */
@@ -458,19 +504,31 @@ static int q_lock(const mq_ns *ns, const struct mq_q *q) {
             dec_sat(&h->lock_waiters);
             continue;
         }
-        struct timespec ts;
-        int64_t dl = mono_ns() + LOCK_SLICE_NS;
-        ts.tv_sec = dl / NS_PER_S;
-        ts.tv_nsec = dl % NS_PER_S;
-        int rc = sem_clockwait(&h->sem, CLOCK_MONOTONIC, &ts);
-        int err = rc ? errno : 0;
+        int64_t now = mono_ns();
+        if (slice_end == 0) slice_end = now + LOCK_SLICE_NS;
+        int err = ETIMEDOUT;
+        if (now < slice_end) {
+            if (sem_damaged(&h->sem)) {
+                /* never hand glibc a damaged semaphore (it abort()s): poll */
+                struct timespec z = {0, 1000000};
+                nanosleep(&z, NULL);
+                err = 0;
+            } else {
+                struct timespec ts = {(time_t)(slice_end / NS_PER_S), (long)(slice_end % NS_PER_S)};
+                err = sem_clockwait(&h->sem, CLOCK_MONOTONIC, &ts) ? errno : 0;
+            }
+        }
         dec_sat(&h->lock_waiters);
         if (err == EINTR) return MQ_EINTR;
-        if (err == 0) continue;                       /* woken: try again */
-        if (err != ETIMEDOUT) {                       /* damaged semaphore: do not spin hot */
+        if (ns_closing(ns)) return MQ_ECLOSED;        /* mq_detach is waiting for us */
+        /* Woken within the slice: try again.  Wake-ups alone never postpone
+         * the liveness check past the slice (stale posts cannot starve it). */
+        if (err == 0 && mono_ns() < slice_end) continue;
+        if (err != 0 && err != ETIMEDOUT) {           /* unexpected error: do not spin hot */
             struct timespec z = {0, 1000000};
             nanosleep(&z, NULL);
         }
+        slice_end = 0;
         uint64_t o = atomic_load_explicit(&h->owner, memory_order_acquire);
         if (o == 0 || owner_alive(ns, o)) continue;   /* never steal from a live owner */
         /* acquire: we take over the dead owner's lock; only one taker wins */
@@ -530,6 +588,26 @@ static int q_index(const mq_ns *ns, uint32_t qi, const struct mq_q **q) {
     *q = &ns->q[qi];
     return 0;
 }
+
+static void ns_leave(mq_ns *ns) {
+    /* release: this call's uses of the mapping happen before mq_detach,
+     * which waits for the count to reach 0, unmaps it */
+    atomic_fetch_sub_explicit(&ns->inflight, 1, memory_order_release);
+}
+
+/* Counts a call in flight on ns (so mq_detach never unmaps under it).
+ * Returns 0, MQ_ERANGE for a NULL handle, MQ_ECLOSED once detached. */
+static int ns_enter(mq_ns *ns) {
+    if (!ns) return MQ_ERANGE;
+    /* seq_cst pair with mq_detach: either it sees our count, or we see closing */
+    atomic_fetch_add_explicit(&ns->inflight, 1, memory_order_seq_cst);
+    if (atomic_load_explicit(&ns->closing, memory_order_seq_cst)) {
+        ns_leave(ns);
+        return MQ_ECLOSED;
+    }
+    return 0;
+}
+
 
 /* Validates a mapped segment and builds the handle.  Returns 0 and *out,
  * or a negative code with nothing allocated. */
@@ -607,6 +685,7 @@ int mq_attach(int fd, mq_ns **out) {
     int rc = ns_build(base, size, fd, &ns);
     if (rc == 0) {
         rc = slot_claim(ns->h, fd, &ns->slot, &ns->me);
+        ns->slot_pid = getpid();
         if (rc) free(ns);
     }
     if (rc) {
@@ -679,19 +758,51 @@ int mq_reattach(mq_ns *ns, int newfd) {
     int slot;
     uint64_t me;
     if (!ns || newfd < 0) return MQ_EINVAL;
+    /* The mapping inherited from the parent holds the parent's open file
+     * description, and so its OFD lock (its liveness), for as long as this
+     * process lives.  Map the same pages through newfd at the same address
+     * (MAP_FIXED replaces the old mapping atomically; pointers stay valid). */
+    void *p = mmap(ns->base, ns->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, newfd, 0);
+    if (p == MAP_FAILED) return sys_fail();
     int rc = slot_claim(ns->h, newfd, &slot, &me);
     if (rc) return rc;
     ns->fd = newfd;
     ns->slot = slot;
+    ns->slot_pid = getpid();
     ns->me = me;
+    /* after fork only this thread exists: calls the parent's other threads
+     * had in flight are not ours */
+    atomic_store_explicit(&ns->inflight, 0, memory_order_relaxed);
     return 0;
 }
 
 void mq_detach(mq_ns *ns) {
     if (!ns) return;
-    /* dropping the OFD lock frees the slot; closing the fd would too */
-    if (ofd(ns->fd, F_UNLCK, ns->slot, F_OFD_SETLK) != 0) { /* fd already closed: slot is free */ }
+    uint32_t expected = 0;
+    /* seq_cst: see ns_enter; only the first detach goes on (idempotent) */
+    if (!atomic_compare_exchange_strong_explicit(&ns->closing, &expected, 1, memory_order_seq_cst,
+                                                 memory_order_seq_cst))
+        return;
+    /* Calls of other threads finish first: a blocked fetch or lock wait
+     * notices `closing` within one slice and returns MQ_ECLOSED. */
+    while (atomic_load_explicit(&ns->inflight, memory_order_acquire)) {
+        struct timespec z = {0, 1000000};
+        nanosleep(&z, NULL);
+    }
+    /* Dropping the OFD lock frees the slot (closing the fd would too).  Only
+     * the claiming process may: a forked child that never re-attached shares
+     * the parent's open file description, and unlocking it would make the
+     * living parent look dead. */
+    if (ns->slot_pid == getpid() && ofd(ns->fd, F_UNLCK, ns->slot, F_OFD_SETLK) != 0) {
+        /* fd already closed: the slot is free anyway */
+    }
     if (munmap(ns->base, ns->size) != 0) { /* cannot happen for a valid mapping */ }
+    /* The handle struct itself is kept (a few bytes per queue): a binding
+     * that still holds the pointer gets MQ_ECLOSED, never freed memory. */
+}
+
+void mq_free(mq_ns *ns) {
+    mq_detach(ns);
     free(ns);
 }
 
@@ -792,8 +903,8 @@ static int add_one(const struct mq_q *q, struct q_state *s, const char *key, siz
     return 1;
 }
 
-int mq_add(mq_ns *ns, uint32_t qi, const char *key, size_t klen,
-           const char *val, size_t vlen, uint32_t flags) {
+static int add_impl(mq_ns *ns, uint32_t qi, const char *key, size_t klen,
+                    const char *val, size_t vlen, uint32_t flags) {
     const struct mq_q *q;
     int rc = q_index(ns, qi, &q);
     if (rc) return rc;
@@ -816,8 +927,8 @@ int mq_add(mq_ns *ns, uint32_t qi, const char *key, size_t klen,
     return rc;
 }
 
-int64_t mq_add_many(mq_ns *ns, uint32_t qi, const char *data, size_t data_len,
-                    const uint32_t *lens, size_t n) {
+static int64_t add_many_impl(mq_ns *ns, uint32_t qi, const char *data, size_t data_len,
+                             const uint32_t *lens, size_t n) {
     const struct mq_q *q;
     int rc = q_index(ns, qi, &q);
     if (rc) return rc;
@@ -866,6 +977,57 @@ int64_t mq_add_many(mq_ns *ns, uint32_t qi, const char *data, size_t data_len,
     return stored;
 }
 
+int mq_add(mq_ns *ns, uint32_t qi, const char *key, size_t klen,
+           const char *val, size_t vlen, uint32_t flags) {
+    int rc = ns_enter(ns);
+    if (rc) return rc;
+    rc = add_impl(ns, qi, key, klen, val, vlen, flags);
+    ns_leave(ns);
+    return rc;
+}
+
+int64_t mq_add_many(mq_ns *ns, uint32_t qi, const char *data, size_t data_len,
+                    const uint32_t *lens, size_t n) {
+    int rc = ns_enter(ns);
+    if (rc) return rc;
+    int64_t r = add_many_impl(ns, qi, data, data_len, lens, n);
+    ns_leave(ns);
+    return r;
+}
+
+int64_t mq_add_many_sep(mq_ns *ns, uint32_t qi, const char *data, size_t data_len, size_t n,
+                        uint32_t flags) {
+    if (n == 0) return 0;
+    if (!data || n > ((size_t)1 << 32) || (flags & ~MQ_FLAGS_MASK)) return MQ_EINVAL;
+    /* Split at the NULs into the (lens, packed data) form of mq_add_many. */
+    uint32_t *lens = malloc(3 * n * sizeof *lens);
+    char *packed = malloc(data_len ? data_len : 1);
+    int64_t r = MQ_ENOMEM;
+    if (!lens || !packed) goto out;
+    const char *p = data, *end = data + data_len;
+    size_t pieces = 0, off = 0;
+    r = MQ_EINVAL;
+    for (;;) {
+        const char *z = memchr(p, 0, (size_t)(end - p));
+        size_t l = (size_t)((z ? z : end) - p);
+        if (pieces == 2 * n) goto out;                  /* more pieces than items */
+        if (l > UINT32_MAX) { r = MQ_ETOOBIG; goto out; }
+        lens[pieces / 2 * 3 + pieces % 2] = (uint32_t)l;
+        if (pieces % 2) lens[pieces / 2 * 3 + 2] = flags;
+        memcpy(packed + off, p, l);
+        off += l;
+        pieces++;
+        if (!z) break;
+        p = z + 1;
+    }
+    if (pieces != 2 * n) goto out;
+    r = mq_add_many(ns, qi, packed, off, lens, n);
+out:
+    free(packed);
+    free(lens);
+    return r;
+}
+
 /* ------------------------------------------------------------ fetch */
 /* Skips dead records at s->head.  Returns 0 or MQ_ECORRUPT. */
 static int skip_dead(const struct mq_q *q, struct q_state *s) {
@@ -879,25 +1041,45 @@ static int skip_dead(const struct mq_q *q, struct q_state *s) {
     return 0;
 }
 
-/* Takes up to max items under one lock hold.  Returns the number taken
- * (0 = empty), MQ_EBUF (meta[0] = need), or a negative code; nothing is
- * taken on failure. */
-static int64_t take(const struct mq_q *q, uint32_t max, char *buf, size_t bufsize, uint32_t *meta) {
+/* What a batch fetch reports besides the items (see mq_fetch_batch). */
+struct batch_out {
+    uint64_t total;
+    uint32_t info;
+};
+
+/* Takes up to max items under one lock hold.  With bo, every key and value
+ * is followed by a NUL byte and bo describes the batch.  Returns the number
+ * taken (0 = empty), MQ_EBUF (meta[0] = need), or a negative code; nothing
+ * is taken on failure. */
+static int64_t take(const struct mq_q *q, uint32_t max, char *buf, size_t bufsize, uint32_t *meta,
+                    struct batch_out *bo) {
     struct q_state s;
     if (state_load(q, &s)) return MQ_ECORRUPT;
     uint64_t head0 = s.head;
     if (skip_dead(q, &s)) return MQ_ECORRUPT;
     int64_t n = 0;
-    size_t used = 0;
+    size_t used = 0, sep = bo ? 1 : 0;
+    uint32_t info = MQ_BATCH_UNIFORM | MQ_BATCH_NONUL, first_flags = 0;
     while (n < (int64_t)max && s.head < s.tail) {
         struct rec_hdr r;
         if (rec_read(q, s.head, s.tail, &r) || r.dead) return MQ_ECORRUPT;
-        size_t need = (size_t)r.klen + r.vlen;
+        size_t need = (size_t)r.klen + r.vlen + 2 * sep;
         if (need > bufsize - used) {
             if (n == 0) { meta[0] = (uint32_t)(need > UINT32_MAX ? UINT32_MAX : need); return MQ_EBUF; }
             break;
         }
-        copy_out(q, s.head + MQ_REC_HDR, buf + used, need);
+        if (sep) {
+            char *k = buf + used, *v = k + r.klen + 1;
+            copy_out(q, s.head + MQ_REC_HDR, k, r.klen);
+            k[r.klen] = 0;
+            copy_out(q, s.head + MQ_REC_HDR + r.klen, v, r.vlen);
+            v[r.vlen] = 0;
+            if (memchr(k, 0, r.klen) || memchr(v, 0, r.vlen)) info &= ~MQ_BATCH_NONUL;
+            if (n == 0) first_flags = r.flags & MQ_FLAGS_MASK;
+            else if ((r.flags & MQ_FLAGS_MASK) != first_flags) info &= ~MQ_BATCH_UNIFORM;
+        } else {
+            copy_out(q, s.head + MQ_REC_HDR, buf + used, need);
+        }
         KILLPOINT("fetch_after_copy");
         meta[3 * n] = r.klen;
         meta[3 * n + 1] = r.vlen;
@@ -913,11 +1095,15 @@ static int64_t take(const struct mq_q *q, uint32_t max, char *buf, size_t bufsiz
     if (n == 0 && s.count) return MQ_ECORRUPT;
     if (n || s.head != head0) state_commit(q, &s);
     KILLPOINT("fetch_after_commit");
+    if (bo) {
+        bo->total = used;
+        bo->info = info | (first_flags << 8);
+    }
     return n;
 }
 
-static int64_t fetch_loop(mq_ns *ns, uint32_t qi, uint32_t max, int64_t deadline,
-                          char *buf, size_t bufsize, uint32_t *meta) {
+static int64_t fetch_impl(mq_ns *ns, uint32_t qi, uint32_t max, int64_t deadline,
+                          char *buf, size_t bufsize, uint32_t *meta, struct batch_out *bo) {
     const struct mq_q *q;
     int rc = q_index(ns, qi, &q);
     if (rc) return rc;
@@ -928,23 +1114,47 @@ static int64_t fetch_loop(mq_ns *ns, uint32_t qi, uint32_t max, int64_t deadline
         uint32_t seq0 = atomic_load_explicit(&q->h->seq, memory_order_acquire);
         rc = q_lock(ns, q);
         if (rc) return rc;
-        int64_t n = take(q, max, buf, bufsize, meta);
+        int64_t n = take(q, max, buf, bufsize, meta, bo);
         q_unlock(q);
         if (n != 0) return n;
         if (deadline == 0) return 0;
         int w = q_wait(q, seq0, deadline);
         if (w < 0) return w;
         if (w == 1) return 0;
+        if (ns_closing(ns)) return MQ_ECLOSED;
     }
 }
 
+static int64_t fetch_loop(mq_ns *ns, uint32_t qi, uint32_t max, int64_t deadline,
+                          char *buf, size_t bufsize, uint32_t *meta, struct batch_out *bo) {
+    int rc = ns_enter(ns);
+    if (rc) return rc;
+    int64_t n = fetch_impl(ns, qi, max, deadline, buf, bufsize, meta, bo);
+    ns_leave(ns);
+    return n;
+}
+
 int mq_fetch(mq_ns *ns, uint32_t qi, int64_t deadline_ns, char *buf, size_t bufsize, uint32_t *meta) {
-    return (int)fetch_loop(ns, qi, 1, deadline_ns, buf, bufsize, meta);
+    return (int)fetch_loop(ns, qi, 1, deadline_ns, buf, bufsize, meta, NULL);
+}
+
+int mq_fetch_into(struct mq_fetchbuf *fb, int64_t deadline_ns) {
+    if (!fb) return MQ_EINVAL;
+    return (int)fetch_loop(fb->ns, fb->q, 1, deadline_ns, fb->buf, fb->size, fb->meta, NULL);
+}
+
+int64_t mq_fetch_batch(struct mq_fetchbuf *fb, uint32_t max, int64_t deadline_ns) {
+    if (!fb) return MQ_EINVAL;
+    struct batch_out bo = {0, 0};
+    int64_t n = fetch_loop(fb->ns, fb->q, max, deadline_ns, fb->buf, fb->size, fb->meta, &bo);
+    fb->total = bo.total;
+    fb->info = bo.info;
+    return n;
 }
 
 int64_t mq_fetch_many(mq_ns *ns, uint32_t qi, uint32_t max, int64_t deadline_ns,
                       char *buf, size_t bufsize, uint32_t *meta) {
-    return fetch_loop(ns, qi, max, deadline_ns, buf, bufsize, meta);
+    return fetch_loop(ns, qi, max, deadline_ns, buf, bufsize, meta, NULL);
 }
 
 /* ------------------------------------------------------------ inspection */
@@ -957,7 +1167,7 @@ int mq_count(mq_ns *ns, uint32_t qi, uint64_t *out) {
     return 0;
 }
 
-int mq_stats(mq_ns *ns, uint32_t qi, struct mq_stats *out) {
+static int stats_impl(mq_ns *ns, uint32_t qi, struct mq_stats *out) {
     const struct mq_q *q;
     int rc = q_index(ns, qi, &q);
     if (rc) return rc;
@@ -980,4 +1190,12 @@ int mq_stats(mq_ns *ns, uint32_t qi, struct mq_stats *out) {
     out->size_limit = q->limit;
     out->addmode = q->addmode;
     return 0;
+}
+
+int mq_stats(mq_ns *ns, uint32_t qi, struct mq_stats *out) {
+    int rc = ns_enter(ns);
+    if (rc) return rc;
+    rc = stats_impl(ns, qi, out);
+    ns_leave(ns);
+    return rc;
 }

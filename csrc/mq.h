@@ -32,6 +32,7 @@
 #define MQ_ESLOTS   (-11)  /* every liveness slot is held by a live process */
 #define MQ_ERANGE   (-12)  /* no queue with that index */
 #define MQ_ENOTREADY (-13) /* segment exists but its creator has not finished */
+#define MQ_ECLOSED  (-14)  /* the handle was detached (mq_detach) */
 
 /* Item flags: how the Python layer encoded the key and the value. */
 #define MQ_KEY_STR   1u
@@ -92,8 +93,15 @@ int mq_attach(int fd, mq_ns **out);
  * on failure the handle keeps its old fd and slot and the code says why. */
 int mq_reattach(mq_ns *ns, int newfd);
 
-/* Releases the slot, unmaps and frees the handle.  Never fails. */
+/* Releases the slot and unmaps the segment, after waiting for calls other
+ * threads have in flight (a blocked fetch returns MQ_ECLOSED within one wait
+ * slice).  The handle's small struct stays allocated so that later calls
+ * through a stale pointer get MQ_ECLOSED.  Idempotent; never fails. */
 void mq_detach(mq_ns *ns);
+
+/* mq_detach, then frees the handle: for a caller that knows no pointer to
+ * it remains (e.g. a garbage-collected binding object).  Never fails. */
+void mq_free(mq_ns *ns);
 
 /* errno of the last MQ_ESYS seen by this process (thread-local). */
 int mq_last_errno(void);
@@ -126,6 +134,36 @@ int64_t mq_add_many(mq_ns *ns, uint32_t q, const char *data, size_t data_len,
  * arrived (nothing taken); other negative codes with nothing changed. */
 int mq_fetch(mq_ns *ns, uint32_t q, int64_t deadline_ns,
              char *buf, size_t bufsize, uint32_t *meta);
+
+/* mq_fetch with its arguments in one caller-owned struct, so that a binding
+ * pays for one pointer argument instead of six (the Python hot path).  The
+ * struct is process-local; fields as for mq_fetch, results in meta. */
+struct mq_fetchbuf {
+    mq_ns *ns;
+    uint32_t q;
+    uint32_t info;           /* out, mq_fetch_batch: MQ_BATCH_* bits, flags << 8 */
+    char *buf;
+    size_t size;
+    uint32_t *meta;          /* 3 words per item: klen, vlen, flags (needed size on MQ_EBUF) */
+    uint64_t total;          /* out, mq_fetch_batch: bytes written to buf */
+};
+int mq_fetch_into(struct mq_fetchbuf *fb, int64_t deadline_ns);
+
+#define MQ_BATCH_UNIFORM 1u  /* every item of the batch has the flags in info >> 8 */
+#define MQ_BATCH_NONUL   2u  /* no key or value of the batch contains a NUL byte */
+
+/* mq_fetch_many for bindings that split text fast: every key and value in
+ * fb->buf is followed by a NUL byte (so a batch whose info has
+ * MQ_BATCH_NONUL splits at NULs); fb->total and fb->info describe it.
+ * Returns as mq_fetch_many. */
+int64_t mq_fetch_batch(struct mq_fetchbuf *fb, uint32_t max, int64_t deadline_ns);
+
+/* mq_add_many for bindings that join text fast: data is key0 NUL value0 NUL
+ * key1 ... value(n-1) (no NUL after the last), so no key or value may hold a
+ * NUL byte; every item gets `flags`.  Returns as mq_add_many; MQ_EINVAL when
+ * data does not split into exactly 2n pieces. */
+int64_t mq_add_many_sep(mq_ns *ns, uint32_t q, const char *data, size_t data_len, size_t n,
+                        uint32_t flags);
 
 /* Takes up to `max` oldest items at once (waiting like mq_fetch only while
  * the queue is empty).  Items are packed in buf as mq_fetch does, one after

@@ -40,7 +40,7 @@ def _backend(url: str | None):  # type: ignore[no-untyped-def]
     if not isinstance(url, str):
         raise DefinitionError(f"url must be a str or None, not {type(url).__name__}")
     if url.startswith(("redis://", "rediss://", "unix://")):
-        from . import _redis  # type: ignore[attr-defined]
+        from . import _redis
 
         return _redis
     raise DefinitionError(f"unsupported url {url!r}: use None (shared memory) or redis://...")

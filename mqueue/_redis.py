@@ -97,9 +97,7 @@ def _esc(name: str) -> str:
     can neither end a hash tag nor be confused with the separator."""
     if not any(c in name for c in "%:{}"):
         return name
-    return (
-        name.replace("%", "%25").replace(":", "%3A").replace("{", "%7B").replace("}", "%7D")
-    )
+    return name.replace("%", "%25").replace(":", "%3A").replace("{", "%7B").replace("}", "%7D")
 
 
 def defs_key(namespace: str) -> str:
@@ -361,8 +359,7 @@ def _translate(e: Exception, where: str, url: str, *, unsure: bool) -> MQueueErr
         return AccessDeniedError(f"{where}: Redis at {target} refused access: {e}")
     if isinstance(e, ex.ConnectionError | ex.TimeoutError | OSError):
         tail = (
-            "; the operation may or may not have been applied on the server "
-            "(nothing was retried)"
+            "; the operation may or may not have been applied on the server (nothing was retried)"
             if unsure
             else ""
         )
@@ -544,8 +541,7 @@ class RedisQueue(Queue):
         Raises CorruptSegmentError describing the first inconsistency.
         """
         client = self._client()
-        meta = {k.decode(): int(v) for k, v in client.hgetall(self._keys[0]).items()
-                if k != b"gen"}
+        meta = {k.decode(): int(v) for k, v in client.hgetall(self._keys[0]).items() if k != b"gen"}
         recs = client.hgetall(self._keys[1])
         idx = client.hgetall(self._keys[2])
         head, tail = meta["head"], meta["tail"]
@@ -670,8 +666,7 @@ def _parse_doc(raw: bytes, namespace: str) -> tuple[list[QueueDef], str, str]:
         defs = [QueueDef.from_dict(d) for d in doc["queues"]]
     except (ValueError, TypeError, UnicodeDecodeError) as e:
         raise CorruptSegmentError(
-            f"namespace {namespace!r}: the definitions stored in Redis are damaged "
-            f"or foreign ({e})"
+            f"namespace {namespace!r}: the definitions stored in Redis are damaged or foreign ({e})"
         ) from None
     if len({d.name for d in defs}) != len(defs):
         raise CorruptSegmentError(f"namespace {namespace!r}: queue names repeat in its definitions")

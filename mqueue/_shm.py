@@ -16,6 +16,8 @@ import time
 import weakref
 from array import array
 from collections.abc import Iterable, Sequence
+from functools import partial
+from itertools import chain
 from typing import Any
 
 import posix_ipc
@@ -52,11 +54,24 @@ ATTACH_WAIT_S = 2.0
 _INITIAL_BUF = 256 * 1024
 
 _mq_add = lib.mq_add
-_mq_fetch = lib.mq_fetch
-_unpack = ffi.unpack
+_mq_fetch_into = lib.mq_fetch_into
 _tnew = tuple.__new__
+_mkitem = partial(tuple.__new__, Item)
+_chain = chain.from_iterable
+_TWO = {2}
+_UNIFORM_NONUL = lib.MQ_BATCH_UNIFORM | lib.MQ_BATCH_NONUL
+_STR = {str}
+_BYTES = {bytes}
 _MAX_BATCH = 65536
 _MAX_BUF = 64 << 20
+
+
+def _lens_of(items: Sequence[object]) -> set[int] | None:
+    """The set of the items' lengths, or None when one has no length."""
+    try:
+        return set(map(len, items))  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def _dec(raw: bytes) -> str:
@@ -94,16 +109,25 @@ def _err(rc: int, what: str) -> MQueueError:
 
 
 class _Buffers:
-    """A fetch buffer and its metadata words, grown on demand."""
+    """A queue handle's fetch buffer, its metadata words (klen, vlen, flags per
+    item, in an ``array`` Python reads natively) and the ``mq_fetchbuf`` that
+    hands both to C in one argument.  Replaced by a larger one on demand."""
 
-    __slots__ = ("size", "buf", "view", "meta", "nmeta")
+    __slots__ = ("size", "buf", "view", "nmeta", "arr", "meta", "fb")
 
-    def __init__(self, size: int, nmeta: int = 1) -> None:
+    def __init__(self, ns: Any, index: int, size: int, nmeta: int = 1) -> None:
         self.size = size
         self.buf = ffi.new("char[]", size)
         self.view = ffi.buffer(self.buf)
         self.nmeta = nmeta
-        self.meta = ffi.new("uint32_t[]", 3 * nmeta)
+        self.arr = array("I", bytes(12 * nmeta))
+        self.meta = ffi.from_buffer("uint32_t[]", self.arr)
+        fb = self.fb = ffi.new("struct mq_fetchbuf *")
+        fb.ns = ns
+        fb.q = index
+        fb.buf = self.buf
+        fb.size = size
+        fb.meta = self.meta
 
 
 class ShmQueue(Queue):
@@ -112,11 +136,11 @@ class ShmQueue(Queue):
     def __init__(self, mq: MQueue, index: int, definition: QueueDef) -> None:
         super().__init__(mq, index, definition)
         self._ns: Any = mq._ns  # type: ignore[attr-defined]
-        self._bufs: _Buffers | None = _Buffers(_INITIAL_BUF)
+        self._bufs: _Buffers | None = _Buffers(self._ns, index, _INITIAL_BUF)
         self._what = f"queue {definition.name!r}"
 
     def _fail(self, rc: int) -> MQueueError:
-        if self._ns == ffi.NULL:
+        if rc == ll.MQ_ECLOSED or self._ns == ffi.NULL:
             return MQueueError(f"{self._what}: the namespace handle is closed")
         return _err(rc, self._what)
 
@@ -156,6 +180,50 @@ class ShmQueue(Queue):
         return rc == 1
 
     def add_many(self, items: Iterable[tuple[Data, Data]]) -> int:
+        if type(items) is not list and type(items) is not tuple:
+            items = list(items)
+        if not items:
+            return 0
+        # Fast path, for batches whose keys and values are all str or all
+        # bytes without NUL bytes: one join here, the split happens in C, so
+        # no per-item step runs in the interpreter.  Anything else takes the
+        # general loop below.
+        n = len(items)
+        if _lens_of(items) == _TWO:
+            flat = list(_chain(items))
+            kinds = set(map(type, flat))
+            if kinds == _STR:
+                joined = "\0".join(flat)
+                if joined.count("\0") == 2 * n - 1:
+                    try:
+                        data = joined.encode()
+                    except UnicodeEncodeError:
+                        data = joined.encode("utf-8", "surrogatepass")
+                    return self._add_many_sep(data, n, FLAG_KEY_STR | FLAG_VAL_STR)
+            elif kinds == _BYTES:
+                data = b"\0".join(flat)
+                if data.count(b"\0") == 2 * n - 1:
+                    return self._add_many_sep(data, n, 0)
+        return self._add_many_general(items)
+
+    def _add_many_sep(self, data: bytes, n: int, flags: int) -> int:
+        rc: int = lib.mq_add_many_sep(self._ns, self._index, data, len(data), n, flags)
+        while rc == _EINTR:
+            rc = lib.mq_add_many_sep(self._ns, self._index, data, len(data), n, flags)
+        if rc < 0:
+            raise self._fail(rc)
+        return rc
+
+    def _add_many_raw(self, data: bytes, lens3: array[int], n: int) -> int:
+        clens = ffi.from_buffer("uint32_t[]", lens3)
+        rc: int = lib.mq_add_many(self._ns, self._index, data, len(data), clens, n)
+        while rc == _EINTR:
+            rc = lib.mq_add_many(self._ns, self._index, data, len(data), clens, n)
+        if rc < 0:
+            raise self._fail(rc)
+        return rc
+
+    def _add_many_general(self, items: Iterable[tuple[Data, Data]]) -> int:
         parts: list[bytes] = []
         lens: list[int] = []
         append = parts.append
@@ -196,16 +264,10 @@ class ShmQueue(Queue):
         if n == 0:
             return 0
         try:
-            clens = ffi.from_buffer("uint32_t[]", array("I", lens))
+            lens3 = array("I", lens)
         except OverflowError:
             raise _err(ll.MQ_ETOOBIG, self._what) from None
-        data = b"".join(parts)
-        rc: int = lib.mq_add_many(self._ns, self._index, data, len(data), clens, n)
-        while rc == _EINTR:
-            rc = lib.mq_add_many(self._ns, self._index, data, len(data), clens, n)
-        if rc < 0:
-            raise self._fail(rc)
-        return rc
+        return self._add_many_raw(b"".join(parts), lens3, n)
 
     def fetch(self, timeout: float | None = 0) -> Item | None:
         self._held = None
@@ -213,24 +275,41 @@ class ShmQueue(Queue):
         b = self._bufs
         self._bufs = None  # another thread using this handle meanwhile gets its own
         if b is None:
-            b = _Buffers(_INITIAL_BUF)
-        rc: int = _mq_fetch(self._ns, self._index, d, b.buf, b.size, b.meta)
-        if rc == 1:  # the hot path
-            kl, vl, fl = _unpack(b.meta, 3)
-            view = b.view
-            k = view[0:kl]
-            v = view[kl : kl + vl]
+            b = _Buffers(self._ns, self._index, _INITIAL_BUF)
+        rc: int = _mq_fetch_into(b.fb, d)
+        if rc == 1:  # the hot path: one copy out of the buffer, one decode
+            arr = b.arr
+            kl = arr[0]
+            raw = b.view[0 : kl + arr[1]]
+            fl = arr[2]
             self._bufs = b
             try:
-                item = _tnew(
-                    Item,
-                    (
-                        _dec(k) if fl & FLAG_KEY_STR else k,
-                        _dec(v) if fl & FLAG_VAL_STR else v,
-                    ),
-                )
+                if fl == 3:
+                    text = raw.decode()
+                    if len(text) == len(raw):  # ASCII: byte offsets are char offsets
+                        item = _tnew(Item, (text[:kl], text[kl:]))
+                    else:
+                        item = _tnew(Item, (_dec(raw[:kl]), _dec(raw[kl:])))
+                elif fl == 0:
+                    item = _tnew(Item, (raw[:kl], raw[kl:]))
+                else:
+                    k = raw[:kl]
+                    v = raw[kl:]
+                    item = _tnew(
+                        Item,
+                        (
+                            _dec(k) if fl & FLAG_KEY_STR else k,
+                            _dec(v) if fl & FLAG_VAL_STR else v,
+                        ),
+                    )
             except UnicodeDecodeError:
-                raise _err(ll.MQ_ECORRUPT, self._what) from None
+                if fl == 3:  # e.g. lone surrogates, which add() encoded
+                    try:
+                        item = _tnew(Item, (_dec(raw[:kl]), _dec(raw[kl:])))
+                    except UnicodeDecodeError:
+                        raise _err(ll.MQ_ECORRUPT, self._what) from None
+                else:
+                    raise _err(ll.MQ_ECORRUPT, self._what) from None
             self._held = item
             return item
         self._bufs = b
@@ -247,41 +326,73 @@ class ShmQueue(Queue):
         b = self._bufs
         self._bufs = None
         if b is None or b.nmeta < min(n, _MAX_BATCH):
-            b = _Buffers(max(b.size if b else 0, _INITIAL_BUF), min(n, _MAX_BATCH))
+            size = max(b.size if b else 0, _INITIAL_BUF)
+            b = _Buffers(self._ns, self._index, size, min(n, _MAX_BATCH))
         try:
             while True:
                 want = min(n, b.nmeta)
                 if want == 1:
-                    rc: int = _mq_fetch(self._ns, self._index, deadline, b.buf, b.size, b.meta)
+                    rc: int = _mq_fetch_into(b.fb, deadline)
                 else:
-                    rc = lib.mq_fetch_many(
-                        self._ns, self._index, want, deadline, b.buf, b.size, b.meta
-                    )
+                    rc = lib.mq_fetch_batch(b.fb, want, deadline)
                 if rc > 0:
                     break
                 if rc == 0:
                     return []
                 if rc == _EBUF:
-                    need = int(b.meta[0])
-                    b = _Buffers(max(need, 2 * b.size), b.nmeta)
+                    need = b.arr[0]
+                    b = _Buffers(self._ns, self._index, max(need, 2 * b.size), b.nmeta)
                     continue
                 if rc != _EINTR:
                     raise self._fail(rc)
                 # EINTR: Python runs its signal handlers before the next call;
                 # a handler that raises (Ctrl-C) ends the wait.  The deadline
                 # is absolute, so the wait goes on for what is left of it.
-            out: list[Item] = []
-            append = out.append
-            view = b.view
-            it = iter(_unpack(b.meta, 3 * rc))
-            off = 0
+            if want == 1:  # mq_fetch_into: key and value back to back
+                kl, vl, fl = b.arr[0], b.arr[1], b.arr[2]
+                raw = b.view[0 : kl + vl]
+                try:
+                    return [
+                        _tnew(
+                            Item,
+                            (
+                                _dec(raw[:kl]) if fl & FLAG_KEY_STR else raw[:kl],
+                                _dec(raw[kl:]) if fl & FLAG_VAL_STR else raw[kl:],
+                            ),
+                        )
+                    ]
+                except UnicodeDecodeError:
+                    raise _err(ll.MQ_ECORRUPT, self._what) from None
+            # mq_fetch_batch: every key and value is followed by a NUL byte.
+            fb = b.fb
+            total = fb.total
+            info = fb.info
+            raw = b.view[0:total]
             try:
-                for kl, vl, fl in zip(it, it, it, strict=False):
-                    e = off + kl
-                    f = e + vl
-                    k = view[off:e]
-                    v = view[e:f]
-                    off = f
+                if info & _UNIFORM_NONUL == _UNIFORM_NONUL and (info >> 8) in (0, 3):
+                    # Fast path: one split in C, Items made by C-level map().
+                    if info >> 8:
+                        try:
+                            parts: list[Any] = raw.decode().split("\0")
+                        except UnicodeDecodeError:
+                            parts = raw.decode("utf-8", "surrogatepass").split("\0")
+                    else:
+                        parts = raw.split(b"\0")
+                    parts.pop()  # after the last NUL
+                    it = iter(parts)
+                    out = list(map(_mkitem, zip(it, it, strict=True)))
+                    self._grow_if_needed(b, rc, want, n, total)
+                    return out
+                meta = b.arr[: 3 * rc].tolist()
+                out = []
+                append = out.append
+                off = 0
+                for i in range(0, 3 * rc, 3):
+                    kl, vl, fl = meta[i], meta[i + 1], meta[i + 2]
+                    k = raw[off : off + kl]
+                    off += kl + 1
+                    v = raw[off : off + vl]
+                    off += vl + 1
                     append(
                         _tnew(
                             Item,
@@ -293,11 +404,16 @@ class ShmQueue(Queue):
                     )
             except UnicodeDecodeError:
                 raise _err(ll.MQ_ECORRUPT, self._what) from None
-            if rc == want and want < n and 2 * off > b.size and b.size < _MAX_BUF:
-                b = _Buffers(2 * b.size, b.nmeta)  # the buffer limited the batch: grow
+            self._grow_if_needed(b, rc, want, n, off)
             return out
         finally:
-            self._bufs = b
+            if self._bufs is None:
+                self._bufs = b
+
+    def _grow_if_needed(self, b: _Buffers, got: int, want: int, n: int, used: int) -> None:
+        """Next time, a larger buffer when this one limited a batch."""
+        if got < want and 2 * used > b.size and b.size < _MAX_BUF:
+            self._bufs = _Buffers(self._ns, self._index, 2 * b.size, b.nmeta)
 
     def _stats_raw(self) -> Any:
         st = ffi.new("struct mq_stats *")
@@ -369,7 +485,11 @@ class ShmNamespace(MQueue):
             q._ns = ffi.NULL  # type: ignore[attr-defined]
         with _live_lock:
             _live.discard(self)
-        self._finalizer()
+        # Unmap now (after calls other threads have in flight); the handle's
+        # small C struct is freed by the finalizer once nothing refers to it.
+        lib.mq_detach(self._ns)
+        with contextlib.suppress(Exception):
+            self._shm.close_fd()
 
     def _after_fork_in_child(self) -> None:
         """Give this process its own liveness slot (the inherited fd shares the parent's)."""
@@ -402,7 +522,8 @@ class ShmNamespace(MQueue):
 
 
 def _release_handle(ns: Any, shm: posix_ipc.SharedMemory) -> None:
-    lib.mq_detach(ns)
+    """Finalizer of a namespace handle nobody refers to any more."""
+    lib.mq_free(ns)
     with contextlib.suppress(Exception):
         shm.close_fd()
 

@@ -34,9 +34,8 @@ def cbuild(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    # mq_detach keeps the (small) handle struct on purpose, so that a stale
-    # pointer gets MQ_ECLOSED instead of freed memory: not a leak to report
-    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0")
+    # the C programs free every handle with mq_free: LeakSanitizer stays on
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -61,23 +60,12 @@ def test_unit(cbuild: Path, sanitize: bool) -> None:
     assert "runtime error" not in out and "AddressSanitizer" not in out, out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a damaged sem_t in the segment makes glibc abort() the process inside "
-    "sem_clockwait (q_lock) instead of a documented error; use a raw futex word",
-)
 def test_unit_damaged_semaphore(cbuild: Path) -> None:
     exe = compile_c("unit", cbuild)
     r = run([str(exe), "damaged-sem"], timeout=60)
     assert r.returncode == 0, (r.returncode, r.stdout + r.stderr)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: q_lock retries without a liveness check while sem_clockwait keeps "
-    "succeeding; tokens posted for waiters that were SIGKILLed (lock_waiters never "
-    "decremented) delay recovery from a dead owner far beyond the bound",
-)
 def test_unit_leaked_wakeup_tokens(cbuild: Path) -> None:
     exe = compile_c("unit", cbuild)
     r = run([str(exe), "sem-tokens", "50000000"], timeout=120)

@@ -360,13 +360,6 @@ def test_fork_child_killed_holding_lock(ns_name: str, testing_site: Path) -> Non
     mq.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: mq_reattach keeps the mapping inherited from the parent; that mapping "
-    "pins the parent's open file description, so the parent's OFD lock (its liveness "
-    "slot) outlives the parent and a lock it held when it died is never recovered "
-    "while the child lives.  Fix: remap through newfd with MAP_FIXED in mq_reattach",
-)
 def test_fork_parent_dies_holding_lock(ns_name: str, testing_site: Path) -> None:
     mq = mqueue.create(ns_name, ["name=q"])
     p = subprocess.Popen(

@@ -444,6 +444,6 @@ int main(int argc, char **argv) {
      * own recovery is recovered from once, for both deaths) */
     if (stop_mode && recoveries != 0) { printf("FAIL: a stopped owner was robbed\n"); failed = 1; }
     printf(failed ? "FAIL\n" : "OK\n");
-    mq_detach(ns);
+    mq_free(ns);
     return failed;
 }

@@ -115,7 +115,7 @@ static void t_params(void) {
     CHECK_EQ(mq_create(fd, 1, &p, NULL, 0, &ns), MQ_EINVAL);
     if (ftruncate(fd, (off_t)sz) != 0) exit(2);
     CHECK_EQ(mq_create(fd, 1, &p, NULL, 0, &ns), 0);
-    mq_detach(ns);
+    mq_free(ns);
     CHECK_EQ(mq_create(fd, 1, &p, NULL, 0, &ns), MQ_EINVAL);   /* already formatted */
     CHECK_EQ(mq_create(-1, 1, &p, NULL, 0, &ns), MQ_EINVAL);
     CHECK_EQ(mq_attach(-1, &ns), MQ_EINVAL);
@@ -192,8 +192,8 @@ static void t_basic(void) {
     CHECK_EQ(mq_fetch(b, 0, 0, huge, sizeof huge, mt), 1);
     CHECK_EQ(mt[1], 1024 - MQ_REC_HDR - 1);
     balance(a, 0); balance(a, 1);
-    mq_detach(b); close(fd2);
-    mq_detach(a); close(fd);
+    mq_free(b); close(fd2);
+    mq_free(a); close(fd);
 }
 
 static void t_bounds(void) {
@@ -240,7 +240,7 @@ static void t_bounds(void) {
     CHECK_EQ(mq_fetch(a, 2, 0, buf, sizeof buf, mt), 1);
     CHECK(mt[0] == 2 && memcmp(buf, "k7", 2) == 0);
     balance(a, 2);
-    mq_detach(a); close(fd);
+    mq_free(a); close(fd);
 }
 
 static void t_addmodes(void) {
@@ -291,7 +291,7 @@ static void t_addmodes(void) {
     CHECK_EQ(mq_stats(a, 1, &st), 0);
     CHECK(st.count <= 50);
     balance(a, 1);
-    mq_detach(a); close(fd);
+    mq_free(a); close(fd);
 }
 
 static void t_many(void) {
@@ -328,7 +328,7 @@ static void t_many(void) {
     CHECK_EQ(mq_fetch_many(a, 0, 8, 0, buf, sizeof buf, mt), 0);
     balance(a, 0);
     /* a batch larger than the free space of a bounded queue */
-    mq_detach(a); close(fd);
+    mq_free(a); close(fd);
     struct mq_qparam pb[1] = {{256, 1000, 0}};
     fd = seg_new(1, pb, 0, NULL);
     CHECK_EQ(mq_create(fd, 1, pb, NULL, 0, &a), 0);
@@ -346,7 +346,7 @@ static void t_many(void) {
     CHECK_EQ(mq_fetch(a, 0, 0, buf, sizeof buf, mt), 1);
     CHECK(memcmp(buf, d20 + 20 * (20 - st.count), 20) == 0);   /* the newest survive, in order */
     balance(a, 0);
-    mq_detach(a); close(fd);
+    mq_free(a); close(fd);
 }
 
 /* Records of varying sizes through a small ring, so they wrap at the
@@ -390,7 +390,7 @@ static void t_wrap(void) {
         CHECK(st.added > 1000);   /* many laps of a 512-byte ring */
         balance(a, q);
     }
-    mq_detach(a); close(fd);
+    mq_free(a); close(fd);
 }
 
 /* ------------------------------------------------------------ attach to bad segments */
@@ -398,7 +398,7 @@ static int attach_rc(int fd) {
     mq_ns *ns = NULL;
     int f2 = reopen(fd);
     int rc = mq_attach(f2, &ns);
-    if (rc == 0) mq_detach(ns);
+    if (rc == 0) mq_free(ns);
     close(f2);
     return rc;
 }
@@ -417,7 +417,7 @@ static int seg_full(uint64_t *size) {
     }
     char buf[64]; uint32_t mt[3];
     mq_fetch(a, 2, 0, buf, sizeof buf, mt);
-    mq_detach(a);
+    mq_free(a);
     return fd;
 }
 
@@ -571,7 +571,7 @@ static void t_fuzz(int iterations) {
         if (rc == 0) {
             attached++;
             odd += exercise(ns);
-            mq_detach(ns);
+            mq_free(ns);
         } else if (rc == MQ_ECORRUPT || rc == MQ_EMAGIC || rc == MQ_EVERSION ||
                    rc == MQ_ENOTREADY) {
             refused++;
@@ -610,7 +610,7 @@ static void t_damaged_sem(void) {
     struct mq_stats st;
     rc = mq_stats(ns, 0, &st);
     CHECK(rc == 0 || rc == MQ_ECORRUPT);
-    mq_detach(ns);
+    mq_free(ns);
     close(f2);
     close(fd);
 }
@@ -645,7 +645,7 @@ static void t_sem_tokens(long tokens) {
     printf("sem-tokens: %d tokens (%.0f ns per add), recovery took %.3f s\n", val, per_op, took);
     CHECK(took < 1.0);
     munmap(m, size);
-    mq_detach(ns);
+    mq_free(ns);
     close(f2);
     close(fd);
 }
