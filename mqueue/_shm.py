@@ -74,6 +74,14 @@ def _lens_of(items: Sequence[object]) -> set[int] | None:
         return None
 
 
+def _encode_pair(key: object, value: object) -> tuple[bytes, bytes, int]:
+    """``(key bytes, value bytes, flags)`` of one item; ItemTypeError for a key
+    or value that is neither str nor bytes."""
+    kb, ks = encode(key)
+    vb, vs = encode(value)
+    return kb, vb, (FLAG_KEY_STR if ks else 0) | (FLAG_VAL_STR if vs else 0)
+
+
 def _dec(raw: bytes) -> str:
     """UTF-8 to str; lone surrogates (as ``add`` encoded them) round-trip."""
     try:
@@ -145,31 +153,20 @@ class ShmQueue(Queue):
         return _err(rc, self._what)
 
     def add(self, key: Data, value: Data) -> bool:
-        # The hot path: type checks, UTF-8 encoding, one C call.
-        if type(key) is str:
+        # The hot path: the two common cases inline, then one C call.
+        if type(key) is str and type(value) is str:
             try:
                 kb = key.encode()
+                vb = value.encode()
+                flags = FLAG_KEY_STR | FLAG_VAL_STR
             except UnicodeEncodeError:
-                kb = key.encode("utf-8", "surrogatepass")
-            flags = FLAG_KEY_STR
-        elif type(key) is bytes:
+                kb, vb, flags = _encode_pair(key, value)
+        elif type(key) is bytes and type(value) is bytes:
             kb = key
+            vb = value
             flags = 0
         else:
-            kb, s = encode(key)
-            flags = FLAG_KEY_STR if s else 0
-        if type(value) is str:
-            try:
-                vb = value.encode()
-            except UnicodeEncodeError:
-                vb = value.encode("utf-8", "surrogatepass")
-            flags |= FLAG_VAL_STR
-        elif type(value) is bytes:
-            vb = value
-        else:
-            vb, s = encode(value)
-            if s:
-                flags |= FLAG_VAL_STR
+            kb, vb, flags = _encode_pair(key, value)
         rc: int = _mq_add(self._ns, self._index, kb, len(kb), vb, len(vb), flags)
         if rc >= 0:
             return rc == 1
@@ -229,30 +226,7 @@ class ShmQueue(Queue):
         append = parts.append
         try:
             for key, value in items:
-                if type(key) is str:
-                    try:
-                        kb = key.encode()
-                    except UnicodeEncodeError:
-                        kb = key.encode("utf-8", "surrogatepass")
-                    flags = FLAG_KEY_STR
-                elif type(key) is bytes:
-                    kb = key
-                    flags = 0
-                else:
-                    kb, s = encode(key)
-                    flags = FLAG_KEY_STR if s else 0
-                if type(value) is str:
-                    try:
-                        vb = value.encode()
-                    except UnicodeEncodeError:
-                        vb = value.encode("utf-8", "surrogatepass")
-                    flags |= FLAG_VAL_STR
-                elif type(value) is bytes:
-                    vb = value
-                else:
-                    vb, s = encode(value)
-                    if s:
-                        flags |= FLAG_VAL_STR
+                kb, vb, flags = _encode_pair(key, value)
                 append(kb)
                 append(vb)
                 lens += (len(kb), len(vb), flags)

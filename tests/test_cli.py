@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import new_namespace
 
 import mqueue
 from mqueue.cli import main
-
-
-def _new_ns() -> str:
-    return f"t{os.getpid()}_{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def ns() -> Iterator[str]:
-    name = _new_ns()
-    try:
-        yield name
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            mqueue.destroy(name)
 
 
 @pytest.fixture
@@ -89,7 +73,7 @@ def test_get_size_and_sizes(capsys: pytest.CaptureFixture[str], mq: Any, ns: str
 def test_not_found_is_404(capsys: pytest.CaptureFixture[str], mq: Any, ns: str) -> None:
     assert "nosuch" in assert_error(run(capsys, "get_size", ns, "nosuch"), 404)
     assert_error(run(capsys, "fetch", ns, "nosuch"), 404)
-    missing = _new_ns()
+    missing = new_namespace()
     for argv in (
         ("get_size", missing, "q1"),
         ("get_sizes", missing),
@@ -205,7 +189,7 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_url_option_is_passed(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ns = _new_ns()  # never created: attach and destroy are replaced below
+    ns = new_namespace()  # never created: attach and destroy are replaced below
     seen: list[Any] = []
 
     def fake_destroy(namespace: str, *, url: str | None = None) -> None:
@@ -271,7 +255,7 @@ def test_save_load_round_trip(capsys: pytest.CaptureFixture[str], ns: str, tmp_p
 def test_unavailable_backend_url_is_a_clear_error(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ns = _new_ns()  # never created: attach and destroy are replaced below
+    ns = new_namespace()  # never created: attach and destroy are replaced below
 
     def no_backend(namespace: str, *, url: str | None = None) -> Any:
         raise ImportError("No module named 'redis'")

@@ -2,37 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing as mp
-import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 
 import pytest
+from conftest import destroy_quietly
 
 import mqueue
 from mqueue import kamailio
 from mqueue._errors import DefinitionError, MQueueError, QueueNotFoundError, RPCError
-
-
-def _new_ns() -> str:
-    return f"t{os.getpid()}_{uuid.uuid4().hex[:8]}"
-
-
-def _destroy(ns: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        mqueue.destroy(ns)
-
-
-@pytest.fixture
-def ns() -> Iterator[str]:
-    name = _new_ns()
-    try:
-        yield name
-    finally:
-        _destroy(name)
 
 
 def make(ns: str, *params: tuple[str, object]) -> kamailio.MQueueModule:
@@ -203,7 +183,7 @@ def test_dbmode_round_trip_through_init_and_close(ns: str, tmp_path: object) -> 
     assert mod.mq_add("p", "k1", "v1") == 1
     assert mod.mq_add("p", "", "") == 1
     mod.close()
-    _destroy(ns)
+    destroy_quietly(ns)
     mod2 = make(ns, ("db_url", url), ("mqueue", "name=p;dbmode=1"))
     try:
         assert drain(mod2, "p") == [("k1", "v1"), ("", "")]
