@@ -18,7 +18,8 @@ The keys of one queue share a hash tag, so every script touches one slot only
 (Redis Cluster compatible).  A record is ``flags (1 byte) | klen (4 bytes,
 big-endian) | key | value``; a record replaced by addmode 2 becomes a
 tombstone ``"\\xff" <size>`` that keeps its bytes accounted until the head
-passes it, exactly as in shared memory.
+passes it (a fetch, or an add reclaiming tombstones at the head), exactly as
+in shared memory.
 
 Fetch blocks without polling: the take script returns nothing, the client
 waits with ``BLPOP`` on the queue's wake list (an add pushes one token when
@@ -144,6 +145,16 @@ end
 
 # KEYS: meta rec idx wake.  ARGV: gen, then per item: record, key-length.
 # Returns the number stored (>= 0), -1 namespace gone, -2 full, -3 too big.
+#
+# Each item follows csrc/mq.c add_one, in order: (1) addmode 1/2 look the key up
+# among queued live items (earlier items of the batch included); addmode 1
+# drops the new item, addmode 2 turns the old record into a tombstone;
+# (2) tombstones at the head are reclaimed (on every queue); (3) an unbounded
+# queue that still has no room fails the whole batch; (4) a bounded one evicts
+# from the head until the count and the bytes fit; (5) the record is stored.
+# An unbounded batch is first run dry: the same pass with every write kept in
+# Lua tables (records, tombstones and key index as they would be), so -2 is
+# returned before anything is written, exactly when shared memory refuses.
 _LUA_ADD = (
     _LUA_COMMON
     + r"""
@@ -151,72 +162,110 @@ local m = redis.call('HMGET', KEYS[1], 'gen', 'cap', 'limit', 'mode', 'head', 't
                      'count', 'bytes', 'added', 'evicted', 'dups', 'hw')
 if m[1] ~= ARGV[1] then return -1 end
 local cap, limit, mode = tonumber(m[2]), tonumber(m[3]), tonumber(m[4])
-local head, tail, count, bytes = tonumber(m[5]), tonumber(m[6]), tonumber(m[7]), tonumber(m[8])
-local added, evicted, dups, hw = tonumber(m[9]), tonumber(m[10]), tonumber(m[11]), tonumber(m[12])
 local n = (#ARGV - 1) / 2
--- check everything first: nothing changes when the batch cannot be stored
-local need = 0
-local seen = {}
+local keys = {}
 for i = 1, n do
   local r = ARGV[2 * i]
-  local R = recsize(r)
-  if R > cap then return -3 end
-  local store = true
-  if mode == 1 then
-    local k = string.sub(r, 6, 5 + tonumber(ARGV[2 * i + 1]))
-    if seen[k] or redis.call('HEXISTS', KEYS[3], k) == 1 then store = false end
-    seen[k] = true
-  end
-  if store then need = need + R end
+  if recsize(r) > cap then return -3 end
+  if mode ~= 0 then keys[i] = string.sub(r, 6, 5 + tonumber(ARGV[2 * i + 1])) end
 end
-if limit <= 0 and bytes + need > cap then return -2 end
-local stored = 0
-for i = 1, n do
-  local r = ARGV[2 * i]
-  local R = recsize(r)
-  local k = nil
-  local drop = false
-  if mode ~= 0 then
-    k = string.sub(r, 6, 5 + tonumber(ARGV[2 * i + 1]))
-    local old = redis.call('HGET', KEYS[3], k)
-    if old then
-      dups = dups + 1
-      if mode == 1 then
-        added = added + 1
-        drop = true
-      else
-        local orec = redis.call('HGET', KEYS[2], old)
-        local oR = recsize(orec)
-        redis.call('HSET', KEYS[2], old, '\255' .. oR)
-        count = count - 1
+
+-- One pass over the batch.  dry: nothing is written (recs: seq -> record as
+-- it would be, idx: key -> seq or false); returns -2 when an item does not fit.
+local function pass(dry)
+  local head, tail, count, bytes = tonumber(m[5]), tonumber(m[6]), tonumber(m[7]), tonumber(m[8])
+  local added, evicted, dups, hw = tonumber(m[9]), tonumber(m[10]), tonumber(m[11]),
+                                   tonumber(m[12])
+  local recs, idx = {}, {}
+  local function rget(s)
+    if dry and recs[s] then return recs[s] end
+    return redis.call('HGET', KEYS[2], s)
+  end
+  local function rset(s, r)
+    if dry then recs[s] = r else redis.call('HSET', KEYS[2], s, r) end
+  end
+  local function rdel(s)
+    if dry then recs[s] = nil else redis.call('HDEL', KEYS[2], s) end
+  end
+  local function iget(k)
+    if dry and idx[k] ~= nil then return idx[k] end
+    local s = redis.call('HGET', KEYS[3], k)
+    if s then return tonumber(s) end
+    return false
+  end
+  local function iset(k, s)
+    if dry then idx[k] = s else redis.call('HSET', KEYS[3], k, s) end
+  end
+  local function idel(k)
+    if dry then idx[k] = false else redis.call('HDEL', KEYS[3], k) end
+  end
+  local stored = 0
+  for i = 1, n do
+    local r = ARGV[2 * i]
+    local R = recsize(r)
+    local k = keys[i]
+    local drop = false
+    -- 1. dedup against queued live items
+    if mode ~= 0 then
+      local old = iget(k)
+      if old then
+        dups = dups + 1
+        if mode == 1 then
+          added = added + 1
+          drop = true
+        else
+          rset(old, '\255' .. recsize(rget(old)))
+          count = count - 1
+        end
       end
     end
-  end
-  if not drop then
-    while (limit > 0 and count + 1 > limit) or bytes + R > cap do
-      local h = redis.call('HGET', KEYS[2], head)
-      redis.call('HDEL', KEYS[2], head)
-      local hR, dead = recsize(h)
-      if not dead then
-        count = count - 1
-        evicted = evicted + 1
-        if mode ~= 0 then redis.call('HDEL', KEYS[3], reckey(h)) end
+    if not drop then
+      -- 2. replaced records at the head hold no item: reclaim their bytes
+      while head < tail do
+        local hR, dead = recsize(rget(head))
+        if not dead then break end
+        rdel(head)
+        bytes = bytes - hR
+        head = head + 1
       end
-      bytes = bytes - hR
-      head = head + 1
+      -- 3. an unbounded queue without room refuses the whole batch
+      if limit <= 0 and bytes + R > cap then
+        if dry then return -2 end
+        error('mqueue add: the dry run and the real pass disagree')
+      end
+      -- 4. a bounded queue drops from the head until the count and the bytes fit
+      while (limit > 0 and count + 1 > limit) or bytes + R > cap do
+        local h = rget(head)
+        local hR, dead = recsize(h)
+        rdel(head)
+        if not dead then
+          count = count - 1
+          evicted = evicted + 1
+          if mode ~= 0 then idel(reckey(h)) end
+        end
+        bytes = bytes - hR
+        head = head + 1
+      end
+      -- 5. store at the tail
+      rset(tail, r)
+      if mode ~= 0 then iset(k, tail) end
+      tail = tail + 1
+      count = count + 1
+      added = added + 1
+      bytes = bytes + R
+      if count > hw then hw = count end
+      stored = stored + 1
     end
-    redis.call('HSET', KEYS[2], tail, r)
-    if mode ~= 0 then redis.call('HSET', KEYS[3], k, tail) end
-    tail = tail + 1
-    count = count + 1
-    added = added + 1
-    bytes = bytes + R
-    if count > hw then hw = count end
-    stored = stored + 1
   end
+  if not dry then
+    redis.call('HSET', KEYS[1], 'head', head, 'tail', tail, 'count', count, 'bytes', bytes,
+               'added', added, 'evicted', evicted, 'dups', dups, 'hw', hw)
+  end
+  return stored
 end
-redis.call('HSET', KEYS[1], 'head', head, 'tail', tail, 'count', count, 'bytes', bytes,
-           'added', added, 'evicted', evicted, 'dups', dups, 'hw', hw)
+
+if limit <= 0 and pass(true) < 0 then return -2 end
+local stored = pass(false)
 if stored > 0 and redis.call('LLEN', KEYS[4]) == 0 then redis.call('RPUSH', KEYS[4], 1) end
 return stored
 """

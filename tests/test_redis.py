@@ -224,31 +224,120 @@ def test_addmode2_replaces_old_and_keeps_bytes(make: Make) -> None:
     q = make("name=q;addmode=2;bytes=1K")["q"]
     q.add("a", "1")
     q.add("b", "2")
-    q.add(b"a", "3")
+    q.add(b"b", "3")
     assert len(q) == 2
     st = q.stats()
     assert st.duplicates == 1 and st.added == 3
     assert st.bytes_used == 3 * rs("a", "1")  # the replaced record still occupies its bytes
-    assert q.fetch() == ("b", "2")
+    assert q.fetch() == ("a", "1")
     assert q.stats().bytes_used == rs("a", "1")  # head passed the replaced one
-    assert q.fetch() == (b"a", "3")
+    assert q.fetch() == (b"b", "3")
+    assert q.stats().bytes_used == 0
+    q.add("a", "1")
+    q.add("b", "2")
+    q.add(b"a", "3")  # the replaced record is the head: its bytes are reclaimed at once
+    assert q.stats().bytes_used == 2 * rs("a", "1")
+    assert [tuple(i) for i in q.fetch_many(3)] == [("b", "2"), (b"a", "3")]
     assert q.stats().bytes_used == 0
     q.add("a", "4")
     q.fetch()
     assert q.add("a", "5") is True and len(q) == 1  # held not compared
-    assert q.stats().duplicates == 1
+    assert q.stats().duplicates == 2
 
 
 def test_addmode2_unbounded_full_changes_nothing(make: Make) -> None:
     q = make("name=q;addmode=2;bytes=256")["q"]
+    r = rs("k0", "v" * 5)  # 32: eight fill the queue
     for i in range(8):
         q.add(f"k{i}", "v" * 5)
     before = q.stats()
-    assert before.bytes_used + rs("k0", "v" * 5) > 256
+    assert before.bytes_used == 8 * r == 256
+    # k1 is not at the head: its tombstone would keep its bytes, so no room
     with pytest.raises(mqueue.QueueFullError):
-        q.add("k0", "v" * 5)
+        q.add("k1", "v" * 5)
+    assert q.stats() == before  # the dead mark was undone too
+    with pytest.raises(mqueue.QueueFullError):
+        q.add_many([("k2", "w" * 5)])
     assert q.stats() == before
-    assert q.fetch() == ("k0", "v" * 5)
+    q._check()  # type: ignore[attr-defined]
+    # k0 is at the head: replaced, its bytes are reclaimed before the full check
+    assert q.add("k0", "w" * 5) is True
+    st = q.stats()
+    assert (st.length, st.bytes_used, st.duplicates, st.added) == (8, 256, 1, 9)
+    assert [i.key for i in q.fetch_many(9)] == [f"k{i}" for i in range(1, 8)] + ["k0"]
+
+
+def test_unbounded_addmode2_replacing_one_key_never_fills(make: Make) -> None:
+    """Replaced records at the head are reclaimed on add: one key added over and
+    over to a small unbounded addmode-2 queue never fills it (csrc/mq.c add_one)."""
+    q = make("name=q;addmode=2;bytes=256")["q"]
+    r = rs("k", "v" * 40)  # 72: only three fit
+    for i in range(50):
+        assert q.add("k", "v" * 40) is True, i
+        assert len(q) == 1
+        assert q.stats().bytes_used == r
+    st = q.stats()
+    assert (st.added, st.duplicates, st.evicted, st.length, st.high_water) == (50, 49, 0, 1, 1)
+    # the same inside one batch: each item replaces the previous one at the head
+    assert q.add_many([("k", f"{i:040d}") for i in range(50)]) == 50
+    assert len(q) == 1 and q.stats().bytes_used == r
+    assert q.fetch() == ("k", f"{49:040d}")
+    assert q.stats().bytes_used == 0
+
+
+def test_unbounded_batch_is_simulated_exactly(make: Make) -> None:
+    """An unbounded add_many fails exactly when shared memory does, and then
+    changes nothing (tombstones of earlier items of the batch included)."""
+    mq = make(["name=q;addmode=2;bytes=256", "name=b;addmode=2;size=5;bytes=256"])
+    q = mq["q"]
+    r = rs("x", "v" * 5)  # 32: eight fill the queue
+    q.add("x", "v" * 5)  # a live item at the head: the tombstones behind it stay
+    before = q.stats()
+    with pytest.raises(mqueue.QueueFullError):
+        q.add_many([("a", str(i) * 5) for i in range(8)])  # the 8th needs 288 bytes
+    assert q.stats() == before and len(q) == 1
+    q._check()  # type: ignore[attr-defined]
+    assert q.add_many([("a", str(i) * 5) for i in range(7)]) == 7  # exactly 256
+    st = q.stats()
+    assert (st.length, st.bytes_used, st.duplicates) == (2, 8 * r, 6)
+    assert q.fetch() == ("x", "v" * 5)  # the head passes the six tombstones
+    assert q.stats().bytes_used == r
+    # a bounded queue reclaims tombstones at its head on add too (nothing evicted)
+    b = mq["b"]
+    b.add_many([("a", "1"), ("b", "2"), ("a", "3")])  # "a" 1 was the head: reclaimed
+    assert b.stats().bytes_used == 2 * rs("a", "1")
+    b.fetch()  # takes "b": the head is now the new "a", nothing dead before it
+    b.add_many([("c", "4"), ("a", "5")])
+    st = b.stats()
+    assert (st.length, st.bytes_used, st.evicted) == (2, 2 * rs("a", "1"), 0)
+    # and the same operations give the same results on shared memory
+    ops: list[tuple[Any, ...]] = [
+        ("add", "x", "v" * 5),
+        ("add_many", [("a", str(i) * 5) for i in range(8)]),
+        ("add_many", [("a", str(i) * 5) for i in range(7)]),
+        ("add", "a", "z" * 5),
+        ("add", "x", "y" * 5),
+        ("add_many", [("x", "1"), ("a", "2"), ("x", "3"), ("b", "4" * 60)]),
+        ("fetch_many", 2),
+        ("add_many", [("c", "5" * 50)] * 5),
+    ]
+    for d in ("name=q;addmode=2;bytes=256", "name=q;addmode=2;size=3;bytes=256"):
+        ns = new_ns()
+        shm = mqueue.create(ns, [d])
+        try:
+            want = _apply(ops, shm["q"], None)
+        finally:
+            shm.close()
+            mqueue.destroy(ns)
+        rq = mqueue.create(ns, [d], url=URL)
+        try:
+            got = _apply(ops, rq["q"], None)
+            rq["q"]._check()  # type: ignore[attr-defined]
+        finally:
+            rq.close()
+            mqueue.destroy(ns, url=URL)
+        assert got == want, d
+        assert got == _apply(ops, None, Model(*_model_args(d))), d
 
 
 @pytest.mark.parametrize(
@@ -484,44 +573,51 @@ class Model:
         self.bytes -= r[2]
         return r
 
+    def _skip_dead(self) -> None:
+        while self.recs and self.recs[0][3]:
+            self._pop_head()
+
+    def _add_one(self, k: Any, v: Any, s: int) -> int:
+        """One item, as csrc/mq.c add_one: dedup, reclaim dead records at the
+        head, refuse (unbounded) or evict (bounded), store."""
+        kb = k.encode("utf-8", "surrogatepass") if isinstance(k, str) else k
+        if self.mode:
+            old = self._live_key(kb)
+            if old is not None:
+                self.dups += 1
+                if self.mode == 1:
+                    self.added += 1
+                    return 0
+                old[3] = True
+                self.count -= 1
+        self._skip_dead()  # replaced records at the head hold no item
+        if not self.limit and self.bytes + s > self.cap:
+            raise mqueue.QueueFullError  # add_many restores its snapshot
+        while (self.limit and self.count + 1 > self.limit) or self.bytes + s > self.cap:
+            r = self._pop_head()
+            if not r[3]:
+                self.count -= 1
+                self.evicted += 1
+        self.recs.append([kb, mqueue.Item(k, v), s, False])
+        self.bytes += s
+        self.count += 1
+        self.added += 1
+        self.hw = max(self.hw, self.count)
+        return 1
+
     def add_many(self, items: list[tuple[Any, Any]]) -> int:
         sizes = [rs(k, v) for k, v in items]
         if any(s > self.cap for s in sizes):
             raise mqueue.ItemTooLargeError
-        if self.limit == 0:
-            need, seen = 0, set()
-            for (k, _), s in zip(items, sizes, strict=True):
-                kb = k.encode("utf-8", "surrogatepass") if isinstance(k, str) else k
-                if self.mode == 1 and (kb in seen or self._live_key(kb)):
-                    continue
-                seen.add(kb)
-                need += s
-            if self.bytes + need > self.cap:
-                raise mqueue.QueueFullError
-        stored = 0
-        for (k, v), s in zip(items, sizes, strict=True):
-            kb = k.encode("utf-8", "surrogatepass") if isinstance(k, str) else k
-            if self.mode:
-                old = self._live_key(kb)
-                if old is not None:
-                    self.dups += 1
-                    if self.mode == 1:
-                        self.added += 1
-                        continue
-                    old[3] = True
-                    self.count -= 1
-            while (self.limit and self.count + 1 > self.limit) or self.bytes + s > self.cap:
-                r = self._pop_head()
-                if not r[3]:
-                    self.count -= 1
-                    self.evicted += 1
-            self.recs.append([kb, mqueue.Item(k, v), s, False])
-            self.bytes += s
-            self.count += 1
-            self.added += 1
-            self.hw = max(self.hw, self.count)
-            stored += 1
-        return stored
+        snap = ([list(r) for r in self.recs], self.stats())
+        try:
+            return sum(self._add_one(k, v, s) for (k, v), s in zip(items, sizes, strict=True))
+        except mqueue.QueueFullError:  # all or nothing: the batch leaves no trace
+            recs, st = snap
+            self.recs = collections.deque(recs)
+            (self.count, self.added, self.fetched, self.evicted, self.dups, self.hw,
+             self.bytes) = st
+            raise
 
     def take(self, n: int) -> list[mqueue.Item]:
         out: list[mqueue.Item] = []
@@ -538,6 +634,12 @@ class Model:
     def stats(self) -> tuple[int, ...]:
         return (self.count, self.added, self.fetched, self.evicted, self.dups, self.hw,
                 self.bytes)
+
+
+def _model_args(d: str) -> tuple[int, int, int]:
+    """(size, bytes, addmode) of a definition string, for Model."""
+    kv = dict(p.split("=", 1) for p in d.split(";") if p)
+    return int(kv.get("size", 0)), int(kv.get("bytes", 0)), int(kv.get("addmode", 0))
 
 
 def _stats_tuple(st: mqueue.QueueStats) -> tuple[int, ...]:
