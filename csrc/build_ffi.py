@@ -62,9 +62,10 @@ int mq_fetch(mq_ns *, uint32_t, int64_t, char *, size_t, uint32_t *);
 #define MQ_BATCH_NONUL ...
 struct mq_fetchbuf {
     mq_ns *ns; uint32_t q; uint32_t info; char *buf; size_t size; uint32_t *meta; uint64_t total;
+    int64_t deadline;
 };
-int mq_fetch_into(struct mq_fetchbuf *, int64_t);
-int64_t mq_fetch_batch(struct mq_fetchbuf *, uint32_t, int64_t);
+int mq_fetch_into(struct mq_fetchbuf *, double);
+int64_t mq_fetch_batch(struct mq_fetchbuf *, uint32_t, double);
 int64_t mq_add_many_sep(mq_ns *, uint32_t, const char *, size_t, size_t, uint32_t);
 int64_t mq_fetch_many(mq_ns *, uint32_t, uint32_t, int64_t, char *, size_t, uint32_t *);
 int mq_count(mq_ns *, uint32_t, uint64_t *);

@@ -50,6 +50,7 @@
 #define LOCK_SLICE_NS  10000000LL    /* 10 ms: bounds how long a dead owner blocks others */
 #define WAIT_SLICE_NS  100000000LL   /* 100 ms: bounds a wait whose waker died */
 #define SPIN_NS        20000LL       /* 20 us: how long an empty fetch watches before sleeping */
+#define LOCK_SPINS     500           /* pause loops a lock waiter spins before sleeping (a few us) */
 #define NS_PER_S       1000000000LL
 
 struct mq_q {                   /* process-local, validated copy of q_hdr's constants */
@@ -307,7 +308,17 @@ static int state_load(const struct mq_q *q, struct q_state *s) {
     /* acquire: pairs with the release in state_commit, so the state copy and
      * the records it covers are seen whole */
     uint32_t c = atomic_load_explicit(&q->h->cur, memory_order_acquire) & 1;
-    memcpy(s, &q->h->st[c], sizeof *s);
+    struct q_pstate p;
+    memcpy(&p, &q->h->st[c], sizeof p);
+    s->head = p.head;
+    s->tail = p.tail;
+    s->added = p.added;
+    s->fetched = p.fetched;
+    s->evicted = p.evicted;
+    s->duplicates = p.duplicates;
+    s->high_water = p.high_water;
+    s->recoveries = p.recoveries;
+    s->count = p.added - p.fetched - p.evicted - p.duplicates;   /* wraps when damaged: caught below */
     if (s->tail < s->head || s->tail - s->head > q->cap || (s->head & 7) || (s->tail & 7))
         return MQ_ECORRUPT;
     if (s->count > (s->tail - s->head) / MQ_REC_HDR) return MQ_ECORRUPT;
@@ -317,7 +328,9 @@ static int state_load(const struct mq_q *q, struct q_state *s) {
 /* Publishes *s: the operation's commit point.  Never fails. */
 static void state_commit(const struct mq_q *q, const struct q_state *s) {
     uint32_t c = atomic_load_explicit(&q->h->cur, memory_order_relaxed) & 1; /* stable: we hold the lock */
-    memcpy(&q->h->st[c ^ 1], s, sizeof *s);
+    struct q_pstate p = {s->head, s->tail, s->added, s->fetched, s->evicted, s->duplicates,
+                         s->high_water, s->recoveries};
+    memcpy(&q->h->st[c ^ 1], &p, sizeof p);
     KILLPOINT("commit_before_flip");
     /* release: orders the new record bytes, dead marks and the state copy
      * above before the flip; one store, so a crash leaves old or new state */
@@ -391,6 +404,29 @@ static int q_rebuild(const struct mq_q *q, struct q_state *s) {
 }
 
 /* ------------------------------------------------------------ the lock */
+/* Returns 1 when this machine has more than one CPU online (spinning makes
+ * sense only then: the process we wait for can run meanwhile). */
+static int multi_cpu(void) {
+    static _Atomic int ncpu;
+    /* relaxed: idempotent initialisation, racing threads store the same value */
+    int nc = atomic_load_explicit(&ncpu, memory_order_relaxed);
+    if (nc == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        nc = n > 0 ? (int)n : 1;
+        atomic_store_explicit(&ncpu, nc, memory_order_relaxed);
+    }
+    return nc > 1;
+}
+
+/* Tells the CPU we are spinning (cheaper for the sibling hyperthread). */
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 /* glibc abort()s ("The futex facility returned an unexpected error code")
  * when a semaphore's private word is garbage, as it may be in a damaged
  * segment.  On 64-bit glibc a sem_t is {uint64 value+waiters; int private;
@@ -436,7 +472,9 @@ __attribute__((unused)) static int q_recover(const struct mq_q *q) {
     KILLPOINT("recover_begin");
     struct q_state s;
     if (state_load(q, &s)) return MQ_ECORRUPT;
+    uint64_t derived = s.count;
     if (q_rebuild(q, &s)) return MQ_ECORRUPT;
+    if (s.count != derived) return MQ_ECORRUPT;   /* records and counters disagree: damage */
     s.recoveries++;
     if (s.count > s.high_water) s.high_water = s.count;
     /* Heal the lock's wait accounting that the dead process may have left:
@@ -493,12 +531,20 @@ static void q_unlock(const struct mq_q *q) {
 static int q_lock(const mq_ns *ns, const struct mq_q *q) {
     struct q_hdr *h = q->h;
     int64_t slice_end = 0;   /* when the current owner is next checked for liveness */
+    /* locks are held for well under a microsecond: spin first (multi-CPU only) */
+    int spins = multi_cpu() ? LOCK_SPINS : 0;
     for (;;) {
         uint64_t expected = 0;
         /* acquire: pairs with the release in q_unlock */
         if (atomic_compare_exchange_strong_explicit(&h->owner, &expected, ns->me,
                                                     memory_order_acquire, memory_order_relaxed))
             return 0;
+        if (spins > 0) {
+            /* relaxed: only a hint that the CAS above may now succeed */
+            while (--spins > 0 && atomic_load_explicit(&h->owner, memory_order_relaxed) != 0)
+                cpu_relax();
+            continue;
+        }
         /* seq_cst: see q_unlock */
         atomic_fetch_add_explicit(&h->lock_waiters, 1, memory_order_seq_cst);
         if (atomic_load_explicit(&h->owner, memory_order_seq_cst) == 0) {
@@ -565,28 +611,13 @@ static void q_notify(const struct mq_q *q, int64_t n) {
     }
 }
 
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
 
 /* Watches q's seq for up to SPIN_NS before a fetch goes to sleep: a producer
  * that is streaming adds again within microseconds, while a sleep and its
  * wake-up cost two system calls and a context switch on each side.  Only on
  * machines with more than one CPU.  Returns 1 when seq moved. */
 static int q_spin(const struct mq_q *q, uint32_t seq0, int64_t deadline) {
-    static _Atomic int ncpu;
-    /* relaxed: idempotent initialisation, racing threads store the same value */
-    int nc = atomic_load_explicit(&ncpu, memory_order_relaxed);
-    if (nc == 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        nc = n > 0 ? (int)n : 1;
-        atomic_store_explicit(&ncpu, nc, memory_order_relaxed);
-    }
-    if (nc < 2) return 0;
+    if (!multi_cpu()) return 0;
     int64_t end = mono_ns() + SPIN_NS;
     if (deadline > 0 && deadline < end) end = deadline;
     do {
@@ -962,6 +993,100 @@ static int add_impl(mq_ns *ns, uint32_t qi, const char *key, size_t klen,
     return rc;
 }
 
+/* One record of the dry run below: a committed record (key in the ring at
+ * kpos) or an item of the batch (key in the caller's data). */
+struct sim_rec {
+    uint64_t R, hash, kpos;
+    const char *key;            /* NULL: the key is in the ring */
+    uint32_t klen;
+    uint8_t dead;
+};
+
+static int sim_key_eq(const struct mq_q *q, const struct sim_rec *r, const char *key, size_t klen) {
+    if (r->klen != klen) return 0;
+    return r->key ? memcmp(r->key, key, klen) == 0 : ring_eq(q, r->kpos, key, klen);
+}
+
+/* Slot of `key` in the open-addressing table (its record, or the empty slot
+ * where it would go). */
+static size_t sim_slot(const struct mq_q *q, const struct sim_rec *recs, const int64_t *tab,
+                       size_t mask, uint64_t hash, const char *key, size_t klen) {
+    size_t i = hash & mask;
+    while (tab[i] >= 0 && !(recs[tab[i]].hash == hash && sim_key_eq(q, &recs[tab[i]], key, klen)))
+        i = (i + 1) & mask;
+    return i;
+}
+
+/* Decides, without changing anything, whether a whole batch fits an
+ * unbounded queue, following add_one's steps exactly (duplicates, replaced
+ * records reclaimed at the head, the byte check) on a process-local copy of
+ * the queue's record list.  Needed only when the batch may write over bytes
+ * of the committed state before it could fail: then the real pass must be
+ * sure to succeed, so that it may publish in several steps.  Costs a scan of
+ * the queue.  Returns 0 (fits), MQ_EFULL, MQ_ENOMEM, MQ_ECORRUPT. */
+static int sim_batch(const struct mq_q *q, const struct q_state *s0, const char *data,
+                     const uint32_t *lens, size_t n) {
+    size_t nc = 0;
+    for (uint64_t p = s0->head; p < s0->tail; nc++) {
+        struct rec_hdr r;
+        if (rec_read(q, p, s0->tail, &r)) return MQ_ECORRUPT;
+        p += r.len;
+    }
+    size_t total = nc + n, tabn = 16;
+    while (tabn < 2 * total) tabn <<= 1;
+    struct sim_rec *recs = malloc(total * sizeof *recs);
+    int64_t *tab = q->buckets ? malloc(tabn * sizeof *tab) : NULL;
+    int rc = MQ_ENOMEM;
+    if (!recs || (q->buckets && !tab)) goto out;
+    if (tab) memset(tab, 0xff, tabn * sizeof *tab);      /* all -1: empty */
+    size_t nr = 0;
+    for (uint64_t p = s0->head; p < s0->tail; nr++) {
+        struct rec_hdr r;
+        if (rec_read(q, p, s0->tail, &r)) { rc = MQ_ECORRUPT; goto out; }
+        struct sim_rec *x = &recs[nr];
+        x->R = r.len;
+        x->kpos = p + MQ_REC_HDR;
+        x->key = NULL;
+        x->klen = r.klen;
+        x->dead = r.dead;
+        x->hash = tab ? ring_hash(q, x->kpos, r.klen) : 0;
+        if (tab && !x->dead) {          /* committed live keys are unique: no compare */
+            size_t i = x->hash & (tabn - 1);
+            while (tab[i] >= 0) i = (i + 1) & (tabn - 1);
+            tab[i] = (int64_t)nr;
+        }
+        p += r.len;
+    }
+    size_t h = 0;
+    uint64_t used = s0->tail - s0->head;
+    const char *p = data;
+    for (size_t i = 0; i < n; i++) {
+        size_t kl = lens[3 * i], vl = lens[3 * i + 1];
+        uint64_t R = rec_size(kl, vl), hash = 0;
+        size_t slot = 0;
+        if (tab) {
+            hash = fnv1a(p, kl);
+            slot = sim_slot(q, recs, tab, tabn - 1, hash, p, kl);
+            if (tab[slot] >= 0 && !recs[tab[slot]].dead) {
+                if (q->addmode == 1) { p += kl + vl; continue; }   /* dropped */
+                recs[tab[slot]].dead = 1;                            /* replaced */
+            }
+        }
+        while (h < nr && recs[h].dead) used -= recs[h++].R;
+        if (used + R > q->cap) { rc = MQ_EFULL; goto out; }
+        recs[nr] = (struct sim_rec){R, hash, 0, p, (uint32_t)kl, 0};
+        if (tab) tab[slot] = (int64_t)nr;
+        nr++;
+        used += R;
+        p += kl + vl;
+    }
+    rc = 0;
+out:
+    free(tab);
+    free(recs);
+    return rc;
+}
+
 static int64_t add_many_impl(mq_ns *ns, uint32_t qi, const char *data, size_t data_len,
                              const uint32_t *lens, size_t n) {
     const struct mq_q *q;
@@ -969,13 +1094,14 @@ static int64_t add_many_impl(mq_ns *ns, uint32_t qi, const char *data, size_t da
     if (rc) return rc;
     if (n == 0) return 0;
     if (!lens || (data_len && !data) || n > (size_t)1 << 40) return MQ_EINVAL;
-    uint64_t total = 0;
+    uint64_t total = 0, total_R = 0;
     for (size_t i = 0; i < n; i++) {            /* check every item first */
         uint64_t kl = lens[3 * i], vl = lens[3 * i + 1];
         if (lens[3 * i + 2] & ~MQ_FLAGS_MASK) return MQ_EINVAL;
         uint64_t R = rec_size(kl, vl);
         if (R == 0 || R > q->cap) return MQ_ETOOBIG;
         total += kl + vl;
+        total_R += R;
         if (total > data_len) return MQ_EINVAL;
     }
     rc = q_lock(ns, q);
@@ -983,15 +1109,25 @@ static int64_t add_many_impl(mq_ns *ns, uint32_t qi, const char *data, size_t da
     struct q_state s;
     if (state_load(q, &s)) { q_unlock(q); return MQ_ECORRUPT; }
     uint64_t committed_head = s.head;
+    /* A bounded queue never fails for space, so it may publish a batch in
+     * steps.  An unbounded one fails whole or succeeds whole: when the batch
+     * could write over committed bytes before it fails (only when it replaces
+     * and reclaims its own or queued records), decide first by a dry run. */
+    int may_split = q->limit > 0;
+    if (!may_split && (s.tail - s.head) + total_R > q->phys) {
+        rc = sim_batch(q, &s, data, lens, n);
+        if (rc) { q_unlock(q); return rc; }
+        may_split = 1;
+    }
     int64_t stored = 0, pending = 0;
     const char *p = data;
     for (size_t i = 0; i < n; i++) {
         size_t kl = lens[3 * i], vl = lens[3 * i + 1];
         uint64_t R = rec_size(kl, vl);
         /* The record goes at [tail, tail + R); it must not overwrite bytes of
-         * the last published state.  Only a bounded queue given a batch larger
-         * than its free space gets here: publish what we have first. */
-        if (q->limit > 0) {
+         * the last published state.  Only a batch larger than the free space
+         * gets here, and only when it cannot fail: publish what we have first. */
+        if (may_split) {
             if (s.tail + R - committed_head > q->phys) {
                 state_commit(q, &s);
                 committed_head = s.head;
@@ -1000,7 +1136,7 @@ static int64_t add_many_impl(mq_ns *ns, uint32_t qi, const char *data, size_t da
             }
         }
         rc = add_one(q, &s, p, kl, p + kl, vl, lens[3 * i + 2], R);
-        if (rc < 0) return abort_op(q, rc);   /* a bounded queue fails only on damage */
+        if (rc < 0) return abort_op(q, rc);   /* after a split, only on damage */
         stored += rc;
         pending += rc;
         p += kl + vl;
@@ -1174,15 +1310,29 @@ int mq_fetch(mq_ns *ns, uint32_t qi, int64_t deadline_ns, char *buf, size_t bufs
     return (int)fetch_loop(ns, qi, 1, deadline_ns, buf, bufsize, meta, NULL);
 }
 
-int mq_fetch_into(struct mq_fetchbuf *fb, int64_t deadline_ns) {
-    if (!fb) return MQ_EINVAL;
-    return (int)fetch_loop(fb->ns, fb->q, 1, deadline_ns, fb->buf, fb->size, fb->meta, NULL);
+/* The deadline for a timeout in seconds (see mq_fetch_into), stored in
+ * fb->deadline.  Returns 0, or MQ_EINVAL for NaN. */
+static int fb_deadline(struct mq_fetchbuf *fb, double timeout_s) {
+    if (timeout_s != timeout_s) return MQ_EINVAL;                /* NaN */
+    if (timeout_s == 0) fb->deadline = 0;
+    else if (timeout_s < 0 || timeout_s > 1e9) fb->deadline = -1;  /* forever (incl. inf) */
+    else fb->deadline = mono_ns() + (int64_t)(timeout_s * 1e9) + 1;
+    return 0;
 }
 
-int64_t mq_fetch_batch(struct mq_fetchbuf *fb, uint32_t max, int64_t deadline_ns) {
+int mq_fetch_into(struct mq_fetchbuf *fb, double timeout_s) {
     if (!fb) return MQ_EINVAL;
+    int rc = fb_deadline(fb, timeout_s);
+    if (rc) return rc;
+    return (int)fetch_loop(fb->ns, fb->q, 1, fb->deadline, fb->buf, fb->size, fb->meta, NULL);
+}
+
+int64_t mq_fetch_batch(struct mq_fetchbuf *fb, uint32_t max, double timeout_s) {
+    if (!fb) return MQ_EINVAL;
+    int rc = fb_deadline(fb, timeout_s);
+    if (rc) return rc;
     struct batch_out bo = {0, 0};
-    int64_t n = fetch_loop(fb->ns, fb->q, max, deadline_ns, fb->buf, fb->size, fb->meta, &bo);
+    int64_t n = fetch_loop(fb->ns, fb->q, max, fb->deadline, fb->buf, fb->size, fb->meta, &bo);
     fb->total = bo.total;
     fb->info = bo.info;
     return n;

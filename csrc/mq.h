@@ -136,7 +136,11 @@ int mq_fetch(mq_ns *ns, uint32_t q, int64_t deadline_ns,
              char *buf, size_t bufsize, uint32_t *meta);
 
 /* mq_fetch with its arguments in one caller-owned struct, so that a binding
- * pays for one pointer argument instead of six (the Python hot path).  The
+ * pays for one pointer argument instead of six (the Python hot path), and
+ * with the timeout in seconds: 0 = do not wait, < 0 or inf = forever, t > 0
+ * = up to t seconds from now (NaN: MQ_EINVAL).  The absolute deadline used
+ * is stored in fb->deadline (CLOCK_MONOTONIC ns, 0 or -1 as for mq_fetch),
+ * so that a caller interrupted by MQ_EINTR can wait out the rest.  The
  * struct is process-local; fields as for mq_fetch, results in meta. */
 struct mq_fetchbuf {
     mq_ns *ns;
@@ -146,8 +150,9 @@ struct mq_fetchbuf {
     size_t size;
     uint32_t *meta;          /* 3 words per item: klen, vlen, flags (needed size on MQ_EBUF) */
     uint64_t total;          /* out, mq_fetch_batch: bytes written to buf */
+    int64_t deadline;        /* out: the deadline the timeout gave */
 };
-int mq_fetch_into(struct mq_fetchbuf *fb, int64_t deadline_ns);
+int mq_fetch_into(struct mq_fetchbuf *fb, double timeout_s);
 
 #define MQ_BATCH_UNIFORM 1u  /* every item of the batch has the flags in info >> 8 */
 #define MQ_BATCH_NONUL   2u  /* no key or value of the batch contains a NUL byte */
@@ -156,7 +161,7 @@ int mq_fetch_into(struct mq_fetchbuf *fb, int64_t deadline_ns);
  * fb->buf is followed by a NUL byte (so a batch whose info has
  * MQ_BATCH_NONUL splits at NULs); fb->total and fb->info describe it.
  * Returns as mq_fetch_many. */
-int64_t mq_fetch_batch(struct mq_fetchbuf *fb, uint32_t max, int64_t deadline_ns);
+int64_t mq_fetch_batch(struct mq_fetchbuf *fb, uint32_t max, double timeout_s);
 
 /* mq_add_many for bindings that join text fast: data is key0 NUL value0 NUL
  * key1 ... value(n-1) (no NUL after the last), so no key or value may hold a

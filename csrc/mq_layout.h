@@ -26,14 +26,22 @@
 #include "mq.h"
 
 #define MQ_MAGIC  0x314555455551514dULL   /* "MQQUEUE1" little-endian-ish */
-#define MQ_LAYOUT_VERSION 1u
+#define MQ_LAYOUT_VERSION 2u
 
-/* The queue state that one operation changes.  Two copies live in q_hdr;
- * `cur` says which is current.  A writer fills the other copy and flips
- * `cur` with one release store: that store is the operation's commit point.
- * Invariant (every addmode): added == fetched + evicted + duplicates + count. */
-struct q_state {
+/* The queue state that one operation changes: one cache line.  Two copies
+ * live in q_hdr; `cur` says which is current.  A writer fills the other copy
+ * and flips `cur` with one release store: that store is the operation's
+ * commit point.  The item count is not stored: it is derived,
+ *   count = added - fetched - evicted - duplicates   (every addmode),
+ * so the counters balance by construction. */
+struct q_pstate {
     uint64_t head, tail;        /* logical byte positions, 8-aligned */
+    uint64_t added, fetched, evicted, duplicates, high_water, recoveries;
+};
+
+/* The same with the derived count: the process-local working copy. */
+struct q_state {
+    uint64_t head, tail;
     uint64_t count;             /* live records in [head, tail) */
     uint64_t added, fetched, evicted, duplicates, high_water, recoveries;
 };
@@ -51,20 +59,18 @@ struct q_hdr {
     uint32_t reserved0;
     uint64_t reserved1;
 
-    /* The lock: owner word + process-shared semaphore as wait queue. */
+    /* What every operation touches, in one cache line: the lock (owner word
+     * + process-shared semaphore as its wait queue), the futex word bumped
+     * after every publish (blocking fetch) and the current state index. */
     _Alignas(64) _Atomic uint64_t owner;   /* 0 free, else (gen << 16) | (slot + 1) */
     _Atomic uint32_t lock_waiters;
-    uint32_t reserved2;
+    _Atomic uint32_t seq;
+    _Atomic uint32_t data_waiters;
+    _Atomic uint32_t cur;
     sem_t sem;
 
-    /* Blocking fetch: futex word bumped after every publish. */
-    _Alignas(64) _Atomic uint32_t seq;
-    _Atomic uint32_t data_waiters;
-
-    /* Double-buffered state. */
-    _Alignas(64) _Atomic uint32_t cur;
-    uint32_t reserved3;
-    struct q_state st[2];
+    /* Double-buffered state, a cache line each. */
+    _Alignas(64) struct q_pstate st[2];
 } __attribute__((aligned(64)));
 
 struct seg_hdr {
@@ -98,6 +104,7 @@ struct rec_hdr {
 };
 
 _Static_assert(sizeof(struct rec_hdr) == MQ_REC_HDR, "record header size");
-_Static_assert(sizeof(struct q_state) == 72, "state size");
+_Static_assert(sizeof(struct q_pstate) == 64, "a state copy is one cache line");
+_Static_assert(sizeof(struct q_hdr) == 256, "queue header: constants, hot line, two states");
 
 #endif

@@ -31,8 +31,8 @@ from ._core import (
     MQueue,
     Queue,
     QueueStats,
+    check_count,
     check_namespace,
-    deadline_ns,
     encode,
 )
 from ._defs import QueueDef
@@ -72,6 +72,18 @@ def _lens_of(items: Sequence[object]) -> set[int] | None:
         return set(map(len, items))  # type: ignore[arg-type]
     except TypeError:
         return None
+
+
+def _timeout_s(timeout: object) -> float:
+    """A fetch timeout in seconds for C: -1.0 forever, 0 no wait, t > 0."""
+    if timeout is None:
+        return -1.0
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
+    t = float(timeout)
+    if t != t or t < 0:
+        raise ValueError(f"timeout must be >= 0 or None, not {timeout!r}")
+    return -1.0 if t == float("inf") else t
 
 
 def _encode_pair(key: object, value: object) -> tuple[bytes, bytes, int]:
@@ -245,57 +257,73 @@ class ShmQueue(Queue):
 
     def fetch(self, timeout: float | None = 0) -> Item | None:
         self._held = None
-        d = 0 if timeout == 0 else deadline_ns(timeout)
+        # the timeout goes to C in seconds (C computes the deadline)
+        if timeout is None:
+            t = -1.0
+        elif (timeout.__class__ is int or timeout.__class__ is float) and timeout >= 0:
+            t = timeout
+        else:
+            t = _timeout_s(timeout)
         b = self._bufs
         self._bufs = None  # another thread using this handle meanwhile gets its own
         if b is None:
             b = _Buffers(self._ns, self._index, _INITIAL_BUF)
-        rc: int = _mq_fetch_into(b.fb, d)
+        rc: int = _mq_fetch_into(b.fb, t)
         if rc == 1:  # the hot path: one copy out of the buffer, one decode
             arr = b.arr
             kl = arr[0]
             raw = b.view[0 : kl + arr[1]]
             fl = arr[2]
             self._bufs = b
-            try:
-                if fl == 3:
+            if fl == 3:
+                try:
                     text = raw.decode()
-                    if len(text) == len(raw):  # ASCII: byte offsets are char offsets
-                        item = _tnew(Item, (text[:kl], text[kl:]))
-                    else:
-                        item = _tnew(Item, (_dec(raw[:kl]), _dec(raw[kl:])))
-                elif fl == 0:
-                    item = _tnew(Item, (raw[:kl], raw[kl:]))
+                except UnicodeDecodeError:
+                    text = ""
+                if len(text) == len(raw):  # ASCII: byte offsets are char offsets
+                    item = _tnew(Item, (text[:kl], text[kl:]))
                 else:
-                    k = raw[:kl]
-                    v = raw[kl:]
-                    item = _tnew(
-                        Item,
-                        (
-                            _dec(k) if fl & FLAG_KEY_STR else k,
-                            _dec(v) if fl & FLAG_VAL_STR else v,
-                        ),
-                    )
-            except UnicodeDecodeError:
-                if fl == 3:  # e.g. lone surrogates, which add() encoded
-                    try:
-                        item = _tnew(Item, (_dec(raw[:kl]), _dec(raw[kl:])))
-                    except UnicodeDecodeError:
-                        raise _err(ll.MQ_ECORRUPT, self._what) from None
-                else:
-                    raise _err(ll.MQ_ECORRUPT, self._what) from None
+                    item = self._item(raw, kl, fl)
+            elif fl == 0:
+                item = _tnew(Item, (raw[:kl], raw[kl:]))
+            else:
+                item = self._item(raw, kl, fl)
             self._held = item
             return item
         self._bufs = b
         if rc == 0:
             return None
-        items = self._take(1, d)
+        items = self._take_s(1, t, b.fb.deadline if rc == _EINTR else None)
         if not items:
             return None
         self._held = items[0]
         return self._held
 
+    def fetch_many(self, n: int, timeout: float | None = 0) -> list[Item]:
+        if check_count(n) == 0:
+            return []
+        return self._take_s(n, -1.0 if timeout is None else _timeout_s(timeout))
+
+    def _item(self, raw: bytes, kl: int, fl: int) -> Item:
+        """The Item of a record whose key and value are back to back in raw."""
+        k = raw[:kl]
+        v = raw[kl:]
+        try:
+            return _tnew(
+                Item,
+                (_dec(k) if fl & FLAG_KEY_STR else k, _dec(v) if fl & FLAG_VAL_STR else v),
+            )
+        except UnicodeDecodeError:
+            raise _err(ll.MQ_ECORRUPT, self._what) from None
+
     def _take(self, n: int, deadline: int) -> list[Item]:
+        # the base class's hook, with a CLOCK_MONOTONIC deadline (0 / -1 / ns)
+        return self._take_s(n, 0.0 if deadline == 0 else -1.0, None if deadline == 0 else deadline)
+
+    def _take_s(self, n: int, timeout: float, deadline: int | None = None) -> list[Item]:
+        """Take up to n items, waiting up to ``timeout`` seconds (< 0: forever)
+        while the queue is empty, or until ``deadline`` (CLOCK_MONOTONIC ns,
+        -1 forever) when a wait interrupted by a signal goes on."""
         n = min(n, 0xFFFFFFFF)
         b = self._bufs
         self._bufs = None
@@ -304,11 +332,18 @@ class ShmQueue(Queue):
             b = _Buffers(self._ns, self._index, size, min(n, _MAX_BATCH))
         try:
             while True:
+                if deadline is not None:  # continuing after a signal
+                    if deadline == -1:
+                        timeout = -1.0
+                    else:
+                        timeout = max(0.0, (deadline - time.monotonic_ns()) / 1e9)
+                        if timeout == 0.0:
+                            return []
                 want = min(n, b.nmeta)
                 if want == 1:
-                    rc: int = _mq_fetch_into(b.fb, deadline)
+                    rc: int = _mq_fetch_into(b.fb, timeout)
                 else:
-                    rc = lib.mq_fetch_batch(b.fb, want, deadline)
+                    rc = lib.mq_fetch_batch(b.fb, want, timeout)
                 if rc > 0:
                     break
                 if rc == 0:
@@ -320,23 +355,13 @@ class ShmQueue(Queue):
                 if rc != _EINTR:
                     raise self._fail(rc)
                 # EINTR: Python runs its signal handlers before the next call;
-                # a handler that raises (Ctrl-C) ends the wait.  The deadline
-                # is absolute, so the wait goes on for what is left of it.
+                # a handler that raises (Ctrl-C) ends the wait.  Otherwise the
+                # wait goes on until the deadline the first call computed.
+                if deadline is None:
+                    deadline = b.fb.deadline
             if want == 1:  # mq_fetch_into: key and value back to back
-                kl, vl, fl = b.arr[0], b.arr[1], b.arr[2]
-                raw = b.view[0 : kl + vl]
-                try:
-                    return [
-                        _tnew(
-                            Item,
-                            (
-                                _dec(raw[:kl]) if fl & FLAG_KEY_STR else raw[:kl],
-                                _dec(raw[kl:]) if fl & FLAG_VAL_STR else raw[kl:],
-                            ),
-                        )
-                    ]
-                except UnicodeDecodeError:
-                    raise _err(ll.MQ_ECORRUPT, self._what) from None
+                kl = b.arr[0]
+                return [self._item(b.view[0 : kl + b.arr[1]], kl, b.arr[2])]
             # mq_fetch_batch: every key and value is followed by a NUL byte.
             fb = b.fb
             total = fb.total

@@ -9,7 +9,8 @@ The model mirrors csrc/mq.c's rules exactly:
 - addmode 1/2 compare keys by bytes against queued (live) records only;
   addmode 1 drops the new item (``added`` and ``duplicates`` both count it),
   addmode 2 marks the old record dead: it leaves the count but keeps occupying
-  its bytes until the head passes it;
+  its bytes until the head passes it; every add first reclaims dead records at
+  the head;
 - a queue with no count bound refuses an add that does not fit in bytes
   (QueueFullError; an ``add_many`` batch is all-or-nothing); a bounded queue
   drops records from the head (live ones counted as evicted, dead ones free)
@@ -298,3 +299,82 @@ QueueMachine.TestCase.settings = settings(
     database=None,
 )
 TestQueueModel = QueueMachine.TestCase
+
+
+def _run_random_batches(seed: int, rounds: int) -> None:
+    """Large add_many batches full of repeated keys on small unbounded and
+    bounded queues: the cases where a batch replaces and reclaims its own
+    records, so that its writes could reach bytes of the committed state
+    before it fails (the dry run in mq.c's add_many_impl)."""
+    import random
+
+    rnd = random.Random(seed)
+    keys: list[str | bytes] = ["a", "b", b"c", "d", ""]
+    for _ in range(rounds):
+        size = rnd.choice([0, 0, 0, 3])
+        nbytes = rnd.choice([256, 300, 400])
+        addmode = rnd.choice([0, 1, 2, 2, 2])
+        ns = f"t{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        mq = mqueue.create(ns, [f"name=q;size={size};bytes={nbytes};addmode={addmode}"])
+        try:
+            q = mq["q"]
+            model = Model(cap=align8(nbytes), limit=size, addmode=addmode)
+            for _ in range(16):
+                if rnd.random() < 0.75:
+                    items = [
+                        (rnd.choice(keys), b"w" * rnd.randint(0, 40))
+                        for _ in range(rnd.randint(1, 14))
+                    ]
+                    try:
+                        want: object = model.add_many(items)
+                    except Full:
+                        want = "full"
+                    except TooBig:
+                        want = "toobig"
+                    try:
+                        got: object = q.add_many(items)
+                    except mqueue.QueueFullError:
+                        got = "full"
+                    except mqueue.ItemTooLargeError:
+                        got = "toobig"
+                    assert got == want, (items, got, want)
+                else:
+                    n = rnd.randint(1, 4)
+                    assert [tuple(i) for i in q.fetch_many(n)] == model.take(n)
+                st = q.stats()
+                assert (st.length, st.added, st.evicted, st.duplicates, st.bytes_used) == (
+                    model.count,
+                    model.added,
+                    model.evicted,
+                    model.duplicates,
+                    model.used,
+                )
+            assert [tuple(i) for i in q.fetch_many(1000)] == model.take(1000)
+        finally:
+            mq.close()
+            mqueue.destroy(ns)
+
+
+def test_random_large_batches_against_model() -> None:
+    _run_random_batches(seed=20261127, rounds=300)
+
+
+def test_refused_batch_that_reclaims_its_own_records_changes_nothing() -> None:
+    """Found by comparing with the Redis backend: a refused unbounded batch used
+    to write over bytes of the committed state before it failed."""
+    ns = f"t{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    mq = mqueue.create(ns, ["name=q;size=0;bytes=300;addmode=2"])
+    try:
+        q = mq["q"]
+        q.add_many([("a", b"w" * 5), ("d", b"w" * 32), ("d", b"w" * 25)])
+        batch: list[tuple[str | bytes, bytes]] = [
+            ("b", b"w" * 7), ("a", b"w" * 8), ("a", b"w" * 29), ("a", b""), ("b", b"w" * 14),
+            (b"c", b""), ("d", b"w" * 34), (b"c", b"w" * 36), ("", b"w" * 40),
+            ("a", b"w" * 12), ("a", b"w" * 4),
+        ]  # fmt: skip
+        with contextlib.suppress(mqueue.QueueFullError):
+            q.add_many(batch)
+        assert q.fetch_many(10) == [("a", b"w" * 5), ("d", b"w" * 25)]
+    finally:
+        mq.close()
+        mqueue.destroy(ns)
