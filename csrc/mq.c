@@ -1170,31 +1170,41 @@ int64_t mq_add_many_sep(mq_ns *ns, uint32_t qi, const char *data, size_t data_le
                         uint32_t flags) {
     if (n == 0) return 0;
     if (!data || n > ((size_t)1 << 32) || (flags & ~MQ_FLAGS_MASK)) return MQ_EINVAL;
-    /* Split at the NULs into the (lens, packed data) form of mq_add_many. */
+    /* Split at the NULs into the (lens, packed data) form of mq_add_many:
+     * piece i < n is key i, piece n + i is value i. */
     uint32_t *lens = malloc(3 * n * sizeof *lens);
+    const char **at = malloc(2 * n * sizeof *at);
     char *packed = malloc(data_len ? data_len : 1);
     int64_t r = MQ_ENOMEM;
-    if (!lens || !packed) goto out;
+    if (!lens || !at || !packed) goto out;
     const char *p = data, *end = data + data_len;
-    size_t pieces = 0, off = 0;
+    size_t pieces = 0;
     r = MQ_EINVAL;
     for (;;) {
         const char *z = memchr(p, 0, (size_t)(end - p));
         size_t l = (size_t)((z ? z : end) - p);
         if (pieces == 2 * n) goto out;                  /* more pieces than items */
         if (l > UINT32_MAX) { r = MQ_ETOOBIG; goto out; }
-        lens[pieces / 2 * 3 + pieces % 2] = (uint32_t)l;
-        if (pieces % 2) lens[pieces / 2 * 3 + 2] = flags;
-        memcpy(packed + off, p, l);
-        off += l;
+        size_t item = pieces < n ? pieces : pieces - n;
+        lens[3 * item + (pieces < n ? 0 : 1)] = (uint32_t)l;
+        lens[3 * item + 2] = flags;
+        at[pieces] = p;
         pieces++;
         if (!z) break;
         p = z + 1;
     }
     if (pieces != 2 * n) goto out;
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {                    /* key i, value i, ... */
+        memcpy(packed + off, at[i], lens[3 * i]);
+        off += lens[3 * i];
+        memcpy(packed + off, at[n + i], lens[3 * i + 1]);
+        off += lens[3 * i + 1];
+    }
     r = mq_add_many(ns, qi, packed, off, lens, n);
 out:
     free(packed);
+    free(at);
     free(lens);
     return r;
 }

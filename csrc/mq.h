@@ -163,10 +163,11 @@ int mq_fetch_into(struct mq_fetchbuf *fb, double timeout_s);
  * Returns as mq_fetch_many. */
 int64_t mq_fetch_batch(struct mq_fetchbuf *fb, uint32_t max, double timeout_s);
 
-/* mq_add_many for bindings that join text fast: data is key0 NUL value0 NUL
- * key1 ... value(n-1) (no NUL after the last), so no key or value may hold a
- * NUL byte; every item gets `flags`.  Returns as mq_add_many; MQ_EINVAL when
- * data does not split into exactly 2n pieces. */
+/* mq_add_many for bindings that join text fast: data is key0 NUL key1 ...
+ * key(n-1) NUL value0 NUL ... value(n-1) (no NUL after the last), so no key
+ * or value may hold a NUL byte; every item gets `flags`.  Returns as
+ * mq_add_many; MQ_EINVAL (nothing changed) when data does not split into
+ * exactly 2n pieces, which is how a NUL inside a key or value shows. */
 int64_t mq_add_many_sep(mq_ns *ns, uint32_t q, const char *data, size_t data_len, size_t n,
                         uint32_t flags);
 

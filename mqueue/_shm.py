@@ -17,7 +17,6 @@ import weakref
 from array import array
 from collections.abc import Iterable, Sequence
 from functools import partial
-from itertools import chain
 from typing import Any
 
 import posix_ipc
@@ -57,21 +56,10 @@ _mq_add = lib.mq_add
 _mq_fetch_into = lib.mq_fetch_into
 _tnew = tuple.__new__
 _mkitem = partial(tuple.__new__, Item)
-_chain = chain.from_iterable
-_TWO = {2}
 _UNIFORM_NONUL = lib.MQ_BATCH_UNIFORM | lib.MQ_BATCH_NONUL
-_STR = {str}
 _BYTES = {bytes}
 _MAX_BATCH = 65536
 _MAX_BUF = 64 << 20
-
-
-def _lens_of(items: Sequence[object]) -> set[int] | None:
-    """The set of the items' lengths, or None when one has no length."""
-    try:
-        return set(map(len, items))  # type: ignore[arg-type]
-    except TypeError:
-        return None
 
 
 def _timeout_s(timeout: object) -> float:
@@ -194,34 +182,37 @@ class ShmQueue(Queue):
         if not items:
             return 0
         # Fast path, for batches whose keys and values are all str or all
-        # bytes without NUL bytes: one join here, the split happens in C, so
-        # no per-item step runs in the interpreter.  Anything else takes the
-        # general loop below.
+        # bytes: keys then values joined with NULs here, split in C, so no
+        # per-item step runs in the interpreter.  C refuses (MQ_EINVAL) a
+        # batch whose pieces do not count 2n, i.e. one with a NUL inside a
+        # key or value; that, and anything else, takes the general loop.
         n = len(items)
-        if _lens_of(items) == _TWO:
-            flat = list(_chain(items))
-            kinds = set(map(type, flat))
-            if kinds == _STR:
-                joined = "\0".join(flat)
-                if joined.count("\0") == 2 * n - 1:
-                    try:
-                        data = joined.encode()
-                    except UnicodeEncodeError:
-                        data = joined.encode("utf-8", "surrogatepass")
-                    return self._add_many_sep(data, n, FLAG_KEY_STR | FLAG_VAL_STR)
-            elif kinds == _BYTES:
-                data = b"\0".join(flat)
-                if data.count(b"\0") == 2 * n - 1:
-                    return self._add_many_sep(data, n, 0)
-        return self._add_many_general(items)
-
-    def _add_many_sep(self, data: bytes, n: int, flags: int) -> int:
+        try:
+            keys, values = zip(*items, strict=True)  # every item a pair, or raises
+        except (TypeError, ValueError):
+            return self._add_many_general(items)
+        pieces = keys + values
+        try:
+            joined = "\0".join(pieces)
+        except TypeError:
+            if set(map(type, pieces)) != _BYTES:
+                return self._add_many_general(items)
+            data = b"\0".join(pieces)
+            flags = 0
+        else:
+            try:
+                data = joined.encode()
+            except UnicodeEncodeError:
+                data = joined.encode("utf-8", "surrogatepass")
+            flags = FLAG_KEY_STR | FLAG_VAL_STR
         rc: int = lib.mq_add_many_sep(self._ns, self._index, data, len(data), n, flags)
         while rc == _EINTR:
             rc = lib.mq_add_many_sep(self._ns, self._index, data, len(data), n, flags)
-        if rc < 0:
-            raise self._fail(rc)
-        return rc
+        if rc >= 0:
+            return rc
+        if rc == ll.MQ_EINVAL:
+            return self._add_many_general(items)
+        raise self._fail(rc)
 
     def _add_many_raw(self, data: bytes, lens3: array[int], n: int) -> int:
         clens = ffi.from_buffer("uint32_t[]", lens3)
