@@ -113,12 +113,18 @@ static uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1)
 /* Decrements a waiter count without going below 0.  Counts may be reset by
  * q_notify/q_recover (healing increments left by killed processes), so a
  * plain decrement could wrap. */
-static void dec_sat(_Atomic uint32_t *w) {
+static void dec_sat_masked(_Atomic uint32_t *w, uint32_t mask) {
     uint32_t v = atomic_load_explicit(w, memory_order_relaxed);
     /* relaxed: the count is only a hint whether to wake; waits are timed */
-    while (v && !atomic_compare_exchange_weak_explicit(w, &v, v - 1, memory_order_relaxed,
-                                                        memory_order_relaxed)) { }
+    while ((v & mask) && !atomic_compare_exchange_weak_explicit(w, &v, v - 1, memory_order_relaxed,
+                                                                 memory_order_relaxed)) { }
 }
+
+__attribute__((unused)) static void dec_sat(_Atomic uint32_t *w) { dec_sat_masked(w, UINT32_MAX); }
+
+/* data_waiters: waiter count in the low 16 bits, an epoch above them. */
+#define WAITERS_MASK 0xffffu
+#define WAITER_ADD   0x10001u
 
 /* Returns CLOCK_MONOTONIC in ns (the clock Python's time.monotonic uses). */
 static int64_t mono_ns(void) {
@@ -511,9 +517,11 @@ static int q_lock(const mq_ns *ns, const struct mq_q *q) {
 #define SEM_INITIAL 0
 static void q_unlock(const struct mq_q *q) {
     KILLPOINT("unlock_before_release");
-    /* release: everything done under the lock happens-before the next
-     * owner's acquiring CAS */
-    atomic_store_explicit(&q->h->owner, 0, memory_order_release);
+    /* seq_cst (a release would do for the data): everything done under the
+     * lock happens-before the next owner's acquiring CAS, and the store is
+     * ordered before the lock_waiters load below (StoreLoad), the other half
+     * of the waiter's increment-then-recheck in q_lock */
+    atomic_store_explicit(&q->h->owner, 0, memory_order_seq_cst);
     /* seq_cst load: pairs with the waiter's seq_cst increment + owner
      * re-check in q_lock, so a waiter is either seen here or sees 0 there */
     if (atomic_load_explicit(&q->h->lock_waiters, memory_order_seq_cst) && !sem_damaged(&q->h->sem)) {
@@ -595,7 +603,7 @@ static void q_notify(const struct mq_q *q, int64_t n) {
      * with q_wait's increment before FUTEX_WAIT (no lost wake-up) */
     atomic_fetch_add_explicit(&q->h->seq, 1, memory_order_seq_cst);
     uint32_t w = atomic_load_explicit(&q->h->data_waiters, memory_order_seq_cst);
-    if (w) {
+    if (w & WAITERS_MASK) {
         int cnt = n > INT_MAX ? INT_MAX : (int)n;
         /* shared futex (no FUTEX_PRIVATE_FLAG): waiters are other processes */
         long woken = syscall(SYS_futex, &q->h->seq, FUTEX_WAKE, cnt, NULL, NULL, 0);
@@ -605,7 +613,7 @@ static void q_notify(const struct mq_q *q, int64_t n) {
              * those read seq before our bump, so their FUTEX_WAIT returns at
              * once.  Resetting stops a stale count costing every add a
              * syscall.  relaxed CAS: the count is only a hint. */
-            atomic_compare_exchange_strong_explicit(&q->h->data_waiters, &w, 0,
+            atomic_compare_exchange_strong_explicit(&q->h->data_waiters, &w, w & ~WAITERS_MASK,
                                                     memory_order_relaxed, memory_order_relaxed);
         }
     }
@@ -639,11 +647,13 @@ static int q_wait(const struct mq_q *q, uint32_t seq0, int64_t deadline) {
         if (deadline - now < slice) slice = deadline - now;
     }
     struct timespec rel = {(time_t)(slice / NS_PER_S), (long)(slice % NS_PER_S)};
-    /* seq_cst: see q_notify */
-    atomic_fetch_add_explicit(&q->h->data_waiters, 1, memory_order_seq_cst);
+    /* seq_cst: see q_notify.  The count is the low 16 bits; every waiter
+     * also bumps the epoch above them, so q_notify's reset (a CAS from the
+     * value it read) fails if a waiter came and went meanwhile (no ABA). */
+    atomic_fetch_add_explicit(&q->h->data_waiters, WAITER_ADD, memory_order_seq_cst);
     long rc = syscall(SYS_futex, &q->h->seq, FUTEX_WAIT, seq0, &rel, NULL, 0);
     int err = rc ? errno : 0;
-    dec_sat(&q->h->data_waiters);
+    dec_sat_masked(&q->h->data_waiters, WAITERS_MASK);
     if (rc && err == EINTR) return MQ_EINTR;
     return 0;   /* woken, EAGAIN (seq moved), ETIMEDOUT (slice over): re-check */
 }
@@ -685,27 +695,32 @@ static int ns_build(uint8_t *base, uint64_t size, int fd, mq_ns **out) {
     /* acquire: pairs with the creator's release store of magic, so the
      * formatted header and tables are seen whole */
     uint64_t magic = atomic_load_explicit(&h->magic, memory_order_acquire);
+    if (magic == MQ_MAGIC_INIT) return MQ_ENOTREADY;   /* the creator is formatting */
     if (magic == 0) {
         for (size_t i = 0; i < sizeof *h; i++) if (base[i]) return MQ_EMAGIC;
         return MQ_ENOTREADY;
     }
     if (magic != MQ_MAGIC) return MQ_EMAGIC;
-    if (h->layout_version != MQ_LAYOUT_VERSION) return MQ_EVERSION;
-    if (h->hdr_size != sizeof(struct seg_hdr) || h->qhdr_size != sizeof(struct q_hdr) ||
-        h->nslots != MQ_NSLOTS || h->rec_hdr != MQ_REC_HDR || h->total_size != size ||
-        h->nqueues > MQ_MAX_QUEUES || h->meta_len > (1u << 30))
+    /* Validate and use one private copy of the fixed header fields, so that a
+     * concurrent writer cannot change a field between its check and its use. */
+    struct seg_hdr hc;
+    memcpy(&hc, h, offsetof(struct seg_hdr, slot_gen));
+    if (hc.layout_version != MQ_LAYOUT_VERSION) return MQ_EVERSION;
+    if (hc.hdr_size != sizeof(struct seg_hdr) || hc.qhdr_size != sizeof(struct q_hdr) ||
+        hc.nslots != MQ_NSLOTS || hc.rec_hdr != MQ_REC_HDR || hc.total_size != size ||
+        hc.nqueues > MQ_MAX_QUEUES || hc.meta_len > (1u << 30))
         return MQ_ECORRUPT;
-    uint32_t nq = h->nqueues;
-    if (h->qtable_off > size || (uint64_t)nq * sizeof(struct q_hdr) > size - h->qtable_off ||
-        (h->qtable_off % 64))
+    uint32_t nq = hc.nqueues;
+    if (hc.qtable_off > size || (uint64_t)nq * sizeof(struct q_hdr) > size - hc.qtable_off ||
+        (hc.qtable_off % 64))
         return MQ_ECORRUPT;
-    struct q_hdr *qt = (struct q_hdr *)(base + h->qtable_off);
+    struct q_hdr *qt = (struct q_hdr *)(base + hc.qtable_off);
     for (uint32_t i = 0; i < nq; i++) {
         caps[i] = qt[i].capacity;
         am[i] = qt[i].addmode;
     }
-    if (layout_compute(nq, caps, am, h->meta_len, &L)) return MQ_ECORRUPT;
-    if (L.total != size || L.meta_off != h->meta_off || L.qtable_off != h->qtable_off)
+    if (layout_compute(nq, caps, am, hc.meta_len, &L)) return MQ_ECORRUPT;
+    if (L.total != size || L.meta_off != hc.meta_off || L.qtable_off != hc.qtable_off)
         return MQ_ECORRUPT;
     mq_ns *ns = calloc(1, sizeof *ns + (size_t)nq * sizeof(struct mq_q));
     if (!ns) return MQ_ENOMEM;
@@ -733,7 +748,7 @@ static int ns_build(uint8_t *base, uint64_t size, int fd, mq_ns **out) {
     ns->fd = fd;
     ns->nq = nq;
     ns->meta = (const char *)base + L.meta_off;
-    ns->meta_len = h->meta_len;
+    ns->meta_len = hc.meta_len;
     *out = ns;
     return 0;
 }
@@ -784,6 +799,9 @@ int mq_create(int fd, uint32_t nq, const struct mq_qparam *params,
         rc = MQ_EINVAL;
         goto out;
     }
+    /* relaxed: attachers that see this marker wait (MQ_ENOTREADY) and only
+     * trust the header once the release store of MQ_MAGIC below */
+    atomic_store_explicit(&h->magic, MQ_MAGIC_INIT, memory_order_relaxed);
     h->layout_version = MQ_LAYOUT_VERSION;
     h->hdr_size = sizeof(struct seg_hdr);
     h->qhdr_size = sizeof(struct q_hdr);
@@ -824,6 +842,13 @@ int mq_reattach(mq_ns *ns, int newfd) {
     int slot;
     uint64_t me;
     if (!ns || newfd < 0) return MQ_EINVAL;
+    if (atomic_load_explicit(&ns->closing, memory_order_relaxed)) return MQ_ECLOSED;
+    /* newfd must name the very segment we mapped (the name may have been
+     * destroyed and created again meanwhile). */
+    struct stat a, b;
+    if (fstat(ns->fd, &a) != 0 || fstat(newfd, &b) != 0) return sys_fail();
+    if (a.st_dev != b.st_dev || a.st_ino != b.st_ino || (uint64_t)b.st_size != ns->size)
+        return MQ_ECORRUPT;
     /* The mapping inherited from the parent holds the parent's open file
      * description, and so its OFD lock (its liveness), for as long as this
      * process lives.  Map the same pages through newfd at the same address
@@ -849,9 +874,13 @@ void mq_detach(mq_ns *ns) {
     if (!atomic_compare_exchange_strong_explicit(&ns->closing, &expected, 1, memory_order_seq_cst,
                                                  memory_order_seq_cst))
         return;
+    /* A forked child that never re-attached inherited the parent's count of
+     * calls in flight: those threads do not exist in this process. */
+    if (ns->slot_pid != getpid()) atomic_store_explicit(&ns->inflight, 0, memory_order_relaxed);
     /* Calls of other threads finish first: a blocked fetch or lock wait
-     * notices `closing` within one slice and returns MQ_ECLOSED. */
-    while (atomic_load_explicit(&ns->inflight, memory_order_acquire)) {
+     * notices `closing` within one slice and returns MQ_ECLOSED.  seq_cst:
+     * the other half of ns_enter's Dekker pair (closing vs inflight). */
+    while (atomic_load_explicit(&ns->inflight, memory_order_seq_cst)) {
         struct timespec z = {0, 1000000};
         nanosleep(&z, NULL);
     }
@@ -1042,6 +1071,7 @@ static int sim_batch(const struct mq_q *q, const struct q_state *s0, const char 
     size_t nr = 0;
     for (uint64_t p = s0->head; p < s0->tail; nr++) {
         struct rec_hdr r;
+        if (nr == nc) { rc = MQ_ECORRUPT; goto out; }   /* the records changed under us */
         if (rec_read(q, p, s0->tail, &r)) { rc = MQ_ECORRUPT; goto out; }
         struct sim_rec *x = &recs[nr];
         x->R = r.len;

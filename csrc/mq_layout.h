@@ -25,7 +25,8 @@
 
 #include "mq.h"
 
-#define MQ_MAGIC  0x314555455551514dULL   /* "MQQUEUE1" little-endian-ish */
+#define MQ_MAGIC  0x314555455551514dULL        /* the segment is ready */
+#define MQ_MAGIC_INIT 0x544955514d514d00ULL    /* its creator is still formatting it */
 #define MQ_LAYOUT_VERSION 2u
 
 /* The queue state that one operation changes: one cache line.  Two copies

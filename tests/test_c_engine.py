@@ -109,11 +109,16 @@ def test_torture_stop(cbuild: Path) -> None:
 def test_torture_naive_lock_stalls(cbuild: Path) -> None:
     """Negative control: a semaphore used as a plain mutex wedges for good."""
     exe = compile_c("torture", cbuild, naive=True)
-    r = run([str(exe), str(min(TORTURE_S, 8)), "kill"], timeout=90)
-    print(r.stdout)
-    assert r.returncode != 0
-    f = parse_figures(r.stdout)
-    assert f["stalls"] >= 1, r.stdout
+    # Killing a holder at the right instant is a matter of luck on a loaded
+    # machine: a few tries, the first stall proves the point.
+    outs = []
+    for _ in range(3):
+        r = run([str(exe), str(min(TORTURE_S, 8)), "kill"], timeout=90)
+        outs.append(r.stdout)
+        if r.returncode != 0 and parse_figures(r.stdout)["stalls"] >= 1:
+            break
+    else:
+        raise AssertionError("the naive lock never stalled:\n" + "\n".join(outs))
 
 
 # --------------------------------------------------------------------------- kill points

@@ -448,3 +448,47 @@ def test_other_user(ns_name: str, mode: int | None) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-v"]))
+
+
+FORK_AFTER_RECREATE = """
+import os, sys, threading, time
+import mqueue
+ns = sys.argv[1]
+mq = mqueue.create(ns, ["name=q"])
+q = mq["q"]
+got = []
+t = threading.Thread(target=lambda: got.append(q.fetch(timeout=None)), daemon=True)
+t.start()
+time.sleep(0.2)                      # the thread is blocked inside the engine
+mqueue.destroy(ns)                   # the name now names another, smaller segment
+other = mqueue.create(ns, ["name=q;bytes=4K"])
+pid = os.fork()
+if pid == 0:
+    # The at-fork hook found a different segment under the name: the handle
+    # must be closed (not remapped onto the stranger), without waiting for
+    # the parent's blocked thread, which does not exist here.
+    try:
+        q.add("k", "v")
+    except mqueue.MQueueError as e:
+        os._exit(0 if "closed" in str(e) else 3)
+    os._exit(4)
+_, status = os.waitpid(pid, 0)
+q.add("wake", "up")                  # the parent's own handle still works
+t.join(5)
+other.close()
+mqueue.destroy(ns)
+mq.close()
+print(os.waitstatus_to_exitcode(status), got[0].key if got else None)
+"""
+
+
+def test_fork_after_namespace_recreated(ns_name: str) -> None:
+    """A forked child whose namespace name now names another segment closes its
+    inherited handle instead of remapping it, and never waits for the parent's
+    threads that were inside the engine at fork time."""
+    r = subprocess.run(
+        [PYTHON, "-c", FORK_AFTER_RECREATE, ns_name],
+        capture_output=True, text=True, timeout=60, env=py_env(),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["0", "wake"], r.stdout + r.stderr
