@@ -80,8 +80,9 @@ def compile_c(
     return out
 
 
-def build_testing_package(dest: Path) -> Path:
-    """A copy of the mqueue package whose _mq_cffi is built with -DMQ_TESTING.
+def build_testing_package(dest: Path, *, naive: bool = False) -> Path:
+    """A copy of the mqueue package whose _mq_cffi is built with -DMQ_TESTING
+    (and with -DMQ_NAIVE_LOCK, the negative control, when ``naive``).
 
     Returns the directory to put first on PYTHONPATH.  The copy imports exactly
     like the real package (same Python files), only the engine differs.
@@ -101,6 +102,8 @@ def build_testing_package(dest: Path) -> Path:
     )
     env = dict(os.environ, MQUEUE_TESTING="1")
     env.pop("MQUEUE_NAIVE_LOCK", None)
+    if naive:
+        env["MQUEUE_NAIVE_LOCK"] = "1"
     r = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     if r.returncode != 0:
         raise RuntimeError(f"testing build failed:\n{r.stdout}\n{r.stderr}")

@@ -89,7 +89,10 @@ def test_torture_kill(cbuild: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     f = parse_figures(r.stdout)
     assert f["stalls"] == 0 and f["corrupt"] == 0 and f["dup"] == 0 and f["order"] == 0
-    assert f["kills"] >= 50 * min(TORTURE_S, 8) and f["recoveries"] > 0
+    assert f["kills"] >= 50 * min(TORTURE_S, 8)
+    # every kill of a lock holder must be recovered from (a run on a loaded
+    # machine may kill none: the deterministic holder-death tests cover that)
+    assert f["recoveries"] > 0 or f["killed_holding"] == 0
     assert f["longest_pause_ms"] < BOUND_MS
 
 
@@ -110,15 +113,21 @@ def test_torture_naive_lock_stalls(cbuild: Path) -> None:
     """Negative control: a semaphore used as a plain mutex wedges for good."""
     exe = compile_c("torture", cbuild, naive=True)
     # Killing a holder at the right instant is a matter of luck on a loaded
-    # machine: a few tries, the first stall proves the point.
+    # machine: a few tries, the first stall proves the point.  A run in which
+    # no child was killed holding the lock proves nothing either way; the
+    # deterministic negative control is test_crash.py's
+    # test_holder_death_negative_control.
     outs = []
     for _ in range(3):
         r = run([str(exe), str(min(TORTURE_S, 8)), "kill"], timeout=90)
         outs.append(r.stdout)
-        if r.returncode != 0 and parse_figures(r.stdout)["stalls"] >= 1:
-            break
-    else:
-        raise AssertionError("the naive lock never stalled:\n" + "\n".join(outs))
+        f = parse_figures(r.stdout)
+        if r.returncode != 0 and f["stalls"] >= 1:
+            return
+        assert f.get("killed_holding", 0) == 0 and f.get("aimed", 0) == 0, (
+            "a holder was killed and the naive lock did not stall:\n" + r.stdout
+        )
+    pytest.skip("no child was killed while holding the lock in 3 runs:\n" + "\n".join(outs))
 
 
 # --------------------------------------------------------------------------- kill points

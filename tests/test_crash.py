@@ -492,3 +492,52 @@ def test_fork_after_namespace_recreated(ns_name: str) -> None:
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["0", "wake"], r.stdout + r.stderr
+
+
+HOLDER_DIES = """
+import os, subprocess, sys
+import mqueue
+ns = sys.argv[1]
+mq = mqueue.create(ns, ["name=q"])
+add = "import sys, mqueue; mqueue.attach(sys.argv[1])['q'].add(sys.argv[2], 'v'); print('added')"
+env = dict(os.environ, MQ_KILLPOINT="add_locked")
+r = subprocess.run([sys.executable, "-c", add, ns, "k1"], env=env)
+print("holder", r.returncode, flush=True)
+p = subprocess.Popen([sys.executable, "-c", add, ns, "k2"], stdout=subprocess.PIPE, text=True)
+try:
+    out, _ = p.communicate(timeout=3)
+    print("second", out.strip() or "failed")
+except subprocess.TimeoutExpired:
+    p.kill()
+    p.wait()
+    print("second wedged")
+mq.close()
+mqueue.destroy(ns)
+"""
+
+
+@pytest.fixture(scope="module")
+def naive_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not have_gcc():
+        pytest.skip("needs gcc")
+    return build_testing_package(tmp_path_factory.mktemp("naive"), naive=True)
+
+
+@pytest.mark.parametrize("lock", ["robust", "naive"])
+def test_holder_death_negative_control(
+    lock: str, ns_name: str, testing_site: Path, naive_site: Path
+) -> None:
+    """Deterministic negative control: a process dies inside add while it holds
+    the lock (kill point add_locked).  With the product's lock the next process
+    goes on; with a semaphore used as a plain mutex (-DMQ_NAIVE_LOCK, what most
+    IPC queues do) it waits for good.  The same test sees both outcomes."""
+    site = testing_site if lock == "robust" else naive_site
+    r = subprocess.run(
+        [PYTHON, "-c", HOLDER_DIES, ns_name],
+        capture_output=True, text=True, timeout=60, env=py_env(site),
+        cwd="/",  # not the source tree: PYTHONPATH's package must win
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "holder 77", r.stdout  # died at the kill point, holding the lock
+    assert lines[1] == ("second added" if lock == "robust" else "second wedged"), r.stdout

@@ -439,7 +439,12 @@ int main(int argc, char **argv) {
            (unsigned long long)sh->order, (unsigned long long)sh->errors, events, aimed,
            killed_holding, stopped_holding, frozen, mass, (unsigned long long)drained_total);
     if (sh->corrupt || sh->dup || sh->order || sh->errors) failed = 1;
-    if (!stop_mode && recoveries == 0) { printf("FAIL: no recovery happened\n"); failed = 1; }
+    /* A run that never killed a lock holder proves nothing about recovery
+     * (luck on a loaded machine); one that did must have recovered. */
+    if (!stop_mode && recoveries == 0 && killed_holding > 0) {
+        printf("FAIL: a holder was killed and no recovery happened\n");
+        failed = 1;
+    }
     /* (recoveries may be fewer than killed_holding: a taker killed inside its
      * own recovery is recovered from once, for both deaths) */
     if (stop_mode && recoveries != 0) { printf("FAIL: a stopped owner was robbed\n"); failed = 1; }
