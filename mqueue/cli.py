@@ -102,9 +102,15 @@ def _attach(args: argparse.Namespace) -> MQueue:
 
 
 def _cmd_ls(args: argparse.Namespace) -> Any:
-    from mqueue import _shm
+    if args.url is None:
+        from mqueue import _shm
 
-    return list(_shm.list_namespaces())
+        return list(_shm.list_namespaces())
+    try:
+        from mqueue import _redis
+    except ImportError as exc:
+        raise _backend_missing(args.url, exc) from None
+    return list(_redis.list_namespaces(args.url))
 
 
 def _cmd_get_size(args: argparse.Namespace) -> Any:
@@ -276,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the summary as JSON (live figures still go to stderr)",
     )
 
-    add("ls", "list the namespaces present on this machine", _cmd_ls)
+    p = add("ls", "list the namespaces present on this machine (or on --url)", _cmd_ls)
+    p.add_argument("--url", default=None, help="backend URL (default: POSIX shared memory)")
 
     p = add("get_size", 'number of queued items: {"name": ..., "size": ...}', _cmd_get_size)
     ns(p)

@@ -1055,3 +1055,20 @@ def test_connection_killed_during_blocking_fetch(
     mq.close()
     admin.close()
     stop()
+
+
+def test_cli_ls_and_get_sizes_over_redis(capsys: pytest.CaptureFixture[str]) -> None:
+    """The command line reaches the Redis backend with --url."""
+    from mqueue.cli import main
+
+    ns = new_ns()
+    mq = mqueue.create(ns, ["name=q"], url=URL)
+    try:
+        mq["q"].add("k", "v")
+        assert main(["ls", "--url", URL]) == 0
+        assert ns in json.loads(capsys.readouterr().out)
+        assert main(["get_sizes", ns, "--url", URL]) == 0
+        assert json.loads(capsys.readouterr().out) == [{"name": "q", "size": 1}]
+    finally:
+        mq.close()
+        mqueue.destroy(ns, url=URL)
