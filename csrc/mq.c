@@ -88,10 +88,12 @@ static __thread int last_errno;
 
 int mq_last_errno(void) { return last_errno; }
 
+/* Records errno for mq_last_errno().  Returns MQ_ESYS. */
 static int sys_fail(void) { last_errno = errno; return MQ_ESYS; }
 
 /* ------------------------------------------------------------ test kill points */
 #ifdef MQ_TESTING
+/* The kill point named by MQ_KILLPOINT (read once per process), or NULL. */
 static const char *kill_point(void) {
     static const char *kp;
     static int init;
@@ -120,6 +122,7 @@ static void dec_sat_masked(_Atomic uint32_t *w, uint32_t mask) {
                                                                  memory_order_relaxed)) { }
 }
 
+/* dec_sat_masked over the whole word.  Never fails. */
 __attribute__((unused)) static void dec_sat(_Atomic uint32_t *w) { dec_sat_masked(w, UINT32_MAX); }
 
 /* data_waiters: waiter count in the low 16 bits, an epoch above them. */
@@ -133,12 +136,14 @@ static int64_t mono_ns(void) {
     return (int64_t)ts.tv_sec * NS_PER_S + ts.tv_nsec;
 }
 
+/* FNV-1a hash of n bytes (the key index).  Returns the hash. */
 static uint64_t fnv1a(const char *p, size_t n) {
     uint64_t h = 1469598103934665603ULL;
     for (size_t i = 0; i < n; i++) { h ^= (uint8_t)p[i]; h *= 1099511628211ULL; }
     return h;
 }
 
+/* Index buckets for a capacity: a power of two >= cap / 64, at least 16. */
 static uint64_t nbuckets_for(uint64_t cap) {
     uint64_t want = cap / 64, n = 16;
     while (n < want) n <<= 1;
@@ -187,6 +192,8 @@ static int layout_compute(uint32_t nq, const uint64_t *caps, const uint32_t *add
     return 0;
 }
 
+/* Checks creation parameters and fills caps (rounded up to 8) and am.
+ * Returns 0 or MQ_EINVAL (caps/am then partly written, meaningless). */
 static int params_check(uint32_t nq, const struct mq_qparam *p, uint64_t *caps, uint32_t *am) {
     if (nq > MQ_MAX_QUEUES || (nq && !p)) return MQ_EINVAL;
     for (uint32_t i = 0; i < nq; i++) {
@@ -197,6 +204,7 @@ static int params_check(uint32_t nq, const struct mq_qparam *p, uint64_t *caps, 
     return 0;
 }
 
+/* See mq.h.  Thread-local scratch: the layout table is too big for the stack. */
 int mq_segment_size(uint32_t nq, const struct mq_qparam *params, size_t meta_len, uint64_t *out) {
     static __thread struct layout L;
     static __thread uint64_t caps[MQ_MAX_QUEUES];
@@ -266,6 +274,8 @@ static inline uint64_t ring_off(const struct mq_q *q, uint64_t pos) {
     return q->mask ? (pos & q->mask) : pos % q->phys;
 }
 
+/* Copies n bytes to logical position pos of the ring, wrapping at the
+ * physical end (n <= phys, checked by callers).  Never fails. */
 static void copy_in(const struct mq_q *q, uint64_t pos, const void *src, size_t n) {
     uint64_t o = ring_off(q, pos), first = q->phys - o;
     if (n <= first) { memcpy(q->data + o, src, n); return; }
@@ -273,6 +283,8 @@ static void copy_in(const struct mq_q *q, uint64_t pos, const void *src, size_t 
     memcpy(q->data, (const uint8_t *)src + first, n - first);
 }
 
+/* Copies n bytes from logical position pos of the ring, wrapping at the
+ * physical end (n <= phys, checked by callers).  Never fails. */
 static void copy_out(const struct mq_q *q, uint64_t pos, void *dst, size_t n) {
     uint64_t o = ring_off(q, pos), first = q->phys - o;
     if (n <= first) { memcpy(dst, q->data + o, n); return; }
@@ -287,6 +299,7 @@ static int ring_eq(const struct mq_q *q, uint64_t pos, const char *p, size_t n) 
     return memcmp(q->data + o, p, first) == 0 && memcmp(q->data, p + first, n - first) == 0;
 }
 
+/* fnv1a() of n ring bytes at pos.  Returns the hash. */
 static uint64_t ring_hash(const struct mq_q *q, uint64_t pos, size_t n) {
     uint64_t h = 1469598103934665603ULL;
     for (size_t i = 0; i < n; i++) { h ^= q->data[ring_off(q, pos + i)]; h *= 1099511628211ULL; }
@@ -303,6 +316,8 @@ static int rec_read(const struct mq_q *q, uint64_t pos, uint64_t lim, struct rec
     return 0;
 }
 
+/* Sets the dead mark of the record at pos (derived data: see q_rebuild).
+ * Never fails. */
 static void rec_set_dead(const struct mq_q *q, uint64_t pos, uint8_t dead) {
     copy_in(q, pos + offsetof(struct rec_hdr, dead), &dead, 1);
 }
@@ -500,11 +515,13 @@ __attribute__((unused)) static int q_recover(const struct mq_q *q) {
 /* Negative control for the torture tests only: the semaphore used as a plain
  * mutex, as most IPC queues do.  A holder that dies leaves it taken forever;
  * the torture test must see that stall. */
+/* Releases the naive lock.  Never fails. */
 static void q_unlock(const struct mq_q *q) {
     KILLPOINT("unlock_before_release");
     sem_post(&q->h->sem);
 }
 
+/* Takes the naive lock.  Returns 0, or MQ_EINTR (not held). */
 static int q_lock(const mq_ns *ns, const struct mq_q *q) {
     (void)ns;
     for (;;) {
@@ -515,6 +532,7 @@ static int q_lock(const mq_ns *ns, const struct mq_q *q) {
 #define SEM_INITIAL 1
 #else
 #define SEM_INITIAL 0
+/* Releases q's lock and wakes one waiter if any sleeps.  Never fails. */
 static void q_unlock(const struct mq_q *q) {
     KILLPOINT("unlock_before_release");
     /* seq_cst (a release would do for the data): everything done under the
@@ -534,8 +552,9 @@ static void q_unlock(const struct mq_q *q) {
 }
 
 /* Takes q's lock.  Returns 0 when taken, MQ_EINTR when a signal arrived
- * while waiting (the lock is not held), MQ_ECORRUPT when a dead owner's
- * queue could not be repaired (the lock is not held). */
+ * while waiting, MQ_ECLOSED when the handle is being detached, MQ_ECORRUPT
+ * when a dead owner's queue could not be repaired; on failure the lock is
+ * not held. */
 static int q_lock(const mq_ns *ns, const struct mq_q *q) {
     struct q_hdr *h = q->h;
     int64_t slice_end = 0;   /* when the current owner is next checked for liveness */
@@ -998,6 +1017,7 @@ static int add_one(const struct mq_q *q, struct q_state *s, const char *key, siz
     return 1;
 }
 
+/* mq_add without the in-flight accounting.  Returns as mq_add. */
 static int add_impl(mq_ns *ns, uint32_t qi, const char *key, size_t klen,
                     const char *val, size_t vlen, uint32_t flags) {
     const struct mq_q *q;
@@ -1031,6 +1051,7 @@ struct sim_rec {
     uint8_t dead;
 };
 
+/* Returns 1 when r's key equals key. */
 static int sim_key_eq(const struct mq_q *q, const struct sim_rec *r, const char *key, size_t klen) {
     if (r->klen != klen) return 0;
     return r->key ? memcmp(r->key, key, klen) == 0 : ring_eq(q, r->kpos, key, klen);
@@ -1117,6 +1138,7 @@ out:
     return rc;
 }
 
+/* mq_add_many without the in-flight accounting.  Returns as mq_add_many. */
 static int64_t add_many_impl(mq_ns *ns, uint32_t qi, const char *data, size_t data_len,
                              const uint32_t *lens, size_t n) {
     const struct mq_q *q;
@@ -1313,6 +1335,8 @@ static int64_t take(const struct mq_q *q, uint32_t max, char *buf, size_t bufsiz
     return n;
 }
 
+/* The fetch loop: take, or spin, or sleep on the futex word until the
+ * deadline.  Returns as mq_fetch_many; nothing is taken on failure. */
 static int64_t fetch_impl(mq_ns *ns, uint32_t qi, uint32_t max, int64_t deadline,
                           char *buf, size_t bufsize, uint32_t *meta, struct batch_out *bo) {
     const struct mq_q *q;
@@ -1337,6 +1361,7 @@ static int64_t fetch_impl(mq_ns *ns, uint32_t qi, uint32_t max, int64_t deadline
     }
 }
 
+/* fetch_impl inside the in-flight accounting.  Returns as fetch_impl. */
 static int64_t fetch_loop(mq_ns *ns, uint32_t qi, uint32_t max, int64_t deadline,
                           char *buf, size_t bufsize, uint32_t *meta, struct batch_out *bo) {
     int rc = ns_enter(ns);
@@ -1393,6 +1418,7 @@ int mq_count(mq_ns *ns, uint32_t qi, uint64_t *out) {
     return 0;
 }
 
+/* mq_stats without the in-flight accounting.  Returns as mq_stats. */
 static int stats_impl(mq_ns *ns, uint32_t qi, struct mq_stats *out) {
     const struct mq_q *q;
     int rc = q_index(ns, qi, &q);
