@@ -171,13 +171,22 @@ def machine_line() -> str:
 
 def versions() -> dict[str, str]:
     """Versions of the peers and of mqueue, where importable."""
+    from importlib import metadata
+
+    dists = {"faster_fifo": "faster-fifo", "posix_ipc": "posix_ipc", "zmq": "pyzmq"}
     out: dict[str, str] = {}
     for mod in ("mqueue", "faster_fifo", "posix_ipc", "zmq", "cffi", "matplotlib"):
         try:
             m = __import__(mod)
         except Exception:  # noqa: BLE001 - any import failure means "not available"
             continue
-        out[mod] = str(getattr(m, "__version__", getattr(m, "VERSION", "?")))
+        v = getattr(m, "__version__", getattr(m, "VERSION", None))
+        if v is None:  # faster_fifo has no __version__: ask its distribution
+            try:
+                v = metadata.version(dists.get(mod, mod))
+            except metadata.PackageNotFoundError:
+                v = "?"
+        out[mod] = str(v)
     return out
 
 

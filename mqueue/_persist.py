@@ -293,7 +293,8 @@ class _DB:
             except ImportError as exc:
                 raise PersistenceError(
                     f"db_url {target.shown!r} needs the psycopg 3 driver, which is not "
-                    "installed: pip install 'mqueue[postgres]' (or 'psycopg[binary]')"
+                    "installed: pip install 'mqueue[postgres]' (from a checkout: "
+                    "pip install '.[postgres]'; or 'psycopg[binary]')"
                 ) from exc
             kwargs: dict[str, Any] = {"autocommit": False, "client_encoding": "utf8"}
             if "connect_timeout" not in target.where:

@@ -356,7 +356,8 @@ def _redis_module() -> Any:
         import redis
     except ImportError:
         raise MQueueError(
-            "the Redis backend needs the redis package: pip install mqueue[redis]"
+            "the Redis backend needs the redis package: pip install 'mqueue[redis]' "
+            "(from a checkout: pip install '.[redis]')"
         ) from None
     return redis
 

@@ -662,3 +662,41 @@ def test_bad_timeout_type(make_mq):
     q = make_mq(["name=q"])["q"]
     with pytest.raises(TypeError):
         q.fetch(timeout="1")  # type: ignore[arg-type]
+
+
+def test_threads_share_one_handle(make_mq) -> None:
+    """Producer and consumer threads of one process on one queue handle: every
+    item arrives exactly once (the engine releases the GIL; fetch buffers are
+    per call), the counters balance."""
+    import threading
+
+    q = make_mq(["name=q;bytes=4M"])["q"]
+    n_prod, per = 3, 3000
+    got: list[list[str]] = [[] for _ in range(3)]
+    done = threading.Event()
+
+    def produce(p: int) -> None:
+        for i in range(per):
+            q.add(f"{p}:{i}", "x" * (i % 50))
+
+    def consume(c: int) -> None:
+        while True:
+            item = q.fetch(timeout=0.05)
+            if item is not None:
+                got[c].append(item.key)
+            elif done.is_set():
+                return
+
+    consumers = [threading.Thread(target=consume, args=(c,)) for c in range(3)]
+    producers = [threading.Thread(target=produce, args=(p,)) for p in range(n_prod)]
+    for t in consumers + producers:
+        t.start()
+    for t in producers:
+        t.join()
+    done.set()
+    for t in consumers:
+        t.join()
+    keys = [k for g in got for k in g] + [i.key for i in q.fetch_many(100000)]
+    assert sorted(keys) == sorted(f"{p}:{i}" for p in range(n_prod) for i in range(per))
+    st = q.stats()
+    assert st.added == st.fetched + st.evicted + st.length == n_prod * per
