@@ -534,7 +534,7 @@ def test_names_map_to_one_hash_slot(make: Make, admin: Any) -> None:
 
 def test_missing_redis_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "redis", None)
-    with pytest.raises(mqueue.MQueueError, match=r"pip install mqueue\[redis\]"):
+    with pytest.raises(mqueue.MQueueError, match=r"pip install 'mqueue\[redis\]'"):
         mqueue.attach("x", url=URL)
 
 
