@@ -51,6 +51,7 @@
 #define WAIT_SLICE_NS  100000000LL   /* 100 ms: bounds a wait whose waker died */
 #define SPIN_NS        20000LL       /* 20 us: how long an empty fetch watches before sleeping */
 #define LOCK_SPINS     500           /* pause loops a lock waiter spins before sleeping (a few us) */
+#define RETURN_SLICE_NS 100000000LL  /* 100 ms: a long wait returns MQ_EAGAIN this often */
 #define NS_PER_S       1000000000LL
 
 struct mq_q {                   /* process-local, validated copy of q_hdr's constants */
@@ -558,6 +559,7 @@ static void q_unlock(const struct mq_q *q) {
 static int q_lock(const mq_ns *ns, const struct mq_q *q) {
     struct q_hdr *h = q->h;
     int64_t slice_end = 0;   /* when the current owner is next checked for liveness */
+    int64_t started = 0;     /* when this call began to sleep (MQ_EAGAIN after a while) */
     /* locks are held for well under a microsecond: spin first (multi-CPU only) */
     int spins = multi_cpu() ? LOCK_SPINS : 0;
     for (;;) {
@@ -579,6 +581,13 @@ static int q_lock(const mq_ns *ns, const struct mq_q *q) {
             continue;
         }
         int64_t now = mono_ns();
+        if (started == 0) started = now;
+        else if (now - started >= RETURN_SLICE_NS) {
+            /* a live owner holds the lock for long (stopped?): let the caller
+             * run its signal handlers, then call again */
+            dec_sat(&h->lock_waiters);
+            return MQ_EAGAIN;
+        }
         if (slice_end == 0) slice_end = now + LOCK_SLICE_NS;
         int err = ETIMEDOUT;
         if (now < slice_end) {
@@ -1343,6 +1352,7 @@ static int64_t fetch_impl(mq_ns *ns, uint32_t qi, uint32_t max, int64_t deadline
     int rc = q_index(ns, qi, &q);
     if (rc) return rc;
     if (!meta || (bufsize && !buf) || max == 0 || deadline < -1) return MQ_EINVAL;
+    int64_t started = deadline ? mono_ns() : 0;
     for (;;) {
         /* acquire: read before looking at the queue, so an add published
          * after this read moves seq and FUTEX_WAIT returns at once */
@@ -1358,6 +1368,9 @@ static int64_t fetch_impl(mq_ns *ns, uint32_t qi, uint32_t max, int64_t deadline
         if (w < 0) return w;
         if (w == 1) return 0;
         if (ns_closing(ns)) return MQ_ECLOSED;
+        /* Back to the caller every slice: a signal that arrived outside the
+         * futex wait (no EINTR) must not wait for the deadline to be seen. */
+        if (mono_ns() - started >= RETURN_SLICE_NS) return MQ_EAGAIN;
     }
 }
 
@@ -1387,17 +1400,22 @@ static int fb_deadline(struct mq_fetchbuf *fb, double timeout_s) {
 
 int mq_fetch_into(struct mq_fetchbuf *fb, double timeout_s) {
     if (!fb) return MQ_EINVAL;
+    fb->taken = 0;
     int rc = fb_deadline(fb, timeout_s);
     if (rc) return rc;
-    return (int)fetch_loop(fb->ns, fb->q, 1, fb->deadline, fb->buf, fb->size, fb->meta, NULL);
+    rc = (int)fetch_loop(fb->ns, fb->q, 1, fb->deadline, fb->buf, fb->size, fb->meta, NULL);
+    if (rc > 0) fb->taken = (uint32_t)rc;
+    return rc;
 }
 
 int64_t mq_fetch_batch(struct mq_fetchbuf *fb, uint32_t max, double timeout_s) {
     if (!fb) return MQ_EINVAL;
+    fb->taken = 0;
     int rc = fb_deadline(fb, timeout_s);
     if (rc) return rc;
     struct batch_out bo = {0, 0};
     int64_t n = fetch_loop(fb->ns, fb->q, max, fb->deadline, fb->buf, fb->size, fb->meta, &bo);
+    if (n > 0) fb->taken = (uint32_t)n;
     fb->total = bo.total;
     fb->info = bo.info;
     return n;

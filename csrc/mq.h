@@ -33,6 +33,7 @@
 #define MQ_ERANGE   (-12)  /* no queue with that index */
 #define MQ_ENOTREADY (-13) /* segment exists but its creator has not finished */
 #define MQ_ECLOSED  (-14)  /* the handle was detached (mq_detach) */
+#define MQ_EAGAIN   (-15)  /* a long wait was cut into slices: nothing done, call again */
 
 /* Item flags: how the Python layer encoded the key and the value. */
 #define MQ_KEY_STR   1u
@@ -111,9 +112,14 @@ int mq_meta(const mq_ns *ns, const char **data, size_t *len);
 /* This process's liveness slot (for tests and diagnostics). */
 int mq_slot(const mq_ns *ns);
 
-/* Appends one item.  Returns 1 stored, 0 dropped as a duplicate (addmode 1;
+/* Waits (for a lock held by a stopped process, or in fetch for an item) are
+ * cut into slices of about 100 ms: the call then returns MQ_EAGAIN having done
+ * nothing, so that a binding can run its signal handlers and call again (a
+ * fetch with fb->deadline).  MQ_EINTR likewise when a signal cut a wait.
+ *
+ * Appends one item.  Returns 1 stored, 0 dropped as a duplicate (addmode 1;
  * still success); MQ_ETOOBIG, MQ_EFULL, MQ_EINVAL, MQ_ERANGE, MQ_ECORRUPT,
- * MQ_EINTR with nothing changed. */
+ * MQ_EINTR, MQ_EAGAIN with nothing changed. */
 int mq_add(mq_ns *ns, uint32_t q, const char *key, size_t klen,
            const char *val, size_t vlen, uint32_t flags);
 
@@ -151,6 +157,9 @@ struct mq_fetchbuf {
     uint32_t *meta;          /* 3 words per item: klen, vlen, flags (needed size on MQ_EBUF) */
     uint64_t total;          /* out, mq_fetch_batch: bytes written to buf */
     int64_t deadline;        /* out: the deadline the timeout gave */
+    uint32_t taken;          /* out: items taken by the last call (0 on entry); read
+                              * it when the caller was interrupted after the call */
+    uint32_t reserved2;
 };
 int mq_fetch_into(struct mq_fetchbuf *fb, double timeout_s);
 

@@ -14,6 +14,8 @@ from ._core import Item, MQueue, Queue, QueueStats
 from ._defs import QueueDef, parse_definition, parse_definitions
 from ._errors import (
     AccessDeniedError,
+    ArgumentError,
+    ArgumentTypeError,
     BackendError,
     CorruptSegmentError,
     DefinitionError,
@@ -126,6 +128,8 @@ def destroy(namespace: str, *, url: str | None = None) -> None:
 
 __all__ = [
     "AccessDeniedError",
+    "ArgumentError",
+    "ArgumentTypeError",
     "BackendError",
     "CorruptSegmentError",
     "DefinitionError",

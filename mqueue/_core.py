@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ._defs import QueueDef
-from ._errors import DefinitionError, ItemTypeError, MQueueError, QueueNotFoundError
+from ._errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    DefinitionError,
+    ItemTypeError,
+    MQueueError,
+    QueueNotFoundError,
+)
 
 Data = str | bytes
 
@@ -83,12 +90,12 @@ def deadline_ns(timeout: float | None) -> int:
     if timeout is None:
         return -1
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-    if math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"timeout must be >= 0 or None, not {timeout!r}")
+        raise ArgumentTypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
+    if (isinstance(timeout, float) and math.isnan(timeout)) or timeout < 0:
+        raise ArgumentError(f"timeout must be >= 0 or None, not {timeout!r}")
     if timeout == 0:
         return 0
-    if math.isinf(timeout):
+    if timeout >= 1e9:  # infinite, or beyond 30 years: forever
         return -1
     return time.monotonic_ns() + max(1, int(timeout * 1e9))
 
@@ -96,9 +103,9 @@ def deadline_ns(timeout: float | None) -> int:
 def check_count(n: object) -> int:
     """Validate fetch_many's ``n``."""
     if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"n must be an int, not {type(n).__name__}")
+        raise ArgumentTypeError(f"n must be an int, not {type(n).__name__}")
     if n < 0:
-        raise ValueError(f"n must be >= 0, not {n}")
+        raise ArgumentError(f"n must be >= 0, not {n}")
     return n
 
 
@@ -170,8 +177,9 @@ class Queue:
         Ctrl-C interrupts the wait).  Returns the :class:`Item`, or None when
         the queue is (still) empty; the held item is then cleared.
         """
+        deadline = deadline_ns(timeout)  # a refused call changes nothing
         self._held = None
-        items = self._take(1, deadline_ns(timeout))
+        items = self._take(1, deadline)
         if not items:
             return None
         self._held = items[0]

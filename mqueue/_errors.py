@@ -15,6 +15,14 @@ class MQueueError(Exception):
     """Base class of every error raised by mqueue."""
 
 
+class ArgumentError(MQueueError, builtins.ValueError):
+    """An argument has a value out of range (a negative timeout or count, a bad mode)."""
+
+
+class ArgumentTypeError(MQueueError, builtins.TypeError):
+    """An argument has the wrong type (a timeout that is not a number, ...)."""
+
+
 class DefinitionError(MQueueError, builtins.ValueError):
     """A queue definition (modparam string or parameter) is malformed."""
 

@@ -18,6 +18,7 @@ MQ_ESLOTS: int = lib.MQ_ESLOTS
 MQ_ERANGE: int = lib.MQ_ERANGE
 MQ_ENOTREADY: int = lib.MQ_ENOTREADY
 MQ_ECLOSED: int = lib.MQ_ECLOSED
+MQ_EAGAIN: int = lib.MQ_EAGAIN
 MQ_KEY_STR: int = lib.MQ_KEY_STR
 MQ_VAL_STR: int = lib.MQ_VAL_STR
 MQ_REC_HDR: int = lib.MQ_REC_HDR
@@ -38,6 +39,7 @@ _MESSAGES = {
     MQ_ERANGE: "no such queue index (or the handle is closed)",
     MQ_ENOTREADY: "segment is not initialised (its creator has not finished or died)",
     MQ_ECLOSED: "the namespace handle is closed",
+    MQ_EAGAIN: "a wait was cut into slices (call again)",
 }
 
 

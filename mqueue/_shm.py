@@ -37,6 +37,8 @@ from ._core import (
 from ._defs import QueueDef
 from ._errors import (
     AccessDeniedError,
+    ArgumentError,
+    ArgumentTypeError,
     CorruptSegmentError,
     ItemTypeError,
     MQueueError,
@@ -54,6 +56,7 @@ _INITIAL_BUF = 256 * 1024
 
 _mq_add = lib.mq_add
 _mq_fetch_into = lib.mq_fetch_into
+_mq_fetch_batch = lib.mq_fetch_batch
 _tnew = tuple.__new__
 _mkitem = partial(tuple.__new__, Item)
 _UNIFORM_NONUL = lib.MQ_BATCH_UNIFORM | lib.MQ_BATCH_NONUL
@@ -67,11 +70,14 @@ def _timeout_s(timeout: object) -> float:
     if timeout is None:
         return -1.0
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-    t = float(timeout)
+        raise ArgumentTypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
+    try:
+        t = float(timeout)
+    except OverflowError:  # an int too large for a float: forever
+        t = float("inf") if timeout > 0 else float("-inf")
     if t != t or t < 0:
-        raise ValueError(f"timeout must be >= 0 or None, not {timeout!r}")
-    return -1.0 if t == float("inf") else t
+        raise ArgumentError(f"timeout must be >= 0 or None, not {timeout!r}")
+    return -1.0 if t >= 1e9 else t  # beyond 30 years: forever, as C has it
 
 
 def _encode_pair(key: object, value: object) -> tuple[bytes, bytes, int]:
@@ -90,7 +96,8 @@ def _dec(raw: bytes) -> str:
         return raw.decode("utf-8", "surrogatepass")
 
 
-_EINTR = ll.MQ_EINTR
+_AGAIN = (ll.MQ_EINTR, ll.MQ_EAGAIN)  # nothing done: run signal handlers, call again
+_UNTAKEN = 0xFFFFFFFF  # a flags word no item has: "the engine took nothing"
 _EBUF = ll.MQ_EBUF
 
 
@@ -145,6 +152,7 @@ class ShmQueue(Queue):
         super().__init__(mq, index, definition)
         self._ns: Any = mq._ns  # type: ignore[attr-defined]
         self._bufs: _Buffers | None = _Buffers(self._ns, index, _INITIAL_BUF)
+        self._undelivered: list[Item] = []
         self._what = f"queue {definition.name!r}"
 
     def _fail(self, rc: int) -> MQueueError:
@@ -170,7 +178,7 @@ class ShmQueue(Queue):
         rc: int = _mq_add(self._ns, self._index, kb, len(kb), vb, len(vb), flags)
         if rc >= 0:
             return rc == 1
-        while rc == _EINTR:  # a signal during a lock wait: handlers ran, try again
+        while rc in _AGAIN:  # a signal or a long lock wait: handlers ran, try again
             rc = _mq_add(self._ns, self._index, kb, len(kb), vb, len(vb), flags)
         if rc < 0:
             raise self._fail(rc)
@@ -191,12 +199,14 @@ class ShmQueue(Queue):
             keys, values = zip(*items, strict=True)  # every item a pair, or raises
         except (TypeError, ValueError):
             return self._add_many_general(items)
+        # the fallbacks below use zip(keys, values): the items themselves may
+        # have been one-shot iterators, used up by the zip above
         pieces = keys + values
         try:
             joined = "\0".join(pieces)
         except TypeError:
             if set(map(type, pieces)) != _BYTES:
-                return self._add_many_general(items)
+                return self._add_many_general(zip(keys, values, strict=True))
             data = b"\0".join(pieces)
             flags = 0
         else:
@@ -206,18 +216,18 @@ class ShmQueue(Queue):
                 data = joined.encode("utf-8", "surrogatepass")
             flags = FLAG_KEY_STR | FLAG_VAL_STR
         rc: int = lib.mq_add_many_sep(self._ns, self._index, data, len(data), n, flags)
-        while rc == _EINTR:
+        while rc in _AGAIN:
             rc = lib.mq_add_many_sep(self._ns, self._index, data, len(data), n, flags)
         if rc >= 0:
             return rc
         if rc == ll.MQ_EINVAL:
-            return self._add_many_general(items)
+            return self._add_many_general(zip(keys, values, strict=True))
         raise self._fail(rc)
 
     def _add_many_raw(self, data: bytes, lens3: array[int], n: int) -> int:
         clens = ffi.from_buffer("uint32_t[]", lens3)
         rc: int = lib.mq_add_many(self._ns, self._index, data, len(data), clens, n)
-        while rc == _EINTR:
+        while rc in _AGAIN:
             rc = lib.mq_add_many(self._ns, self._index, data, len(data), clens, n)
         if rc < 0:
             raise self._fail(rc)
@@ -247,53 +257,93 @@ class ShmQueue(Queue):
         return self._add_many_raw(b"".join(parts), lens3, n)
 
     def fetch(self, timeout: float | None = 0) -> Item | None:
-        self._held = None
-        # the timeout goes to C in seconds (C computes the deadline)
+        # the timeout goes to C in seconds (C computes the deadline); checked
+        # first, so that a refused call changes nothing (not even the held item)
         if timeout is None:
             t = -1.0
-        elif (timeout.__class__ is int or timeout.__class__ is float) and timeout >= 0:
+        elif (timeout.__class__ is int or timeout.__class__ is float) and 0 <= timeout < 1e9:
             t = timeout
         else:
             t = _timeout_s(timeout)
+        if self._undelivered:  # taken by a call a signal handler's exception cut short
+            return self._deliver()
+        self._held = None
         b = self._bufs
         self._bufs = None  # another thread using this handle meanwhile gets its own
         if b is None:
             b = _Buffers(self._ns, self._index, _INITIAL_BUF)
-        rc: int = _mq_fetch_into(b.fb, t)
-        if rc == 1:  # the hot path: one copy out of the buffer, one decode
-            arr = b.arr
-            kl = arr[0]
-            raw = b.view[0 : kl + arr[1]]
-            fl = arr[2]
-            self._bufs = b
-            if fl == 3:
-                try:
-                    text = raw.decode()
-                except UnicodeDecodeError:
-                    text = ""
-                if len(text) == len(raw):  # ASCII: byte offsets are char offsets
-                    item = _tnew(Item, (text[:kl], text[kl:]))
+        arr = b.arr
+        arr[2] = _UNTAKEN  # C overwrites it only when it takes an item
+        try:
+            rc: int = _mq_fetch_into(b.fb, t)
+            if rc == 1:  # the hot path: one copy out of the buffer, one decode
+                kl = arr[0]
+                raw = b.view[0 : kl + arr[1]]
+                fl = arr[2]
+                if fl == 3:
+                    try:
+                        text = raw.decode()
+                    except UnicodeDecodeError:
+                        text = ""
+                    if len(text) == len(raw):  # ASCII: byte offsets are char offsets
+                        item = _tnew(Item, (text[:kl], text[kl:]))
+                    else:
+                        item = self._item(raw, kl, fl)
+                elif fl == 0:
+                    item = _tnew(Item, (raw[:kl], raw[kl:]))
                 else:
                     item = self._item(raw, kl, fl)
-            elif fl == 0:
-                item = _tnew(Item, (raw[:kl], raw[kl:]))
-            else:
-                item = self._item(raw, kl, fl)
-            self._held = item
-            return item
+                self._bufs = b
+                self._held = item
+                return item
+        except BaseException:
+            self._salvage(b, batch=False)
+            raise
         self._bufs = b
         if rc == 0:
             return None
-        items = self._take_s(1, t, b.fb.deadline if rc == _EINTR else None)
+        items = self._take_s(1, t, b.fb.deadline if rc in _AGAIN else None)
         if not items:
             return None
         self._held = items[0]
         return self._held
 
     def fetch_many(self, n: int, timeout: float | None = 0) -> list[Item]:
+        t = -1.0 if timeout is None else _timeout_s(timeout)
         if check_count(n) == 0:
             return []
-        return self._take_s(n, -1.0 if timeout is None else _timeout_s(timeout))
+        if self._undelivered:
+            out = self._undelivered[:n]
+            del self._undelivered[:n]
+            return out
+        return self._take_s(n, t)
+
+    def _deliver(self) -> Item:
+        """Hand out the oldest item a cut-short call took (see _salvage)."""
+        item = self._undelivered.pop(0)
+        self._held = item
+        return item
+
+    def _salvage(self, b: _Buffers, *, batch: bool) -> None:
+        """After an exception (a signal handler's, Ctrl-C) cut a fetch short
+        after the engine had taken items: keep them for the next fetch of this
+        handle instead of losing them.  Never raises."""
+        try:
+            if b.arr[2] == _UNTAKEN:  # the engine took nothing
+                return
+            n = b.fb.taken
+            if not batch:  # mq_fetch_into: key and value back to back
+                kl = b.arr[0]
+                items = [self._item(b.view[0 : kl + b.arr[1]], kl, b.arr[2])]
+            else:
+                items = self._decode_batch(b, n)
+            b.arr[2] = _UNTAKEN
+            self._undelivered.extend(items)
+        except BaseException:  # noqa: BLE001 - a damaged item cannot be kept
+            pass
+        finally:
+            if self._bufs is None:
+                self._bufs = b
 
     def _item(self, raw: bytes, kl: int, fl: int) -> Item:
         """The Item of a record whose key and value are back to back in raw."""
@@ -314,27 +364,30 @@ class ShmQueue(Queue):
     def _take_s(self, n: int, timeout: float, deadline: int | None = None) -> list[Item]:
         """Take up to n items, waiting up to ``timeout`` seconds (< 0: forever)
         while the queue is empty, or until ``deadline`` (CLOCK_MONOTONIC ns,
-        -1 forever) when a wait interrupted by a signal goes on."""
+        -1 forever) when a wait cut into slices (MQ_EAGAIN) or interrupted by a
+        signal (MQ_EINTR) goes on: Python runs its signal handlers between two
+        calls, and a handler that raises ends the wait."""
         n = min(n, 0xFFFFFFFF)
         b = self._bufs
         self._bufs = None
         if b is None or b.nmeta < min(n, _MAX_BATCH):
             size = max(b.size if b else 0, _INITIAL_BUF)
             b = _Buffers(self._ns, self._index, size, min(n, _MAX_BATCH))
+        batch = False
         try:
             while True:
-                if deadline is not None:  # continuing after a signal
+                if deadline is not None:  # continuing a wait: what is left of it
                     if deadline == -1:
                         timeout = -1.0
-                    else:
+                    else:  # past the deadline: one last look, without waiting
                         timeout = max(0.0, (deadline - time.monotonic_ns()) / 1e9)
-                        if timeout == 0.0:
-                            return []
                 want = min(n, b.nmeta)
-                if want == 1:
+                batch = want > 1
+                b.arr[2] = _UNTAKEN
+                if not batch:
                     rc: int = _mq_fetch_into(b.fb, timeout)
                 else:
-                    rc = lib.mq_fetch_batch(b.fb, want, timeout)
+                    rc = _mq_fetch_batch(b.fb, want, timeout)
                 if rc > 0:
                     break
                 if rc == 0:
@@ -343,62 +396,66 @@ class ShmQueue(Queue):
                     need = b.arr[0]
                     b = _Buffers(self._ns, self._index, max(need, 2 * b.size), b.nmeta)
                     continue
-                if rc != _EINTR:
+                if rc not in _AGAIN:
                     raise self._fail(rc)
-                # EINTR: Python runs its signal handlers before the next call;
-                # a handler that raises (Ctrl-C) ends the wait.  Otherwise the
-                # wait goes on until the deadline the first call computed.
                 if deadline is None:
                     deadline = b.fb.deadline
+                if timeout == 0.0:
+                    return []  # that was the last look
             if want == 1:  # mq_fetch_into: key and value back to back
                 kl = b.arr[0]
                 return [self._item(b.view[0 : kl + b.arr[1]], kl, b.arr[2])]
-            # mq_fetch_batch: every key and value is followed by a NUL byte.
-            fb = b.fb
-            total = fb.total
-            info = fb.info
-            raw = b.view[0:total]
-            try:
-                if info & _UNIFORM_NONUL == _UNIFORM_NONUL and (info >> 8) in (0, 3):
-                    # Fast path: one split in C, Items made by C-level map().
-                    if info >> 8:
-                        try:
-                            parts: list[Any] = raw.decode().split("\0")
-                        except UnicodeDecodeError:
-                            parts = raw.decode("utf-8", "surrogatepass").split("\0")
-                    else:
-                        parts = raw.split(b"\0")
-                    parts.pop()  # after the last NUL
-                    it = iter(parts)
-                    out = list(map(_mkitem, zip(it, it, strict=False)))  # 2n pieces
-                    self._grow_if_needed(b, rc, want, n, total)
-                    return out
-                meta = b.arr[: 3 * rc].tolist()
-                out = []
-                append = out.append
-                off = 0
-                for i in range(0, 3 * rc, 3):
-                    kl, vl, fl = meta[i], meta[i + 1], meta[i + 2]
-                    k = raw[off : off + kl]
-                    off += kl + 1
-                    v = raw[off : off + vl]
-                    off += vl + 1
-                    append(
-                        _tnew(
-                            Item,
-                            (
-                                _dec(k) if fl & FLAG_KEY_STR else k,
-                                _dec(v) if fl & FLAG_VAL_STR else v,
-                            ),
-                        )
-                    )
-            except UnicodeDecodeError:
-                raise _err(ll.MQ_ECORRUPT, self._what) from None
-            self._grow_if_needed(b, rc, want, n, off)
+            out = self._decode_batch(b, rc)
+            self._grow_if_needed(b, rc, want, n, b.fb.total)
             return out
+        except BaseException:
+            self._salvage(b, batch=batch)
+            raise
         finally:
             if self._bufs is None:
                 self._bufs = b
+
+    def _decode_batch(self, b: _Buffers, n: int) -> list[Item]:
+        """The n Items mq_fetch_batch left in b: every key and value is
+        followed by a NUL byte; fb.info says whether a fast split is exact."""
+        fb = b.fb
+        info = fb.info
+        raw = b.view[0 : fb.total]
+        try:
+            if info & _UNIFORM_NONUL == _UNIFORM_NONUL and (info >> 8) in (0, 3):
+                # Fast path: one split in C, Items made by C-level map().
+                if info >> 8:
+                    try:
+                        parts: list[Any] = raw.decode().split("\0")
+                    except UnicodeDecodeError:
+                        parts = raw.decode("utf-8", "surrogatepass").split("\0")
+                else:
+                    parts = raw.split(b"\0")
+                parts.pop()  # after the last NUL
+                it = iter(parts)
+                return list(map(_mkitem, zip(it, it, strict=False)))  # 2n pieces
+            meta = b.arr[: 3 * n].tolist()
+            out: list[Item] = []
+            append = out.append
+            off = 0
+            for i in range(0, 3 * n, 3):
+                kl, vl, fl = meta[i], meta[i + 1], meta[i + 2]
+                k = raw[off : off + kl]
+                off += kl + 1
+                v = raw[off : off + vl]
+                off += vl + 1
+                append(
+                    _tnew(
+                        Item,
+                        (
+                            _dec(k) if fl & FLAG_KEY_STR else k,
+                            _dec(v) if fl & FLAG_VAL_STR else v,
+                        ),
+                    )
+                )
+            return out
+        except UnicodeDecodeError:
+            raise _err(ll.MQ_ECORRUPT, self._what) from None
 
     def _grow_if_needed(self, b: _Buffers, got: int, want: int, n: int, used: int) -> None:
         """Next time, a larger buffer when this one limited a batch."""
@@ -409,7 +466,7 @@ class ShmQueue(Queue):
         st = ffi.new("struct mq_stats *")
         rc = lib.mq_stats(self._ns, self._index, st)
         while rc < 0:
-            if rc != _EINTR:
+            if rc not in _AGAIN:
                 raise self._fail(rc)
             rc = lib.mq_stats(self._ns, self._index, st)
         return st
@@ -418,7 +475,7 @@ class ShmQueue(Queue):
         out = ffi.new("uint64_t *")
         rc = lib.mq_count(self._ns, self._index, out)
         while rc < 0:
-            if rc != _EINTR:
+            if rc not in _AGAIN:
                 raise self._fail(rc)
             rc = lib.mq_count(self._ns, self._index, out)
         return int(out[0])
@@ -567,8 +624,8 @@ def _read_meta(ns: Any, namespace: str) -> list[QueueDef]:
     st = ffi.new("struct mq_stats *")
     for i, d in enumerate(defs):
         rc = lib.mq_stats(ns, i, st)
-        if rc == ll.MQ_EINTR:
-            continue
+        while rc in _AGAIN:
+            rc = lib.mq_stats(ns, i, st)
         if rc != 0:
             raise _err(rc, f"namespace {namespace!r}, queue {d.name!r}")
         if (
@@ -610,7 +667,7 @@ def attach(namespace: str) -> ShmNamespace:
         try:
             defs = _read_meta(out[0], namespace)
         except BaseException:
-            lib.mq_detach(out[0])
+            lib.mq_free(out[0])  # nothing else refers to this handle
             raise
     except BaseException:
         shm.close_fd()
@@ -629,7 +686,7 @@ def create(
     """Create a shared-memory namespace holding these queues."""
     name = shm_name(namespace)
     if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
-        raise ValueError(f"mode must be an int in 0..0o777, not {mode!r}")
+        raise ArgumentError(f"mode must be an int in 0..0o777, not {mode!r}")
     meta = _meta(namespace, defs)
     params = _params(defs)
     size_out = ffi.new("uint64_t *")

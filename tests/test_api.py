@@ -700,3 +700,46 @@ def test_threads_share_one_handle(make_mq) -> None:
     assert sorted(keys) == sorted(f"{p}:{i}" for p in range(n_prod) for i in range(per))
     st = q.stats()
     assert st.added == st.fetched + st.evicted + st.length == n_prod * per
+
+
+@pytest.mark.parametrize(
+    "call, kind",
+    [
+        (lambda q: q.fetch(timeout=-1), ValueError),
+        (lambda q: q.fetch(timeout=float("nan")), ValueError),
+        (lambda q: q.fetch_many(3, timeout=float("-inf")), ValueError),
+        (lambda q: q.fetch_many(-1), ValueError),
+        (lambda q: q.fetch(timeout=True), TypeError),
+        (lambda q: q.fetch(timeout="1"), TypeError),
+        (lambda q: q.fetch_many("3"), TypeError),
+        (lambda q: q.fetch_many(1.0), TypeError),
+    ],
+)
+def test_bad_arguments_are_mqueue_errors_and_change_nothing(make_mq, call, kind) -> None:
+    q = make_mq(["name=q"])["q"]
+    q.add_many([("a", "1"), ("b", "2")])
+    assert q.fetch() == ("a", "1")
+    with pytest.raises(kind) as e:
+        call(q)
+    assert isinstance(e.value, mqueue.MQueueError)
+    assert q.key == "a" and len(q) == 1  # the held item and the queue untouched
+
+
+def test_huge_timeouts_mean_forever_not_overflow(make_mq) -> None:
+    q = make_mq(["name=q"])["q"]
+    q.add("k", "v")
+    assert q.fetch(timeout=10**400) == ("k", "v")
+    q.add("k", "v")
+    assert q.fetch_many(1, timeout=1e300) == [("k", "v")]
+
+
+def test_create_bad_mode_is_an_mqueue_error(ns) -> None:
+    with pytest.raises(ValueError) as e:
+        mqueue.create(ns, ["name=q"], mode=0o1000)
+    assert isinstance(e.value, mqueue.MQueueError)
+
+
+def test_add_many_with_one_shot_iterator_items(make_mq) -> None:
+    q = make_mq(["name=q"])["q"]
+    assert q.add_many([iter(("k", b"v")), iter(("k\0", "v")), iter(("x", "y"))]) == 3
+    assert q.fetch_many(5) == [("k", b"v"), ("k\0", "v"), ("x", "y")]

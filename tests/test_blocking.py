@@ -333,3 +333,92 @@ def test_many_waiters_all_woken_by_a_batch(make_mq, ns):
         for p in procs:
             cleanup(p)
     assert keys == ["0", "1", "2", "3"]
+
+
+# ---------------------------------------------------------------- signals vs items
+
+
+class Boom(Exception):
+    pass
+
+
+def test_item_taken_when_a_handler_raises_is_not_lost(make_mq, monkeypatch) -> None:
+    """A signal handler may raise right after the engine took an item, before
+    Python sees the result (CPython runs handlers at call boundaries).  The
+    item is kept for this handle's next fetch, never lost.  Simulated exactly
+    by raising after the real C call returned."""
+    from mqueue import _shm
+
+    q = make_mq(["name=q"])["q"]
+    q.add_many([("k1", "v1"), ("k2", b"v2"), ("k3", "v3"), ("k4", "v4")])
+    real_one, real_batch = _shm._mq_fetch_into, _shm._mq_fetch_batch
+
+    def one(fb, t):
+        real_one(fb, t)
+        raise Boom
+
+    def batch(fb, n, t):
+        real_batch(fb, n, t)
+        raise Boom
+
+    monkeypatch.setattr(_shm, "_mq_fetch_into", one)
+    with pytest.raises(Boom):
+        q.fetch(timeout=1)
+    monkeypatch.setattr(_shm, "_mq_fetch_into", real_one)
+    assert q.fetch() == ("k1", "v1") and q.key == "k1"
+    monkeypatch.setattr(_shm, "_mq_fetch_batch", batch)
+    with pytest.raises(Boom):
+        q.fetch_many(2, timeout=1)
+    monkeypatch.setattr(_shm, "_mq_fetch_batch", real_batch)
+    assert q.fetch_many(10) == [("k2", b"v2"), ("k3", "v3")]
+    assert q.fetch() == ("k4", "v4")
+    assert q.fetch() is None
+    st = q.stats()
+    assert st.added == st.fetched == 4
+
+
+def test_deadline_passed_in_a_handler_still_looks_once(make_mq) -> None:
+    """A handler that outlasts the timeout (here it adds an item and sleeps)
+    must not make fetch report an empty queue without looking again."""
+    q = make_mq(["name=q"])["q"]
+
+    def handler(signum, frame):
+        q.add("k", "arrived in the handler")
+        time.sleep(0.6)
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        assert q.fetch(timeout=0.5) == ("k", "arrived in the handler")
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        assert q.fetch_many(5, timeout=0.5) == [("k", "arrived in the handler")]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_signal_outside_the_futex_wait_is_handled_promptly(make_mq) -> None:
+    """A signal that lands while the engine is not inside FUTEX_WAIT gives no
+    EINTR; the engine still returns to Python every ~100 ms of waiting, so the
+    handler runs promptly instead of at the deadline."""
+    q = make_mq(["name=q"])["q"]
+    late = []
+    for i in range(20):
+        hit: list[float] = []
+
+        def handler(signum, frame, hit=hit):
+            hit.append(time.monotonic())
+            raise Boom
+
+        old = signal.signal(signal.SIGALRM, handler)
+        try:
+            t0 = time.monotonic()
+            signal.setitimer(signal.ITIMER_REAL, 0.1 + i * 0.00003)
+            with pytest.raises(Boom):
+                q.fetch(timeout=2.0)
+            if time.monotonic() - t0 > 0.5:
+                late.append(i)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+    assert not late

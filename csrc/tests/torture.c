@@ -149,6 +149,7 @@ static void producer(uint32_t p, uint32_t inc) {
                 atomic_fetch_add(&sh->counted[q], many ? (uint64_t)rc : 1);
                 break;
             }
+            if (rc == MQ_EAGAIN || rc == MQ_EINTR) continue;   /* a long lock wait: again */
             if (rc == MQ_EFULL) {                  /* unbounded queue full: wait for consumers */
                 if (atomic_load(&sh->stop)) return;
                 sleep_ns(200000);
@@ -191,6 +192,7 @@ static void consumer(uint32_t c) {
         int64_t dl = mono_ns() + 20000000LL;
         int64_t n = (rs >> 50) % 2 ? mq_fetch_many(ns, q, BATCH, dl, (char *)buf, sizeof buf, meta)
                                    : mq_fetch(ns, q, dl, (char *)buf, sizeof buf, meta);
+        if (n == MQ_EAGAIN || n == MQ_EINTR) continue;   /* a long lock wait: again */
         if (n < 0) { atomic_fetch_add(&sh->errors, 1); continue; }
         size_t off = 0;
         for (int64_t i = 0; i < n; i++) {
