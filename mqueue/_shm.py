@@ -543,6 +543,8 @@ class ShmNamespace(MQueue):
         self._creator_pid = None
         for q in self._queues.values():
             q._held = None
+            # items a cut-short fetch of the parent took are the parent's
+            q._undelivered = []  # type: ignore[attr-defined]
         old = self._shm
         try:
             new = posix_ipc.SharedMemory(shm_name(self.namespace))
