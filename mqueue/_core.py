@@ -124,6 +124,9 @@ class Queue:
         self.definition = definition
         self.name = definition.name
         self._held: Item | None = None
+        # items a fetch took but could not hand over because an exception (a
+        # signal handler's) cut it short: the next fetch of this handle returns them
+        self._undelivered: list[Item] = []
 
     # -- held item (per process) -------------------------------------------
     @property
@@ -178,6 +181,9 @@ class Queue:
         the queue is (still) empty; the held item is then cleared.
         """
         deadline = deadline_ns(timeout)  # a refused call changes nothing
+        if self._undelivered:
+            self._held = self._undelivered.pop(0)
+            return self._held
         self._held = None
         items = self._take(1, deadline)
         if not items:
@@ -191,9 +197,14 @@ class Queue:
         Waits (as :meth:`fetch`) only while the queue is empty; returns an
         empty list when it stays empty.  Does not change the held item.
         """
+        deadline = deadline_ns(timeout)
         if check_count(n) == 0:
             return []
-        return self._take(n, deadline_ns(timeout))
+        if self._undelivered:
+            out = self._undelivered[:n]
+            del self._undelivered[:n]
+            return out
+        return self._take(n, deadline)
 
     def __len__(self) -> int:
         """Number of queued items (items held by processes are not counted)."""

@@ -526,7 +526,14 @@ class RedisQueue(Queue):
                     raise self._lost()
                 raise BackendError(f"{self._what}: unexpected reply {res!r} from Redis")
             if res:
-                return [_decode_record(r) for r in res]
+                try:
+                    return [_decode_record(r) for r in res]
+                except BaseException:
+                    # an exception (a signal handler's) after the server took the
+                    # items: keep them for this handle's next fetch
+                    with contextlib.suppress(Exception):
+                        self._undelivered.extend(_decode_record(r) for r in res)
+                    raise
             if deadline == 0:
                 return []
             if deadline < 0:

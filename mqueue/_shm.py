@@ -152,7 +152,6 @@ class ShmQueue(Queue):
         super().__init__(mq, index, definition)
         self._ns: Any = mq._ns  # type: ignore[attr-defined]
         self._bufs: _Buffers | None = _Buffers(self._ns, index, _INITIAL_BUF)
-        self._undelivered: list[Item] = []
         self._what = f"queue {definition.name!r}"
 
     def _fail(self, rc: int) -> MQueueError:
@@ -544,7 +543,7 @@ class ShmNamespace(MQueue):
         for q in self._queues.values():
             q._held = None
             # items a cut-short fetch of the parent took are the parent's
-            q._undelivered = []  # type: ignore[attr-defined]
+            q._undelivered = []
         old = self._shm
         try:
             new = posix_ipc.SharedMemory(shm_name(self.namespace))
