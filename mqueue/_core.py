@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -246,6 +248,8 @@ class MQueue:
         self._queues: dict[str, Queue] = {}
         for i, d in enumerate(self.definitions):
             self._queues[d.name] = make_queue(self, i, d)
+        with _live_lock:
+            _live.add(self)
 
     @property
     def is_creator(self) -> bool:
@@ -306,10 +310,29 @@ class MQueue:
                 _persist.save_queues(self, self.db_url)
         finally:
             self._closed = True
+            self._unregister()
             self._release()
+
+    def _unregister(self) -> None:
+        """No more fork handling for this handle."""
+        with _live_lock:
+            _live.discard(self)
 
     def _release(self) -> None:
         """Backend hook: free what the handle holds (no saving)."""
+
+    def _after_fork_in_child(self) -> None:
+        """Runs in a forked child for every open handle: the child is not the
+        creator, and the items the parent held or had taken are the parent's."""
+        self._creator_pid = None
+        for q in self._queues.values():
+            q._held = None
+            q._undelivered = []
+        self._reattach_in_child()
+
+    def _reattach_in_child(self) -> None:
+        """Backend hook: whatever a forked child needs of its own (shared
+        memory: its own liveness slot; Redis: nothing, redis-py reconnects)."""
 
     def _abandon(self) -> None:
         """Detach without saving (used when creation fails)."""
@@ -326,6 +349,19 @@ class MQueue:
         state = "closed" if self._closed else f"{len(self._queues)} queues"
         where = self.url or "shm"
         return f"<mqueue.MQueue {self.namespace!r} ({where}, {state})>"
+
+
+_live: weakref.WeakSet[MQueue] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    for h in list(_live):
+        if not h._closed:
+            h._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def check_namespace(namespace: object) -> str:

@@ -39,9 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import threading
 import time
-import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -647,10 +645,6 @@ def _decode_record(r: bytes) -> Item:
     )
 
 
-_live: weakref.WeakSet[RedisNamespace] = weakref.WeakSet()
-_live_lock = threading.Lock()
-
-
 class RedisNamespace(MQueue):
     """A namespace on a Redis server (see :class:`mqueue.MQueue`)."""
 
@@ -671,30 +665,10 @@ class RedisNamespace(MQueue):
         super().__init__(
             namespace, definitions, RedisQueue, url=url, db_url=db_url, creator=creator
         )
-        with _live_lock:
-            _live.add(self)
 
     def _release(self) -> None:
-        with _live_lock:
-            _live.discard(self)
         with contextlib.suppress(Exception):
             self._client.close()
-
-    def _after_fork_in_child(self) -> None:
-        # redis-py's pool opens new connections in the child by itself; the
-        # held items are the parent's, not this process's.
-        self._creator_pid = None
-        for q in self._queues.values():
-            q._held = None
-
-
-def _after_fork_in_child() -> None:
-    for h in list(_live):
-        if not h._closed:
-            h._after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # --------------------------------------------------------------- namespaces

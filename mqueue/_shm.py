@@ -11,7 +11,6 @@ import contextlib
 import errno
 import json
 import os
-import threading
 import time
 import weakref
 from array import array
@@ -497,10 +496,6 @@ class ShmQueue(Queue):
         )
 
 
-_live: weakref.WeakSet[ShmNamespace] = weakref.WeakSet()
-_live_lock = threading.Lock()
-
-
 class ShmNamespace(MQueue):
     """A namespace in POSIX shared memory (see :class:`mqueue.MQueue`)."""
 
@@ -518,8 +513,6 @@ class ShmNamespace(MQueue):
         self._ns = ns
         super().__init__(namespace, definitions, ShmQueue, db_url=db_url, creator=creator)
         self._finalizer = weakref.finalize(self, _release_handle, ns, shm)
-        with _live_lock:
-            _live.add(self)
 
     @property
     def slot(self) -> int:
@@ -529,21 +522,14 @@ class ShmNamespace(MQueue):
     def _release(self) -> None:
         for q in self._queues.values():
             q._ns = ffi.NULL  # type: ignore[attr-defined]
-        with _live_lock:
-            _live.discard(self)
         # Unmap now (after calls other threads have in flight); the handle's
         # small C struct is freed by the finalizer once nothing refers to it.
         lib.mq_detach(self._ns)
         with contextlib.suppress(Exception):
             self._shm.close_fd()
 
-    def _after_fork_in_child(self) -> None:
+    def _reattach_in_child(self) -> None:
         """Give this process its own liveness slot (the inherited fd shares the parent's)."""
-        self._creator_pid = None
-        for q in self._queues.values():
-            q._held = None
-            # items a cut-short fetch of the parent took are the parent's
-            q._undelivered = []
         old = self._shm
         try:
             new = posix_ipc.SharedMemory(shm_name(self.namespace))
@@ -566,6 +552,7 @@ class ShmNamespace(MQueue):
         # the parent's liveness would vouch for it.  The handle is closed.
         self._creator_pid = None
         self._closed = True
+        self._unregister()
         self._release()
 
 
@@ -574,15 +561,6 @@ def _release_handle(ns: Any, shm: posix_ipc.SharedMemory) -> None:
     lib.mq_free(ns)
     with contextlib.suppress(Exception):
         shm.close_fd()
-
-
-def _after_fork_in_child() -> None:
-    for h in list(_live):
-        if not h._closed:
-            h._after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _params(defs: Sequence[QueueDef]) -> Any:

@@ -422,3 +422,30 @@ def test_signal_outside_the_futex_wait_is_handled_promptly(make_mq) -> None:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old)
     assert not late
+
+
+def test_forked_child_does_not_deliver_the_parents_kept_items(make_mq, monkeypatch) -> None:
+    """Items a cut-short fetch kept for the handle belong to the process that
+    took them: a forked child never hands them out again (no duplicates)."""
+    from mqueue import _shm
+
+    q = make_mq(["name=q"])["q"]
+    q.add_many([("k1", "v1"), ("k2", "v2")])
+    real_one = _shm._mq_fetch_into
+
+    def one(fb, t):
+        real_one(fb, t)
+        raise Boom
+
+    monkeypatch.setattr(_shm, "_mq_fetch_into", one)
+    with pytest.raises(Boom):
+        q.fetch()
+    monkeypatch.setattr(_shm, "_mq_fetch_into", real_one)
+    pid = os.fork()
+    if pid == 0:
+        item = q.fetch()
+        os._exit(0 if item == ("k2", "v2") else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert q.fetch() == ("k1", "v1")  # still the parent's
+    assert q.fetch() is None
