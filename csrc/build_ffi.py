@@ -72,6 +72,14 @@ int64_t mq_fetch_many(mq_ns *, uint32_t, uint32_t, int64_t, char *, size_t, uint
 int mq_count(mq_ns *, uint32_t, uint64_t *);
 int mq_stats(mq_ns *, uint32_t, struct mq_stats *);
 int mq_testing(void);
+
+/* lifecycle: destroyed namespaces, half-made segments, one slot per process */
+#define MQ_ELOST ...
+#define MQ_EHALFMADE ...
+#define MQ_CREATOR_BYTE ...
+int mq_clone(mq_ns *, mq_ns **);
+int mq_mark_lost(int);
+int mq_creator_lock(int);
 """
 
 CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter"]

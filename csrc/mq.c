@@ -53,6 +53,9 @@
 #define LOCK_SPINS     500           /* pause loops a lock waiter spins before sleeping (a few us) */
 #define RETURN_SLICE_NS 100000000LL  /* 100 ms: a long wait returns MQ_EAGAIN this often */
 #define NS_PER_S       1000000000LL
+#define NLINK_CHECK_NS 100000000LL   /* 100 ms: how often a call checks the file was not removed */
+#define CREATE_GRACE_NS 1000000000LL /* 1 s: an empty, unlocked segment younger than this may be
+                                      * a creator between its O_EXCL open and its creator lock */
 
 struct mq_q {                   /* process-local, validated copy of q_hdr's constants */
     struct q_hdr *h;
@@ -64,19 +67,30 @@ struct mq_q {                   /* process-local, validated copy of q_hdr's cons
     uint32_t addmode;
 };
 
+/* One per process and mapped segment, shared by every handle (mq_ns) on it
+ * (mq_clone): the mapping, the descriptor and the liveness slot.  So the
+ * slots count processes, not handles. */
+struct mq_map {
+    _Atomic uint32_t refs;      /* handles using this mapping; the last mq_detach releases it */
+    int fd;                     /* owned: a duplicate of the caller's descriptor */
+    int slot;
+    pid_t slot_pid;             /* the process that claimed `slot` through `fd` */
+    uint64_t me;                /* owner word value of this process */
+    int linked;                 /* the file had a name at attach (not a memfd): check nlink */
+    _Atomic int64_t next_check; /* CLOCK_MONOTONIC_COARSE ns of the next nlink check */
+};
+
 struct mq_ns {
     uint8_t *base;
     uint64_t size;
     struct seg_hdr *h;
-    int fd;
-    int slot;
-    pid_t slot_pid;             /* the process that claimed `slot` through `fd` */
-    uint64_t me;                /* owner word value of this process */
+    struct mq_map *map;         /* shared with the handle's clones */
     uint32_t nq;
     const char *meta;
     size_t meta_len;
+    int broken;                 /* with closing == 2: the code every call returns (mq_reattach) */
     _Atomic uint32_t inflight;  /* calls of this process's threads inside the engine */
-    _Atomic uint32_t closing;   /* set by mq_detach: new calls get MQ_ECLOSED */
+    _Atomic uint32_t closing;   /* 1: set by mq_detach, new calls get MQ_ECLOSED; 2: broken */
     struct mq_q q[];
 };
 
@@ -104,8 +118,13 @@ static const char *kill_point(void) {
 /* Dies here (as a SIGKILL would) when MQ_KILLPOINT names this point. */
 #define KILLPOINT(name) do { const char *kp_ = kill_point(); \
         if (kp_ && strcmp(kp_, name) == 0) _exit(77); } while (0)
+/* Creation kill points: the same mechanism, a separate name so that the
+ * operation kill point tests (tests/test_c_engine.py, which find every
+ * KILLPOINT) do not look for them; tests/test_lifecycle.py uses them. */
+#define DIE_IN_CREATE(name) KILLPOINT(name)
 int mq_testing(void) { return 1; }
 #else
+#define DIE_IN_CREATE(name) do { } while (0)
 #define KILLPOINT(name) do { } while (0)
 int mq_testing(void) { return 0; }
 #endif
@@ -257,14 +276,15 @@ static int slot_claim(struct seg_hdr *h, int fd, int *slot, uint64_t *me) {
  * 0 when it is certainly dead (or o is not a valid owner at all). */
 __attribute__((unused)) static int owner_alive(const mq_ns *ns, uint64_t o) {
     uint64_t s1 = o & 0xffff, gen = o >> 16;
-    if (o == ns->me) return 1;                       /* another thread of this process */
+    const struct mq_map *m = ns->map;
+    if (o == m->me) return 1;                        /* another thread of this process */
     if (s1 == 0 || s1 > MQ_NSLOTS) return 0;         /* garbage: nobody can own with it */
     int slot = (int)s1 - 1;
     /* acquire: pairs with the seq_cst RMW in slot_claim */
     if ((atomic_load_explicit(&ns->h->slot_gen[slot], memory_order_acquire) & 0xffffffffffffULL) != gen)
         return 0;                                    /* slot reclaimed since: owner died */
-    if (slot == ns->slot) return 1;                  /* our own slot, current gen: it is us */
-    int rc = ofd(ns->fd, F_WRLCK, slot, F_OFD_GETLK);
+    if (slot == m->slot) return 1;                   /* our own slot, current gen: it is us */
+    int rc = ofd(m->fd, F_WRLCK, slot, F_OFD_GETLK);
     return rc != 0;                                  /* error: assume alive, never steal */
 }
 
@@ -565,7 +585,7 @@ static int q_lock(const mq_ns *ns, const struct mq_q *q) {
     for (;;) {
         uint64_t expected = 0;
         /* acquire: pairs with the release in q_unlock */
-        if (atomic_compare_exchange_strong_explicit(&h->owner, &expected, ns->me,
+        if (atomic_compare_exchange_strong_explicit(&h->owner, &expected, ns->map->me,
                                                     memory_order_acquire, memory_order_relaxed))
             return 0;
         if (spins > 0) {
@@ -615,7 +635,7 @@ static int q_lock(const mq_ns *ns, const struct mq_q *q) {
         uint64_t o = atomic_load_explicit(&h->owner, memory_order_acquire);
         if (o == 0 || owner_alive(ns, o)) continue;   /* never steal from a live owner */
         /* acquire: we take over the dead owner's lock; only one taker wins */
-        if (atomic_compare_exchange_strong_explicit(&h->owner, &o, ns->me,
+        if (atomic_compare_exchange_strong_explicit(&h->owner, &o, ns->map->me,
                                                     memory_order_acquire, memory_order_relaxed)) {
             if (q_recover(q)) { q_unlock(q); return MQ_ECORRUPT; }
             return 0;
@@ -667,7 +687,8 @@ static int q_spin(const struct mq_q *q, uint32_t seq0, int64_t deadline) {
 }
 
 /* Sleeps until q's seq moves away from seq0, a slice passes or the deadline.
- * Returns 0 (check again), 1 (deadline reached), MQ_EINTR. */
+ * Returns 0 (check again), 2 (a whole slice passed: check again), 1
+ * (deadline reached), MQ_EINTR. */
 static int q_wait(const struct mq_q *q, uint32_t seq0, int64_t deadline) {
     int64_t now = mono_ns(), slice = WAIT_SLICE_NS;
     if (deadline >= 0) {
@@ -683,7 +704,8 @@ static int q_wait(const struct mq_q *q, uint32_t seq0, int64_t deadline) {
     int err = rc ? errno : 0;
     dec_sat_masked(&q->h->data_waiters, WAITERS_MASK);
     if (rc && err == EINTR) return MQ_EINTR;
-    return 0;   /* woken, EAGAIN (seq moved), ETIMEDOUT (slice over): re-check */
+    if (rc && err == ETIMEDOUT) return 2;   /* a whole slice passed: the caller checks more */
+    return 0;   /* woken, EAGAIN (seq moved): re-check */
 }
 
 /* ------------------------------------------------------------ attach */
@@ -699,15 +721,79 @@ static void ns_leave(mq_ns *ns) {
     atomic_fetch_sub_explicit(&ns->inflight, 1, memory_order_release);
 }
 
-/* Counts a call in flight on ns (so mq_detach never unmaps under it).
- * Returns 0, MQ_ERANGE for a NULL handle, MQ_ECLOSED once detached. */
+/* Returns CLOCK_MONOTONIC_COARSE in ns (a vDSO read, no system call; ticks
+ * of a few ms, enough to space out the nlink checks). */
+static int64_t coarse_ns(void) {
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) != 0) return 0;   /* cannot fail on Linux */
+    return (int64_t)ts.tv_sec * NS_PER_S + ts.tv_nsec;
+}
+
+/* Marks the segment lost (if it is still marked ready) and wakes every
+ * process blocked in a fetch on one of its queues, so that it sees the mark
+ * at once rather than at the end of its wait slice.  Never fails. */
+static void seg_mark_lost(const mq_ns *ns) {
+    uint64_t ready = MQ_MAGIC;
+    /* seq_cst: the mark is ordered before the seq bumps below, so a waiter
+     * woken by them (or whose FUTEX_WAIT sees seq moved) then reads it.  A
+     * failed CAS means it is already marked (or damaged): nothing to undo. */
+    (void)atomic_compare_exchange_strong_explicit(&ns->h->magic, &ready, MQ_MAGIC_LOST,
+                                            memory_order_seq_cst, memory_order_seq_cst);
+    for (uint32_t i = 0; i < ns->nq; i++) {
+        struct q_hdr *qh = ns->q[i].h;
+        /* seq_cst: after the mark (above), before the wake-up */
+        atomic_fetch_add_explicit(&qh->seq, 1, memory_order_seq_cst);
+        /* shared futex: the waiters are other processes; a failure only
+         * delays them to the end of their slice */
+        if (syscall(SYS_futex, &qh->seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0) < 0) { }
+    }
+}
+
+/* Is the namespace behind ns gone?  Reads the mark (one load of a
+ * read-mostly line); when `force` or every NLINK_CHECK_NS, also checks that
+ * the file still has a name (a segment removed from /dev/shm by hand), and
+ * marks it lost for everyone when it has not.  Returns 0 (not lost),
+ * MQ_ELOST, or MQ_ECORRUPT for a header whose magic was overwritten. */
+static int ns_check_lost(const mq_ns *ns, int force) {
+    /* acquire: pairs with seg_mark_lost's seq_cst CAS (a plain flag) */
+    uint64_t magic = atomic_load_explicit(&ns->h->magic, memory_order_acquire);
+    if (magic == MQ_MAGIC_LOST) return MQ_ELOST;
+    if (magic != MQ_MAGIC) return MQ_ECORRUPT;
+    struct mq_map *m = ns->map;
+    if (!m->linked) return 0;
+    int64_t now = coarse_ns();
+    /* relaxed: a time hint; racing threads at worst both run the fstat */
+    if (!force && now < atomic_load_explicit(&m->next_check, memory_order_relaxed)) return 0;
+    atomic_store_explicit(&m->next_check, now + NLINK_CHECK_NS, memory_order_relaxed);
+    struct stat st;
+    if (fstat(m->fd, &st) != 0 || st.st_nlink > 0) return 0;   /* cannot tell, or still named */
+    seg_mark_lost(ns);
+    return MQ_ELOST;
+}
+
+/* Counts a call in flight on ns (so mq_detach never unmaps under it) and
+ * checks that the namespace was not destroyed.  Returns 0, MQ_ERANGE for a
+ * NULL handle, MQ_ECLOSED once detached, the broken code (mq_reattach),
+ * MQ_ELOST / MQ_ECORRUPT (ns_check_lost); not counted on failure. */
 static int ns_enter(mq_ns *ns) {
     if (!ns) return MQ_ERANGE;
     /* seq_cst pair with mq_detach: either it sees our count, or we see closing */
     atomic_fetch_add_explicit(&ns->inflight, 1, memory_order_seq_cst);
-    if (atomic_load_explicit(&ns->closing, memory_order_seq_cst)) {
+    uint32_t c = atomic_load_explicit(&ns->closing, memory_order_seq_cst);
+    if (c) {
         ns_leave(ns);
-        return MQ_ECLOSED;
+        return c == 2 ? ns->broken : MQ_ECLOSED;
+    }
+    /* relaxed: the destroy mark is a flag on a line nobody writes until
+     * then; the nlink check is due at most every NLINK_CHECK_NS */
+    if (atomic_load_explicit(&ns->h->magic, memory_order_relaxed) != MQ_MAGIC ||
+        (ns->map->linked &&
+         coarse_ns() >= atomic_load_explicit(&ns->map->next_check, memory_order_relaxed))) {
+        int rc = ns_check_lost(ns, 0);
+        if (rc) {
+            ns_leave(ns);
+            return rc;
+        }
     }
     return 0;
 }
@@ -715,7 +801,7 @@ static int ns_enter(mq_ns *ns) {
 
 /* Validates a mapped segment and builds the handle.  Returns 0 and *out,
  * or a negative code with nothing allocated. */
-static int ns_build(uint8_t *base, uint64_t size, int fd, mq_ns **out) {
+static int ns_build(uint8_t *base, uint64_t size, mq_ns **out) {
     static __thread struct layout L;
     static __thread uint64_t caps[MQ_MAX_QUEUES];
     static __thread uint32_t am[MQ_MAX_QUEUES];
@@ -724,6 +810,7 @@ static int ns_build(uint8_t *base, uint64_t size, int fd, mq_ns **out) {
      * formatted header and tables are seen whole */
     uint64_t magic = atomic_load_explicit(&h->magic, memory_order_acquire);
     if (magic == MQ_MAGIC_INIT) return MQ_ENOTREADY;   /* the creator is formatting */
+    if (magic == MQ_MAGIC_LOST) return MQ_ELOST;       /* destroyed */
     if (magic == 0) {
         for (size_t i = 0; i < sizeof *h; i++) if (base[i]) return MQ_EMAGIC;
         return MQ_ENOTREADY;
@@ -773,7 +860,6 @@ static int ns_build(uint8_t *base, uint64_t size, int fd, mq_ns **out) {
     ns->base = base;
     ns->size = size;
     ns->h = h;
-    ns->fd = fd;
     ns->nq = nq;
     ns->meta = (const char *)base + L.meta_off;
     ns->meta_len = hc.meta_len;
@@ -781,27 +867,72 @@ static int ns_build(uint8_t *base, uint64_t size, int fd, mq_ns **out) {
     return 0;
 }
 
+/* A segment that is not ready (empty, zero header or still marked as being
+ * formatted): is its creator alive?  Returns MQ_ENOTREADY while another open
+ * file description holds the creator lock, or while an empty file is
+ * younger than CREATE_GRACE_NS (its creator may be between the O_EXCL open
+ * and taking the lock); MQ_EHALFMADE otherwise (the creator died); MQ_ESYS
+ * when the lock cannot be tested. */
+static int not_ready(int fd, const struct stat *st) {
+    int held = ofd(fd, F_WRLCK, MQ_CREATOR_BYTE, F_OFD_GETLK);
+    if (held < 0) { last_errno = -held; return MQ_ESYS; }
+    if (held) return MQ_ENOTREADY;                   /* a live creator is formatting */
+    if (st->st_size == 0) {
+        struct timespec now;
+        if (clock_gettime(CLOCK_REALTIME, &now) != 0) return MQ_ENOTREADY;
+        int64_t age = ((int64_t)now.tv_sec - st->st_mtim.tv_sec) * NS_PER_S +
+                      (now.tv_nsec - st->st_mtim.tv_nsec);
+        if (age < CREATE_GRACE_NS) return MQ_ENOTREADY;
+    }
+    return MQ_EHALFMADE;
+}
+
 int mq_attach(int fd, mq_ns **out) {
     struct stat st;
     if (!out || fd < 0) return MQ_EINVAL;
     if (fstat(fd, &st) != 0) return sys_fail();
-    if (st.st_size == 0) return MQ_ENOTREADY;
+    if (st.st_size == 0) return not_ready(fd, &st);
     if ((uint64_t)st.st_size < sizeof(struct seg_hdr)) return MQ_ECORRUPT;
     uint64_t size = (uint64_t)st.st_size;
     void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) return sys_fail();
     mq_ns *ns = NULL;
-    int rc = ns_build(base, size, fd, &ns);
+    struct mq_map *m = NULL;
+    int rc = ns_build(base, size, &ns);
+    if (rc == MQ_ENOTREADY) rc = not_ready(fd, &st);
     if (rc == 0) {
-        rc = slot_claim(ns->h, fd, &ns->slot, &ns->me);
-        ns->slot_pid = getpid();
-        if (rc) free(ns);
+        m = calloc(1, sizeof *m);
+        rc = m ? 0 : MQ_ENOMEM;
+    }
+    if (rc == 0) {
+        m->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);   /* same open file description: same locks */
+        if (m->fd < 0) rc = sys_fail();
+    }
+    if (rc == 0) {
+        rc = slot_claim(ns->h, m->fd, &m->slot, &m->me);
+        if (rc) close(m->fd);
     }
     if (rc) {
+        free(m);
+        free(ns);
         if (munmap(base, size) != 0) { /* nothing more can be done */ }
         return rc;
     }
+    m->slot_pid = getpid();
+    m->linked = st.st_nlink > 0;
+    /* relaxed: process-local, published to other threads with the handle */
+    atomic_store_explicit(&m->refs, 1, memory_order_relaxed);
+    atomic_store_explicit(&m->next_check, coarse_ns() + NLINK_CHECK_NS, memory_order_relaxed);
+    ns->map = m;
     *out = ns;
+    return 0;
+}
+
+int mq_creator_lock(int fd) {
+    if (fd < 0) return MQ_EINVAL;
+    int rc = ofd(fd, F_WRLCK, MQ_CREATOR_BYTE, F_OFD_SETLK);
+    if (rc == -EAGAIN || rc == -EACCES) return MQ_ENOTREADY;
+    if (rc < 0) { last_errno = -rc; return MQ_ESYS; }
     return 0;
 }
 
@@ -830,6 +961,7 @@ int mq_create(int fd, uint32_t nq, const struct mq_qparam *params,
     /* relaxed: attachers that see this marker wait (MQ_ENOTREADY) and only
      * trust the header once the release store of MQ_MAGIC below */
     atomic_store_explicit(&h->magic, MQ_MAGIC_INIT, memory_order_relaxed);
+    DIE_IN_CREATE("create_formatting");
     h->layout_version = MQ_LAYOUT_VERSION;
     h->hdr_size = sizeof(struct seg_hdr);
     h->qhdr_size = sizeof(struct q_hdr);
@@ -859,6 +991,9 @@ int mq_create(int fd, uint32_t nq, const struct mq_qparam *params,
     /* release: the whole formatted header, tables and semaphores before the
      * magic that tells attachers the segment is ready */
     atomic_store_explicit(&h->magic, MQ_MAGIC, memory_order_release);
+    /* Ready: attachers no longer look at the creator lock.  A failure to
+     * drop it only means it goes when the descriptor is closed. */
+    if (ofd(fd, F_UNLCK, MQ_CREATOR_BYTE, F_OFD_SETLK) != 0) { }
     rc = 0;
 out:
     if (munmap(base, L.total) != 0 && rc == 0) rc = sys_fail();
@@ -866,45 +1001,103 @@ out:
     return mq_attach(fd, out);
 }
 
+/* Leaves ns broken: every later call through it returns rc (until
+ * mq_detach).  Returns rc. */
+static int ns_break(mq_ns *ns, int rc) {
+    ns->broken = rc;
+    uint32_t open = 0;
+    /* seq_cst: as mq_detach's CAS (ns_enter's Dekker pair); a handle that is
+     * already closing stays so */
+    atomic_compare_exchange_strong_explicit(&ns->closing, &open, 2, memory_order_seq_cst,
+                                            memory_order_seq_cst);
+    return rc;
+}
+
 int mq_reattach(mq_ns *ns, int newfd) {
     int slot;
     uint64_t me;
-    if (!ns || newfd < 0) return MQ_EINVAL;
-    if (atomic_load_explicit(&ns->closing, memory_order_relaxed)) return MQ_ECLOSED;
+    if (!ns) return MQ_EINVAL;
+    /* relaxed: after fork only this thread exists */
+    uint32_t c = atomic_load_explicit(&ns->closing, memory_order_relaxed);
+    if (c == 1) return MQ_ECLOSED;
+    struct mq_map *m = ns->map;
+    /* after fork only this thread exists: calls the parent's other threads
+     * had in flight are not ours */
+    atomic_store_explicit(&ns->inflight, 0, memory_order_relaxed);
+    if (m->slot_pid == getpid())                     /* a clone already re-attached the mapping */
+        return c == 2 ? ns->broken : 0;
+    if (c == 2) return ns->broken;                   /* broken in an earlier generation */
+    if (newfd < 0) return ns_break(ns, MQ_ELOST);
     /* newfd must name the very segment we mapped (the name may have been
      * destroyed and created again meanwhile). */
     struct stat a, b;
-    if (fstat(ns->fd, &a) != 0 || fstat(newfd, &b) != 0) return sys_fail();
+    if (fstat(m->fd, &a) != 0 || fstat(newfd, &b) != 0) return ns_break(ns, sys_fail());
     if (a.st_dev != b.st_dev || a.st_ino != b.st_ino || (uint64_t)b.st_size != ns->size)
-        return MQ_ECORRUPT;
+        return ns_break(ns, MQ_ELOST);
+    int nfd = fcntl(newfd, F_DUPFD_CLOEXEC, 3);
+    if (nfd < 0) return ns_break(ns, sys_fail());
     /* The mapping inherited from the parent holds the parent's open file
      * description, and so its OFD lock (its liveness), for as long as this
      * process lives.  Map the same pages through newfd at the same address
      * (MAP_FIXED replaces the old mapping atomically; pointers stay valid). */
-    void *p = mmap(ns->base, ns->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, newfd, 0);
-    if (p == MAP_FAILED) return sys_fail();
-    int rc = slot_claim(ns->h, newfd, &slot, &me);
-    if (rc) return rc;
-    ns->fd = newfd;
-    ns->slot = slot;
-    ns->slot_pid = getpid();
-    ns->me = me;
-    /* after fork only this thread exists: calls the parent's other threads
-     * had in flight are not ours */
-    atomic_store_explicit(&ns->inflight, 0, memory_order_relaxed);
+    void *p = mmap(ns->base, ns->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, nfd, 0);
+    if (p == MAP_FAILED) {
+        int rc = sys_fail();
+        close(nfd);
+        return ns_break(ns, rc);
+    }
+    int rc = slot_claim(ns->h, nfd, &slot, &me);
+    if (rc) {
+        /* the mapping is this process's own now, but without a slot the
+         * handle must not operate: the parent's liveness would vouch for it */
+        close(nfd);
+        return ns_break(ns, rc);
+    }
+    /* The inherited descriptor shares the parent's open file description:
+     * closing it here leaves the parent's locks alone. */
+    if (close(m->fd) != 0) { }
+    m->fd = nfd;
+    m->slot = slot;
+    m->slot_pid = getpid();
+    m->me = me;
+    return 0;
+}
+
+int mq_clone(mq_ns *ns, mq_ns **out) {
+    if (!out) return MQ_EINVAL;
+    int rc = ns_enter(ns);                           /* the mapping cannot go meanwhile */
+    if (rc) return rc == MQ_ERANGE ? MQ_EINVAL : MQ_ECLOSED;
+    size_t sz = sizeof *ns + (size_t)ns->nq * sizeof(struct mq_q);
+    mq_ns *c = malloc(sz);
+    if (!c) {
+        ns_leave(ns);
+        return MQ_ENOMEM;
+    }
+    memcpy(c, ns, sz);
+    c->broken = 0;
+    /* relaxed: process-local; published to other threads with the handle */
+    atomic_store_explicit(&c->inflight, 0, memory_order_relaxed);
+    atomic_store_explicit(&c->closing, 0, memory_order_relaxed);
+    /* relaxed: the count only decides who unmaps; ns is held in flight */
+    atomic_fetch_add_explicit(&ns->map->refs, 1, memory_order_relaxed);
+    ns_leave(ns);
+    *out = c;
     return 0;
 }
 
 void mq_detach(mq_ns *ns) {
     if (!ns) return;
-    uint32_t expected = 0;
-    /* seq_cst: see ns_enter; only the first detach goes on (idempotent) */
-    if (!atomic_compare_exchange_strong_explicit(&ns->closing, &expected, 1, memory_order_seq_cst,
-                                                 memory_order_seq_cst))
-        return;
+    /* seq_cst: see ns_enter; only the first detach goes on (idempotent);
+     * a broken handle (2) is detached too */
+    uint32_t c = atomic_load_explicit(&ns->closing, memory_order_seq_cst);
+    do {
+        if (c == 1) return;
+    } while (!atomic_compare_exchange_weak_explicit(&ns->closing, &c, 1, memory_order_seq_cst,
+                                                    memory_order_seq_cst));
+    struct mq_map *m = ns->map;
     /* A forked child that never re-attached inherited the parent's count of
      * calls in flight: those threads do not exist in this process. */
-    if (ns->slot_pid != getpid()) atomic_store_explicit(&ns->inflight, 0, memory_order_relaxed);
+    if (m->slot_pid != getpid()) atomic_store_explicit(&ns->inflight, 0, memory_order_relaxed);
     /* Calls of other threads finish first: a blocked fetch or lock wait
      * notices `closing` within one slice and returns MQ_ECLOSED.  seq_cst:
      * the other half of ns_enter's Dekker pair (closing vs inflight). */
@@ -912,14 +1105,19 @@ void mq_detach(mq_ns *ns) {
         struct timespec z = {0, 1000000};
         nanosleep(&z, NULL);
     }
+    /* acq_rel: the last handle out sees every other handle's uses of the
+     * mapping finished before it unmaps */
+    if (atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) != 1) return;
     /* Dropping the OFD lock frees the slot (closing the fd would too).  Only
      * the claiming process may: a forked child that never re-attached shares
      * the parent's open file description, and unlocking it would make the
      * living parent look dead. */
-    if (ns->slot_pid == getpid() && ofd(ns->fd, F_UNLCK, ns->slot, F_OFD_SETLK) != 0) {
-        /* fd already closed: the slot is free anyway */
+    if (m->slot_pid == getpid() && ofd(m->fd, F_UNLCK, m->slot, F_OFD_SETLK) != 0) {
+        /* nothing more can be done: closing the fd below drops it anyway */
     }
+    if (close(m->fd) != 0) { }
     if (munmap(ns->base, ns->size) != 0) { /* cannot happen for a valid mapping */ }
+    free(m);
     /* The handle struct itself is kept (a few bytes per queue): a binding
      * that still holds the pointer gets MQ_ECLOSED, never freed memory. */
 }
@@ -929,8 +1127,29 @@ void mq_free(mq_ns *ns) {
     free(ns);
 }
 
+int mq_mark_lost(int fd) {
+    struct stat st;
+    if (fd < 0) return MQ_EINVAL;
+    if (fstat(fd, &st) != 0) return sys_fail();
+    if ((uint64_t)st.st_size < sizeof(struct seg_hdr)) return MQ_ENOTREADY;
+    uint64_t size = (uint64_t)st.st_size;
+    void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) return sys_fail();
+    mq_ns *ns = NULL;
+    int rc = ns_build(base, size, &ns);
+    if (rc == 0) {
+        seg_mark_lost(ns);
+        free(ns);
+    } else if (rc == MQ_ELOST) {
+        rc = 0;                                      /* already marked */
+    }
+    if (munmap(base, size) != 0) { /* cannot happen for a valid mapping */ }
+    return rc;
+}
+
 uint32_t mq_nqueues(const mq_ns *ns) { return ns ? ns->nq : 0; }
-int mq_slot(const mq_ns *ns) { return ns ? ns->slot : -1; }
+/* The slot is the mapping's, shared by clones; -1 for NULL. */
+int mq_slot(const mq_ns *ns) { return ns ? ns->map->slot : -1; }
 
 int mq_meta(const mq_ns *ns, const char **data, size_t *len) {
     if (!ns || !data || !len) return MQ_EINVAL;
@@ -1368,6 +1587,8 @@ static int64_t fetch_impl(mq_ns *ns, uint32_t qi, uint32_t max, int64_t deadline
         if (w < 0) return w;
         if (w == 1) return 0;
         if (ns_closing(ns)) return MQ_ECLOSED;
+        rc = ns_check_lost(ns, w == 2);               /* destroyed while we waited? */
+        if (rc) return rc;
         /* Back to the caller every slice: a signal that arrived outside the
          * futex wait (no EINTR) must not wait for the deadline to be seen. */
         if (mono_ns() - started >= RETURN_SLICE_NS) return MQ_EAGAIN;

@@ -34,6 +34,9 @@
 #define MQ_ENOTREADY (-13) /* segment exists but its creator has not finished */
 #define MQ_ECLOSED  (-14)  /* the handle was detached (mq_detach) */
 #define MQ_EAGAIN   (-15)  /* a long wait was cut into slices: nothing done, call again */
+/* -16..-19: reserved for the persistence branch.  -20..-24: lifecycle. */
+#define MQ_ELOST    (-20)  /* the namespace was destroyed (or its file removed) */
+#define MQ_EHALFMADE (-21) /* the segment was never finished: its creator died */
 
 /* Item flags: how the Python layer encoded the key and the value. */
 #define MQ_KEY_STR   1u
@@ -77,26 +80,57 @@ int mq_segment_size(uint32_t nqueues, const struct mq_qparam *params,
  * mq_segment_size() gave, maps it and attaches.  `meta` is an opaque blob
  * (the queue definitions) stored for attachers.  The header's magic is
  * written last, so attachers never see a half-made segment as ready.
+ * Releases the creator lock (mq_creator_lock) once the segment is ready.
  * Returns 0 and *out, or a negative code with *out untouched and nothing
  * mapped (the segment may be half-formatted: the caller removes it). */
 int mq_create(int fd, uint32_t nqueues, const struct mq_qparam *params,
               const char *meta, size_t meta_len, mq_ns **out);
 
-/* Maps and validates an existing segment and claims a liveness slot.
- * Returns 0 and *out; MQ_ENOTREADY while the creator is still formatting;
- * MQ_EMAGIC/MQ_EVERSION/MQ_ECORRUPT for a foreign or damaged segment;
- * MQ_ESLOTS/MQ_ESYS.  On failure nothing stays mapped or locked. */
+/* Maps and validates an existing segment and claims a liveness slot.  The
+ * handle keeps its own duplicate of fd (the caller may close fd at once).
+ * Returns 0 and *out; MQ_ENOTREADY while a live creator is still formatting
+ * (it holds the creator lock, see mq_creator_lock); MQ_EHALFMADE when the
+ * segment is not formatted and nobody holds the creator lock (its creator
+ * died); MQ_ELOST for a segment mq_mark_lost marked; MQ_EMAGIC/MQ_EVERSION/
+ * MQ_ECORRUPT for a foreign or damaged segment; MQ_ESLOTS/MQ_ESYS.  On
+ * failure nothing stays mapped, locked or open. */
 int mq_attach(int fd, mq_ns **out);
 
 /* After fork: takes `newfd` (a fresh open of the same segment, so a new open
- * file description) and claims a new liveness slot for this process.  The
- * inherited descriptor is not closed here (the caller owns it).  Returns 0;
- * on failure the handle keeps its old fd and slot and the code says why. */
+ * file description) and claims a new liveness slot for this process.  Every
+ * handle sharing the mapping (mq_clone) then uses it: calling this for each
+ * of them is harmless (the later calls only check and return 0).  newfd is
+ * duplicated, never kept: the caller closes it.  newfd < 0 means "the name
+ * is gone".  Returns 0; on failure (MQ_ELOST: the name is gone or names
+ * another segment; MQ_ESLOTS; MQ_ESYS) the handle is left broken: every
+ * later call through it returns that code, until mq_detach. */
 int mq_reattach(mq_ns *ns, int newfd);
 
-/* Releases the slot and unmaps the segment, after waiting for calls other
- * threads have in flight (a blocked fetch returns MQ_ECLOSED within one wait
- * slice).  The handle's small struct stays allocated so that later calls
+/* Another handle on ns's mapping and liveness slot (one per process and
+ * segment, however many handles): the mapping is released when the last
+ * handle sharing it is detached.  Returns 0 and *out; MQ_ECLOSED when ns is
+ * detached or broken; MQ_ENOMEM.  Nothing changes on failure. */
+int mq_clone(mq_ns *ns, mq_ns **out);
+
+/* Destroy's mark: maps the segment behind fd and, if it is a valid mqueue
+ * segment, marks it lost (attached handles then get MQ_ELOST on their next
+ * call) and wakes every process blocked in a fetch on it.  Returns 0 when
+ * marked (or already marked); a negative code (nothing changed) otherwise. */
+int mq_mark_lost(int fd);
+
+/* The creator lock: an OFD write lock on byte MQ_CREATOR_BYTE of the file,
+ * taken by create() right after its O_EXCL open and released by mq_create
+ * once the segment is ready.  While it is held, attachers wait; a segment
+ * that is not ready with the lock free was left by a creator that died.
+ * Returns 0 (held through fd's open file description), MQ_ENOTREADY when
+ * another open file description holds it (nothing changed), MQ_ESYS. */
+int mq_creator_lock(int fd);
+#define MQ_CREATOR_BYTE MQ_NSLOTS
+
+/* Detaches this handle, after waiting for calls other threads have in
+ * flight through it (a blocked fetch returns MQ_ECLOSED within one wait
+ * slice); the last handle sharing the mapping (mq_clone) releases the slot,
+ * unmaps the segment and closes the handle's descriptor.  The handle's small struct stays allocated so that later calls
  * through a stale pointer get MQ_ECLOSED.  Idempotent; never fails. */
 void mq_detach(mq_ns *ns);
 

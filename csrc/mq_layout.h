@@ -27,6 +27,7 @@
 
 #define MQ_MAGIC  0x314555455551514dULL        /* the segment is ready */
 #define MQ_MAGIC_INIT 0x544955514d514d00ULL    /* its creator is still formatting it */
+#define MQ_MAGIC_LOST 0x54534f4c514d514dULL    /* destroyed: attached handles get MQ_ELOST */
 #define MQ_LAYOUT_VERSION 2u
 
 /* The queue state that one operation changes: one cache line.  Two copies
@@ -75,7 +76,8 @@ struct q_hdr {
 } __attribute__((aligned(64)));
 
 struct seg_hdr {
-    _Atomic uint64_t magic;     /* written last at creation (release) */
+    _Atomic uint64_t magic;     /* written last at creation (release); MQ_MAGIC_LOST once
+                                 * destroyed (read by every call: read-mostly line) */
     uint32_t layout_version;
     uint32_t hdr_size;          /* sizeof(struct seg_hdr) */
     uint32_t qhdr_size;         /* sizeof(struct q_hdr) */

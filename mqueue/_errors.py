@@ -74,6 +74,31 @@ class BackendError(MQueueError, builtins.ConnectionError):
     """A remote backend (Redis) could not be reached or failed mid-operation."""
 
 
+class NamespaceLostError(BackendError, NamespaceNotFoundError):
+    """The namespace this handle was attached to is gone: destroyed (by
+    :func:`mqueue.destroy`, ``mqueue destroy``, its file removed from
+    ``/dev/shm``, possibly created again since under the same name) or, on
+    Redis, its keys vanished (destroyed, recreated, or the server restarted
+    without persistence).  Raised by the next call of every attached process
+    (a blocked ``fetch`` included, within about 100 ms).  A BackendError
+    (ConnectionError) and a NamespaceNotFoundError (FileNotFoundError):
+    attach or create the namespace again."""
+
+
+class NamespaceIncompleteError(MQueueError):
+    """The namespace's segment exists but was never finished.
+
+    ``creator_alive`` False: the process creating it died half-way (killed
+    during ``create``); ``create(..., exist_ok=True)`` removes it and starts
+    afresh, as does ``mqueue destroy`` (``mqueue.destroy``).  True: a live
+    process is still creating it (e.g. reserving a very large segment) and
+    did not finish within the wait; try again later."""
+
+    def __init__(self, message: str, *, creator_alive: bool) -> None:
+        super().__init__(message)
+        self.creator_alive = creator_alive
+
+
 class RPCError(MQueueError):
     """An RPC-style command failed; carries Kamailio's ``code`` and ``message``."""
 
@@ -103,6 +128,18 @@ def raise_for_code(rc: int, what: str, errno_value: int = 0) -> NoReturn:
         )
     elif rc in (ll.MQ_ECORRUPT, ll.MQ_EVERSION, ll.MQ_EMAGIC):
         exc = CorruptSegmentError(f"{what}: {ll.strerror(rc)}")
+    elif rc == ll.MQ_ELOST:
+        exc = NamespaceLostError(
+            f"{what}: the namespace was destroyed (mqueue.destroy, `mqueue destroy`, or its "
+            "file removed from /dev/shm; it may have been created again since): "
+            "attach or create it again"
+        )
+    elif rc == ll.MQ_EHALFMADE:
+        exc = NamespaceIncompleteError(
+            f"{what}: the namespace was left half-made by a creator that died; create it "
+            "again with exist_ok=True, or remove it with `mqueue destroy`",
+            creator_alive=False,
+        )
     elif rc == ll.MQ_ESLOTS:
         exc = TooManyProcessesError(f"{what}: {ll.strerror(rc)}")
     elif rc == ll.MQ_ESYS:

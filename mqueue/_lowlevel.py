@@ -19,6 +19,8 @@ MQ_ERANGE: int = lib.MQ_ERANGE
 MQ_ENOTREADY: int = lib.MQ_ENOTREADY
 MQ_ECLOSED: int = lib.MQ_ECLOSED
 MQ_EAGAIN: int = lib.MQ_EAGAIN
+MQ_ELOST: int = lib.MQ_ELOST
+MQ_EHALFMADE: int = lib.MQ_EHALFMADE
 MQ_KEY_STR: int = lib.MQ_KEY_STR
 MQ_VAL_STR: int = lib.MQ_VAL_STR
 MQ_REC_HDR: int = lib.MQ_REC_HDR
@@ -37,9 +39,11 @@ _MESSAGES = {
     MQ_EINTR: "interrupted by a signal",
     MQ_ESLOTS: "too many processes attached to the namespace (all liveness slots in use)",
     MQ_ERANGE: "no such queue index (or the handle is closed)",
-    MQ_ENOTREADY: "segment is not initialised (its creator has not finished or died)",
+    MQ_ENOTREADY: "segment is not initialised yet (its creator is still making it)",
     MQ_ECLOSED: "the namespace handle is closed",
     MQ_EAGAIN: "a wait was cut into slices (call again)",
+    MQ_ELOST: "the namespace was destroyed (or its file removed from /dev/shm)",
+    MQ_EHALFMADE: "the segment was never finished: its creator died while creating it",
 }
 
 

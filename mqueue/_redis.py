@@ -64,6 +64,7 @@ from ._errors import (
     ItemTypeError,
     MQueueError,
     NamespaceExistsError,
+    NamespaceLostError,
     NamespaceNotFoundError,
     QueueFullError,
 )
@@ -82,12 +83,6 @@ SOCKET_TIMEOUT_S = 30.0
 
 _TOMBSTONE = 0xFF
 _FORMAT = 1
-
-
-class NamespaceLostError(BackendError, NamespaceNotFoundError):
-    """The namespace's keys are gone from the server (destroyed, recreated, or
-    the server restarted without persistence).  A BackendError (ConnectionError)
-    and a NamespaceNotFoundError (FileNotFoundError)."""
 
 
 # --------------------------------------------------------------------- keys

@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
+import pwd
+import stat
 import time
 import weakref
 from array import array
@@ -39,18 +42,23 @@ from ._errors import (
     ArgumentError,
     ArgumentTypeError,
     CorruptSegmentError,
+    DefinitionError,
     ItemTypeError,
     MQueueError,
     NamespaceExistsError,
+    NamespaceIncompleteError,
     NamespaceNotFoundError,
     raise_for_code,
 )
 
 ffi, lib = ll.ffi, ll.lib
 
+logger = logging.getLogger(__name__)
+
 PREFIX = "mqueue."
 SHM_DIR = "/dev/shm"
-ATTACH_WAIT_S = 2.0
+ATTACH_WAIT_S = 10.0
+"""How long attach (and create with exist_ok) waits for a live creator to finish."""
 _INITIAL_BUF = 256 * 1024
 
 _mq_add = lib.mq_add
@@ -497,22 +505,27 @@ class ShmQueue(Queue):
 
 
 class ShmNamespace(MQueue):
-    """A namespace in POSIX shared memory (see :class:`mqueue.MQueue`)."""
+    """A namespace in POSIX shared memory (see :class:`mqueue.MQueue`).
+
+    Every handle a process opens on one segment shares that process's mapping
+    and liveness slot (the engine's ``mq_clone``): the 1024 slots count
+    processes, not handles."""
 
     def __init__(
         self,
         namespace: str,
-        shm: posix_ipc.SharedMemory,
         ns: Any,
         definitions: Sequence[QueueDef],
         *,
+        key: tuple[int, int],
         db_url: str | None,
         creator: bool,
     ) -> None:
-        self._shm = shm
         self._ns = ns
+        self._key = key  # (st_dev, st_ino) of the segment: which mapping to share
         super().__init__(namespace, definitions, ShmQueue, db_url=db_url, creator=creator)
-        self._finalizer = weakref.finalize(self, _release_handle, ns, shm)
+        self._finalizer = weakref.finalize(self, lib.mq_free, ns)
+        _share(self)
 
     @property
     def slot(self) -> int:
@@ -522,45 +535,61 @@ class ShmNamespace(MQueue):
     def _release(self) -> None:
         for q in self._queues.values():
             q._ns = ffi.NULL  # type: ignore[attr-defined]
-        # Unmap now (after calls other threads have in flight); the handle's
-        # small C struct is freed by the finalizer once nothing refers to it.
+        # Detach now (after calls other threads have in flight through this
+        # handle); the last handle of this process on the segment unmaps it.
+        # The small C struct is freed by the finalizer once nothing refers to it.
         lib.mq_detach(self._ns)
-        with contextlib.suppress(Exception):
-            self._shm.close_fd()
 
     def _reattach_in_child(self) -> None:
-        """Give this process its own liveness slot (the inherited fd shares the parent's)."""
-        old = self._shm
+        """Give this process its own liveness slot (the inherited mapping holds
+        the parent's).  Handles sharing a mapping share the new slot.  When
+        that fails (no free slot, or the namespace is gone) the engine leaves
+        the handle broken: its first use raises TooManyProcessesError or
+        NamespaceLostError instead of acting on the parent's liveness."""
         try:
-            new = posix_ipc.SharedMemory(shm_name(self.namespace))
+            new: posix_ipc.SharedMemory | None = posix_ipc.SharedMemory(shm_name(self.namespace))
         except Exception:
-            self._detach_broken()
-            return
-        rc = lib.mq_reattach(self._ns, new.fd)
-        if rc != 0:
-            new.close_fd()
-            self._detach_broken()
-            return
-        self._shm = new
-        self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, _release_handle, self._ns, new)
-        with contextlib.suppress(Exception):
-            old.close_fd()
-
-    def _detach_broken(self) -> None:
-        # Without a slot of its own the child must not operate on the queues:
-        # the parent's liveness would vouch for it.  The handle is closed.
-        self._creator_pid = None
-        self._closed = True
-        self._unregister()
-        self._release()
+            new = None  # the name is gone (or not ours to open): the handle is lost
+        try:
+            rc = lib.mq_reattach(self._ns, new.fd if new is not None else -1)
+        finally:
+            if new is not None:
+                with contextlib.suppress(Exception):
+                    new.close_fd()
+        if rc == 0:
+            _share(self)
 
 
-def _release_handle(ns: Any, shm: posix_ipc.SharedMemory) -> None:
-    """Finalizer of a namespace handle nobody refers to any more."""
-    lib.mq_free(ns)
-    with contextlib.suppress(Exception):
-        shm.close_fd()
+# Per process, the open handle whose mapping a new handle on the same segment
+# shares: (pid, st_dev, st_ino) -> handle.  Plain dict operations under the
+# GIL (no lock to inherit across fork); a race only costs a second mapping.
+_shared: dict[tuple[int, int, int], weakref.ref[ShmNamespace]] = {}
+
+
+def _share(mq: ShmNamespace) -> None:
+    """Offer mq's mapping to the next handle this process opens on the segment."""
+    key = (os.getpid(), *mq._key)
+    _shared[key] = weakref.ref(mq, partial(_forget, key))
+    for k in [k for k in _shared if k[0] != key[0]]:  # a parent's entries (after fork)
+        _shared.pop(k, None)
+
+
+def _forget(key: tuple[int, int, int], ref: weakref.ref[ShmNamespace]) -> None:
+    if _shared.get(key) is ref:
+        _shared.pop(key, None)
+
+
+def _clone_of(key: tuple[int, int]) -> tuple[Any, list[QueueDef]] | None:
+    """A new engine handle on this process's mapping of the segment, with its
+    definitions, or None when this process has no usable handle on it."""
+    ref = _shared.get((os.getpid(), *key))
+    other = ref() if ref is not None else None
+    if other is None or other._closed:
+        return None
+    out = ffi.new("mq_ns **")
+    if lib.mq_clone(other._ns, out) != 0:  # closed, broken or lost meanwhile
+        return None
+    return out[0], list(other.definitions)
 
 
 def _params(defs: Sequence[QueueDef]) -> Any:
@@ -626,32 +655,173 @@ def _open_error(e: Exception, namespace: str) -> MQueueError:
     return MQueueError(f"namespace {namespace!r}: cannot open its shared memory: {e}")
 
 
-def attach(namespace: str) -> ShmNamespace:
-    """Attach to an existing shared-memory namespace."""
+Owners = Iterable[int | str]
+
+
+def _owner_uids(allow_owners: Owners) -> frozenset[int]:
+    """The uids of ``allow_owners`` (uids or user names)."""
+    if isinstance(allow_owners, (str, bytes, int)):
+        allow_owners = (allow_owners,)  # type: ignore[assignment]
+    try:
+        owners = list(allow_owners)
+    except TypeError:
+        raise ArgumentTypeError(
+            f"allow_owners must be an iterable of uids or user names, "
+            f"not {type(allow_owners).__name__}"
+        ) from None
+    uids = set()
+    for o in owners:
+        if isinstance(o, bool) or not isinstance(o, (int, str)):
+            raise ArgumentTypeError(f"allow_owners: {o!r} is neither a uid nor a user name")
+        if isinstance(o, int):
+            if o < 0:
+                raise ArgumentError(f"allow_owners: {o} is not a uid")
+            uids.add(o)
+            continue
+        try:
+            uids.add(pwd.getpwnam(o).pw_uid)
+        except KeyError:
+            if o.isdigit():
+                uids.add(int(o))
+            else:
+                raise ArgumentError(f"allow_owners: no user named {o!r}") from None
+    return frozenset(uids)
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _check_trust(
+    namespace: str, st: os.stat_result, owners: frozenset[int], world_ok: bool, *, creating: bool
+) -> None:
+    """Refuse a segment this caller should not trust, from fstat of the opened
+    descriptor (never stat of the path: no check-then-use race).  As OpenSSH's
+    StrictModes and systemd do for files in shared directories: the owner must
+    be the caller (or root, for attach) or explicitly allowed, and nobody else
+    may write to it unless explicitly allowed."""
+    if not stat.S_ISREG(st.st_mode):
+        raise CorruptSegmentError(f"namespace {namespace!r}: not a regular file in {SHM_DIR}")
+    me = os.geteuid()
+    if not (st.st_uid == me or st.st_uid in owners or (st.st_uid == 0 and not creating)):
+        how = (
+            "create(..., exist_ok=True, allow_owners=...)"
+            if creating
+            else "attach(..., allow_owners=...)"
+        )
+        raise AccessDeniedError(
+            f"namespace {namespace!r} is owned by {_user(st.st_uid)}, not by you ({_user(me)})"
+            + ("" if creating else " or root")
+            + f"; refusing it (another user may have made it to read your items). "
+            f"To share a namespace between users on purpose, name its owner: {how}"
+        )
+    if st.st_mode & 0o002 and not world_ok:
+        raise AccessDeniedError(
+            f"namespace {namespace!r} is world-writable (mode {stat.S_IMODE(st.st_mode):o}): "
+            "any local user can read or change its items; refusing it.  Pass "
+            "allow_world_writable=True to use it anyway"
+        )
+
+
+def _attach(
+    namespace: str,
+    owners: frozenset[int],
+    world_ok: bool,
+    *,
+    creating: bool,
+    wait_s: float = ATTACH_WAIT_S,
+) -> ShmNamespace:
+    name = shm_name(namespace)
+    give_up = time.monotonic() + wait_s
+    out = ffi.new("mq_ns **")
+    while True:
+        try:
+            shm = posix_ipc.SharedMemory(name)
+        except Exception as e:
+            raise _open_error(e, namespace) from None
+        try:
+            st = os.fstat(shm.fd)
+            _check_trust(namespace, st, owners, world_ok, creating=creating)
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink == 0:  # destroyed between our open and now: look again
+                rc = ll.MQ_ENOTREADY
+            elif (shared := _clone_of(key)) is not None:
+                return ShmNamespace(
+                    namespace, shared[0], shared[1], key=key, db_url=None, creator=False
+                )
+            else:
+                rc = lib.mq_attach(shm.fd, out)
+        finally:
+            shm.close_fd()  # the engine keeps its own duplicate
+        if rc == 0:
+            break
+        if rc == ll.MQ_ENOTREADY and time.monotonic() < give_up:
+            time.sleep(0.005)
+            continue
+        if rc == ll.MQ_ENOTREADY:
+            raise NamespaceIncompleteError(
+                f"namespace {namespace!r} is still being created by a live process "
+                f"after {wait_s:g} s; try again later",
+                creator_alive=True,
+            )
+        raise _err(rc, f"namespace {namespace!r}")
+    try:
+        defs = _read_meta(out[0], namespace)
+    except BaseException:
+        lib.mq_free(out[0])  # nothing else refers to this handle
+        raise
+    return ShmNamespace(namespace, out[0], defs, key=key, db_url=None, creator=False)
+
+
+def attach(
+    namespace: str, *, allow_owners: Owners = (), allow_world_writable: bool = False
+) -> ShmNamespace:
+    """Attach to an existing shared-memory namespace.
+
+    Refuses (AccessDeniedError) a segment owned by a user other than the
+    caller or root unless its owner is in ``allow_owners`` (uids or user
+    names), and a world-writable one unless ``allow_world_writable``."""
+    owners = _owner_uids(allow_owners)
+    return _attach(namespace, owners, bool(allow_world_writable), creating=False)
+
+
+def _remove_half_made(namespace: str, owners: frozenset[int], world_ok: bool) -> None:
+    """Remove the segment under the name if it is still one whose creator
+    died (and ours to remove).  Safe against other recoverers and creators:
+    the remover holds the creator lock of the very inode it examined, checks
+    that the name still names it, and only then unlinks; anything else (a
+    live creator, another recoverer, a new segment) is left alone."""
     name = shm_name(namespace)
     try:
         shm = posix_ipc.SharedMemory(name)
-    except Exception as e:
-        raise _open_error(e, namespace) from None
-    out = ffi.new("mq_ns **")
-    give_up = time.monotonic() + ATTACH_WAIT_S
+    except Exception:
+        return  # gone already
     try:
-        while True:
-            rc = lib.mq_attach(shm.fd, out)
-            if rc != ll.MQ_ENOTREADY or time.monotonic() > give_up:
-                break
-            time.sleep(0.005)
-        if rc != 0:
-            raise _err(rc, f"namespace {namespace!r}")
+        st = os.fstat(shm.fd)
+        _check_trust(namespace, st, owners, world_ok, creating=True)
+        if lib.mq_creator_lock(shm.fd) != 0:
+            return  # a live creator or another recoverer has it
+        out = ffi.new("mq_ns **")
+        rc = lib.mq_attach(shm.fd, out)  # our own lock does not count as a live creator
+        if rc == 0:
+            lib.mq_free(out[0])
+            return  # finished after all
+        if rc != ll.MQ_EHALFMADE:
+            return
         try:
-            defs = _read_meta(out[0], namespace)
-        except BaseException:
-            lib.mq_free(out[0])  # nothing else refers to this handle
-            raise
-    except BaseException:
+            now = os.stat(os.path.join(SHM_DIR, name[1:]))
+        except OSError:
+            return
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            return  # the name names another segment now
+        logger.info("namespace %r: removing a segment its creator left half-made", namespace)
+        with contextlib.suppress(posix_ipc.ExistentialError):
+            posix_ipc.unlink_shared_memory(name)
+    finally:
         shm.close_fd()
-        raise
-    return ShmNamespace(namespace, shm, out[0], defs, db_url=None, creator=False)
 
 
 def create(
@@ -661,11 +831,26 @@ def create(
     mode: int = 0o600,
     exist_ok: bool = False,
     db_url: str | None = None,
+    allow_owners: Owners = (),
+    allow_world_writable: bool = False,
 ) -> ShmNamespace:
-    """Create a shared-memory namespace holding these queues."""
+    """Create a shared-memory namespace holding these queues.
+
+    With ``exist_ok`` an existing namespace with the same definitions is
+    attached, only if the caller owns it (or its owner is in
+    ``allow_owners``) and it is not world-writable (unless
+    ``allow_world_writable``); one its creator left half-made (killed during
+    create) is removed and created afresh."""
     name = shm_name(namespace)
     if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
         raise ArgumentError(f"mode must be an int in 0..0o777, not {mode!r}")
+    if len(defs) > lib.MQ_MAX_QUEUES:
+        raise DefinitionError(
+            f"namespace {namespace!r}: {len(defs)} queues defined; a namespace holds at most "
+            f"{lib.MQ_MAX_QUEUES} (MQ_MAX_QUEUES)"
+        )
+    owners = _owner_uids(allow_owners)
+    world_ok = bool(allow_world_writable)
     meta = _meta(namespace, defs)
     params = _params(defs)
     size_out = ffi.new("uint64_t *")
@@ -673,25 +858,49 @@ def create(
     if rc != 0:
         raise _err(rc, f"namespace {namespace!r}")
     size = int(size_out[0])
-    try:
-        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=mode, size=size)
-    except posix_ipc.ExistentialError:
-        if not exist_ok:
-            raise NamespaceExistsError(f"namespace {namespace!r} already exists") from None
-        mq = attach(namespace)
-        if mq.definitions != list(defs):
-            mq.close()
-            raise NamespaceExistsError(
-                f"namespace {namespace!r} already exists with other queue definitions"
+    give_up = time.monotonic() + ATTACH_WAIT_S
+    while True:
+        try:
+            # size 0: nothing but the O_EXCL open, so the creator lock comes first
+            shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=mode, size=0)
+        except posix_ipc.ExistentialError:
+            if not exist_ok:
+                raise NamespaceExistsError(f"namespace {namespace!r} already exists") from None
+            try:
+                mq = _attach(
+                    namespace,
+                    owners,
+                    world_ok,
+                    creating=True,
+                    wait_s=max(0.0, give_up - time.monotonic()),
+                )
+            except NamespaceNotFoundError:
+                continue  # destroyed meanwhile (or lost): create it
+            except NamespaceIncompleteError as e:
+                if e.creator_alive:
+                    raise
+                _remove_half_made(namespace, owners, world_ok)
+                continue  # start afresh (or attach whoever else did)
+            if mq.definitions != list(defs):
+                mq.close()
+                raise NamespaceExistsError(
+                    f"namespace {namespace!r} already exists with other queue definitions"
+                ) from None
+            return mq
+        except posix_ipc.PermissionsError:
+            raise AccessDeniedError(f"namespace {namespace!r}: permission denied") from None
+        except ValueError as e:  # posix_ipc refuses some names/sizes
+            raise MQueueError(
+                f"namespace {namespace!r}: cannot create shared memory: {e}"
             ) from None
-        return mq
-    except posix_ipc.PermissionsError:
-        raise AccessDeniedError(f"namespace {namespace!r}: permission denied") from None
-    except ValueError as e:  # posix_ipc refuses some names/sizes
-        raise MQueueError(f"namespace {namespace!r}: cannot create shared memory: {e}") from None
+        break
     out = ffi.new("mq_ns **")
     try:
+        rc = lib.mq_creator_lock(shm.fd)  # held until the segment is ready
+        if rc != 0:
+            raise _err(rc, f"namespace {namespace!r}")
         os.fchmod(shm.fd, mode)  # exactly `mode`, whatever the umask
+        os.ftruncate(shm.fd, size)
         try:
             os.posix_fallocate(shm.fd, 0, size)  # reserve now: no SIGBUS later
         except OSError as e:
@@ -705,22 +914,42 @@ def create(
         rc = lib.mq_create(shm.fd, len(defs), params, meta, len(meta), out)
         if rc != 0:
             raise _err(rc, f"namespace {namespace!r}")
+        st = os.fstat(shm.fd)
     except BaseException:
         try:
             shm.unlink()
         finally:
             shm.close_fd()
         raise
-    return ShmNamespace(namespace, shm, out[0], defs, db_url=db_url, creator=True)
+    shm.close_fd()  # the engine keeps its own duplicate
+    return ShmNamespace(
+        namespace, out[0], defs, key=(st.st_dev, st.st_ino), db_url=db_url, creator=True
+    )
 
 
 def destroy(namespace: str) -> None:
-    """Remove a namespace's segment.  Attached processes keep their mapping."""
+    """Remove a namespace's segment.  Every process still attached gets
+    NamespaceLostError on its next call (a blocked fetch at once)."""
     name = shm_name(namespace)  # a bad name is a DefinitionError (ValueError)
     try:
-        posix_ipc.unlink_shared_memory(name)
-    except Exception as e:
+        shm: posix_ipc.SharedMemory | None = posix_ipc.SharedMemory(name)
+    except posix_ipc.ExistentialError as e:
         raise _open_error(e, namespace) from None
+    except Exception:
+        shm = None  # not ours to open: removing it may still be allowed
+    try:
+        try:
+            posix_ipc.unlink_shared_memory(name)
+        except Exception as e:
+            raise _open_error(e, namespace) from None
+        # Marked after the unlink succeeded, so a refused destroy changes
+        # nothing; through the descriptor opened before it, so the mark goes
+        # to the segment that was removed, never to a new one of that name.
+        if shm is not None:
+            lib.mq_mark_lost(shm.fd)  # not an mqueue segment: nothing to mark
+    finally:
+        if shm is not None:
+            shm.close_fd()
 
 
 __all__ = ["ShmNamespace", "ShmQueue", "attach", "create", "destroy", "list_namespaces", "shm_name"]
