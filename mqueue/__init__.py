@@ -118,8 +118,9 @@ def attach(namespace: str, *, url: str | None = None) -> MQueue:
 
 
 def destroy(namespace: str, *, url: str | None = None) -> None:
-    """Remove a namespace for good.  Processes still attached keep working on
-    their mapping until they close; new ``attach`` calls fail."""
+    """Remove a namespace for good.  New ``attach`` calls fail; processes
+    still attached get :class:`NamespaceLostError` on their next call (one
+    blocked in ``fetch`` within about 100 ms)."""
     if url is None:
         from . import _shm
 

@@ -429,7 +429,15 @@ static void t_bad_segments(void) {
     if (ftruncate(fd, 100) != 0) exit(2);
     CHECK_EQ(attach_rc(fd), MQ_ECORRUPT);                  /* shorter than a header */
     if (ftruncate(fd, 1 << 16) != 0) exit(2);
-    CHECK_EQ(attach_rc(fd), MQ_ENOTREADY);                 /* zero-filled: creator not done */
+    CHECK_EQ(attach_rc(fd), MQ_EHALFMADE);                 /* zero-filled, no creator lock: died */
+    {
+        int cr = reopen(fd);                               /* a live creator holds the lock */
+        CHECK_EQ(mq_creator_lock(cr), 0);
+        CHECK_EQ(attach_rc(fd), MQ_ENOTREADY);             /* ... so attachers wait */
+        CHECK_EQ(mq_creator_lock(fd), MQ_ENOTREADY);       /* and nobody else takes it */
+        close(cr);                                         /* the creator dies */
+        CHECK_EQ(attach_rc(fd), MQ_EHALFMADE);
+    }
     char junk[4096];
     for (size_t i = 0; i < sizeof junk; i++) junk[i] = (char)rnd();
     if (pwrite(fd, junk, sizeof junk, 0) != (ssize_t)sizeof junk) exit(2);
@@ -650,6 +658,43 @@ static void t_sem_tokens(long tokens) {
     close(fd);
 }
 
+/* ------------------------------------------------------------ lifecycle */
+/* One mapping and slot per process shared by clones; the destroy mark. */
+static void t_lifecycle(void) {
+    current = "lifecycle";
+    struct mq_qparam p = {4096, 0, 0};
+    int fd = seg_new(1, &p, 0, NULL);
+    mq_ns *a = NULL, *b = NULL, *c = NULL, *other = NULL;
+    uint32_t meta[3];
+    char buf[64];
+    CHECK_EQ(mq_create(fd, 1, &p, NULL, 0, &a), 0);
+    CHECK_EQ(mq_creator_lock(fd), 0);                      /* released by mq_create: free again */
+    CHECK_EQ(mq_clone(a, &b), 0);
+    CHECK_EQ(mq_slot(a), mq_slot(b));                      /* one slot for both handles */
+    CHECK_EQ(mq_add(b, 0, "k", 1, "v", 1, 0), 1);
+    CHECK_EQ(mq_fetch(a, 0, 0, buf, sizeof buf, meta), 1);
+    mq_detach(a);                                          /* b keeps the mapping */
+    CHECK_EQ(mq_add(a, 0, "k", 1, "v", 1, 0), MQ_ECLOSED);
+    CHECK_EQ(mq_clone(a, &c), MQ_ECLOSED);
+    CHECK_EQ(mq_add(b, 0, "k2", 2, "v", 1, 0), 1);
+    CHECK_EQ(mq_clone(b, &c), 0);
+    int f2 = reopen(fd);                                   /* another "process" */
+    CHECK_EQ(mq_attach(f2, &other), 0);
+    close(f2);                                             /* the handle keeps its own duplicate */
+    CHECK(mq_slot(other) != mq_slot(b));
+    CHECK_EQ(mq_mark_lost(fd), 0);                         /* destroy */
+    CHECK_EQ(mq_mark_lost(fd), 0);                         /* idempotent */
+    CHECK_EQ(mq_add(b, 0, "k", 1, "v", 1, 0), MQ_ELOST);
+    CHECK_EQ(mq_fetch(c, 0, 0, buf, sizeof buf, meta), MQ_ELOST);
+    CHECK_EQ(mq_fetch(other, 0, -1, buf, sizeof buf, meta), MQ_ELOST);  /* never waits */
+    CHECK_EQ(attach_rc(fd), MQ_ELOST);
+    mq_free(b);
+    mq_free(c);
+    mq_free(other);
+    mq_free(a);
+    close(fd);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "sem-tokens") == 0) {
         alarm(60);
@@ -673,6 +718,7 @@ int main(int argc, char **argv) {
     t_many();
     t_wrap();
     t_bad_segments();
+    t_lifecycle();
     t_fuzz(iterations);
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
