@@ -58,6 +58,8 @@ def create(
     mode: int = 0o600,
     exist_ok: bool = False,
     url: str | None = None,
+    allow_owners: Iterable[int | str] = (),
+    allow_world_writable: bool = False,
 ) -> MQueue:
     """Create the namespace ``namespace`` holding the queues ``definitions``.
 
@@ -69,6 +71,10 @@ def create(
     queues with dbmode 1 or 2 are loaded now and queues with dbmode 1 or 3 are
     saved by this process's :meth:`MQueue.close`.  ``url=None`` is shared
     memory on this machine; ``"redis://host:port/db"`` the same queues on Redis.
+    Shared memory, ``exist_ok=True``: a segment owned by another user is
+    refused (AccessDeniedError) unless its owner is in ``allow_owners`` (uids
+    or user names), a world-writable one unless ``allow_world_writable``; one
+    left half-made by a creator that died is removed and created afresh.
 
     Raises DefinitionError (a ValueError) for a bad definition or name,
     NamespaceExistsError (a FileExistsError), AccessDeniedError (a
@@ -83,13 +89,21 @@ def create(
         from . import _persist
 
         _persist.validate_queue_tables(defs, db_url)  # type: ignore[arg-type]
+    if url is None:
+        extra: dict[str, object] = {
+            "allow_owners": allow_owners,
+            "allow_world_writable": allow_world_writable,
+        }
+    else:
+        _shm_only(allow_owners, allow_world_writable)
+        extra = {"url": url}
     mq: MQueue = _backend(url).create(
         namespace,
         defs,
         mode=mode,
         exist_ok=exist_ok,
         db_url=db_url if persist else None,
-        **({"url": url} if url is not None else {}),
+        **extra,
     )
     if persist and mq.is_creator:
         from . import _persist
@@ -103,17 +117,39 @@ def create(
     return mq
 
 
-def attach(namespace: str, *, url: str | None = None) -> MQueue:
+def _shm_only(allow_owners: Iterable[int | str], allow_world_writable: bool) -> None:
+    if allow_owners != () or allow_world_writable:
+        raise ArgumentError(
+            "allow_owners and allow_world_writable apply to shared memory (url=None) only"
+        )
+
+
+def attach(
+    namespace: str,
+    *,
+    url: str | None = None,
+    allow_owners: Iterable[int | str] = (),
+    allow_world_writable: bool = False,
+) -> MQueue:
     """Attach to an existing namespace (from any process, forked or not).
+
+    Shared memory: a segment owned by a user other than the caller or root is
+    refused unless its owner is in ``allow_owners`` (uids or user names), and
+    a world-writable one unless ``allow_world_writable`` (the checks are made
+    on the opened segment, see README "Guarantees and caveats").
 
     Raises NamespaceNotFoundError (a FileNotFoundError) when it does not exist,
     AccessDeniedError (a PermissionError), CorruptSegmentError for a damaged
-    or foreign segment.
+    or foreign segment, NamespaceIncompleteError for one whose creator died
+    before finishing it (or is still creating it after a wait).
     """
     if url is None:
         from . import _shm
 
-        return _shm.attach(namespace)
+        return _shm.attach(
+            namespace, allow_owners=allow_owners, allow_world_writable=allow_world_writable
+        )
+    _shm_only(allow_owners, allow_world_writable)
     return _backend(url).attach(namespace, url=url)  # type: ignore[no-any-return]
 
 
