@@ -93,8 +93,13 @@ def _backend_missing(url: str | None, exc: ImportError) -> MQueueError:
 def _attach(args: argparse.Namespace) -> MQueue:
     import mqueue
 
+    trust: dict[str, Any] = {}
+    if getattr(args, "allow_owner", None):
+        trust["allow_owners"] = tuple(args.allow_owner)
+    if getattr(args, "allow_world_writable", False):
+        trust["allow_world_writable"] = True
     try:
-        return mqueue.attach(args.namespace, url=args.url)
+        return mqueue.attach(args.namespace, url=args.url, **trust)
     except ImportError as exc:
         if args.url is None:
             raise
@@ -264,6 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
             "--url",
             default=None,
             help="backend URL (default: POSIX shared memory on this machine)",
+        )
+        p.add_argument(
+            "--allow-owner",
+            action="append",
+            metavar="USER",
+            help="shared memory: also trust a namespace owned by this user (name or uid; "
+            "repeatable); by default only your own or root's",
+        )
+        p.add_argument(
+            "--allow-world-writable",
+            action="store_true",
+            help="shared memory: use a namespace any local user may write to",
         )
 
     p = add("demo", "run the built-in example: a SIP listener and workers", _cmd_demo)

@@ -32,6 +32,7 @@ definition, an unknown parameter or a queue defined twice raise
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -186,8 +187,12 @@ class MQueueModule:
         mode: int = 0o600,
         exist_ok: bool = False,
         url: str | None = None,
+        allow_owners: Iterable[int | str] = (),
+        allow_world_writable: bool = False,
     ) -> None:
         """Create the queues in ``namespace`` (Kamailio's ``mod_init``).
+
+        ``allow_owners`` / ``allow_world_writable``: as for :func:`mqueue.create`.
 
         Checks that every queue with a dbmode has a ``db_url``
         (:class:`~mqueue.DefinitionError` otherwise; Kamailio crashes), then
@@ -209,18 +214,33 @@ class MQueueModule:
             mode=mode,
             exist_ok=exist_ok,
             url=url,
+            allow_owners=allow_owners,
+            allow_world_writable=allow_world_writable,
         )
         self._queues = {}
 
-    def attach(self, namespace: str, *, url: str | None = None) -> None:
+    def attach(
+        self,
+        namespace: str,
+        *,
+        url: str | None = None,
+        allow_owners: Iterable[int | str] = (),
+        allow_world_writable: bool = False,
+    ) -> None:
         """Attach to queues another process created with :meth:`init`.
 
         Kamailio's child processes share the queues created in ``mod_init``;
         here any process (forked or started separately) attaches by name.
+        ``allow_owners`` / ``allow_world_writable``: as for :func:`mqueue.attach`.
         """
         if self._mq is not None:
             raise MQueueError("attach(): the module is already initialised")
-        self._mq = mqueue.attach(namespace, url=url)
+        self._mq = mqueue.attach(
+            namespace,
+            url=url,
+            allow_owners=allow_owners,
+            allow_world_writable=allow_world_writable,
+        )
         self._queues = {}
 
     def close(self) -> None:
