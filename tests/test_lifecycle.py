@@ -397,8 +397,10 @@ FORK_NO_SLOT = textwrap.dedent(
     second = mqueue.attach(ns)                  # two handles, one slot (0)
     blocker = os.open("/dev/shm/mqueue." + ns, os.O_RDWR)
     for i in range(1024):                      # every other slot held by a live OFD
-        if i != mq.slot:
+        try:
             fcntl.fcntl(blocker, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, i, 1, 0))
+        except BlockingIOError:
+            pass                               # our own handles' slot(s)
     pid = os.fork()
     if pid == 0:
         out = []
