@@ -538,6 +538,11 @@ class ShmNamespace(MQueue):
         # Detach now (after calls other threads have in flight through this
         # handle); the last handle of this process on the segment unmaps it.
         # The small C struct is freed by the finalizer once nothing refers to it.
+        refs = _shared.get((os.getpid(), *self._key))
+        if refs is not None:
+            refs.pop(id(self), None)
+            if not refs:
+                _shared.pop((os.getpid(), *self._key), None)
         lib.mq_detach(self._ns)
 
     def _reattach_in_child(self) -> None:
@@ -560,36 +565,44 @@ class ShmNamespace(MQueue):
             _share(self)
 
 
-# Per process, the open handle whose mapping a new handle on the same segment
-# shares: (pid, st_dev, st_ino) -> handle.  Plain dict operations under the
-# GIL (no lock to inherit across fork); a race only costs a second mapping.
-_shared: dict[tuple[int, int, int], weakref.ref[ShmNamespace]] = {}
+# Per process, the open handles whose mapping a new handle on the same
+# segment may share: (pid, st_dev, st_ino) -> {id(handle): weakref}.  Plain
+# dict operations under the GIL (no lock to inherit across fork); a race only
+# costs a second mapping.
+_shared: dict[tuple[int, int, int], dict[int, weakref.ref[ShmNamespace]]] = {}
 
 
 def _share(mq: ShmNamespace) -> None:
-    """Offer mq's mapping to the next handle this process opens on the segment."""
-    key = (os.getpid(), *mq._key)
-    _shared[key] = weakref.ref(mq, partial(_forget, key))
-    for k in [k for k in _shared if k[0] != key[0]]:  # a parent's entries (after fork)
+    """Offer mq's mapping to the next handles this process opens on the segment."""
+    pid = os.getpid()
+    key = (pid, *mq._key)
+    for k in [k for k in list(_shared) if k[0] != pid]:  # a parent's entries (after fork)
         _shared.pop(k, None)
+    _shared.setdefault(key, {})[id(mq)] = weakref.ref(mq, partial(_forget, key, id(mq)))
 
 
-def _forget(key: tuple[int, int, int], ref: weakref.ref[ShmNamespace]) -> None:
-    if _shared.get(key) is ref:
-        _shared.pop(key, None)
+def _forget(key: tuple[int, int, int], ident: int, ref: weakref.ref[ShmNamespace]) -> None:
+    refs = _shared.get(key)
+    if refs is not None and refs.get(ident) is ref:
+        del refs[ident]
+        if not refs:
+            _shared.pop(key, None)
 
 
 def _clone_of(key: tuple[int, int]) -> tuple[Any, list[QueueDef]] | None:
     """A new engine handle on this process's mapping of the segment, with its
     definitions, or None when this process has no usable handle on it."""
-    ref = _shared.get((os.getpid(), *key))
-    other = ref() if ref is not None else None
-    if other is None or other._closed:
+    refs = _shared.get((os.getpid(), *key))
+    if not refs:
         return None
     out = ffi.new("mq_ns **")
-    if lib.mq_clone(other._ns, out) != 0:  # closed, broken or lost meanwhile
-        return None
-    return out[0], list(other.definitions)
+    for ref in list(refs.values()):
+        other = ref()
+        if other is None or other._closed:
+            continue
+        if lib.mq_clone(other._ns, out) == 0:  # else closed, broken or lost meanwhile
+            return out[0], list(other.definitions)
+    return None
 
 
 def _params(defs: Sequence[QueueDef]) -> Any:

@@ -343,6 +343,9 @@ def test_slots_count_processes_not_handles(ns: str) -> None:
             h.close()
     mq["q"].add("creator", "too")
     assert len(mq["q"]) == 1
+    late = mqueue.attach(ns)  # the handles it could share with are closed, but mq is open
+    assert late.slot == mq.slot
+    late.close()
     mq.close()
 
 
