@@ -28,7 +28,11 @@
 #define MQ_MAGIC  0x314555455551514dULL        /* the segment is ready */
 #define MQ_MAGIC_INIT 0x544955514d514d00ULL    /* its creator is still formatting it */
 #define MQ_MAGIC_LOST 0x54534f4c514d514dULL    /* destroyed: attached handles get MQ_ELOST */
-#define MQ_LAYOUT_VERSION 2u
+/* 3: the destroy mark (MQ_MAGIC_LOST) and the creator lock (byte
+ * MQ_CREATOR_BYTE of the file) are part of the protocol: a version-2 process
+ * would neither see the one nor take the other, so the versions refuse each
+ * other's segments. */
+#define MQ_LAYOUT_VERSION 3u
 
 /* The queue state that one operation changes: one cache line.  Two copies
  * live in q_hdr; `cur` says which is current.  A writer fills the other copy

@@ -182,3 +182,30 @@ def test_bad_allow_owners(ns: str, owners: object, exc: type[Exception]) -> None
 def test_trust_options_are_shm_only() -> None:
     with pytest.raises(mqueue.ArgumentError):
         mqueue.attach("x", url="redis://127.0.0.1:1/0", allow_owners=[0])
+
+
+def test_kamailio_facade_passes_the_options(ns: str) -> None:
+    from mqueue import kamailio
+
+    m = kamailio.MQueueModule()
+    m.modparam("mqueue", "name=q")
+    m.init(ns, mode=0o666)
+    try:
+        other = kamailio.MQueueModule()
+        with pytest.raises(mqueue.AccessDeniedError, match="world-writable"):
+            other.attach(ns)
+        other = kamailio.MQueueModule()
+        other.attach(ns, allow_world_writable=True, allow_owners=[os.geteuid()])
+        assert other.mq_add("q", "k", "v") == 1
+        assert m.mq_size("q") == 1
+        other.close()
+        again = kamailio.MQueueModule()
+        again.modparam("mqueue", "name=q")
+        with pytest.raises(mqueue.AccessDeniedError):
+            again.init(ns, exist_ok=True)
+        again = kamailio.MQueueModule()
+        again.modparam("mqueue", "name=q")
+        again.init(ns, exist_ok=True, allow_world_writable=True)
+        again.close()
+    finally:
+        m.close()
