@@ -400,8 +400,9 @@ FORK_NO_SLOT = textwrap.dedent(
     second = mqueue.attach(ns)                  # two handles, one slot (0)
     blocker = os.open("/dev/shm/mqueue." + ns, os.O_RDWR)
     for i in range(1024):                      # every other slot held by a live OFD
+        lock = struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, i, 1, 0)
         try:
-            fcntl.fcntl(blocker, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, i, 1, 0))
+            fcntl.fcntl(blocker, fcntl.F_OFD_SETLK, lock)
         except BlockingIOError:
             pass                               # our own handles' slot(s)
     pid = os.fork()
@@ -475,4 +476,3 @@ def test_fork_shares_the_new_slot(ns: str) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-v"]))
-
