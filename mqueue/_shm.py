@@ -831,8 +831,12 @@ def _remove_half_made(namespace: str, owners: frozenset[int], world_ok: bool) ->
         if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
             return  # the name names another segment now
         logger.info("namespace %r: removing a segment its creator left half-made", namespace)
-        with contextlib.suppress(posix_ipc.ExistentialError):
+        try:
             posix_ipc.unlink_shared_memory(name)
+        except posix_ipc.ExistentialError:
+            pass  # someone else removed it meanwhile
+        except Exception as e:
+            raise _open_error(e, namespace) from None
     finally:
         shm.close_fd()
 
@@ -872,7 +876,7 @@ def create(
         raise _err(rc, f"namespace {namespace!r}")
     size = int(size_out[0])
     give_up = time.monotonic() + ATTACH_WAIT_S
-    while True:
+    for _round in range(1000):  # each round: the name changed under us
         try:
             # size 0: nothing but the O_EXCL open, so the creator lock comes first
             shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=mode, size=0)
@@ -907,6 +911,10 @@ def create(
                 f"namespace {namespace!r}: cannot create shared memory: {e}"
             ) from None
         break
+    else:
+        raise MQueueError(
+            f"namespace {namespace!r} keeps being removed and made again by other processes"
+        )
     out = ffi.new("mq_ns **")
     try:
         rc = lib.mq_creator_lock(shm.fd)  # held until the segment is ready
@@ -928,9 +936,12 @@ def create(
         if rc != 0:
             raise _err(rc, f"namespace {namespace!r}")
         st = os.fstat(shm.fd)
+        if st.st_nlink == 0:  # destroyed while we were making it
+            lib.mq_free(out[0])
+            raise _err(ll.MQ_ELOST, f"namespace {namespace!r}")
     except BaseException:
         try:
-            shm.unlink()
+            _unlink_if_ours(name, shm.fd)
         finally:
             shm.close_fd()
         raise
@@ -938,6 +949,16 @@ def create(
     return ShmNamespace(
         namespace, out[0], defs, key=(st.st_dev, st.st_ino), db_url=db_url, creator=True
     )
+
+
+def _unlink_if_ours(name: str, fd: int) -> None:
+    """Remove the name if it still names the segment open as fd (a failed
+    create must not remove a segment someone made after destroying ours)."""
+    with contextlib.suppress(OSError, posix_ipc.ExistentialError):
+        mine = os.fstat(fd)
+        now = os.stat(os.path.join(SHM_DIR, name[1:]))
+        if (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+            posix_ipc.unlink_shared_memory(name)
 
 
 def destroy(namespace: str) -> None:

@@ -254,7 +254,9 @@ BIG = "name=big;bytes=768M"  # a 1.5 GB ring: posix_fallocate takes a while
 def _creator_in_fallocate(ns: str) -> subprocess.Popen[str]:
     """A creator of a large segment, caught after its ftruncate and before its
     segment is ready (in posix_fallocate, or formatting)."""
-    p = subprocess.Popen([PYTHON, "-c", CREATOR, ns, BIG], stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [PYTHON, "-c", CREATOR, ns, BIG], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert p.stdout is not None
     assert p.stdout.readline().strip() == "start"
     deadline = time.monotonic() + 30
@@ -320,6 +322,28 @@ def test_creator_killed_in_fallocate_recovered(ns: str) -> None:
     mq = mqueue.create(ns, ["name=q"], exist_ok=True)  # other definitions: a fresh start
     assert mq.is_creator and list(mq) == ["q"]
     mq.close()
+
+
+def test_destroyed_while_being_created(ns: str) -> None:
+    """destroy (and a new create) while a creator is in its posix_fallocate: the
+    creator's create raises NamespaceLostError instead of handing out a handle
+    on a removed segment, and it leaves the new segment alone."""
+    if os.statvfs("/dev/shm").f_bavail * os.statvfs("/dev/shm").f_frsize < 4 << 30:
+        pytest.skip("needs 4 GB free in /dev/shm")
+    p = _creator_in_fallocate(ns)
+    os.kill(p.pid, signal.SIGSTOP)
+    try:
+        if not _not_ready(ns):
+            pytest.skip("the creator finished before it could be stopped")
+        mqueue.destroy(ns)
+        newer = mqueue.create(ns, ["name=q"])
+    finally:
+        os.kill(p.pid, signal.SIGCONT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode != 0 and "NamespaceLostError" in (err or ""), err
+    newer["q"].add("k", "v")  # untouched by the failed creator
+    assert mqueue.attach(ns)["q"].fetch() == ("k", "v")
+    newer.close()
 
 
 # --------------------------------------------------------------------------- item 10
