@@ -28,6 +28,7 @@ Kamailio's quirks that we deliberately fix (docs/SPEC.md) are not compared:
 Each test stops its Kamailio by PID (SIGTERM, then SIGKILL of its process group)
 in teardown whatever happens.  Without the ``kamailio`` binary (or its modules)
 the tests skip, unless ``MQUEUE_REQUIRE_SERVICES=1`` (CI), where they fail.
+``MQUEUE_TEST_KAMAILIO`` names another binary to use.
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ NEEDED_MODULES = ("jsonrpcs", "sl", "textops", "pv", "mqueue", "db_sqlite")
 
 def _find_kamailio() -> tuple[str | None, str | None, str]:
     """(binary, module directory, problem): the problem is "" when both are found."""
-    binary = shutil.which("kamailio") or next(
+    forced = os.environ.get("MQUEUE_TEST_KAMAILIO")  # a binary to use instead
+    if forced is not None and not os.access(forced, os.X_OK):
+        return None, None, f"MQUEUE_TEST_KAMAILIO={forced!r} is not an executable"
+    binary = forced or shutil.which("kamailio") or next(
         (p for p in ("/usr/sbin/kamailio", "/usr/local/sbin/kamailio") if os.access(p, os.X_OK)),
         None,
     )
