@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install Debian's Kamailio (5.6 on bookworm) and its SQLite module for the
 # differential tests (tests/test_kamailio_real.py), which start and stop their own
-# Kamailio processes on loopback: this script starts nothing.
+# Kamailio processes on loopback: this script starts nothing.  Also tmux, which the
+# tests of `mqueue top` drive (tests/test_top.py).
 #
 #   bash .ci/services-kamailio.sh
 #
-# - Idempotent: when the kamailio binary and the modules the tests load are
-#   present, it does nothing.
+# - Idempotent: when tmux, the kamailio binary and the modules the tests load
+#   are present, it does nothing.
 # - Quiet: apt-get's output goes to a log, shown only when the install fails.
 #   Messages go to standard error. Installing needs root.
 # - The package's own service is not started: a policy-rc.d that denies starts
@@ -18,6 +19,7 @@ log() { printf 'services-kamailio: %s\n' "$*" >&2; }
 MODULES="jsonrpcs sl textops pv mqueue db_sqlite"
 
 have_all() {
+    command -v tmux >/dev/null 2>&1 || return 1
     command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || return 1
     local d m
     for d in /usr/lib/*/kamailio/modules /usr/lib/kamailio/modules; do
@@ -31,12 +33,12 @@ have_all() {
 }
 
 if have_all; then
-    log "Kamailio and its modules are installed"
+    log "Kamailio, its modules and tmux are installed"
     exit 0
 fi
 
 if [ "$(id -u)" != 0 ]; then
-    log "Kamailio is missing and installing it needs root: apt-get install kamailio kamailio-sqlite-modules"
+    log "Kamailio or tmux is missing and installing needs root: apt-get install kamailio kamailio-sqlite-modules tmux"
     exit 1
 fi
 
@@ -52,16 +54,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-log "installing kamailio kamailio-sqlite-modules"
+log "installing kamailio kamailio-sqlite-modules tmux"
 if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-           kamailio kamailio-sqlite-modules; } >"$aptlog" 2>&1; then
+           kamailio kamailio-sqlite-modules tmux; } >"$aptlog" 2>&1; then
     cat "$aptlog" >&2
     log "apt-get failed"
     exit 1
 fi
 if ! have_all; then
-    log "installed, but the kamailio binary or one of the modules ($MODULES) is still missing"
+    log "installed, but tmux, the kamailio binary or one of the modules ($MODULES) is still missing"
     exit 1
 fi
 log "installed $(kamailio -v 2>/dev/null | head -n1)"

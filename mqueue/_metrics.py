@@ -291,6 +291,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _MetricsServer
     protocol_version = "HTTP/1.1"
     server_version = "mqueue-metrics"
+    timeout = 60  # seconds a connection may stay idle (or half-sent) before it is closed
 
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
         self._answer(send_body=True)
