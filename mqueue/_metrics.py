@@ -44,6 +44,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+READ_TIMEOUT = 5.0
+"""Seconds a scrape (or a ``top`` refresh) waits for a namespace's counters."""
+
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 CONTENT_TYPE_OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
@@ -183,21 +186,42 @@ def _read(namespace: str, url: str | None) -> NamespaceSample | None:
     return NamespaceSample(namespace, stats, time=now)
 
 
+# Reads still running after their deadline, by (url, namespace): a namespace whose
+# read is stuck (a queue lock held by a stopped process) gets no second reader.
+_stuck: dict[tuple[str | None, str], threading.Thread] = {}
+_stuck_lock = threading.Lock()
+
+
 def collect(
-    namespaces: Sequence[str] | None = None, url: str | None = None
+    namespaces: Sequence[str] | None = None,
+    url: str | None = None,
+    *,
+    timeout: float | None = None,
 ) -> list[NamespaceSample]:
-    """Snapshots of ``namespaces`` (default: every namespace there is), in name order.
+    """Snapshots of ``namespaces`` (default: every namespace there is), in that order.
 
     A namespace that does not exist is left out when it was discovered by
     listing (it was destroyed meanwhile), and reported as not up when it was
     asked for by name.  Any other failure to read one namespace is reported in
     its sample; only a failure to list the namespaces raises.
+
+    ``timeout``: seconds to wait for the namespaces' reads (which run in
+    parallel threads then).  Reading takes each queue's lock for an instant, so a
+    process stopped (SIGSTOP, a debugger) while holding one makes that read wait
+    until it resumes: such a namespace is reported as not up ("no answer within
+    ..."), the others are not delayed, and while its read is still waiting no
+    second read of it is started.  ``None``: read one after the other, waiting
+    as long as it takes.
     """
     explicit = namespaces is not None
     names = list(namespaces) if namespaces is not None else list_namespaces(url)
+    if timeout is None:
+        results: dict[str, NamespaceSample | None] = {n: _read(n, url) for n in names}
+    else:
+        results = _read_with_deadline(names, url, timeout)
     out: list[NamespaceSample] = []
     for name in names:
-        sample = _read(name, url)
+        sample = results[name]
         if sample is None:
             if explicit:
                 out.append(
@@ -206,6 +230,45 @@ def collect(
             continue
         out.append(sample)
     return out
+
+
+def _read_with_deadline(
+    names: list[str], url: str | None, timeout: float
+) -> dict[str, NamespaceSample | None]:
+    results: dict[str, NamespaceSample | None] = {}
+    threads: dict[str, threading.Thread] = {}
+    with _stuck_lock:
+        for key in [k for k, t in _stuck.items() if not t.is_alive()]:
+            del _stuck[key]
+        waiting = {n for n in names if (url, n) in _stuck}
+    for name in names:
+        if name in waiting:
+            results[name] = NamespaceSample(
+                name,
+                error="an earlier read is still waiting for a queue lock "
+                "(held by a stopped process?)",
+                time=time.monotonic(),
+            )
+            continue
+
+        def work(name: str = name) -> None:
+            results[name] = _read(name, url)
+
+        t = threading.Thread(target=work, name=f"mqueue-read:{name}", daemon=True)
+        t.start()
+        threads[name] = t
+    deadline = time.monotonic() + timeout
+    for name, t in threads.items():
+        t.join(max(0.0, deadline - time.monotonic()))
+        if t.is_alive():
+            with _stuck_lock:
+                _stuck[(url, name)] = t
+            results[name] = NamespaceSample(
+                name,
+                error=f"no answer within {timeout:g} s (a queue lock held by a stopped process?)",
+                time=time.monotonic(),
+            )
+    return results
 
 
 # ------------------------------------------------------------------- rendering
@@ -349,7 +412,7 @@ class _MetricsServer(ThreadingHTTPServer):
         self.scrapes = 0
 
     def collect(self) -> list[NamespaceSample]:
-        return collect(self.namespaces, self.url)
+        return collect(self.namespaces, self.url, timeout=READ_TIMEOUT)
 
 
 def serve(

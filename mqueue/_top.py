@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from ._metrics import NamespaceSample, collect
+from ._metrics import READ_TIMEOUT, NamespaceSample, collect
 
 if TYPE_CHECKING:
     from ._core import QueueStats
@@ -217,9 +217,9 @@ def run_once(
 ) -> str:
     """One plain-text frame: two reads ``interval`` seconds apart (for the rates)."""
     previous: dict[tuple[str, str], tuple[float, QueueStats]] = {}
-    compute_rows(collect(namespaces, url), previous)
+    compute_rows(collect(namespaces, url, timeout=READ_TIMEOUT), previous)
     time.sleep(interval)
-    samples = collect(namespaces, url)
+    samples = collect(namespaces, url, timeout=READ_TIMEOUT)
     rows = compute_rows(samples, previous)
     lines = [_title(samples, interval), *render(rows)]
     if not rows:
@@ -271,7 +271,7 @@ def _loop(stdscr: Any, namespaces: Sequence[str] | None, url: str | None, interv
         if now >= next_read:
             next_read = now + interval
             try:
-                samples = collect(namespaces, url)
+                samples = collect(namespaces, url, timeout=min(READ_TIMEOUT, max(1.0, interval)))
                 rows = compute_rows(samples, previous)
                 title = _title(samples, interval)
                 lines = render(rows) if rows else ["(no queues)"]

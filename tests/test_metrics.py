@@ -485,3 +485,46 @@ def test_serve_in_process_stops_on_event(make_mq: MakeMQ, ns: str) -> None:
     stop.set()
     t.join(30)
     assert result == [1]
+
+
+def test_a_stuck_namespace_does_not_hold_up_the_others(
+    make_mq: MakeMQ, ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read that waits on a queue lock (its holder stopped) is reported after the
+    deadline, and gets no second reader until it returns.  The wait is simulated:
+    a real lock holder would have to be stopped inside its critical section."""
+    busy_namespace(make_mq)
+    stuck = new_namespace()
+    make_mq("name=s", namespace=stuck)
+    release = threading.Event()
+    reads: list[str] = []
+    real_read = _metrics._read
+
+    def read(name: str, url: str | None) -> Any:
+        reads.append(name)
+        if name == stuck:
+            release.wait(60)
+        return real_read(name, url)
+
+    monkeypatch.setattr(_metrics, "_read", read)
+    try:
+        t0 = time.monotonic()
+        samples = _metrics.collect([ns, stuck], timeout=0.5)
+        assert time.monotonic() - t0 < 30
+        assert [(s.namespace, s.up) for s in samples] == [(ns, True), (stuck, False)]
+        assert "no answer within 0.5 s" in str(samples[1].error)
+        samples = _metrics.collect([ns, stuck], timeout=0.5)
+        assert "still waiting" in str(samples[1].error)
+        assert reads.count(stuck) == 1  # no second reader piled up
+        _, values = parse(_metrics.exposition(samples, openmetrics=True), True)
+        assert values[("mqueue_namespace_up", stuck, "")] == 0
+        assert values[("mqueue_queue_length", ns, "calls")] == 2
+    finally:
+        release.set()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the stuck read returns, then it is read again
+        samples = _metrics.collect([ns, stuck], timeout=5)
+        if samples[1].up:
+            break
+        time.sleep(0.05)
+    assert samples[1].up and reads.count(stuck) >= 2
