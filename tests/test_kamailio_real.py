@@ -407,14 +407,21 @@ QUEUES_PARAMS: list[tuple[str, object]] = [
     ("mqueue_size", 0),
     ("mqueue_addmode", 0),
     ("mqueue_name", "by-name-2"),
+    ("mqueue_name", "lit;size=3"),  # not parsed: a queue literally named so
+    ("mqueue", "name=neg;size=-1"),  # no count bound
+    ("mqueue", "name='qu;o=ted';size=3;addmode=2"),  # a quoted name holding ; and =
 ]
-QUEUE_NAMES = ["plain", "bound3", "keepold", "keepnew", "b2 a1", "by-name", "by-name-2"]
+QUEUE_NAMES = [
+    "plain", "bound3", "keepold", "keepnew", "b2 a1", "by-name", "by-name-2",
+    "lit;size=3", "neg", "qu;o=ted",
+]  # fmt: skip
 KEYS = ["k0", "k1", "k2", "k3", "clé", "☎ 42", "a;b,c=d"]
 
 
 def _value(rng: random.Random) -> str:
     alphabet = "abcdefghijklmnopqrstuvwxyz0123456789 ;,=:@.-_éü☎"
-    text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
+    n = rng.randint(1, 40) if rng.random() < 0.95 else rng.randint(500, 3000)
+    text = "".join(rng.choice(alphabet) for _ in range(n))
     return "v" + text.strip() + "."  # never empty, no leading/trailing space
 
 
@@ -459,12 +466,16 @@ def _compare_ops(k: Kamailio, o: Ours, rng: random.Random, n: int) -> int:
     return compared
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_random_operations_agree(pair: Callable[..., Pair], seed: int) -> None:
     k, o = pair(QUEUES_PARAMS)
     assert o.rpc("mqueue.get_sizes") == k.rpc("mqueue.get_sizes")
     rng = random.Random(seed)
-    assert _compare_ops(k, o, rng, 300) > 250
+    assert _compare_ops(k, o, rng, 400) > 350
+    # the sequence did exercise the bounds and the addmodes (on both sides, as they agree)
+    st = {name: o.m._queue(name).stats() for name in QUEUE_NAMES}
+    assert st["bound3"].evicted > 0 and st["b2 a1"].evicted + st["qu;o=ted"].evicted > 0
+    assert st["keepold"].duplicates > 0 and st["keepnew"].duplicates > 0
     # the end state too: every queue drained through mq_fetch, in the same order
     for q in QUEUE_NAMES:
         for _ in range(200):
