@@ -232,43 +232,68 @@ def collect(
     return out
 
 
+READERS = 8
+"""Threads reading namespaces in parallel in :func:`collect` with a ``timeout``."""
+
+
 def _read_with_deadline(
     names: list[str], url: str | None, timeout: float
 ) -> dict[str, NamespaceSample | None]:
+    """Read ``names`` with up to :data:`READERS` threads; after ``timeout`` seconds
+    every namespace not read yet is reported as not up, and the reads still running
+    are remembered in ``_stuck``."""
     results: dict[str, NamespaceSample | None] = {}
-    threads: dict[str, threading.Thread] = {}
     with _stuck_lock:
         for key in [k for k, t in _stuck.items() if not t.is_alive()]:
             del _stuck[key]
         waiting = {n for n in names if (url, n) in _stuck}
-    for name in names:
-        if name in waiting:
-            results[name] = NamespaceSample(
-                name,
-                error="an earlier read is still waiting for a queue lock "
-                "(held by a stopped process?)",
-                time=time.monotonic(),
-            )
-            continue
+    todo = [n for n in names if n not in waiting]
+    lock = threading.Lock()
+    reading: dict[threading.Thread, str] = {}  # what each reader is on now
+    next_index = [0]
 
-        def work(name: str = name) -> None:
-            results[name] = _read(name, url)
+    def reader() -> None:
+        me = threading.current_thread()
+        while True:
+            with lock:
+                if next_index[0] >= len(todo) or next_index[0] < 0:
+                    reading.pop(me, None)
+                    return
+                name = todo[next_index[0]]
+                next_index[0] += 1
+                reading[me] = name
+            sample = _read(name, url)
+            with lock:
+                results[name] = sample
 
-        t = threading.Thread(target=work, name=f"mqueue-read:{name}", daemon=True)
+    threads = [
+        threading.Thread(target=reader, name="mqueue-read", daemon=True)
+        for _ in range(min(READERS, len(todo)))
+    ]
+    for t in threads:
         t.start()
-        threads[name] = t
     deadline = time.monotonic() + timeout
-    for name, t in threads.items():
+    for t in threads:
         t.join(max(0.0, deadline - time.monotonic()))
-        if t.is_alive():
-            with _stuck_lock:
-                _stuck[(url, name)] = t
-            results[name] = NamespaceSample(
-                name,
-                error=f"no answer within {timeout:g} s (a queue lock held by a stopped process?)",
-                time=time.monotonic(),
-            )
-    return results
+    now = time.monotonic()
+    with lock:
+        next_index[0] = -1  # the readers still running stop after their current read
+        for t, name in reading.items():
+            if t.is_alive() and name not in results:
+                with _stuck_lock:
+                    _stuck[(url, name)] = t
+        for name in names:
+            if name in results:
+                continue
+            if name in waiting:
+                error = (
+                    "an earlier read is still waiting for a queue lock "
+                    "(held by a stopped process?)"
+                )
+            else:
+                error = f"no answer within {timeout:g} s (a queue lock held by a stopped process?)"
+            results[name] = NamespaceSample(name, error=error, time=now)
+        return dict(results)
 
 
 # ------------------------------------------------------------------- rendering

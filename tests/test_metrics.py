@@ -528,3 +528,23 @@ def test_a_stuck_namespace_does_not_hold_up_the_others(
             break
         time.sleep(0.05)
     assert samples[1].up and reads.count(stuck) >= 2
+
+
+def test_many_namespaces_one_stuck(monkeypatch: pytest.MonkeyPatch) -> None:
+    """More namespaces than reader threads, one of them stuck first in line: every
+    other one is still read within the deadline."""
+    release = threading.Event()
+    names = ["stuck"] + [f"n{i}" for i in range(3 * _metrics.READERS)]
+
+    def read(name: str, url: str | None) -> Any:
+        if name == "stuck":
+            release.wait(60)
+        return _metrics.NamespaceSample(name, time=time.monotonic())
+
+    monkeypatch.setattr(_metrics, "_read", read)
+    try:
+        samples = _metrics.collect(names, timeout=1.0)
+        assert [s.namespace for s in samples] == names
+        assert [s.up for s in samples] == [False] + [True] * (len(names) - 1)
+    finally:
+        release.set()
