@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     ns(p)
     p.add_argument("queue", metavar="QUEUE")
 
-    p = add("stats", "counters per queue (a table; --json for JSON)", _cmd_stats)
+    p = add("stats", "counters per queue (a table; --json, --format openmetrics)", _cmd_stats)
     ns(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument(

@@ -548,3 +548,19 @@ def test_many_namespaces_one_stuck(monkeypatch: pytest.MonkeyPatch) -> None:
         assert [s.up for s in samples] == [False] + [True] * (len(names) - 1)
     finally:
         release.set()
+
+
+def test_serve_with_the_redis_server_down(serve: Callable[..., Server]) -> None:
+    """Nothing listens at this URL: listing fails (500 for that scrape), named
+    namespaces are down, and the endpoint keeps answering."""
+    pytest.importorskip("redis")
+    down = "redis://127.0.0.1:1/0"
+    srv = serve("--url", down)
+    for _ in range(2):
+        with pytest.raises(urllib.error.HTTPError) as ei:
+            srv.get()
+        assert ei.value.code == 500
+        assert b"scrape failed" in ei.value.read()
+    srv2 = serve("--url", down, "ns1")
+    assert srv2.scrape(True) == {("mqueue_namespace_up", "ns1", ""): 0}
+    assert srv.proc.poll() is None and srv2.proc.poll() is None
