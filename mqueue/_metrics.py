@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -431,6 +432,8 @@ class _MetricsServer(ThreadingHTTPServer):
     def __init__(
         self, address: tuple[str, int], namespaces: Sequence[str] | None, url: str | None
     ) -> None:
+        if ":" in address[0]:  # an IPv6 address such as ::1 or ::
+            self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
         self.namespaces = list(namespaces) if namespaces else None
         self.url = url

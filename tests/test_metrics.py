@@ -564,3 +564,17 @@ def test_serve_with_the_redis_server_down(serve: Callable[..., Server]) -> None:
     srv2 = serve("--url", down, "ns1")
     assert srv2.scrape(True) == {("mqueue_namespace_up", "ns1", ""): 0}
     assert srv.proc.poll() is None and srv2.proc.poll() is None
+
+
+def test_serve_ipv6_loopback(make_mq: MakeMQ, ns: str, serve: Callable[..., Server]) -> None:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    busy_namespace(make_mq)
+    srv = serve("--bind", "::1", ns)
+    assert srv.base.startswith("http://[::1]:")
+    assert srv.scrape(True)[("mqueue_namespace_up", ns, "")] == 1
