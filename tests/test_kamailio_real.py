@@ -647,3 +647,11 @@ def test_deliberate_differences_still_hold(pair: Callable[..., Pair]) -> None:
     assert o.rpc("mqueue.fetch", "q") == {"result": {"key": "k1", "val": ""}}
     assert k.rpc("mqueue.get_size", "q") == o.rpc("mqueue.get_size", "q")  # both 1: it is gone
     assert k.rpc("mqueue.fetch", "q") == o.rpc("mqueue.fetch", "q")
+
+
+def test_no_queue_defined(pair: Callable[..., Pair]) -> None:
+    k, o = pair([])
+    for call in [("mqueue.get_sizes",), ("mqueue.get_size", "x"), ("mqueue.fetch", "")]:
+        assert o.rpc(*call) == k.rpc(*call), f"rpc {call}"
+    for func in ("mq_add", "mq_fetch", "mq_pv_free", "mq_size"):
+        assert o.call(func, "x", "k", "v") == k.call(func, "x", "k", "v"), func
