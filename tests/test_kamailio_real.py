@@ -132,6 +132,15 @@ def _cfg_value(value: object) -> str:
     return f'"{text}"'
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies (even by SIGKILL),
+    so that no Kamailio outlives a killed test run."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -201,6 +210,7 @@ class Kamailio:
                     stdout=log,
                     stderr=log,
                     start_new_session=True,  # its own process group, killed as one
+                    preexec_fn=_die_with_parent,  # (the test process runs no other thread)
                 )
             finally:
                 log.close()
