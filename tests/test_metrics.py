@@ -258,6 +258,14 @@ def test_cli_stats_openmetrics_redis(
 # ----------------------------------------------------------------- the HTTP server
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies (even by SIGKILL)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class Server:
     """``mqueue serve-metrics`` in a subprocess on a free port."""
 
@@ -267,6 +275,7 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=_die_with_parent,
         )
         assert self.proc.stderr is not None
         line = self.proc.stderr.readline()  # "serving http://127.0.0.1:PORT/metrics"
