@@ -179,9 +179,12 @@ class _Text(str):
 
 
 def _cmd_stats(args: argparse.Namespace) -> Any:
+    fmt = "json" if args.json else args.format
+    if fmt in ("openmetrics", "prometheus"):
+        return _metrics_text(args, fmt)
     with _attach(args) as mq:
         rows = _stats_rows(mq)
-    if args.json:
+    if fmt == "json":
         return rows
     return _Text(f"namespace {args.namespace}\n" + _table(rows))
 
@@ -238,6 +241,85 @@ def _cmd_demo(args: argparse.Namespace) -> Any:
     if args.json:
         return summary
     return _Text(_demo.format_summary(summary))
+
+
+# ------------------------------------------------ metrics: stats --format, serve-metrics, top
+
+
+def _metrics_text(args: argparse.Namespace, fmt: str) -> Any:
+    """``stats NS --format openmetrics|prometheus``: the namespace's exposition."""
+    from . import _metrics
+
+    with _attach(args):  # a missing namespace or backend is an error here, as for stats
+        pass
+    (sample,) = _metrics.collect([args.namespace], args.url)
+    if not sample.up:
+        raise MQueueError(f"cannot read namespace {args.namespace!r}: {sample.error}")
+    text = _metrics.exposition([sample], openmetrics=fmt == "openmetrics")
+    return _Text(text.rstrip("\n"))
+
+
+def _cmd_serve_metrics(args: argparse.Namespace) -> Any:
+    from . import _metrics
+
+    if not 0 <= args.port <= 65535:
+        raise _UsageError("serve-metrics: --port must be 0..65535")
+    if args.url is not None:
+        try:
+            importlib.import_module("mqueue._redis")
+        except ImportError as exc:
+            raise _backend_missing(args.url, exc) from None
+    scrapes = _metrics.serve(args.namespaces or None, bind=args.bind, port=args.port, url=args.url)
+    return {"stopped": True, "scrapes": scrapes}
+
+
+def _cmd_top(args: argparse.Namespace) -> Any:
+    from . import _top
+
+    if args.interval <= 0:
+        raise _UsageError("top: --interval must be positive")
+    namespaces = [args.namespace] if args.namespace else None
+    if args.once:
+        return _Text(_top.run_once(namespaces, args.url, args.interval))
+    try:
+        _top.run(namespaces, args.url, args.interval)
+    except _top.TopError as exc:
+        raise _UsageError(str(exc)) from None
+    return _Text("")
+
+
+def _add_metrics_commands(add: Any) -> None:
+    """The ``serve-metrics`` and ``top`` subcommands (``stats --format`` is with ``stats``)."""
+    p = add(
+        "serve-metrics",
+        "serve the queues' counters over HTTP at /metrics for Prometheus (OpenMetrics "
+        "or the classic text format, by the Accept header); SIGTERM or Ctrl-C stops it",
+        _cmd_serve_metrics,
+    )
+    p.add_argument(
+        "namespaces",
+        metavar="NAMESPACE",
+        nargs="*",
+        help="namespaces to expose (default: every namespace, found afresh at each scrape)",
+    )
+    p.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=9712, help="TCP port (default 9712; 0: any free)")
+    p.add_argument("--url", default=None, help="backend URL (default: POSIX shared memory)")
+
+    p = add(
+        "top",
+        "live view of every queue: length, fill, adds/s, fetches/s, evictions/s "
+        "(q or Ctrl-C quits)",
+        _cmd_top,
+    )
+    p.add_argument("namespace", metavar="NAMESPACE", nargs="?", help="default: every namespace")
+    p.add_argument("--url", default=None, help="backend URL (default: POSIX shared memory)")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="print one plain-text frame (rates over one interval) and exit; no terminal needed",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -313,9 +395,16 @@ def build_parser() -> argparse.ArgumentParser:
     ns(p)
     p.add_argument("queue", metavar="QUEUE")
 
-    p = add("stats", "counters per queue (a table; --json for JSON)", _cmd_stats)
+    p = add("stats", "counters per queue (a table; --json, --format openmetrics)", _cmd_stats)
     ns(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--format",
+        choices=("table", "json", "openmetrics", "prometheus"),
+        default="table",
+        help="table (default), json, openmetrics (OpenMetrics 1.0 text) or prometheus "
+        "(the Prometheus text format 0.0.4); see docs/metrics.md",
+    )
 
     p = add("destroy", "remove the namespace for good", _cmd_destroy)
     ns(p)
@@ -338,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     ns(p)
     p.add_argument("--db-url", required=True, help="e.g. sqlite:///path/to.db")
 
+    _add_metrics_commands(add)
     return parser
 
 
@@ -384,7 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # every failure is reported as JSON, never a traceback
         return _fail(exc)
     if isinstance(result, _Text):
-        print(result)
+        if result:
+            print(result)
     else:
         print(json.dumps(result, ensure_ascii=False))
     status: int = getattr(args, "status", EXIT_OK)

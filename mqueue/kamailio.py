@@ -65,7 +65,6 @@ _PV_RE = re.compile(r"^\$(mqk|mqv|mq_size)\((.*)\)$", re.DOTALL)
 RPC_BAD_REQUEST = 400
 RPC_NOT_FOUND = 404
 RPC_INTERNAL = 500
-RPC_NOT_IMPLEMENTED = 501
 
 
 def _as_int(param: str, value: object) -> int:
@@ -389,44 +388,59 @@ class MQueueModule:
     def rpc(self, method: str, *args: Any) -> Any:
         """Run one of Kamailio's RPC commands and return its result.
 
+        ``args`` are the command's parameters, as a JSON-RPC ``params`` list.
+        Results, error codes and messages are those of Kamailio 5.6 over its
+        ``jsonrpcs`` module (checked against the real server by
+        ``tests/test_kamailio_real.py``), except where noted:
+
         - ``rpc("mqueue.get_size", q)`` -> ``{"name": q, "size": n}``
-        - ``rpc("mqueue.get_sizes")`` -> ``[{"name": ..., "size": ...}, ...]``
-          in definition order
+        - ``rpc("mqueue.get_sizes")`` -> ``[{"name": ..., "size": ...}, ...]``,
+          the **newest-defined queue first**, as Kamailio lists them (the
+          Pythonic :meth:`mqueue.MQueue.sizes` and the command line keep
+          definition order)
         - ``rpc("mqueue.fetch", q)`` -> ``{"key": k, "val": v}``, removing the
           oldest item; this process's held item is not touched.  Unlike
-          Kamailio, an item with an empty key or value is returned, not lost.
+          Kamailio, an item with an empty key or value is returned, not lost
+          (Kamailio answers 500 ``Unexpected error (result)`` and drops it).
 
+        Parameters beyond those a command uses are ignored, as Kamailio does.
         Errors raise :class:`~mqueue.RPCError` with ``code`` and ``message``:
-        404 ``No such queue`` (Kamailio says 500 for ``mqueue.fetch``: fixed),
-        404 ``Empty queue``, 400 for wrong arguments, 501 for an unknown
-        command, 500 when the module is not initialised.
+
+        - no parameter, or a first parameter that is not a string:
+          ``mqueue.get_size`` 400, ``mqueue.fetch`` 500, ``No queue name``;
+        - an empty name: ``mqueue.get_size`` 400, ``mqueue.fetch`` 500,
+          ``Invalid queue name``;
+        - no such queue: 404 ``No such queue`` (Kamailio answers 500 for
+          ``mqueue.fetch``: our deliberate fix);
+        - ``mqueue.fetch`` of an empty queue: 404 ``Empty queue``;
+        - an unknown command: 500 ``Method Not Found`` (as ``jsonrpcs``);
+        - any command before :meth:`init` / :meth:`attach`: 500.
         """
         if method == "mqueue.get_sizes":
-            self._rpc_args(method, args, 0)
             mq = self._rpc_mq()
-            return [{"name": n, "size": s} for n, s in mq.sizes().items()]
+            return [{"name": n, "size": s} for n, s in reversed(mq.sizes().items())]
         if method == "mqueue.get_size":
-            queue = self._rpc_args(method, args, 1)
+            queue = self._rpc_name(args, RPC_BAD_REQUEST)
             return {"name": queue, "size": len(self._rpc_queue(queue))}
         if method == "mqueue.fetch":
-            queue = self._rpc_args(method, args, 1)
+            queue = self._rpc_name(args, RPC_INTERNAL)
             items = self._rpc_queue(queue).fetch_many(1, timeout=0)
             if not items:
                 raise RPCError(RPC_NOT_FOUND, "Empty queue")
             return {"key": items[0].key, "val": items[0].value}
-        raise RPCError(RPC_NOT_IMPLEMENTED, f"command {method!r} not found")
+        raise RPCError(RPC_INTERNAL, "Method Not Found")
 
     @staticmethod
-    def _rpc_args(method: str, args: tuple[Any, ...], n: int) -> str:
-        if len(args) != n:
-            raise RPCError(
-                RPC_BAD_REQUEST,
-                f"{method}: expected {n} parameter(s), got {len(args)}",
-            )
-        if n == 0:
-            return ""
-        if not isinstance(args[0], str) or not args[0]:
-            raise RPCError(RPC_BAD_REQUEST, f"{method}: the queue name must be a non-empty string")
+    def _rpc_name(args: tuple[Any, ...], code: int) -> str:
+        """The queue name parameter; ``code`` is the command's code for a bad one.
+
+        Kamailio scans one string: a missing or non-string first parameter is
+        "No queue name", an empty one "Invalid queue name".
+        """
+        if not args or not isinstance(args[0], str):
+            raise RPCError(code, "No queue name")
+        if not args[0]:
+            raise RPCError(code, "Invalid queue name")
         return args[0]
 
     def _rpc_mq(self) -> MQueue:
@@ -439,4 +453,4 @@ class MQueueModule:
         try:
             return self._queue(queue)
         except QueueNotFoundError:
-            raise RPCError(RPC_NOT_FOUND, f"No such queue: {queue}") from None
+            raise RPCError(RPC_NOT_FOUND, "No such queue") from None
