@@ -27,17 +27,31 @@
 
 #define MQ_MAGIC  0x314555455551514dULL        /* the segment is ready */
 #define MQ_MAGIC_INIT 0x544955514d514d00ULL    /* its creator is still formatting it */
-#define MQ_LAYOUT_VERSION 2u
+#define MQ_LAYOUT_VERSION 3u      /* 3: reservation and load tag (issue 9) */
 
-/* The queue state that one operation changes: one cache line.  Two copies
- * live in q_hdr; `cur` says which is current.  A writer fills the other copy
- * and flips `cur` with one release store: that store is the operation's
- * commit point.  The item count is not stored: it is derived,
+/* The queue state that one operation changes: two cache lines (the second,
+ * the reservation and the load tag, is rarely changed).  Two copies live in
+ * q_hdr; `cur` says which is current.  A writer fills the other copy and
+ * flips `cur` with one release store: that store is the operation's commit
+ * point.  The item count is not stored: it is derived,
  *   count = added - fetched - evicted - duplicates   (every addmode),
- * so the counters balance by construction. */
+ * so the counters balance by construction (reserved items count as fetched
+ * until a put-back subtracts them again).
+ *
+ * The reservation (mq_reserve/mq_settle): rsv_n > 0 items taken from the
+ * head and not yet acknowledged.  Their records stay in the ring at
+ * [rsv, rsv_end); records in [rsv_end, head) were fetched, evicted or
+ * replaced while it was pending (a put-back marks them REC_GONE).  While a
+ * reservation is pending the ring's used bytes are [rsv, tail), else
+ * [head, tail): always at most capacity, so (as without reservations) a new
+ * record is always written where no committed record lies.  When rsv_n == 0
+ * rsv, rsv_end, rsv_tag and rsv_owner are 0.  load_tag: the tag of the last
+ * mq_load applied (0: none). */
 struct q_pstate {
     uint64_t head, tail;        /* logical byte positions, 8-aligned */
     uint64_t added, fetched, evicted, duplicates, high_water, recoveries;
+    uint64_t rsv, rsv_end, rsv_n, rsv_tag, rsv_owner, load_tag;
+    uint64_t spare[2];
 };
 
 /* The same with the derived count: the process-local working copy. */
@@ -45,6 +59,7 @@ struct q_state {
     uint64_t head, tail;
     uint64_t count;             /* live records in [head, tail) */
     uint64_t added, fetched, evicted, duplicates, high_water, recoveries;
+    uint64_t rsv, rsv_end, rsv_n, rsv_tag, rsv_owner, load_tag;
 };
 
 struct q_hdr {
@@ -70,7 +85,7 @@ struct q_hdr {
     _Atomic uint32_t cur;
     sem_t sem;
 
-    /* Double-buffered state, a cache line each. */
+    /* Double-buffered state, two cache lines each. */
     _Alignas(64) struct q_pstate st[2];
 } __attribute__((aligned(64)));
 
@@ -100,12 +115,14 @@ struct rec_hdr {
     uint32_t vlen;
     uint8_t  flags;     /* MQ_KEY_STR | MQ_VAL_STR */
     uint8_t  dead;      /* replaced by a later add of the same key (addmode 2) */
-    uint16_t reserved;
+    uint16_t gone;      /* REC_GONE: not an item (set by a put-back, see q_pstate) */
     uint64_t next;      /* index chain: (older record's position + 1), 0 = end */
 };
 
 _Static_assert(sizeof(struct rec_hdr) == MQ_REC_HDR, "record header size");
-_Static_assert(sizeof(struct q_pstate) == 64, "a state copy is one cache line");
-_Static_assert(sizeof(struct q_hdr) == 256, "queue header: constants, hot line, two states");
+#define REC_GONE 1u
+
+_Static_assert(sizeof(struct q_pstate) == 128, "a state copy is two cache lines");
+_Static_assert(sizeof(struct q_hdr) == 384, "queue header: constants, hot line, two states");
 
 #endif

@@ -19,6 +19,10 @@ MQ_ERANGE: int = lib.MQ_ERANGE
 MQ_ENOTREADY: int = lib.MQ_ENOTREADY
 MQ_ECLOSED: int = lib.MQ_ECLOSED
 MQ_EAGAIN: int = lib.MQ_EAGAIN
+MQ_EBUSY: int = lib.MQ_EBUSY
+MQ_ENORSV: int = lib.MQ_ENORSV
+MQ_EAPPLIED: int = lib.MQ_EAPPLIED
+MQ_ENOSTEP: int = lib.MQ_ENOSTEP
 MQ_KEY_STR: int = lib.MQ_KEY_STR
 MQ_VAL_STR: int = lib.MQ_VAL_STR
 MQ_REC_HDR: int = lib.MQ_REC_HDR
@@ -40,6 +44,10 @@ _MESSAGES = {
     MQ_ENOTREADY: "segment is not initialised (its creator has not finished or died)",
     MQ_ECLOSED: "the namespace handle is closed",
     MQ_EAGAIN: "a wait was cut into slices (call again)",
+    MQ_EBUSY: "the queue already has a pending reservation (a save or fetch in progress)",
+    MQ_ENORSV: "no pending reservation with that tag",
+    MQ_EAPPLIED: "that load was already applied",
+    MQ_ENOSTEP: "the batch does not fit the queue in one step",
 }
 
 
