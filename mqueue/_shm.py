@@ -479,12 +479,12 @@ class ShmQueue(Queue):
 
     def _reserve(self, n: int, tag: int, max_bytes: int = _INITIAL_BUF) -> list[Item]:
         """Take up to ``n`` of the oldest items into this queue's reservation
-        tagged ``tag`` (1..2**64-1), about ``max_bytes`` of them at most (always
-        at least one).  The items are no longer queued, and not lost: until
+        tagged ``tag`` (1..2**64-1), as many as ``max_bytes`` bytes of keys and
+        values hold (at least one; each key and value takes one byte more).  The items are no longer queued, and not lost: until
         :meth:`_settle` they stay in the segment, and another process can settle
         them after this one died.  Returns them ([] when the queue is empty).
         Raises ReservationBusy when a reservation is already pending."""
-        b = _Buffers(self._ns, self._index, max(64, max_bytes), max(1, min(n, _MAX_BATCH)))
+        b = _Buffers(self._ns, self._index, max(64, max_bytes), max(1, min(n, 1 << 26)))
         want = max(1, min(n, b.nmeta))
         while True:
             rc: int = lib.mq_reserve(b.fb, want, tag)
