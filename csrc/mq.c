@@ -1521,7 +1521,8 @@ int mq_stats(mq_ns *ns, uint32_t qi, struct mq_stats *out) {
 
 /* Reserves up to max items, packed as mq_fetch_batch packs them (every key
  * and value followed by a NUL; fb->total and fb->info describe the batch).
- * Only a run of consecutive live records is taken.  Returns the number
+ * Replaced records between them (addmode 2) fall inside the reservation and
+ * are marked REC_GONE if it is put back.  Returns the number
  * reserved (0: the queue is empty; no reservation is made), MQ_EBUSY when a
  * reservation is already pending, MQ_EBUF (meta[0] = bytes the first item
  * needs), other negative codes; nothing changes on failure. */
@@ -1544,7 +1545,7 @@ static int64_t reserve_impl(struct mq_fetchbuf *fb, uint32_t max, uint64_t tag) 
     while (n < (int64_t)max && s.head < s.tail) {
         struct rec_hdr r;
         if (rec_read(q, s.head, s.tail, &r)) { q_unlock(q); return MQ_ECORRUPT; }
-        if (r.dead) break;                       /* a run of live records only */
+        if (r.dead) { s.head += r.len; continue; }   /* replaced: not an item */
         size_t need = (size_t)r.klen + r.vlen + 2;
         if (need > fb->size - used) {
             if (n == 0) {
@@ -1627,7 +1628,16 @@ static int64_t put_back(const struct mq_q *q, struct q_state *s) {
     size_t keycap = 0;
     for (uint64_t p = s->rsv; p < s->rsv_end;) {
         struct rec_hdr r;
-        if (rec_read(q, p, s->rsv_end, &r) || r.dead || (r.gone & REC_GONE)) { free(key); return MQ_ECORRUPT; }
+        if (rec_read(q, p, s->rsv_end, &r)) { free(key); return MQ_ECORRUPT; }
+        if (r.dead || (r.gone & REC_GONE)) {
+            /* replaced before it was reserved: its replacement may be gone by
+             * now, so make it permanently not an item (q_rebuild keeps it so) */
+            uint16_t g = (uint16_t)(r.gone | REC_GONE);
+            copy_in(q, p + offsetof(struct rec_hdr, gone), &g, sizeof g);
+            if (!r.dead) rec_set_dead(q, p, 1);
+            p += r.len;
+            continue;
+        }
         uint8_t dead = 0;
         if (q->addmode == 2) {
             if (r.klen > keycap) {

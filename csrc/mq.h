@@ -200,8 +200,7 @@ int mq_stats(mq_ns *ns, uint32_t q, struct mq_stats *out);
 
 /* Reserve / settle: a take acknowledged later (see mq.c).
  *
- * mq_reserve takes up to `max` of the oldest items (a run of consecutive
- * queued items) into the queue's reservation, tagged `tag` (non-zero, chosen
+ * mq_reserve takes up to `max` of the oldest items into the queue's reservation, tagged `tag` (non-zero, chosen
  * by the caller) and owned by this process's liveness slot; they are copied
  * out as mq_fetch_batch does (fb's fields and results likewise) and counted as
  * fetched.  They are no longer queued, but their records stay in the segment
