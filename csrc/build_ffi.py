@@ -78,7 +78,9 @@ int mq_testing(void);
 #define MQ_ENORSV ...
 #define MQ_EAPPLIED ...
 #define MQ_ENOSTEP ...
-struct mq_rsvinfo { uint64_t tag; uint64_t count; uint64_t load_tag; uint32_t owner_alive; uint32_t mine; };
+struct mq_rsvinfo {
+    uint64_t tag; uint64_t count; uint64_t load_tag; uint32_t owner_alive; uint32_t mine;
+};
 int64_t mq_reserve(struct mq_fetchbuf *, uint32_t, uint64_t);
 int mq_settle(mq_ns *, uint32_t, uint64_t, int);
 int mq_reservation(mq_ns *, uint32_t, struct mq_rsvinfo *);

@@ -459,8 +459,8 @@ class _DB:
     def ensure_markers(self) -> None:
         """Create our marker table if missing (Kamailio never names it)."""
         self.execute(
-            "CREATE TABLE IF NOT EXISTS {t} (\"op\" TEXT PRIMARY KEY, \"kind\" TEXT NOT NULL, "
-            "\"tbl\" TEXT NOT NULL, \"ns\" TEXT NOT NULL, \"max_id\" BIGINT)",
+            'CREATE TABLE IF NOT EXISTS {t} ("op" TEXT PRIMARY KEY, "kind" TEXT NOT NULL, '
+            '"tbl" TEXT NOT NULL, "ns" TEXT NOT NULL, "max_id" BIGINT)',
             MARKER_TABLE,
         )
 
@@ -892,7 +892,7 @@ def _resolve(db: _DB, mq: Any, name: str, q: Any) -> list[str]:
         if info.tag:
             if info.owner_alive and not info.mine:
                 raise PersistenceError(
-                    f"queue {name!r}: {info.count} item(s) are reserved by a save of another "
+                    f"queue {name!r}: {info.size} item(s) are reserved by a save of another "
                     "live process (to another database?); resolve it there"
                 )
             with _db_errors(f"resolving a save of queue {name!r} in {shown}"):
@@ -904,9 +904,12 @@ def _resolve(db: _DB, mq: Any, name: str, q: Any) -> list[str]:
                 db.rollback()
             q._settle(info.tag, committed)
             done.append(
-                f"queue {name!r}: an unfinished save of {info.count} item(s) "
-                + ("had committed: they are in the table" if committed else "had not "
-                   "committed: they are back in the queue")
+                f"queue {name!r}: an unfinished save of {info.size} item(s) "
+                + (
+                    "had committed: they are in the table"
+                    if committed
+                    else "had not committed: they are back in the queue"
+                )
             )
     me = _ns_id(mq)
     with _db_errors(f"resolving the markers of table {name!r} in {shown}"):
@@ -1026,7 +1029,8 @@ def _save_reserved(db: _DB, target: _Target, mq: Any, name: str, q: Any) -> int:
                     if _save_hook is not None:
                         _save_hook(name, min(start + batch, len(params)))
                 db.execute(
-                    'INSERT INTO {t} ("op", "kind", "tbl", "ns", "max_id") VALUES (?, ?, ?, ?, NULL)',
+                    'INSERT INTO {t} ("op", "kind", "tbl", "ns", "max_id") '
+                    "VALUES (?, ?, ?, ?, NULL)",
                     MARKER_TABLE,
                     (_op_text(tag), "save", name, _ns_id(mq)),
                 )
@@ -1078,9 +1082,7 @@ def _record_size(key: Data, value: Data) -> int:
     return (24 + len(kb) + len(vb) + 7) // 8 * 8
 
 
-def _precheck(
-    name: str, q: Any, items: Sequence[tuple[Data, Data]], ids: Sequence[object]
-) -> None:
+def _precheck(name: str, q: Any, items: Sequence[tuple[Data, Data]], ids: Sequence[object]) -> None:
     """Refuse, before any queue changes, a batch the queue would refuse for size."""
     st = q.stats()
     sizes = [_record_size(k, v) for k, v in items]
@@ -1126,8 +1128,7 @@ def _load_reserved(mq: Any, target: _Target, names: list[str]) -> dict[str, int]
                     key_enc = '"key_enc"' if "key_enc" in cols else "NULL"
                     val_enc = '"val_enc"' if "val_enc" in cols else "NULL"
                     cur = db.execute(
-                        f'SELECT "id", "key", "val", {key_enc}, {val_enc} FROM {{t}} '
-                        'ORDER BY "id"',
+                        f'SELECT "id", "key", "val", {key_enc}, {val_enc} FROM {{t}} ORDER BY "id"',
                         name,
                     )
                     raw_rows = cur.fetchall()
@@ -1159,7 +1160,8 @@ def _load_reserved(mq: Any, target: _Target, names: list[str]) -> dict[str, int]
             with suppress(Exception):  # else the next _resolve drops them (never applied)
                 db.begin()
                 for n in which:
-                    db.execute('DELETE FROM {t} WHERE "op" = ?', MARKER_TABLE, (_op_text(plan[n][0]),))
+                    op = _op_text(plan[n][0])
+                    db.execute('DELETE FROM {t} WHERE "op" = ?', MARKER_TABLE, (op,))
                 db.commit()
 
         # 2. Refuse what would not fit before any queue changes; then apply each

@@ -109,7 +109,7 @@ class Reservation(NamedTuple):
     """A queue's pending reservation (``tag`` 0: none) and its last load tag."""
 
     tag: int
-    count: int
+    size: int  # items reserved
     owner_alive: bool
     mine: bool
     load_tag: int
@@ -480,9 +480,10 @@ class ShmQueue(Queue):
     def _reserve(self, n: int, tag: int, max_bytes: int = _INITIAL_BUF) -> list[Item]:
         """Take up to ``n`` of the oldest items into this queue's reservation
         tagged ``tag`` (1..2**64-1), as many as ``max_bytes`` bytes of keys and
-        values hold (at least one; each key and value takes one byte more).  The items are no longer queued, and not lost: until
-        :meth:`_settle` they stay in the segment, and another process can settle
-        them after this one died.  Returns them ([] when the queue is empty).
+        values hold (at least one; each key and value takes one byte more).
+        The items are no longer queued, and not lost: until :meth:`_settle`
+        they stay in the segment, and another process can settle them after
+        this one died.  Returns them ([] when the queue is empty).
         Raises ReservationBusy when a reservation is already pending."""
         b = _Buffers(self._ns, self._index, max(64, max_bytes), max(1, min(n, 1 << 26)))
         want = max(1, min(n, b.nmeta))
@@ -525,7 +526,10 @@ class ShmQueue(Queue):
             if rc not in _AGAIN:
                 raise self._fail(rc)
         return Reservation(
-            int(info.tag), int(info.count), bool(info.owner_alive), bool(info.mine),
+            int(info.tag),
+            int(info.count),
+            bool(info.owner_alive),
+            bool(info.mine),
             int(info.load_tag),
         )
 
