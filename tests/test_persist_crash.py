@@ -151,7 +151,9 @@ def check_exactly_once(db: Raw, ns: str, n: int, old: list[tuple[str, str]]) -> 
     mq = mqueue.create(ns, ["name=q;dbmode=3;bytes=64M"], db_url=db.url, exist_ok=True)
     try:
         q = mq["q"]
-        assert q._reservation().tag == 0  # type: ignore[attr-defined]
+        new_code = hasattr(q, "_reservation")  # (so that this test runs on the old code too)
+        if new_code:
+            assert q._reservation().tag == 0  # type: ignore[attr-defined]
         queued = drain(q)
         st = q.stats()
     finally:
@@ -161,9 +163,9 @@ def check_exactly_once(db: Raw, ns: str, n: int, old: list[tuple[str, str]]) -> 
     saved = [tuple(r) for r in rows[len(old) :]]
     assert saved + queued == items(n), (len(saved), len(queued))
     assert st.added == st.fetched + st.evicted + st.duplicates + st.length
-    # no marker is left behind for this namespace's table
-    left = db.sql('SELECT "kind" FROM "mqueue_ops" WHERE "tbl" = ?', ("q",))
-    assert left == []
+    if new_code:  # no marker is left behind for this namespace's table
+        left = db.sql('SELECT "kind" FROM "mqueue_ops" WHERE "tbl" = ?', ("q",))
+        assert left == []
 
 
 @pytest.mark.parametrize(
@@ -530,7 +532,8 @@ def test_kill_during_load(db: Raw, ns: str, how: str) -> None:
                 len(rows),
                 len(queued),
             )
-        assert db.sql('SELECT "op" FROM "mqueue_ops"') == []
+        if hasattr(mq["q"], "_reservation"):  # the new code leaves no marker
+            assert db.sql('SELECT "op" FROM "mqueue_ops"') == []
     finally:
         mq._abandon()
 
@@ -601,7 +604,7 @@ def test_worker_attached_during_failing_load_sees_nothing(db: Raw, ns: str) -> N
     """Issue 9 item 3: a worker that attaches while create() loads fetches
     nothing of a load that then fails, and every row remains."""
     db.create_kamailio_table("q")
-    rows = items(20_000) + [("big", "x" * 70_000)]
+    rows = items(20_000) + [("big", "x" * 5_000_000)]
     _bulk_insert(db, "q", rows)
     worker = subprocess.Popen(
         [sys.executable, "-c", WORKER, ns],
@@ -612,20 +615,18 @@ def test_worker_attached_during_failing_load_sees_nothing(db: Raw, ns: str) -> N
         text=True,
     )
     try:
-        slow = _persist._load_hook
-        _persist._load_hook = lambda stage: time.sleep(0.5)  # the worker has time to attach
-        try:
-            with pytest.raises(PersistenceError, match="larger than the queue"):
-                mqueue.create(ns, ["name=q;dbmode=1;bytes=64K"], db_url=db.url)
-        finally:
-            _persist._load_hook = slow
+        with pytest.MonkeyPatch.context() as mp:  # the worker has time to attach
+            mp.setattr(_persist, "_load_hook", lambda stage: time.sleep(0.5), raising=False)
+            with pytest.raises(PersistenceError, match="larger than the"):
+                mqueue.create(ns, ["name=q;dbmode=1;bytes=4M"], db_url=db.url)
         assert worker.stdout is not None and worker.stdin is not None
         worker.stdin.write("stop\n")
         worker.stdin.flush()
         out, _ = worker.communicate(timeout=60)
         lines = out.split()
-        if lines and lines[0] == "attached":
-            assert int(lines[1]) == 0
+        assert lines[0] in ("attached", "never"), out
+        if lines[0] == "attached":
+            assert int(lines[1]) == 0, out
     finally:
         if worker.poll() is None:
             worker.kill()
@@ -645,7 +646,7 @@ def test_failed_save_does_not_count_items_added_twice(
     monkeypatch.setattr(_persist, "_save_hook", hook)
     mq = mqueue.create(ns, ["name=q;dbmode=3"], db_url=db.url)
     mq["q"].add_many(items(50))
-    with pytest.raises(PersistenceError, match="back in the queue"):
+    with pytest.raises(PersistenceError, match="back"):
         _persist.save_queues(mq, db.url)
     st = mq["q"].stats()
     assert (st.added, st.length, st.fetched) == (50, 50, 0)
