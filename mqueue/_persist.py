@@ -1172,6 +1172,22 @@ def _load_reserved(mq: Any, target: _Target, names: list[str]) -> dict[str, int]
         except BaseException:
             unmark(plan)
             raise
+        def delete_loaded(which: Iterable[str]) -> None:
+            try:
+                with _db_errors(f"deleting the loaded rows in {target.shown}"):
+                    db.begin()
+                    for n in which:
+                        tag, max_id, _items = plan[n]
+                        db.execute('DELETE FROM {t} WHERE "id" <= ?', n, (max_id,))
+                        db.execute('DELETE FROM {t} WHERE "op" = ?', MARKER_TABLE, (_op_text(tag),))
+                    db.commit()
+            except PersistenceError:
+                db.rollback()  # the markers stay: the next _resolve deletes those rows
+                _log.warning(
+                    "loaded rows not deleted yet; the next save, load or recover deletes them",
+                    exc_info=True,
+                )
+
         done: list[str] = []
         for name, (tag, _max_id, items) in plan.items():
             try:
@@ -1179,6 +1195,8 @@ def _load_reserved(mq: Any, target: _Target, names: list[str]) -> dict[str, int]
             except Exception as exc:
                 rest = [n for n in plan if n not in done]
                 unmark(rest)
+                if done and not getattr(mq, "is_creator", False):
+                    delete_loaded(done)  # a live namespace keeps what was loaded
                 also = f" (tables {', '.join(map(repr, done))} were loaded)" if done else ""
                 raise PersistenceError(
                     f"table {name!r}: cannot add its {len(items)} rows to queue {name!r}: "
@@ -1188,19 +1206,7 @@ def _load_reserved(mq: Any, target: _Target, names: list[str]) -> dict[str, int]
         if _load_hook is not None:
             _load_hook("applied")
         # 3. The rows are in the queues: delete them, and the markers.
-        try:
-            with _db_errors(f"deleting the loaded rows in {target.shown}"):
-                db.begin()
-                for name, (tag, max_id, _items) in plan.items():
-                    db.execute('DELETE FROM {t} WHERE "id" <= ?', name, (max_id,))
-                    db.execute('DELETE FROM {t} WHERE "op" = ?', MARKER_TABLE, (_op_text(tag),))
-                db.commit()
-        except PersistenceError:
-            db.rollback()
-            _log.warning(
-                "loaded rows not deleted yet; the next save, load or recover deletes them",
-                exc_info=True,
-            )
+        delete_loaded(plan)
         return {name: len(plan[name][2]) if name in plan else 0 for name in names}
     finally:
         for name in locked:
