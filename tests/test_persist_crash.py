@@ -784,3 +784,112 @@ def test_cli_recover_resolves_a_dead_savers_reservation(tmp_path: Path, ns: str)
             mq.close()
     finally:
         conn.close()
+
+
+# ------------------------------------------------- the engine's reserve / settle
+
+
+def test_reserve_settle_semantics(ns: str) -> None:
+    """What a save or the CLI's fetch relies on, on every kind of queue."""
+    mq = mqueue.create(
+        ns,
+        [
+            "name=plain;bytes=4096",
+            "name=first;addmode=1;bytes=4096",
+            "name=last;addmode=2;bytes=4096",
+            "name=bounded;size=3;bytes=4096",
+            "name=tight;size=100;bytes=256",
+        ],
+    )
+    try:
+        q: Any = mq["plain"]
+        q.add_many([("a", "1"), ("b", "2"), ("c", "3")])
+        assert q._reserve(2, 11) == [("a", "1"), ("b", "2")]
+        assert len(q) == 1 and q.fetch() == ("c", "3")  # reserved items are not queued
+        with pytest.raises(mqueue.MQueueError, match="pending reservation"):
+            q._reserve(1, 12)
+        assert q._settle(12, False) is False  # wrong tag: nothing happens
+        q.add("d", "4")
+        assert q._settle(11, False) is True
+        assert drain(q) == [("a", "1"), ("b", "2"), ("d", "4")]
+        st = q.stats()
+        assert (st.added, st.fetched) == (4, 4)
+
+        first: Any = mq["first"]  # addmode 1: the put-back one and the new one both stay
+        first.add_many([("k", "old"), ("j", "1")])
+        first._reserve(1, 21)
+        first.add("k", "new")
+        first._settle(21, False)
+        assert drain(first) == [("k", "old"), ("j", "1"), ("k", "new")]
+
+        last: Any = mq["last"]  # addmode 2: the newer one wins, the put-back one goes
+        last.add_many([("k", "old"), ("j", "1")])
+        last._reserve(1, 31)
+        last.add("k", "new")
+        last._settle(31, False)
+        assert drain(last) == [("j", "1"), ("k", "new")]
+        st = last.stats()
+        assert st.added == st.fetched + st.evicted + st.duplicates + st.length
+
+        bounded: Any = mq["bounded"]  # back over the bound: the oldest (put back) go
+        bounded.add_many([("1", "a"), ("2", "b"), ("3", "c")])
+        bounded._reserve(2, 41)
+        bounded.add_many([("4", "d"), ("5", "e")])
+        bounded._settle(41, False)
+        assert drain(bounded) == [("3", "c"), ("4", "d"), ("5", "e")]
+        st = bounded.stats()
+        assert (st.evicted, st.added) == (2, 5)
+
+        tight: Any = mq["tight"]  # short of bytes: the reservation is dropped first
+        tight.add_many([(str(i), "x" * 30) for i in range(4)])  # 4 x 64 bytes = 256
+        tight._reserve(2, 51)
+        tight.add("new", "y" * 30)
+        assert tight._reservation().tag == 0
+        assert tight._settle(51, False) is False
+        assert drain(tight) == [("2", "x" * 30), ("3", "x" * 30), ("new", "y" * 30)]
+        st = tight.stats()
+        assert (st.evicted, st.fetched + st.evicted + st.length) == (2, st.added)
+
+        q.add("z", "9")  # the load tag makes a load idempotent
+        assert q._load(99, [("L", "1")]) == 1
+        assert q._load(99, [("L", "1")]) is None
+        assert q._reservation().load_tag == 99
+        assert drain(q) == [("z", "9"), ("L", "1")]
+    finally:
+        mq.close()
+
+
+def test_concurrent_cli_fetches_and_a_save_lose_nothing(tmp_path: Path, ns: str) -> None:
+    """Several `mqueue fetch` at once, and a save in the middle: every item is
+    printed once or saved once."""
+    url = f"sqlite:///{tmp_path / 'mq.db'}"
+    mq = mqueue.create(ns, ["name=q;dbmode=3"], db_url=url)
+    all_items = [(f"k{i}", "v") for i in range(40)]
+    mq["q"].add_many(all_items)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mqueue", "fetch", ns, "q"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        for _ in range(8)
+    ]
+    saved = _persist.save_queues(mq, url)
+    printed = []
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        if p.returncode == 0:
+            doc = json.loads(out)
+            printed.append((doc["key"], doc["val"]))
+        else:
+            assert json.loads(err)["error"]["code"] in (404, 500), err
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(tmp_path / "mq.db")) as conn:
+        rows = [tuple(r) for r in conn.execute("SELECT key, val FROM q ORDER BY id")]
+    rest = drain(mq["q"])
+    assert sorted(printed + rows + rest) == sorted(all_items)
+    assert saved["q"] == len(rows)
+    mq._abandon()
