@@ -1695,6 +1695,11 @@ static int settle_impl(mq_ns *ns, uint32_t qi, uint64_t tag, int commit) {
     } else {
         back = put_back(q, &s);
         if (back < 0) return abort_op(q, (int)back);
+        /* Re-derive the index and dead marks over the new [head, tail): a
+         * repair (q_rebuild) while the reservation was pending left its
+         * records out of the key index.  The count must come out the same. */
+        struct q_state chk = s;
+        if (q_rebuild(q, &chk) || chk.count != s.count) return abort_op(q, MQ_ECORRUPT);
     }
     KILLPOINT("settle_before_commit");
     state_commit(q, &s);

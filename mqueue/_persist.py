@@ -457,12 +457,21 @@ class _DB:
                 self._conn.commit()
 
     def ensure_markers(self) -> None:
-        """Create our marker table if missing (Kamailio never names it)."""
-        self.execute(
+        """Create our marker table if missing (Kamailio never names it), in a
+        transaction of its own (the caller's begin/commit)."""
+        ddl = (
             'CREATE TABLE IF NOT EXISTS {t} ("op" TEXT PRIMARY KEY, "kind" TEXT NOT NULL, '
-            '"tbl" TEXT NOT NULL, "ns" TEXT NOT NULL, "max_id" BIGINT)',
-            MARKER_TABLE,
+            '"tbl" TEXT NOT NULL, "ns" TEXT NOT NULL, "max_id" BIGINT)'
         )
+        try:
+            self.execute(ddl, MARKER_TABLE)
+        except Exception:
+            if self.engine != "postgresql":
+                raise
+            # Two sessions creating it at once: PostgreSQL may fail one of them
+            # (a unique violation in its catalog); the table exists by now.
+            self.rollback()
+            self.execute(ddl, MARKER_TABLE)
 
     # -- schema
     def ensure_table(self, table: str) -> None:

@@ -799,6 +799,7 @@ def test_reserve_settle_semantics(ns: str) -> None:
             "name=last;addmode=2;bytes=4096",
             "name=bounded;size=3;bytes=4096",
             "name=tight;size=100;bytes=256",
+            "name=last2;addmode=2;bytes=512",
         ],
     )
     try:
@@ -849,6 +850,15 @@ def test_reserve_settle_semantics(ns: str) -> None:
         assert drain(tight) == [("2", "x" * 30), ("3", "x" * 30), ("new", "y" * 30)]
         st = tight.stats()
         assert (st.evicted, st.fetched + st.evicted + st.length) == (2, st.added)
+
+        last2: Any = mq["last2"]  # a repair while reserved must not unindex the reserved
+        last2.add_many([("k", "old"), ("j", "1")])
+        last2._reserve(1, 61)
+        with pytest.raises(mqueue.QueueFullError):
+            last2._load(62, [(f"x{i}", "y" * 20) for i in range(20)])  # refused: rebuilds
+        last2._settle(61, False)
+        last2.add("k", "new")
+        assert drain(last2) == [("j", "1"), ("k", "new")]
 
         q.add("z", "9")  # the load tag makes a load idempotent
         assert q._load(99, [("L", "1")]) == 1
