@@ -903,3 +903,96 @@ def test_concurrent_cli_fetches_and_a_save_lose_nothing(tmp_path: Path, ns: str)
     assert sorted(printed + rows + rest) == sorted(all_items)
     assert saved["q"] == len(rows)
     mq._abandon()
+
+
+# ---------------------------------------------- engine kill points inside a save / load
+
+
+@pytest.fixture(scope="module")
+def testing_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ctools import build_testing_package, have_gcc
+
+    if not have_gcc():
+        pytest.skip("needs gcc for the testing build")
+    return build_testing_package(tmp_path_factory.mktemp("persistkp"))
+
+
+ENGINE_KILL_SAVE = textwrap.dedent(
+    """
+    import sys
+    import mqueue
+    ns, url = sys.argv[1], sys.argv[2]
+    mq = mqueue.create(ns, ["name=q;dbmode=3;bytes=64M"], db_url=url)
+    mq["q"].add_many([(f"i{i}", f"v{i}-" + "x" * 20) for i in range(1000)])
+    mq.close()   # MQ_KILLPOINT: the engine _exit(77)s inside the save
+    """
+)
+
+
+@pytest.mark.parametrize("point", ["reserve_before_commit", "settle_before_commit"])
+def test_engine_killpoint_during_save(
+    testing_site: Path, tmp_path: Path, ns: str, point: str
+) -> None:
+    import sqlite3
+
+    from ctools import py_env
+
+    path = tmp_path / "mq.db"
+    conn = sqlite3.connect(path)
+    raw = Raw("sqlite", f"sqlite:///{path}", conn)
+    try:
+        raw.create_kamailio_table("q")
+        r = subprocess.run(
+            [sys.executable, "-c", ENGINE_KILL_SAVE, ns, raw.url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd="/",
+            env=py_env(testing_site, MQ_KILLPOINT=point),
+        )
+        assert r.returncode == 77, r.stdout + r.stderr
+        check_exactly_once(raw, ns, 1000, [])
+    finally:
+        conn.close()
+
+
+ENGINE_KILL_LOAD = textwrap.dedent(
+    """
+    import sys
+    import mqueue
+    ns, url = sys.argv[1], sys.argv[2]
+    mqueue.create(ns, ["name=q;dbmode=1"], db_url=url)   # dies in mq_load's commit
+    """
+)
+
+
+def test_engine_killpoint_during_load(testing_site: Path, tmp_path: Path, ns: str) -> None:
+    import sqlite3
+
+    from ctools import py_env
+
+    path = tmp_path / "mq.db"
+    conn = sqlite3.connect(path)
+    raw = Raw("sqlite", f"sqlite:///{path}", conn)
+    try:
+        raw.create_kamailio_table("q")
+        raw.insert("q", items(100))
+        r = subprocess.run(
+            [sys.executable, "-c", ENGINE_KILL_LOAD, ns, raw.url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd="/",
+            env=py_env(testing_site, MQ_KILLPOINT="load_before_commit"),
+        )
+        assert r.returncode == 77, r.stdout + r.stderr
+        mq = mqueue.create(ns, ["name=q;dbmode=1"], db_url=raw.url, exist_ok=True)
+        try:
+            assert not mq.is_creator
+            assert len(mq["q"]) == 0  # the step never committed: nothing queued
+            assert raw.rows("q") == items(100)  # and every row stays, unmarked
+            assert raw.sql('SELECT "op" FROM "mqueue_ops"') == []
+        finally:
+            mq.close()
+    finally:
+        conn.close()
