@@ -330,23 +330,9 @@ static int state_load(const struct mq_q *q, struct q_state *s) {
     /* acquire: pairs with the release in state_commit, so the state copy and
      * the records it covers are seen whole */
     uint32_t c = atomic_load_explicit(&q->h->cur, memory_order_acquire) & 1;
-    struct q_pstate p;
-    memcpy(&p, &q->h->st[c], sizeof p);
-    s->head = p.head;
-    s->tail = p.tail;
-    s->added = p.added;
-    s->fetched = p.fetched;
-    s->evicted = p.evicted;
-    s->duplicates = p.duplicates;
-    s->high_water = p.high_water;
-    s->recoveries = p.recoveries;
-    s->rsv = p.rsv;
-    s->rsv_end = p.rsv_end;
-    s->rsv_n = p.rsv_n;
-    s->rsv_tag = p.rsv_tag;
-    s->rsv_owner = p.rsv_owner;
-    s->load_tag = p.load_tag;
-    s->count = p.added - p.fetched - p.evicted - p.duplicates;   /* wraps when damaged: caught below */
+    memcpy(s, &q->h->st[c], sizeof(struct q_pstate));   /* same layout (mq_layout.h) */
+    s->cold_dirty = 0;
+    s->count = s->added - s->fetched - s->evicted - s->duplicates;   /* wraps when damaged: caught below */
     if (s->tail < s->head || s->tail - s->head > q->cap || (s->head & 7) || (s->tail & 7))
         return MQ_ECORRUPT;
     if (s->count > (s->tail - s->head) / MQ_REC_HDR) return MQ_ECORRUPT;
@@ -363,22 +349,34 @@ static int state_load(const struct mq_q *q, struct q_state *s) {
  * pending (its records stay in the ring), else the head. */
 static inline uint64_t q_start(const struct q_state *s) { return s->rsv_n ? s->rsv : s->head; }
 
-/* Forgets the pending reservation in the working copy (not published). */
+/* Forgets the pending reservation in the working copy (not published).
+ * Never fails. */
 static void rsv_clear(struct q_state *s) {
     s->rsv = s->rsv_end = s->rsv_n = s->rsv_tag = s->rsv_owner = 0;
+    s->cold_dirty = 1;
 }
 
-/* Publishes *s: the operation's commit point.  Never fails. */
-static void state_commit(const struct mq_q *q, const struct q_state *s) {
+/* Publishes *s: the operation's commit point.  Writes the first line of the
+ * inactive copy, or both when the second line changed (then, after the flip,
+ * the second line also into the copy that just became inactive, so both copies
+ * agree again: see q_pstate).  Never fails. */
+static void state_commit(const struct mq_q *q, struct q_state *s) {
     uint32_t c = atomic_load_explicit(&q->h->cur, memory_order_relaxed) & 1; /* stable: we hold the lock */
-    struct q_pstate p = {s->head, s->tail, s->added, s->fetched, s->evicted, s->duplicates,
-                         s->high_water, s->recoveries, s->rsv, s->rsv_end, s->rsv_n, s->rsv_tag,
-                         s->rsv_owner, s->load_tag, {0, 0}};
-    memcpy(&q->h->st[c ^ 1], &p, sizeof p);
+    int both = s->cold_dirty;
+    memcpy(&q->h->st[c ^ 1], s, both ? sizeof(struct q_pstate) : offsetof(struct q_pstate, rsv));
     KILLPOINT("commit_before_flip");
     /* release: orders the new record bytes, dead marks and the state copy
      * above before the flip; one store, so a crash leaves old or new state */
     atomic_store_explicit(&q->h->cur, c ^ 1, memory_order_release);
+    if (both) {
+        KILLPOINT("commit_before_sync");
+        /* under the lock, read by nobody until we unlock; a crash before this
+         * copy is followed by q_recover, which commits both lines again */
+        memcpy((char *)&q->h->st[c] + offsetof(struct q_pstate, rsv),
+               (const char *)s + offsetof(struct q_pstate, rsv),
+               sizeof(struct q_pstate) - offsetof(struct q_pstate, rsv));
+        s->cold_dirty = 0;
+    }
 }
 
 /* ------------------------------------------------------------ key index */
@@ -526,6 +524,7 @@ __attribute__((unused)) static int q_recover(const struct mq_q *q) {
     if (s.count != derived) return MQ_ECORRUPT;   /* records and counters disagree: damage */
     s.recoveries++;
     if (s.count > s.high_water) s.high_water = s.count;
+    s.cold_dirty = 1;   /* the dead owner may have died before copying the second line */
     /* Heal the lock's wait accounting that the dead process may have left:
      * live waiters time out within a slice and count themselves again. */
     atomic_store_explicit(&q->h->lock_waiters, 0, memory_order_relaxed);
@@ -1579,6 +1578,7 @@ static int64_t reserve_impl(struct mq_fetchbuf *fb, uint32_t max, uint64_t tag) 
         s.rsv_n = (uint64_t)n;
         s.rsv_tag = tag;
         s.rsv_owner = ns->me;
+        s.cold_dirty = 1;
         KILLPOINT("reserve_before_commit");
         state_commit(q, &s);
     }
@@ -1799,6 +1799,7 @@ static int64_t load_impl(mq_ns *ns, uint32_t qi, uint64_t tag, const char *data,
         p += kl + vl;
     }
     s.load_tag = tag;
+    s.cold_dirty = 1;
     KILLPOINT("load_before_commit");
     state_commit(q, &s);
     q_unlock(q);

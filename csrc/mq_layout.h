@@ -20,6 +20,7 @@
 #define MQUEUE_MQ_LAYOUT_H
 
 #include <semaphore.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -48,18 +49,28 @@
  * rsv, rsv_end, rsv_tag and rsv_owner are 0.  load_tag: the tag of the last
  * mq_load applied (0: none). */
 struct q_pstate {
+    /* first line: what every operation changes */
     uint64_t head, tail;        /* logical byte positions, 8-aligned */
     uint64_t added, fetched, evicted, duplicates, high_water, recoveries;
+    /* second line: changed only by reserve/settle/load, a reservation dropped
+     * for room, and a repair.  Both copies hold the same second line whenever
+     * the lock is free (a writer that changed it copies it into the other
+     * copy after its commit, still under the lock; a writer killed before that
+     * is followed by a repair, which does it), so an operation that leaves it
+     * alone commits by writing the first line only. */
     uint64_t rsv, rsv_end, rsv_n, rsv_tag, rsv_owner, load_tag;
     uint64_t spare[2];
 };
 
-/* The same with the derived count: the process-local working copy. */
+/* The process-local working copy: a q_pstate (same layout, copied whole),
+ * then the derived count and whether the second line changed. */
 struct q_state {
     uint64_t head, tail;
-    uint64_t count;             /* live records in [head, tail) */
     uint64_t added, fetched, evicted, duplicates, high_water, recoveries;
     uint64_t rsv, rsv_end, rsv_n, rsv_tag, rsv_owner, load_tag;
+    uint64_t spare[2];
+    uint64_t count;             /* live records in [head, tail) */
+    int cold_dirty;             /* the second line changed: commit both lines */
 };
 
 struct q_hdr {
@@ -123,6 +134,10 @@ _Static_assert(sizeof(struct rec_hdr) == MQ_REC_HDR, "record header size");
 #define REC_GONE 1u
 
 _Static_assert(sizeof(struct q_pstate) == 128, "a state copy is two cache lines");
+_Static_assert(offsetof(struct q_pstate, rsv) == 64, "the second line starts at rsv");
+_Static_assert(offsetof(struct q_state, spare) == offsetof(struct q_pstate, spare) &&
+               offsetof(struct q_state, count) == sizeof(struct q_pstate),
+               "a working copy begins with a q_pstate");
 _Static_assert(sizeof(struct q_hdr) == 384, "queue header: constants, hot line, two states");
 
 #endif
