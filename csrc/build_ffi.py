@@ -80,6 +80,18 @@ int mq_testing(void);
 int mq_clone(mq_ns *, mq_ns **);
 int mq_mark_lost(int);
 int mq_creator_lock(int);
+/* reserve / settle / load (issue 9) */
+#define MQ_EBUSY ...
+#define MQ_ENORSV ...
+#define MQ_EAPPLIED ...
+#define MQ_ENOSTEP ...
+struct mq_rsvinfo {
+    uint64_t tag; uint64_t count; uint64_t load_tag; uint32_t owner_alive; uint32_t mine;
+};
+int64_t mq_reserve(struct mq_fetchbuf *, uint32_t, uint64_t);
+int mq_settle(mq_ns *, uint32_t, uint64_t, int);
+int mq_reservation(mq_ns *, uint32_t, struct mq_rsvinfo *);
+int64_t mq_load(mq_ns *, uint32_t, uint64_t, const char *, size_t, const uint32_t *, size_t);
 """
 
 CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter"]

@@ -350,33 +350,53 @@ static int state_load(const struct mq_q *q, struct q_state *s) {
     /* acquire: pairs with the release in state_commit, so the state copy and
      * the records it covers are seen whole */
     uint32_t c = atomic_load_explicit(&q->h->cur, memory_order_acquire) & 1;
-    struct q_pstate p;
-    memcpy(&p, &q->h->st[c], sizeof p);
-    s->head = p.head;
-    s->tail = p.tail;
-    s->added = p.added;
-    s->fetched = p.fetched;
-    s->evicted = p.evicted;
-    s->duplicates = p.duplicates;
-    s->high_water = p.high_water;
-    s->recoveries = p.recoveries;
-    s->count = p.added - p.fetched - p.evicted - p.duplicates;   /* wraps when damaged: caught below */
+    memcpy(s, &q->h->st[c], sizeof(struct q_pstate));   /* same layout (mq_layout.h) */
+    s->cold_dirty = 0;
+    s->count = s->added - s->fetched - s->evicted - s->duplicates;   /* wraps when damaged: caught below */
     if (s->tail < s->head || s->tail - s->head > q->cap || (s->head & 7) || (s->tail & 7))
         return MQ_ECORRUPT;
     if (s->count > (s->tail - s->head) / MQ_REC_HDR) return MQ_ECORRUPT;
+    if (s->rsv_n) {   /* a pending reservation: [rsv, rsv_end) <= head, all within capacity */
+        if (s->rsv > s->rsv_end || s->rsv_end > s->head || s->tail - s->rsv > q->cap ||
+            (s->rsv & 7) || (s->rsv_end & 7) || s->rsv_n > (s->rsv_end - s->rsv) / MQ_REC_HDR ||
+            s->rsv_tag == 0)
+            return MQ_ECORRUPT;
+    }
     return 0;
 }
 
-/* Publishes *s: the operation's commit point.  Never fails. */
-static void state_commit(const struct mq_q *q, const struct q_state *s) {
+/* Where the bytes in use begin: the reservation's first record while one is
+ * pending (its records stay in the ring), else the head. */
+static inline uint64_t q_start(const struct q_state *s) { return s->rsv_n ? s->rsv : s->head; }
+
+/* Forgets the pending reservation in the working copy (not published).
+ * Never fails. */
+static void rsv_clear(struct q_state *s) {
+    s->rsv = s->rsv_end = s->rsv_n = s->rsv_tag = s->rsv_owner = 0;
+    s->cold_dirty = 1;
+}
+
+/* Publishes *s: the operation's commit point.  Writes the first line of the
+ * inactive copy, or both when the second line changed (then, after the flip,
+ * the second line also into the copy that just became inactive, so both copies
+ * agree again: see q_pstate).  Never fails. */
+static void state_commit(const struct mq_q *q, struct q_state *s) {
     uint32_t c = atomic_load_explicit(&q->h->cur, memory_order_relaxed) & 1; /* stable: we hold the lock */
-    struct q_pstate p = {s->head, s->tail, s->added, s->fetched, s->evicted, s->duplicates,
-                         s->high_water, s->recoveries};
-    memcpy(&q->h->st[c ^ 1], &p, sizeof p);
+    int both = s->cold_dirty;
+    memcpy(&q->h->st[c ^ 1], s, both ? sizeof(struct q_pstate) : offsetof(struct q_pstate, rsv));
     KILLPOINT("commit_before_flip");
     /* release: orders the new record bytes, dead marks and the state copy
      * above before the flip; one store, so a crash leaves old or new state */
     atomic_store_explicit(&q->h->cur, c ^ 1, memory_order_release);
+    if (both) {
+        KILLPOINT("commit_before_sync");
+        /* under the lock, read by nobody until we unlock; a crash before this
+         * copy is followed by q_recover, which commits both lines again */
+        memcpy((char *)&q->h->st[c] + offsetof(struct q_pstate, rsv),
+               (const char *)s + offsetof(struct q_pstate, rsv),
+               sizeof(struct q_pstate) - offsetof(struct q_pstate, rsv));
+        s->cold_dirty = 0;
+    }
 }
 
 /* ------------------------------------------------------------ key index */
@@ -412,6 +432,11 @@ static int q_rebuild(const struct mq_q *q, struct q_state *s) {
         struct rec_hdr r;
         if (rec_read(q, p, s->tail, &r)) return MQ_ECORRUPT;
         uint8_t dead = 0;
+        if (r.gone & REC_GONE) {   /* left by a put-back (mq_settle): never an item again */
+            if (!r.dead) rec_set_dead(q, p, 1);
+            p += r.len;
+            continue;
+        }
         if (q->buckets) {
             uint64_t kpos = p + MQ_REC_HDR, h = ring_hash(q, kpos, r.klen);
             uint64_t b = h & (q->nbuckets - 1);
@@ -519,6 +544,7 @@ __attribute__((unused)) static int q_recover(const struct mq_q *q) {
     if (s.count != derived) return MQ_ECORRUPT;   /* records and counters disagree: damage */
     s.recoveries++;
     if (s.count > s.high_water) s.high_water = s.count;
+    s.cold_dirty = 1;   /* the dead owner may have died before copying the second line */
     /* Heal the lock's wait accounting that the dead process may have left:
      * live waiters time out within a slice and count themselves again. */
     atomic_store_explicit(&q->h->lock_waiters, 0, memory_order_relaxed);
@@ -1163,8 +1189,17 @@ int mq_meta(const mq_ns *ns, const char **data, size_t *len) {
  * (and, on a bounded queue, one more item fits the count).  Dead records are
  * reclaimed, live ones counted as evicted.  Returns 0 or MQ_ECORRUPT. */
 static int make_room(const struct mq_q *q, struct q_state *s, uint64_t R) {
-    while ((q->limit > 0 && s->count + 1 > (uint64_t)q->limit) || (s->tail - s->head) + R > q->cap) {
+    while ((q->limit > 0 && s->count + 1 > (uint64_t)q->limit) || (s->tail - q_start(s)) + R > q->cap) {
         struct rec_hdr r;
+        if (s->rsv_n && (s->tail - s->rsv) + R > q->cap) {
+            /* Bytes are short while a reservation holds the oldest records:
+             * only dropping it frees them.  Its items are the oldest, so they
+             * go first, counted as evicted instead of fetched. */
+            s->fetched -= s->rsv_n;
+            s->evicted += s->rsv_n;
+            rsv_clear(s);
+            continue;
+        }
         if (s->head == s->tail) return MQ_ECORRUPT;   /* R <= cap, so impossible when sane */
         if (rec_read(q, s->head, s->tail, &r)) return MQ_ECORRUPT;
         if (!r.dead) {
@@ -1235,7 +1270,7 @@ static int add_one(const struct mq_q *q, struct q_state *s, const char *key, siz
     /* Replaced records at the head hold no item: reclaim their bytes first. */
     int rc = skip_dead(q, s);
     if (rc) return rc;
-    if (q->limit <= 0 && (s->tail - s->head) + R > q->cap) {
+    if (q->limit <= 0 && (s->tail - q_start(s)) + R > q->cap) {
         if (killed) rec_set_dead(q, killed - 1, 0);   /* undo: nothing changes */
         return MQ_EFULL;
     }
@@ -1337,7 +1372,8 @@ static int sim_batch(const struct mq_q *q, const struct q_state *s0, const char 
         p += r.len;
     }
     size_t h = 0;
-    uint64_t used = s0->tail - s0->head;
+    uint64_t used = s0->tail - q_start(s0);
+    int reclaim = s0->rsv_n == 0;   /* a pending reservation keeps every byte from rsv on */
     const char *p = data;
     for (size_t i = 0; i < n; i++) {
         size_t kl = lens[3 * i], vl = lens[3 * i + 1];
@@ -1351,7 +1387,10 @@ static int sim_batch(const struct mq_q *q, const struct q_state *s0, const char 
                 recs[tab[slot]].dead = 1;                            /* replaced */
             }
         }
-        while (h < nr && recs[h].dead) used -= recs[h++].R;
+        while (h < nr && recs[h].dead) {
+            if (reclaim) used -= recs[h].R;
+            h++;
+        }
         if (used + R > q->cap) { rc = MQ_EFULL; goto out; }
         recs[nr] = (struct sim_rec){R, hash, 0, p, (uint32_t)kl, 0};
         if (tab) tab[slot] = (int64_t)nr;
@@ -1388,13 +1427,13 @@ static int64_t add_many_impl(mq_ns *ns, uint32_t qi, const char *data, size_t da
     if (rc) return rc;
     struct q_state s;
     if (state_load(q, &s)) { q_unlock(q); return MQ_ECORRUPT; }
-    uint64_t committed_head = s.head;
+    uint64_t committed_start = q_start(&s);   /* committed bytes: [committed_start, tail) */
     /* A bounded queue never fails for space, so it may publish a batch in
      * steps.  An unbounded one fails whole or succeeds whole: when the batch
      * could write over committed bytes before it fails (only when it replaces
      * and reclaims its own or queued records), decide first by a dry run. */
     int may_split = q->limit > 0;
-    if (!may_split && (s.tail - s.head) + total_R > q->phys) {
+    if (!may_split && (s.tail - q_start(&s)) + total_R > q->phys) {
         rc = sim_batch(q, &s, data, lens, n);
         if (rc) { q_unlock(q); return rc; }
         may_split = 1;
@@ -1408,9 +1447,9 @@ static int64_t add_many_impl(mq_ns *ns, uint32_t qi, const char *data, size_t da
          * the last published state.  Only a batch larger than the free space
          * gets here, and only when it cannot fail: publish what we have first. */
         if (may_split) {
-            if (s.tail + R - committed_head > q->phys) {
+            if (s.tail + R - committed_start > q->phys) {
                 state_commit(q, &s);
-                committed_head = s.head;
+                committed_start = q_start(&s);
                 q_notify(q, pending);
                 pending = 0;
             }
@@ -1676,7 +1715,7 @@ static int stats_impl(mq_ns *ns, uint32_t qi, struct mq_stats *out) {
     out->duplicates = s.duplicates;
     out->high_water = s.high_water;
     out->recoveries = s.recoveries;
-    out->bytes_used = s.tail - s.head;
+    out->bytes_used = s.tail - q_start(&s);
     out->capacity = q->cap;
     out->size_limit = q->limit;
     out->addmode = q->addmode;
@@ -1689,4 +1728,311 @@ int mq_stats(mq_ns *ns, uint32_t qi, struct mq_stats *out) {
     rc = stats_impl(ns, qi, out);
     ns_leave(ns);
     return rc;
+}
+
+/* ------------------------------------------------------------ reserve / settle / load
+ * A two-phase take for callers that hand items to something that may fail or
+ * die (a database transaction, a terminal): mq_reserve takes items into the
+ * queue's one reservation, tagged by the caller, and mq_settle acknowledges
+ * (drops) or puts back exactly that reservation.  The reserved records stay
+ * in the ring until then, so a reservation left by a dead process can be
+ * settled by another, which reads its tag with mq_reservation.  mq_load adds
+ * a batch in one step and records its tag in the same commit. */
+
+/* Reserves up to max items, packed as mq_fetch_batch packs them (every key
+ * and value followed by a NUL; fb->total and fb->info describe the batch).
+ * Replaced records between them (addmode 2) fall inside the reservation and
+ * are marked REC_GONE if it is put back.  Returns the number
+ * reserved (0: the queue is empty; no reservation is made), MQ_EBUSY when a
+ * reservation is already pending, MQ_EBUF (meta[0] = bytes the first item
+ * needs), other negative codes; nothing changes on failure. */
+static int64_t reserve_impl(struct mq_fetchbuf *fb, uint32_t max, uint64_t tag) {
+    const struct mq_q *q;
+    mq_ns *ns = fb->ns;
+    int rc = q_index(ns, fb->q, &q);
+    if (rc) return rc;
+    if (!fb->meta || (fb->size && !fb->buf) || max == 0 || tag == 0) return MQ_EINVAL;
+    rc = q_lock(ns, q);
+    if (rc) return rc;
+    struct q_state s;
+    if (state_load(q, &s)) { q_unlock(q); return MQ_ECORRUPT; }
+    if (s.rsv_n) { q_unlock(q); return MQ_EBUSY; }
+    if (skip_dead(q, &s)) { q_unlock(q); return MQ_ECORRUPT; }
+    uint64_t first = s.head;
+    int64_t n = 0;
+    size_t used = 0;
+    uint32_t info = MQ_BATCH_UNIFORM | MQ_BATCH_NONUL, first_flags = 0;
+    while (n < (int64_t)max && s.head < s.tail) {
+        struct rec_hdr r;
+        if (rec_read(q, s.head, s.tail, &r)) { q_unlock(q); return MQ_ECORRUPT; }
+        if (r.dead) { s.head += r.len; continue; }   /* replaced: not an item */
+        size_t need = (size_t)r.klen + r.vlen + 2;
+        if (need > fb->size - used) {
+            if (n == 0) {
+                fb->meta[0] = (uint32_t)(need > UINT32_MAX ? UINT32_MAX : need);
+                q_unlock(q);
+                return MQ_EBUF;
+            }
+            break;
+        }
+        char *k = fb->buf + used, *v = k + r.klen + 1;
+        copy_out(q, s.head + MQ_REC_HDR, k, r.klen);
+        k[r.klen] = 0;
+        copy_out(q, s.head + MQ_REC_HDR + r.klen, v, r.vlen);
+        v[r.vlen] = 0;
+        if (memchr(k, 0, r.klen) || memchr(v, 0, r.vlen)) info &= ~MQ_BATCH_NONUL;
+        if (n == 0) first_flags = r.flags & MQ_FLAGS_MASK;
+        else if ((r.flags & MQ_FLAGS_MASK) != first_flags) info &= ~MQ_BATCH_UNIFORM;
+        fb->meta[3 * n] = r.klen;
+        fb->meta[3 * n + 1] = r.vlen;
+        fb->meta[3 * n + 2] = r.flags & MQ_FLAGS_MASK;
+        used += need;
+        s.head += r.len;
+        if (s.count == 0) { q_unlock(q); return MQ_ECORRUPT; }
+        s.count--;
+        s.fetched++;                             /* taken; a put-back subtracts it */
+        n++;
+    }
+    if (n) {
+        s.rsv = first;
+        s.rsv_end = s.head;
+        s.rsv_n = (uint64_t)n;
+        s.rsv_tag = tag;
+        s.rsv_owner = ns->map->me;
+        s.cold_dirty = 1;
+        KILLPOINT("reserve_before_commit");
+        state_commit(q, &s);
+    }
+    q_unlock(q);
+    fb->total = used;
+    fb->info = info | (first_flags << 8);
+    fb->taken = (uint32_t)n;
+    return n;
+}
+
+int64_t mq_reserve(struct mq_fetchbuf *fb, uint32_t max, uint64_t tag) {
+    if (!fb) return MQ_EINVAL;
+    fb->taken = 0;
+    int rc = ns_enter(fb->ns);
+    if (rc) return rc;
+    int64_t n = reserve_impl(fb, max, tag);
+    ns_leave(fb->ns);
+    return n;
+}
+
+/* Marks every record in [from, to) REC_GONE and dead.  Returns 0 or
+ * MQ_ECORRUPT (marks may then be partly set: they lie outside the committed
+ * records, or on records already not items). */
+static int mark_gone(const struct mq_q *q, uint64_t from, uint64_t to) {
+    for (uint64_t p = from; p < to;) {
+        struct rec_hdr r;
+        if (rec_read(q, p, to, &r)) return MQ_ECORRUPT;
+        uint16_t g = (uint16_t)(r.gone | REC_GONE);
+        copy_in(q, p + offsetof(struct rec_hdr, gone), &g, sizeof g);
+        if (!r.dead) rec_set_dead(q, p, 1);
+        p += r.len;
+    }
+    return 0;
+}
+
+/* Puts the reservation's records back before the head (working copy *s;
+ * head is the committed head).  addmode 2: a put-back item whose key was
+ * queued again meanwhile is the older one, so it is dropped as a duplicate.
+ * Returns the number of items back in the queue, or a negative code (marks
+ * outside the committed records may then be set; abort_op restores the rest). */
+static int64_t put_back(const struct mq_q *q, struct q_state *s) {
+    uint64_t live_head = s->head;
+    int rc = mark_gone(q, s->rsv_end, s->head);   /* fetched/evicted/replaced meanwhile */
+    if (rc) return rc;
+    int64_t back = 0;
+    char *key = NULL;
+    size_t keycap = 0;
+    for (uint64_t p = s->rsv; p < s->rsv_end;) {
+        struct rec_hdr r;
+        if (rec_read(q, p, s->rsv_end, &r)) { free(key); return MQ_ECORRUPT; }
+        if (r.dead || (r.gone & REC_GONE)) {
+            /* replaced before it was reserved: its replacement may be gone by
+             * now, so make it permanently not an item (q_rebuild keeps it so) */
+            uint16_t g = (uint16_t)(r.gone | REC_GONE);
+            copy_in(q, p + offsetof(struct rec_hdr, gone), &g, sizeof g);
+            if (!r.dead) rec_set_dead(q, p, 1);
+            p += r.len;
+            continue;
+        }
+        uint8_t dead = 0;
+        if (q->addmode == 2) {
+            if (r.klen > keycap) {
+                char *k2 = realloc(key, r.klen);
+                if (!k2) { free(key); return MQ_ENOMEM; }
+                key = k2;
+                keycap = r.klen;
+            }
+            copy_out(q, p + MQ_REC_HDR, key, r.klen);
+            uint64_t found;
+            rc = idx_find(q, fnv1a(key, r.klen), key, r.klen, live_head, s->tail, &found);
+            if (rc < 0) { free(key); return rc; }
+            dead = rc == 1;
+        }
+        rec_set_dead(q, p, dead);   /* also clears a mark left by an aborted put-back */
+        if (dead) s->duplicates++;
+        else back++;
+        p += r.len;
+    }
+    free(key);
+    s->fetched -= s->rsv_n;                  /* with duplicates++ above: count += back */
+    s->count += (uint64_t)back;
+    s->head = s->rsv;
+    rsv_clear(s);
+    /* A bounded queue that took items meanwhile is over its count now: the
+     * put-back items are the oldest, so they are dropped first. */
+    while (q->limit > 0 && s->count > (uint64_t)q->limit) {
+        struct rec_hdr r;
+        if (s->head >= s->tail || rec_read(q, s->head, s->tail, &r)) return MQ_ECORRUPT;
+        if (!r.dead) {
+            s->count--;
+            s->evicted++;
+            if (back) back--;
+        }
+        s->head += r.len;
+    }
+    if (s->count > s->high_water) s->high_water = s->count;
+    return back;
+}
+
+/* mq_settle without the in-flight accounting.  Returns as mq_settle. */
+static int settle_impl(mq_ns *ns, uint32_t qi, uint64_t tag, int commit) {
+    const struct mq_q *q;
+    int rc = q_index(ns, qi, &q);
+    if (rc) return rc;
+    if (tag == 0) return MQ_EINVAL;
+    rc = q_lock(ns, q);
+    if (rc) return rc;
+    struct q_state s;
+    if (state_load(q, &s)) { q_unlock(q); return MQ_ECORRUPT; }
+    if (s.rsv_n == 0 || s.rsv_tag != tag) { q_unlock(q); return MQ_ENORSV; }
+    int64_t back = 0;
+    if (commit) {
+        rsv_clear(&s);                           /* its items stay counted as fetched */
+    } else {
+        back = put_back(q, &s);
+        if (back < 0) return abort_op(q, (int)back);
+        /* Re-derive the index and dead marks over the new [head, tail): a
+         * repair (q_rebuild) while the reservation was pending left its
+         * records out of the key index.  The count must come out the same. */
+        struct q_state chk = s;
+        if (q_rebuild(q, &chk) || chk.count != s.count) return abort_op(q, MQ_ECORRUPT);
+    }
+    KILLPOINT("settle_before_commit");
+    state_commit(q, &s);
+    q_unlock(q);
+    if (back) q_notify(q, back);
+    return 0;
+}
+
+int mq_settle(mq_ns *ns, uint32_t qi, uint64_t tag, int commit) {
+    int rc = ns_enter(ns);
+    if (rc) return rc;
+    rc = settle_impl(ns, qi, tag, commit);
+    ns_leave(ns);
+    return rc;
+}
+
+/* mq_reservation without the in-flight accounting.  Returns as mq_reservation. */
+static int reservation_impl(mq_ns *ns, uint32_t qi, struct mq_rsvinfo *out) {
+    const struct mq_q *q;
+    int rc = q_index(ns, qi, &q);
+    if (rc) return rc;
+    if (!out) return MQ_EINVAL;
+    rc = q_lock(ns, q);
+    if (rc) return rc;
+    struct q_state s;
+    rc = state_load(q, &s);
+    q_unlock(q);
+    if (rc) return rc;
+    out->tag = s.rsv_tag;
+    out->count = s.rsv_n;
+    out->load_tag = s.load_tag;
+    out->owner_alive = s.rsv_n ? (uint32_t)owner_alive(ns, s.rsv_owner) : 0;
+    out->mine = s.rsv_n && s.rsv_owner == ns->map->me;
+    return s.rsv_n ? 1 : 0;
+}
+
+int mq_reservation(mq_ns *ns, uint32_t qi, struct mq_rsvinfo *out) {
+    int rc = ns_enter(ns);
+    if (rc) return rc;
+    rc = reservation_impl(ns, qi, out);
+    ns_leave(ns);
+    return rc;
+}
+
+/* mq_load without the in-flight accounting.  Returns as mq_load. */
+static int64_t load_impl(mq_ns *ns, uint32_t qi, uint64_t tag, const char *data, size_t data_len,
+                         const uint32_t *lens, size_t n) {
+    const struct mq_q *q;
+    int rc = q_index(ns, qi, &q);
+    if (rc) return rc;
+    if (tag == 0 || (n && !lens) || (data_len && !data) || n > (size_t)1 << 40) return MQ_EINVAL;
+    uint64_t total = 0;
+    for (size_t i = 0; i < n; i++) {            /* check every item first */
+        uint64_t kl = lens[3 * i], vl = lens[3 * i + 1];
+        if (lens[3 * i + 2] & ~MQ_FLAGS_MASK) return MQ_EINVAL;
+        uint64_t R = rec_size(kl, vl);
+        if (R == 0 || R > q->cap) return MQ_ETOOBIG;
+        total += kl + vl;
+        if (total > data_len) return MQ_EINVAL;
+    }
+    /* A bounded queue keeps only the newest items that fit its count and
+     * bytes: the older ones of the batch are counted as added and evicted
+     * without being written, so the rest fits in one step. */
+    size_t skip = 0;
+    uint64_t kept_R = 0;
+    if (q->limit > 0) {
+        size_t kept = 0;
+        for (size_t i = n; i > 0; i--) {
+            uint64_t R = rec_size(lens[3 * (i - 1)], lens[3 * (i - 1) + 1]);
+            if (kept + 1 > (uint64_t)q->limit || kept_R + R > q->cap) break;
+            kept++;
+            kept_R += R;
+        }
+        skip = n - kept;
+    } else {
+        for (size_t i = 0; i < n; i++) kept_R += rec_size(lens[3 * i], lens[3 * i + 1]);
+    }
+    rc = q_lock(ns, q);
+    if (rc) return rc;
+    struct q_state s;
+    if (state_load(q, &s)) { q_unlock(q); return MQ_ECORRUPT; }
+    if (s.load_tag == tag) { q_unlock(q); return MQ_EAPPLIED; }
+    /* One commit: the records written must not overlap the committed bytes
+     * [start, tail).  Bounded: kept_R <= capacity and tail - start <= capacity,
+     * so they fit the 2 x capacity ring.  Unbounded: checked here. */
+    if (q->limit <= 0 && (s.tail - q_start(&s)) + kept_R > q->phys) { q_unlock(q); return MQ_ENOSTEP; }
+    const char *p = data;
+    for (size_t i = 0; i < skip; i++) p += lens[3 * i] + lens[3 * i + 1];
+    s.added += skip;
+    s.evicted += skip;
+    int64_t stored = 0;
+    for (size_t i = skip; i < n; i++) {
+        size_t kl = lens[3 * i], vl = lens[3 * i + 1];
+        rc = add_one(q, &s, p, kl, p + kl, vl, lens[3 * i + 2], rec_size(kl, vl));
+        if (rc < 0) return abort_op(q, rc);      /* MQ_EFULL included: nothing published */
+        stored += rc;
+        p += kl + vl;
+    }
+    s.load_tag = tag;
+    s.cold_dirty = 1;
+    KILLPOINT("load_before_commit");
+    state_commit(q, &s);
+    q_unlock(q);
+    if (stored) q_notify(q, stored);
+    return stored;
+}
+
+int64_t mq_load(mq_ns *ns, uint32_t qi, uint64_t tag, const char *data, size_t data_len,
+                const uint32_t *lens, size_t n) {
+    int rc = ns_enter(ns);
+    if (rc) return rc;
+    int64_t r = load_impl(ns, qi, tag, data, data_len, lens, n);
+    ns_leave(ns);
+    return r;
 }

@@ -37,6 +37,10 @@
 /* -16..-19: reserved for the persistence branch.  -20..-24: lifecycle. */
 #define MQ_ELOST    (-20)  /* the namespace was destroyed (or its file removed) */
 #define MQ_EHALFMADE (-21) /* the segment was never finished: its creator died */
+#define MQ_EBUSY    (-16)  /* mq_reserve: the queue already has a pending reservation */
+#define MQ_ENORSV   (-17)  /* mq_settle: no pending reservation with that tag */
+#define MQ_EAPPLIED (-18)  /* mq_load: a load with that tag was already applied */
+#define MQ_ENOSTEP  (-19)  /* mq_load: the batch cannot be applied in one step */
 
 /* Item flags: how the Python layer encoded the key and the value. */
 #define MQ_KEY_STR   1u
@@ -227,6 +231,54 @@ int mq_count(mq_ns *ns, uint32_t q, uint64_t *out);
 
 /* Copies a queue's counters.  Returns 0 and *out; changes nothing. */
 int mq_stats(mq_ns *ns, uint32_t q, struct mq_stats *out);
+
+/* Reserve / settle: a take acknowledged later (see mq.c).
+ *
+ * mq_reserve takes up to `max` of the oldest items into the queue's reservation, tagged `tag` (non-zero, chosen
+ * by the caller) and owned by this process's liveness slot; they are copied
+ * out as mq_fetch_batch does (fb's fields and results likewise) and counted as
+ * fetched.  They are no longer queued, but their records stay in the segment
+ * until mq_settle.  One reservation per queue at a time.  Never waits for
+ * items.  Returns the number reserved (0: empty, no reservation made);
+ * MQ_EBUSY when one is pending; MQ_EBUF (meta[0] = bytes needed); other
+ * negative codes; nothing changes on failure.
+ *
+ * While a reservation is pending, its bytes still count against the queue's
+ * capacity; a bounded queue that must drop items for bytes drops the whole
+ * reservation first (its items are the oldest), counted as evicted, and a
+ * later mq_settle with its tag gets MQ_ENORSV. */
+int64_t mq_reserve(struct mq_fetchbuf *fb, uint32_t max, uint64_t tag);
+
+/* Settles the reservation tagged `tag`: commit != 0 drops it (its items stay
+ * counted as fetched); commit == 0 puts its items back at the head in their
+ * order, counted as neither added nor fetched (addmode 2: an item whose key
+ * was queued again meanwhile is dropped as a duplicate; addmode 1: both are
+ * kept).  Any process may settle any reservation.  Returns 0; MQ_ENORSV when
+ * no reservation with that tag is pending; other negative codes with nothing
+ * changed. */
+int mq_settle(mq_ns *ns, uint32_t q, uint64_t tag, int commit);
+
+struct mq_rsvinfo {
+    uint64_t tag;            /* the pending reservation's tag, 0 = none */
+    uint64_t count;          /* its items */
+    uint64_t load_tag;       /* the tag of the last mq_load applied, 0 = none */
+    uint32_t owner_alive;    /* 1: the reserving process may still be running */
+    uint32_t mine;           /* 1: reserved through this handle's slot */
+};
+/* Reads the queue's reservation and load tag.  Returns 1 when a reservation
+ * is pending, 0 when not, or a negative code. */
+int mq_reservation(mq_ns *ns, uint32_t q, struct mq_rsvinfo *out);
+
+/* Adds n items (packed as for mq_add_many) in one step, and records `tag`
+ * (non-zero) as the queue's load tag in the same commit, so that whether the
+ * load happened can be read later (mq_reservation).  All or nothing: on any
+ * failure nothing is added.  A bounded queue keeps the newest items that fit
+ * its size and bytes (the older ones of the batch count as added and
+ * evicted).  Returns the number stored; MQ_EAPPLIED (nothing done) when the
+ * load tag already is `tag`; MQ_EFULL, MQ_ETOOBIG; MQ_ENOSTEP when an
+ * unbounded queue cannot take the batch in one step; other negative codes. */
+int64_t mq_load(mq_ns *ns, uint32_t q, uint64_t tag, const char *data, size_t data_len,
+                const uint32_t *lens, size_t n);
 
 /* Test support: the number of distinct kill points, their names, and
  * whether this build has them (-DMQ_TESTING); with MQ_KILLPOINT=name in the

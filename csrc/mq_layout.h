@@ -20,6 +20,7 @@
 #define MQUEUE_MQ_LAYOUT_H
 
 #include <semaphore.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -31,25 +32,50 @@
 /* 3: the destroy mark (MQ_MAGIC_LOST) and the creator lock (byte
  * MQ_CREATOR_BYTE of the file) are part of the protocol: a version-2 process
  * would neither see the one nor take the other, so the versions refuse each
- * other's segments. */
+ * other's segments.  Also 3: the reservation and load tag (issue 9). */
 #define MQ_LAYOUT_VERSION 3u
 
-/* The queue state that one operation changes: one cache line.  Two copies
- * live in q_hdr; `cur` says which is current.  A writer fills the other copy
- * and flips `cur` with one release store: that store is the operation's
- * commit point.  The item count is not stored: it is derived,
+/* The queue state that one operation changes: two cache lines (the second,
+ * the reservation and the load tag, is rarely changed).  Two copies live in
+ * q_hdr; `cur` says which is current.  A writer fills the other copy and
+ * flips `cur` with one release store: that store is the operation's commit
+ * point.  The item count is not stored: it is derived,
  *   count = added - fetched - evicted - duplicates   (every addmode),
- * so the counters balance by construction. */
+ * so the counters balance by construction (reserved items count as fetched
+ * until a put-back subtracts them again).
+ *
+ * The reservation (mq_reserve/mq_settle): rsv_n > 0 items taken from the
+ * head and not yet acknowledged.  Their records stay in the ring at
+ * [rsv, rsv_end); records in [rsv_end, head) were fetched, evicted or
+ * replaced while it was pending (a put-back marks them REC_GONE).  While a
+ * reservation is pending the ring's used bytes are [rsv, tail), else
+ * [head, tail): always at most capacity, so (as without reservations) a new
+ * record is always written where no committed record lies.  When rsv_n == 0
+ * rsv, rsv_end, rsv_tag and rsv_owner are 0.  load_tag: the tag of the last
+ * mq_load applied (0: none). */
 struct q_pstate {
+    /* first line: what every operation changes */
     uint64_t head, tail;        /* logical byte positions, 8-aligned */
     uint64_t added, fetched, evicted, duplicates, high_water, recoveries;
+    /* second line: changed only by reserve/settle/load, a reservation dropped
+     * for room, and a repair.  Both copies hold the same second line whenever
+     * the lock is free (a writer that changed it copies it into the other
+     * copy after its commit, still under the lock; a writer killed before that
+     * is followed by a repair, which does it), so an operation that leaves it
+     * alone commits by writing the first line only. */
+    uint64_t rsv, rsv_end, rsv_n, rsv_tag, rsv_owner, load_tag;
+    uint64_t spare[2];
 };
 
-/* The same with the derived count: the process-local working copy. */
+/* The process-local working copy: a q_pstate (same layout, copied whole),
+ * then the derived count and whether the second line changed. */
 struct q_state {
     uint64_t head, tail;
-    uint64_t count;             /* live records in [head, tail) */
     uint64_t added, fetched, evicted, duplicates, high_water, recoveries;
+    uint64_t rsv, rsv_end, rsv_n, rsv_tag, rsv_owner, load_tag;
+    uint64_t spare[2];
+    uint64_t count;             /* live records in [head, tail) */
+    int cold_dirty;             /* the second line changed: commit both lines */
 };
 
 struct q_hdr {
@@ -75,7 +101,7 @@ struct q_hdr {
     _Atomic uint32_t cur;
     sem_t sem;
 
-    /* Double-buffered state, a cache line each. */
+    /* Double-buffered state, two cache lines each. */
     _Alignas(64) struct q_pstate st[2];
 } __attribute__((aligned(64)));
 
@@ -106,12 +132,18 @@ struct rec_hdr {
     uint32_t vlen;
     uint8_t  flags;     /* MQ_KEY_STR | MQ_VAL_STR */
     uint8_t  dead;      /* replaced by a later add of the same key (addmode 2) */
-    uint16_t reserved;
+    uint16_t gone;      /* REC_GONE: not an item (set by a put-back, see q_pstate) */
     uint64_t next;      /* index chain: (older record's position + 1), 0 = end */
 };
 
 _Static_assert(sizeof(struct rec_hdr) == MQ_REC_HDR, "record header size");
-_Static_assert(sizeof(struct q_pstate) == 64, "a state copy is one cache line");
-_Static_assert(sizeof(struct q_hdr) == 256, "queue header: constants, hot line, two states");
+#define REC_GONE 1u
+
+_Static_assert(sizeof(struct q_pstate) == 128, "a state copy is two cache lines");
+_Static_assert(offsetof(struct q_pstate, rsv) == 64, "the second line starts at rsv");
+_Static_assert(offsetof(struct q_state, spare) == offsetof(struct q_pstate, spare) &&
+               offsetof(struct q_state, count) == sizeof(struct q_pstate),
+               "a working copy begins with a q_pstate");
+_Static_assert(sizeof(struct q_hdr) == 384, "queue header: constants, hot line, two states");
 
 #endif

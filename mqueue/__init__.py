@@ -109,10 +109,21 @@ def create(
         from . import _persist
 
         try:
+            # what a dead creator of an earlier namespace of this name left
+            # unfinished (markers of loads never applied, saves), then the load
+            _persist.resolve_queues(mq, db_url)  # type: ignore[arg-type]
             _persist.load_queues(mq, db_url)  # type: ignore[arg-type]
         except BaseException:
             mq._abandon()
             destroy(namespace, url=url)
+            raise
+    elif persist:
+        from . import _persist
+
+        try:  # attached (exist_ok): settle what a dead saver or loader left
+            _persist.resolve_queues(mq, db_url)  # type: ignore[arg-type]
+        except BaseException:
+            mq.close()
             raise
     return mq
 

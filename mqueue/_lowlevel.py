@@ -21,6 +21,10 @@ MQ_ECLOSED: int = lib.MQ_ECLOSED
 MQ_EAGAIN: int = lib.MQ_EAGAIN
 MQ_ELOST: int = lib.MQ_ELOST
 MQ_EHALFMADE: int = lib.MQ_EHALFMADE
+MQ_EBUSY: int = lib.MQ_EBUSY
+MQ_ENORSV: int = lib.MQ_ENORSV
+MQ_EAPPLIED: int = lib.MQ_EAPPLIED
+MQ_ENOSTEP: int = lib.MQ_ENOSTEP
 MQ_KEY_STR: int = lib.MQ_KEY_STR
 MQ_VAL_STR: int = lib.MQ_VAL_STR
 MQ_REC_HDR: int = lib.MQ_REC_HDR
@@ -44,6 +48,10 @@ _MESSAGES = {
     MQ_EAGAIN: "a wait was cut into slices (call again)",
     MQ_ELOST: "the namespace was destroyed (or its file removed from /dev/shm)",
     MQ_EHALFMADE: "the segment was never finished: its creator died while creating it",
+    MQ_EBUSY: "the queue already has a pending reservation (a save or fetch in progress)",
+    MQ_ENORSV: "no pending reservation with that tag",
+    MQ_EAPPLIED: "that load was already applied",
+    MQ_ENOSTEP: "the batch does not fit the queue in one step",
 }
 
 

@@ -31,7 +31,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
+import hashlib
+import logging
+import os
+import secrets
+import socket
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -56,21 +63,33 @@ LOAD_DBMODES = frozenset({1, 2})
 SAVE_DBMODES = frozenset({1, 3})
 """dbmodes whose queues are saved to their table by the creator's ``close``."""
 
+MARKER_TABLE = "mqueue_ops"
+"""Our table of save and load markers (one row per save or load in progress)."""
+
 PG_MAX_IDENTIFIER_BYTES = 63
 """PostgreSQL silently truncates longer identifiers (NAMEDATALEN - 1); we refuse them."""
 
 # Markers of the ``key_enc`` / ``val_enc`` columns (NULL: the column is the str).
 ENC_BYTES = "bytes"  # bytes item; the column holds its content, which is UTF-8 text
 ENC_BASE64 = "base64"  # bytes item; the column holds its standard base64
-ENC_STR_BASE64 = "str-base64"  # str item holding U+0000; column: base64 of its UTF-8
+ENC_STR_BASE64 = "str-base64"  # str holding U+0000 or a lone surrogate: base64 of its UTF-8
+# (surrogatepass: a lone surrogate is encoded as its 3 bytes, as the queues store it)
 _ENCODINGS = (ENC_BYTES, ENC_BASE64, ENC_STR_BASE64)
 
 # Test hooks (not API).  ``_save_hook(table, rows_inserted_so_far)`` runs after each
 # batch of INSERTs of a save, inside its transaction; ``_SAVE_BATCH`` rows per batch.
 _save_hook: Callable[[str, int], None] | None = None
 _SAVE_BATCH = 500
-# How many items one fetch_many call of a save takes.
+# How many items one fetch_many call of a save takes (backends without reservations).
 _FETCH_CHUNK = 1000
+# How long a save or load waits for the table's persistence lock (another save or
+# load of it, or a dead session PostgreSQL has not ended yet).
+_LOCK_TIMEOUT_S = 30.0
+# Test hook (not API): ``_load_hook(stage)`` runs at each stage of a load
+# ("marked", "applied"), between its steps.
+_load_hook: Callable[[str], None] | None = None
+
+_log = logging.getLogger(__name__)
 
 Data = str | bytes
 
@@ -196,6 +215,8 @@ def _name_problem(name: object, engine: str | None) -> str | None:
         )
     if engine in (None, "sqlite") and raw[:7].lower() == b"sqlite_":
         return "SQLite reserves table names that begin with 'sqlite_'"
+    if name.lower() == MARKER_TABLE:
+        return f"{MARKER_TABLE!r} is mqueue's own table of save and load markers"
     return None
 
 
@@ -278,6 +299,13 @@ class _DB:
         self.target = target
         self.engine = target.engine
         self._conn: Any
+        self._lockfd: int | None = None  # SQLite: flock on a file beside the database
+        self._lockdepth = 0
+        self._pg_locks: list[int] = []  # PostgreSQL: advisory locks this session holds
+        self._connect()
+
+    def _connect(self) -> None:
+        target = self.target
         if self.engine == "sqlite":
             try:
                 conn = sqlite3.connect(target.where, timeout=30.0, isolation_level=None)
@@ -353,6 +381,97 @@ class _DB:
     def close(self) -> None:
         with suppress(Exception):
             self._conn.close()
+        if self._lockfd is not None:
+            with suppress(OSError):
+                os.close(self._lockfd)  # drops the flock
+            self._lockfd = None
+            self._lockdepth = 0
+
+    def reconnect(self) -> None:
+        """A fresh connection (after one was lost), holding the same locks again.
+
+        PostgreSQL: the advisory locks are taken again by the new session, so
+        this waits until the old session has ended (its last transaction is
+        then committed or rolled back for good) or the lock timeout passes."""
+        with suppress(Exception):
+            self._conn.close()
+        self._connect()
+        keys, self._pg_locks = self._pg_locks, []
+        for key in keys:
+            self._pg_lock(key)
+
+    # -- serialising the loads and saves of one table (see docs/persistence.md)
+    def lock_table(self, table: str) -> None:
+        """Hold the table's persistence lock until unlock_table: loads and saves
+        of one table, from any process, run one at a time, and a process that
+        dies drops its lock (SQLite: flock of ``<db>.mqueue-lock``, for the whole
+        file; PostgreSQL: a session advisory lock keyed on the table name)."""
+        if self.engine == "sqlite":
+            if self._lockdepth == 0:
+                path = self.target.where + ".mqueue-lock"
+                try:
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                except OSError as exc:
+                    raise PersistenceError(f"cannot open the lock file {path!r}: {exc}") from exc
+                give_up = time.monotonic() + _LOCK_TIMEOUT_S
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > give_up:
+                            os.close(fd)
+                            raise PersistenceError(
+                                f"another process holds {path!r} (a save or load of "
+                                f"this database) for more than {_LOCK_TIMEOUT_S:g} s"
+                            ) from None
+                        time.sleep(0.01)
+                self._lockfd = fd
+            self._lockdepth += 1
+            return
+        self._pg_lock(_pg_lock_key(table))
+
+    def _pg_lock(self, key: int) -> None:
+        with _db_errors(f"taking the persistence lock of {self.target.shown}"):
+            ms = int(_LOCK_TIMEOUT_S * 1000)
+            self._conn.execute(f"SET lock_timeout = {ms}")
+            self._conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+            self._conn.commit()  # a session lock: it outlives this transaction
+        self._pg_locks.append(key)
+
+    def unlock_table(self, table: str) -> None:
+        """Release lock_table's lock (best effort: a lost session has none)."""
+        if self.engine == "sqlite":
+            self._lockdepth -= 1
+            if self._lockdepth == 0 and self._lockfd is not None:
+                with suppress(OSError):
+                    os.close(self._lockfd)
+                self._lockfd = None
+            return
+        key = _pg_lock_key(table)
+        if key in self._pg_locks:
+            self._pg_locks.remove(key)
+            with suppress(Exception):
+                self.rollback()
+                self._conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                self._conn.commit()
+
+    def ensure_markers(self) -> None:
+        """Create our marker table if missing (Kamailio never names it), in a
+        transaction of its own (the caller's begin/commit)."""
+        ddl = (
+            'CREATE TABLE IF NOT EXISTS {t} ("op" TEXT PRIMARY KEY, "kind" TEXT NOT NULL, '
+            '"tbl" TEXT NOT NULL, "ns" TEXT NOT NULL, "max_id" BIGINT)'
+        )
+        try:
+            self.execute(ddl, MARKER_TABLE)
+        except Exception:
+            if self.engine != "postgresql":
+                raise
+            # Two sessions creating it at once: PostgreSQL may fail one of them
+            # (a unique violation in its catalog); the table exists by now.
+            self.rollback()
+            self.execute(ddl, MARKER_TABLE)
 
     # -- schema
     def ensure_table(self, table: str) -> None:
@@ -409,7 +528,13 @@ def _encode(data: Data) -> tuple[str, str | None]:
         return base64.b64encode(data).decode("ascii"), ENC_BASE64
     if isinstance(data, str):
         if "\x00" in data:
-            return base64.b64encode(data.encode("utf-8")).decode("ascii"), ENC_STR_BASE64
+            raw = data.encode("utf-8", "surrogatepass")
+            return base64.b64encode(raw).decode("ascii"), ENC_STR_BASE64
+        try:
+            data.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: no SQL text can hold it
+            raw = data.encode("utf-8", "surrogatepass")
+            return base64.b64encode(raw).decode("ascii"), ENC_STR_BASE64
         return data, None
     raise TypeError(f"key or value must be str or bytes, not {type(data).__name__}")
 
@@ -436,7 +561,7 @@ def _decode(text: object, enc: object, table: str, row_id: object, column: str) 
         if enc == ENC_BASE64:
             return raw
         try:
-            return raw.decode("utf-8")
+            return raw.decode("utf-8", "surrogatepass")  # a str may hold lone surrogates
         except UnicodeDecodeError as exc:
             raise PersistenceError(f"{where}: {column} is not UTF-8 text: {exc}") from exc
     raise PersistenceError(
@@ -485,8 +610,10 @@ def load_queues(mq: _MQLike, db_url: str, *, queues: Iterable[str] | None = None
     names = _selected(mq, LOAD_DBMODES, queues)
     if not names:
         return {}
+    if all(_reservable(mq[n]) for n in names):
+        return _load_reserved(mq, target, names)
 
-    db = _DB(target)
+    db = _DB(target)  # a backend without reservations (Redis): one transaction
     try:
         db.begin()
         # 1. Read and decode every table first: a bad row fails before any add.
@@ -649,7 +776,11 @@ def save_queues(mq: _MQLike, db_url: str, *, queues: Iterable[str] | None = None
     try:
         for name in names:
             try:
-                counts[name] = _save_one(db, target, name, mq[name])
+                q = mq[name]
+                if _reservable(q):
+                    counts[name] = _save_reserved(db, target, mq, name, q)
+                else:  # a backend without reservations (Redis)
+                    counts[name] = _save_one(db, target, name, q)
             except PersistenceError as exc:
                 errors.append(exc)
     finally:
@@ -661,3 +792,432 @@ def save_queues(mq: _MQLike, db_url: str, *, queues: Iterable[str] | None = None
             f"saving {len(errors)} queues failed: " + "; ".join(str(e) for e in errors)
         ) from errors[0]
     return counts
+
+
+# ----------------------------------------------- reservations, markers, resolution
+#
+# The protocol (docs/persistence.md, "Crash safety"): a save reserves the items
+# in shared memory (mq_reserve: they leave the queue but stay in the segment,
+# tagged), then inserts the rows and a marker row naming the tag in one
+# transaction, commits, then acknowledges the reservation (mq_settle).  A load
+# records a marker (tag, highest row id) and commits, adds the rows in one
+# engine step that records the tag in the queue's state, then deletes the rows
+# and the marker.  Loads and saves of one table hold its persistence lock
+# (_DB.lock_table) throughout, and every save or load starts by resolving what
+# a dead or failed predecessor left (_resolve): the marker's presence says
+# whether a reserved save committed; the queue's load tag says whether a
+# marked load was applied.  Nothing is guessed: when the database cannot be
+# asked, the reservation stays and PersistenceError says so.
+
+CLI_TAG_BIT = 1 << 63
+"""Reservation tags with this bit are the command line's fetch (no database)."""
+
+
+def new_op_tag() -> int:
+    """A fresh random tag for a save or load (never 0, CLI bit clear)."""
+    while True:
+        tag = secrets.randbits(63)
+        if tag:
+            return tag
+
+
+def new_cli_tag() -> int:
+    """A fresh random tag for the command line's fetch (CLI bit set)."""
+    return CLI_TAG_BIT | secrets.randbits(63)
+
+
+def _op_text(tag: int) -> str:
+    return f"{tag:016x}"
+
+
+def _pg_lock_key(table: str) -> int:
+    digest = hashlib.blake2b(b"mqueue-table:" + table.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _ns_id(mq: Any) -> str:
+    """Who made a marker: this host and namespace (a segment is per host)."""
+    return f"{socket.gethostname()}:{getattr(mq, 'namespace', '')}"
+
+
+def _reservable(q: Any) -> bool:
+    return hasattr(q, "_reserve") and hasattr(q, "_settle")
+
+
+def _other_load_applied(ns_id: str, queue: str, tag: int) -> bool:
+    """Whether the load `tag` was applied to `queue` of another namespace on this
+    host (False when that namespace or queue does not exist any more: its
+    items, if any, went with it)."""
+    host, _, namespace = ns_id.partition(":")
+    if host != socket.gethostname():
+        raise PersistenceError(
+            f"table {queue!r}: a load by namespace {namespace!r} on host {host!r} is "
+            "unresolved; run `mqueue recover` for it on that host"
+        )
+    from . import _shm
+    from ._errors import MQueueError, NamespaceNotFoundError
+
+    try:
+        other = _shm.attach(namespace)
+    except NamespaceNotFoundError:
+        return False
+    except MQueueError as exc:
+        raise PersistenceError(
+            f"table {queue!r}: cannot tell whether namespace {namespace!r} applied a load: {exc}"
+        ) from exc
+    try:
+        if queue not in [d.name for d in other.definitions]:
+            return False
+        return bool(other[queue]._reservation().load_tag == tag)  # type: ignore[attr-defined]
+    finally:
+        other.close()
+
+
+def _resolve(db: _DB, mq: Any, name: str, q: Any) -> list[str]:
+    """Settle what an earlier save or load of queue ``name`` left unfinished
+    (the caller holds the table's lock).  Returns what was done, for messages."""
+    done: list[str] = []
+    shown = db.target.shown
+    with _db_errors(f"resolving queue {name!r} in {shown}"):
+        db.begin()
+        db.ensure_markers()
+        db.commit()
+    info = q._reservation()
+    if info.tag:
+        if info.tag & CLI_TAG_BIT:
+            # a command line fetch printing its item: wait for it, or put back
+            give_up = time.monotonic() + 5.0
+            while info.tag & CLI_TAG_BIT and info.owner_alive and not info.mine:
+                if time.monotonic() > give_up:
+                    raise PersistenceError(
+                        f"queue {name!r}: a live `mqueue fetch` holds its oldest item"
+                    )
+                time.sleep(0.01)
+                info = q._reservation()
+            if info.tag & CLI_TAG_BIT:
+                q._settle(info.tag, False)
+                done.append(f"queue {name!r}: put back the item of a dead `mqueue fetch`")
+                info = q._reservation()
+        if info.tag:
+            if info.owner_alive and not info.mine:
+                raise PersistenceError(
+                    f"queue {name!r}: {info.size} item(s) are reserved by a save of another "
+                    "live process (to another database?); resolve it there"
+                )
+            with _db_errors(f"resolving a save of queue {name!r} in {shown}"):
+                cur = db.execute(
+                    'SELECT 1 FROM {t} WHERE "op" = ?', MARKER_TABLE, (_op_text(info.tag),)
+                )
+                committed = cur.fetchone() is not None
+                cur.close()
+                db.rollback()
+            q._settle(info.tag, committed)
+            done.append(
+                f"queue {name!r}: an unfinished save of {info.size} item(s) "
+                + (
+                    "had committed: they are in the table"
+                    if committed
+                    else "had not committed: they are back in the queue"
+                )
+            )
+    me = _ns_id(mq)
+    with _db_errors(f"resolving the markers of table {name!r} in {shown}"):
+        db.begin()
+        cur = db.execute(
+            'SELECT "op", "kind", "ns", "max_id" FROM {t} WHERE "tbl" = ?', MARKER_TABLE, (name,)
+        )
+        markers = cur.fetchall()
+        cur.close()
+        for op, kind, ns_id, max_id in markers:
+            if kind == "save":
+                if ns_id != me:
+                    continue  # another namespace's save: its own to resolve
+                # ours, and no save of ours is pending any more
+            elif kind == "load":
+                tag = int(op, 16)
+                if ns_id == me:
+                    applied = q._reservation().load_tag == tag
+                else:
+                    applied = _other_load_applied(ns_id, name, tag)
+                if applied:
+                    db.execute('DELETE FROM {t} WHERE "id" <= ?', name, (int(max_id),))
+                    done.append(f"table {name!r}: deleted the rows of an applied load")
+                else:
+                    done.append(f"table {name!r}: kept the rows of a load never applied")
+            db.execute('DELETE FROM {t} WHERE "op" = ?', MARKER_TABLE, (op,))
+        db.commit()
+    return done
+
+
+def resolve_queues(mq: _MQLike, db_url: str, *, queues: Iterable[str] | None = None) -> list[str]:
+    """Resolve every save or load of the namespace's persisted queues that a
+    dead or failed process left unfinished (see docs/persistence.md); also puts
+    back an item a dead ``mqueue fetch`` reserved.  Returns what was done.
+    Raises PersistenceError when the database cannot be asked (nothing is then
+    guessed: the reservation stays)."""
+    target = _parse_db_url(db_url)
+    _check_tables(_all_persisted(mq), target)
+    names = _selected(mq, frozenset({1, 2, 3}), queues)
+    names = [n for n in names if _reservable(mq[n])]
+    if not names:
+        return []
+    db = _DB(target)
+    done: list[str] = []
+    try:
+        for name in names:
+            db.lock_table(name)
+            try:
+                done += _resolve(db, mq, name, mq[name])
+            finally:
+                db.unlock_table(name)
+    finally:
+        db.close()
+    return done
+
+
+def _commit_outcome(db: _DB, tag: int) -> bool | None:
+    """After COMMIT raised: whether the transaction holding marker `tag`
+    committed (True/False), or None when the database cannot tell us."""
+    try:
+        db.reconnect()  # PostgreSQL: waits until the old session has ended
+        cur = db.execute('SELECT 1 FROM {t} WHERE "op" = ?', MARKER_TABLE, (_op_text(tag),))
+        found = cur.fetchone() is not None
+        cur.close()
+        db.rollback()
+        return found
+    except Exception:  # noqa: BLE001 - unknown: the caller says so, never guesses
+        _log.warning("cannot ask the database whether a commit happened", exc_info=True)
+        return None
+
+
+def _save_reserved(db: _DB, target: _Target, mq: Any, name: str, q: Any) -> int:
+    """Save queue ``name`` through a reservation (see the protocol above)."""
+    what = f"saving queue {name!r} to table {name!r} in {target.shown}"
+    db.lock_table(name)
+    try:
+        _resolve(db, mq, name, q)
+        with _db_errors(what):
+            db.begin()
+            db.ensure_table(name)
+            cols = db.columns(name)
+            for required in ("key", "val"):
+                if required not in cols:
+                    raise PersistenceError(
+                        f"table {name!r} has no column {required!r} "
+                        f"(it has {', '.join(cols) or 'none'})"
+                    )
+            db.commit()
+        n = len(q)
+        if n == 0:
+            return 0
+        tag = new_op_tag()
+        # Everything queued now, in one reservation (bytes_used bounds the copy).
+        items = q._reserve(n, tag, q.stats().bytes_used + 64)
+        if not items:
+            return 0
+        try:
+            with _db_errors(what):
+                db.begin()
+                rows = [_encode(k) + _encode(v) for k, v in items]
+                if any(r[1] is not None or r[3] is not None for r in rows):
+                    for col in ("key_enc", "val_enc"):
+                        if col not in cols:
+                            db.execute(f'ALTER TABLE {{t}} ADD COLUMN "{col}" TEXT', name)
+                            cols.append(col)
+                if "key_enc" in cols and "val_enc" in cols:
+                    template = (
+                        'INSERT INTO {t} ("key", "key_enc", "val", "val_enc") VALUES (?, ?, ?, ?)'
+                    )
+                    params: list[tuple[Any, ...]] = [tuple(r) for r in rows]
+                else:
+                    template = 'INSERT INTO {t} ("key", "val") VALUES (?, ?)'
+                    params = [(r[0], r[2]) for r in rows]
+                batch = max(1, _SAVE_BATCH)
+                for start in range(0, len(params), batch):
+                    db.executemany(template, name, params[start : start + batch])
+                    if _save_hook is not None:
+                        _save_hook(name, min(start + batch, len(params)))
+                db.execute(
+                    'INSERT INTO {t} ("op", "kind", "tbl", "ns", "max_id") '
+                    "VALUES (?, ?, ?, ?, NULL)",
+                    MARKER_TABLE,
+                    (_op_text(tag), "save", name, _ns_id(mq)),
+                )
+        except BaseException as exc:
+            db.rollback()  # nothing committed: the items go back, in order
+            back = q._settle(tag, False)
+            if not isinstance(exc, Exception):
+                raise
+            note = (
+                f"; its {len(items)} item(s) are back in the queue"
+                if back
+                else "; its items had been dropped as the oldest by the bounded queue"
+            )
+            if isinstance(exc, PersistenceError):
+                raise PersistenceError(f"{exc}{note}") from (exc.__cause__ or exc)
+            raise PersistenceError(f"{what}: {exc}{note}") from exc
+        try:
+            db.commit()
+        except BaseException as exc:
+            committed = _commit_outcome(db, tag)
+            if committed is None:
+                raise PersistenceError(
+                    f"{what}: COMMIT got no answer ({exc}) and the database cannot be asked "
+                    f"whether it committed: the {len(items)} item(s) stay reserved in queue "
+                    f"{name!r} (not fetchable, not lost) until the next save or load, "
+                    "create(..., db_url=...) or `mqueue recover NAMESPACE --db-url URL` "
+                    "asks the database and settles them"
+                ) from exc
+            q._settle(tag, committed)
+            if not committed:
+                raise PersistenceError(
+                    f"{what}: COMMIT failed ({exc}); the database confirms nothing was "
+                    f"written: the {len(items)} item(s) are back in the queue"
+                ) from exc
+        else:
+            q._settle(tag, True)
+        with suppress(Exception):  # a leftover marker is removed by the next _resolve
+            db.begin()
+            db.execute('DELETE FROM {t} WHERE "op" = ?', MARKER_TABLE, (_op_text(tag),))
+            db.commit()
+        return len(items)
+    finally:
+        db.unlock_table(name)
+
+
+def _record_size(key: Data, value: Data) -> int:
+    kb = key if isinstance(key, bytes) else key.encode("utf-8", "surrogatepass")
+    vb = value if isinstance(value, bytes) else value.encode("utf-8", "surrogatepass")
+    return (24 + len(kb) + len(vb) + 7) // 8 * 8
+
+
+def _precheck(name: str, q: Any, items: Sequence[tuple[Data, Data]], ids: Sequence[object]) -> None:
+    """Refuse, before any queue changes, a batch the queue would refuse for size."""
+    st = q.stats()
+    sizes = [_record_size(k, v) for k, v in items]
+    for row_id, size in zip(ids, sizes, strict=True):
+        if size > st.capacity:
+            raise PersistenceError(
+                f"table {name!r} row id={row_id}: cannot add it to queue {name!r}: the item "
+                f"is larger than the queue's byte capacity ({st.capacity}); nothing was added"
+            )
+    if st.size_limit <= 0 and st.addmode == 0 and st.bytes_used + sum(sizes) > st.capacity:
+        raise PersistenceError(
+            f"table {name!r}: its {len(items)} rows do not fit queue {name!r} "
+            f"(no count bound; {st.capacity - st.bytes_used} bytes free)"
+        )
+
+
+def _load_reserved(mq: Any, target: _Target, names: list[str]) -> dict[str, int]:
+    """Load the tables of queues ``names`` (see the protocol above)."""
+    db = _DB(target)
+    locked: list[str] = []
+    try:
+        for name in sorted(names):  # one order everywhere: no deadlock between loaders
+            db.lock_table(name)
+            locked.append(name)
+        for name in names:
+            _resolve(db, mq, name, mq[name])
+        # 1. Read and decode every table, then mark each load, in one transaction.
+        plan: dict[str, tuple[int, int, list[tuple[Data, Data]]]] = {}
+        row_ids: dict[str, list[object]] = {}
+        db.begin()
+        try:
+            for name in names:
+                with _db_errors(f"loading table {name!r} from {target.shown}"):
+                    db.ensure_table(name)
+                    db.lock_for_load(name)
+                    cols = db.columns(name)
+                    for required in ("id", "key", "val"):
+                        if required not in cols:
+                            raise PersistenceError(
+                                f"table {name!r} has no column {required!r} "
+                                f"(it has {', '.join(cols) or 'none'})"
+                            )
+                    key_enc = '"key_enc"' if "key_enc" in cols else "NULL"
+                    val_enc = '"val_enc"' if "val_enc" in cols else "NULL"
+                    cur = db.execute(
+                        f'SELECT "id", "key", "val", {key_enc}, {val_enc} FROM {{t}} ORDER BY "id"',
+                        name,
+                    )
+                    raw_rows = cur.fetchall()
+                    cur.close()
+                items = [
+                    (_decode(k, ke, name, i, "key"), _decode(v, ve, name, i, "val"))
+                    for i, k, v, ke, ve in raw_rows
+                ]
+                if items:
+                    plan[name] = (new_op_tag(), max(int(r[0]) for r in raw_rows), items)
+                    row_ids[name] = [r[0] for r in raw_rows]
+            for name, (tag, max_id, _items) in plan.items():
+                with _db_errors(f"marking the load of table {name!r} in {target.shown}"):
+                    db.execute(
+                        'INSERT INTO {t} ("op", "kind", "tbl", "ns", "max_id") '
+                        "VALUES (?, ?, ?, ?, ?)",
+                        MARKER_TABLE,
+                        (_op_text(tag), "load", name, _ns_id(mq), max_id),
+                    )
+            with _db_errors(f"committing the load of {', '.join(map(repr, names))}"):
+                db.commit()
+        except BaseException:
+            db.rollback()
+            raise
+        if _load_hook is not None:
+            _load_hook("marked")
+
+        def unmark(which: Iterable[str]) -> None:
+            with suppress(Exception):  # else the next _resolve drops them (never applied)
+                db.begin()
+                for n in which:
+                    op = _op_text(plan[n][0])
+                    db.execute('DELETE FROM {t} WHERE "op" = ?', MARKER_TABLE, (op,))
+                db.commit()
+
+        # 2. Refuse what would not fit before any queue changes; then apply each
+        # table in one engine step that records its tag.
+        try:
+            for name, (_tag, _max_id, items) in plan.items():
+                _precheck(name, mq[name], items, row_ids[name])
+        except BaseException:
+            unmark(plan)
+            raise
+        def delete_loaded(which: Iterable[str]) -> None:
+            try:
+                with _db_errors(f"deleting the loaded rows in {target.shown}"):
+                    db.begin()
+                    for n in which:
+                        tag, max_id, _items = plan[n]
+                        db.execute('DELETE FROM {t} WHERE "id" <= ?', n, (max_id,))
+                        db.execute('DELETE FROM {t} WHERE "op" = ?', MARKER_TABLE, (_op_text(tag),))
+                    db.commit()
+            except PersistenceError:
+                db.rollback()  # the markers stay: the next _resolve deletes those rows
+                _log.warning(
+                    "loaded rows not deleted yet; the next save, load or recover deletes them",
+                    exc_info=True,
+                )
+
+        done: list[str] = []
+        for name, (tag, _max_id, items) in plan.items():
+            try:
+                mq[name]._load(tag, items)
+            except Exception as exc:
+                rest = [n for n in plan if n not in done]
+                unmark(rest)
+                if done and not getattr(mq, "is_creator", False):
+                    delete_loaded(done)  # a live namespace keeps what was loaded
+                also = f" (tables {', '.join(map(repr, done))} were loaded)" if done else ""
+                raise PersistenceError(
+                    f"table {name!r}: cannot add its {len(items)} rows to queue {name!r}: "
+                    f"{exc}; nothing of it was added and every row remains{also}"
+                ) from exc
+            done.append(name)
+        if _load_hook is not None:
+            _load_hook("applied")
+        # 3. The rows are in the queues: delete them, and the markers.
+        delete_loaded(plan)
+        return {name: len(plan[name][2]) if name in plan else 0 for name in names}
+    finally:
+        for name in locked:
+            db.unlock_table(name)
+        db.close()

@@ -19,7 +19,7 @@ import weakref
 from array import array
 from collections.abc import Iterable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import posix_ipc
 
@@ -48,6 +48,7 @@ from ._errors import (
     NamespaceExistsError,
     NamespaceIncompleteError,
     NamespaceNotFoundError,
+    QueueFullError,
     raise_for_code,
 )
 
@@ -106,6 +107,20 @@ def _dec(raw: bytes) -> str:
 _AGAIN = (ll.MQ_EINTR, ll.MQ_EAGAIN)  # nothing done: run signal handlers, call again
 _UNTAKEN = 0xFFFFFFFF  # a flags word no item has: "the engine took nothing"
 _EBUF = ll.MQ_EBUF
+
+
+class ReservationBusy(MQueueError):
+    """The queue already has a pending reservation (another save or CLI fetch)."""
+
+
+class Reservation(NamedTuple):
+    """A queue's pending reservation (``tag`` 0: none) and its last load tag."""
+
+    tag: int
+    size: int  # items reserved
+    owner_alive: bool
+    mine: bool
+    load_tag: int
 
 
 def shm_name(namespace: str) -> str:
@@ -467,6 +482,96 @@ class ShmQueue(Queue):
         """Next time, a larger buffer when this one limited a batch."""
         if got < want and 2 * used > b.size and b.size < _MAX_BUF:
             self._bufs = _Buffers(self._ns, self._index, 2 * b.size, b.nmeta)
+
+    # -- reserve / settle / load (persistence and the CLI's fetch; issue 9) --
+
+    def _reserve(self, n: int, tag: int, max_bytes: int = _INITIAL_BUF) -> list[Item]:
+        """Take up to ``n`` of the oldest items into this queue's reservation
+        tagged ``tag`` (1..2**64-1), as many as ``max_bytes`` bytes of keys and
+        values hold (at least one; each key and value takes one byte more).
+        The items are no longer queued, and not lost: until :meth:`_settle`
+        they stay in the segment, and another process can settle them after
+        this one died.  Returns them ([] when the queue is empty).
+        Raises ReservationBusy when a reservation is already pending."""
+        b = _Buffers(self._ns, self._index, max(64, max_bytes), max(1, min(n, 1 << 26)))
+        want = max(1, min(n, b.nmeta))
+        while True:
+            rc: int = lib.mq_reserve(b.fb, want, tag)
+            if rc >= 0:
+                break
+            if rc == _EBUF:
+                b = _Buffers(self._ns, self._index, int(b.arr[0]) + 64, b.nmeta)
+                continue
+            if rc == ll.MQ_EBUSY:
+                raise ReservationBusy(f"{self._what}: {ll.strerror(rc)}")
+            if rc not in _AGAIN:
+                raise self._fail(rc)
+        if rc == 0:
+            return []
+        return self._decode_batch(b, rc)
+
+    def _settle(self, tag: int, commit: bool) -> bool:
+        """Settle the reservation tagged ``tag``: ``commit`` drops it (its items
+        are done), otherwise its items go back to the head in their order.
+        Returns False when no such reservation is pending (settled already, or
+        dropped as the oldest items by a bounded queue short of bytes)."""
+        while True:
+            rc: int = lib.mq_settle(self._ns, self._index, tag, 1 if commit else 0)
+            if rc == 0:
+                return True
+            if rc == ll.MQ_ENORSV:
+                return False
+            if rc not in _AGAIN:
+                raise self._fail(rc)
+
+    def _reservation(self) -> Reservation:
+        """The pending reservation (tag 0: none) and the last load tag."""
+        info = ffi.new("struct mq_rsvinfo *")
+        while True:
+            rc: int = lib.mq_reservation(self._ns, self._index, info)
+            if rc >= 0:
+                break
+            if rc not in _AGAIN:
+                raise self._fail(rc)
+        return Reservation(
+            int(info.tag),
+            int(info.count),
+            bool(info.owner_alive),
+            bool(info.mine),
+            int(info.load_tag),
+        )
+
+    def _load(self, tag: int, items: Sequence[tuple[Data, Data]]) -> int | None:
+        """Add ``items`` in one all-or-nothing step that also records ``tag`` as
+        this queue's load tag.  Returns the number stored, or None when the
+        load tag already is ``tag`` (applied before: nothing done).  A bounded
+        queue keeps the newest items that fit (the others count as evicted)."""
+        parts: list[bytes] = []
+        lens: list[int] = []
+        for key, value in items:
+            kb, vb, flags = _encode_pair(key, value)
+            parts.append(kb)
+            parts.append(vb)
+            lens += (len(kb), len(vb), flags)
+        try:
+            lens3 = array("I", lens)
+        except OverflowError:
+            raise _err(ll.MQ_ETOOBIG, self._what) from None
+        data = b"".join(parts)
+        clens = ffi.from_buffer("uint32_t[]", lens3) if lens else ffi.NULL
+        while True:
+            rc: int = lib.mq_load(self._ns, self._index, tag, data, len(data), clens, len(items))
+            if rc >= 0:
+                return rc
+            if rc == ll.MQ_EAPPLIED:
+                return None
+            if rc == ll.MQ_ENOSTEP:
+                raise QueueFullError(
+                    f"{self._what}: the load does not fit the queue in one step "
+                    "(no count bound and not enough free bytes); nothing added"
+                )
+            if rc not in _AGAIN:
+                raise self._fail(rc)
 
     def _stats_raw(self) -> Any:
         st = ffi.new("struct mq_stats *")

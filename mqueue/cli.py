@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import errno
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -128,12 +130,102 @@ def _cmd_get_sizes(args: argparse.Namespace) -> Any:
         return [{"name": n, "size": s} for n, s in mq.sizes().items()]
 
 
+class _Printed:
+    """A command's result that the command printed itself."""
+
+
+_PRINTED = _Printed()
+FETCH_BUSY_WAIT_S = 5.0  # how long fetch waits while another reservation is pending
+
+
+def _write_stdout(doc: Any) -> None:
+    """Print ``doc`` as JSON on stdout and flush: UTF-8 text when the
+    terminal's encoding can hold it, else ASCII with \\u escapes (never fails
+    for the encoding).  Raises OSError (BrokenPipeError) when stdout is gone."""
+    try:
+        text = json.dumps(doc, ensure_ascii=False)
+        text.encode(sys.stdout.encoding or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        text = json.dumps(doc, ensure_ascii=True)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 def _cmd_fetch(args: argparse.Namespace) -> Any:
+    """Take the oldest item with a reservation, print it, then settle: an item
+    that cannot be written (closed pipe, full disk) goes back to the head."""
+    import time
+
     with _attach(args) as mq:
-        items = mq[args.queue].fetch_many(1, timeout=0)
+        q: Any = mq[args.queue]
+        if not hasattr(q, "_reserve"):  # a backend without reservations (Redis)
+            items = q.fetch_many(1, timeout=0)
+            if not items:
+                raise RPCError(404, "Empty queue")
+            return _item_json(items[0].key, items[0].value)
+        from . import _persist
+        from ._shm import ReservationBusy
+
+        tag = _persist.new_cli_tag()
+        give_up = time.monotonic() + FETCH_BUSY_WAIT_S
+        while True:
+            info = q._reservation()
+            if info.tag & _persist.CLI_TAG_BIT and not info.owner_alive:
+                q._settle(info.tag, False)  # a killed `mqueue fetch` left it: put back
+            try:
+                items = q._reserve(1, tag, 64 * 1024)
+                break
+            except ReservationBusy:
+                if time.monotonic() > give_up:
+                    raise MQueueError(
+                        f"queue {args.queue!r}: another process holds its oldest items "
+                        "(a save, or another fetch, in progress); try again"
+                    ) from None
+                time.sleep(0.01)
         if not items:
             raise RPCError(404, "Empty queue")
-        return _item_json(items[0].key, items[0].value)
+        try:
+            _write_stdout(_item_json(items[0].key, items[0].value))
+        except BaseException as exc:
+            q._settle(tag, False)
+            if isinstance(exc, OSError):
+                _silence(sys.stdout)
+                raise MQueueError(
+                    f"cannot write the item to standard output ({exc}); it was put back "
+                    f"at the head of queue {args.queue!r}"
+                ) from exc
+            raise
+        q._settle(tag, True)
+        return _PRINTED
+
+
+def _cmd_recover(args: argparse.Namespace) -> Any:
+    """Resolve what dead processes left: an item a killed `mqueue fetch` took
+    (put back), and with --db-url a save or load a dead process left unfinished
+    (the database says whether it committed)."""
+    from . import _persist
+
+    done: list[str] = []
+    with _attach(args) as mq:
+        for name in mq:
+            q: Any = mq[name]
+            if not hasattr(q, "_reservation"):
+                continue
+            info = q._reservation()
+            dead_fetch = info.tag & _persist.CLI_TAG_BIT and not info.owner_alive
+            if dead_fetch and q._settle(info.tag, False):
+                done.append(f"queue {name!r}: put back the item of a dead `mqueue fetch`")
+        if args.db_url:
+            done += _persist.resolve_queues(mq, args.db_url)
+        pending = []
+        for name in mq:
+            q = mq[name]
+            if hasattr(q, "_reservation") and q._reservation().tag:
+                pending.append(name)
+    out: dict[str, Any] = {"namespace": args.namespace, "resolved": done}
+    if pending:
+        out["still_reserved"] = pending
+    return out
 
 
 def _stats_rows(mq: MQueue) -> list[dict[str, Any]]:
@@ -410,6 +502,16 @@ def build_parser() -> argparse.ArgumentParser:
     ns(p)
 
     p = add(
+        "recover",
+        "settle what dead processes left: the item of a killed fetch (put back), and "
+        "with --db-url an unfinished save or load (the database says whether it "
+        'committed); prints {"resolved": [...]}',
+        _cmd_recover,
+    )
+    ns(p)
+    p.add_argument("--db-url", default=None, help="the database of the dbmode queues")
+
+    p = add(
         "save",
         "save the items of dbmode 1/3 queues to the database (they leave the queues); "
         'prints {"saved": {queue: count}}',
@@ -454,8 +556,22 @@ def _error_message(exc: BaseException) -> str:
 def _fail(exc: BaseException) -> int:
     code = _error_code(exc)
     err = {"error": {"code": code, "message": _error_message(exc)}}
-    print(json.dumps(err), file=sys.stderr)
+    try:
+        print(json.dumps(err), file=sys.stderr, flush=True)
+    except OSError:  # stderr is gone too: the exit status says it
+        _silence(sys.stderr)
     return EXIT_USAGE if code == 400 else EXIT_ERROR
+
+
+def _silence(stream: Any) -> None:
+    """Point a stream whose reader is gone at /dev/null, so that the
+    interpreter's flush at exit does not print a traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -472,11 +588,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # every failure is reported as JSON, never a traceback
+        if isinstance(exc, OSError) and exc.errno == errno.EPIPE:
+            _silence(sys.stdout)
         return _fail(exc)
-    if isinstance(result, _Text):
-        if result:
-            print(result)
-    else:
-        print(json.dumps(result, ensure_ascii=False))
+    try:
+        if isinstance(result, _Text):
+            if result:
+                print(result, flush=True)
+        elif not isinstance(result, _Printed):
+            _write_stdout(result)
+    except OSError as exc:  # stdout is gone (a closed pipe)
+        _silence(sys.stdout)
+        return _fail(MQueueError(f"cannot write to standard output: {exc}"))
     status: int = getattr(args, "status", EXIT_OK)
     return status

@@ -151,7 +151,10 @@ CHILD = textwrap.dedent(
     step(4); q0.fetch()
     step(5); q0.fetch_many(2)
     step(6); q0.stats()
-    step(7)
+    step(7); q0._reserve(1, 5)
+    step(8); q0._settle(5, False)
+    step(9); q0._load(9, [("L", "1")])
+    step(10)
     """
 )
 PLANTER = "import sys, mqueue; mqueue.attach(sys.argv[1])['q0'].add('planted', 'never')"
@@ -165,6 +168,9 @@ Q0_AFTER = {  # q0's contents after each step
     4: [("B", "b"), ("k1", "v1"), ("m1", "1"), ("m2", "2"), ("m3", "3")],
     5: [("m1", "1"), ("m2", "2"), ("m3", "3")],
     6: [("m1", "1"), ("m2", "2"), ("m3", "3")],
+    7: [("m2", "2"), ("m3", "3")],  # m1 reserved (its owner then dies with it)
+    8: [("m1", "1"), ("m2", "2"), ("m3", "3")],  # put back
+    9: [("m1", "1"), ("m2", "2"), ("m3", "3"), ("L", "1")],  # loaded
 }
 Q2_BEFORE = [("x", "old"), ("y", "1")]
 Q2_AFTER = [("y", "1"), ("x", "new")]
@@ -220,7 +226,7 @@ def test_killpoint(point: str, plant: int, testing_site: Path, tmp_path: Path) -
         )
         steps = [int(x) for x in r.stdout.split()]
         if r.returncode == 0:
-            assert steps and steps[-1] == 7
+            assert steps and steps[-1] == 10
             # with a planted dead owner every kill point must be reached: a new
             # KILLPOINT in mq.c needs a step in CHILD
             assert plant == 0, f"kill point {point} is never reached"
@@ -246,7 +252,7 @@ def test_killpoint(point: str, plant: int, testing_site: Path, tmp_path: Path) -
         else:
             assert got2 == (Q2_AFTER if died_in > 2 else Q2_BEFORE), (died_in, got2)
         # what the dead process had fetched counts as fetched (it died with it)
-        fetched_after = {0: 0, 1: 0, 2: 0, 3: 0, 4: 1, 5: 3, 6: 3}
+        fetched_after = {0: 0, 1: 0, 2: 0, 3: 0, 4: 1, 5: 3, 6: 3, 7: 4, 8: 3, 9: 3}
         assert s0.fetched == fetched_after[died_in if done else max(died_in - 1, 0)], (died_in, s0)
         # recoveries: one per lock-holding death that a survivor took over
         assert s0.recoveries + s2.recoveries >= 1

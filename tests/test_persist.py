@@ -145,7 +145,8 @@ class Raw:
             found = self.sql("SELECT name FROM sqlite_master WHERE type = 'table'")
         else:
             found = self.sql("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
-        return sorted(r[0] for r in found if r[0] != "sqlite_sequence")
+        # (mqueue_ops: mqueue's own marker table, see docs/persistence.md)
+        return sorted(r[0] for r in found if r[0] not in ("sqlite_sequence", "mqueue_ops"))
 
     def exists(self, name: str) -> bool:
         if self.engine == "sqlite":

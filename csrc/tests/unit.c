@@ -695,6 +695,238 @@ static void t_lifecycle(void) {
     close(fd);
 }
 
+/* ------------------------------------------------------------ reserve / settle / load */
+/* Reserve up to max items of q through a fresh fetchbuf; keys into got[] as
+ * their numbers.  Returns the engine's code. */
+static int64_t reserve_nums(mq_ns *ns, uint32_t q, uint32_t max, uint64_t tag, int *got) {
+    static char buf[1 << 16];
+    static uint32_t meta[3 * 4096];
+    struct mq_fetchbuf fb;
+    memset(&fb, 0, sizeof fb);
+    fb.ns = ns; fb.q = q; fb.buf = buf; fb.size = sizeof buf; fb.meta = meta;
+    int64_t n = mq_reserve(&fb, max, tag);
+    size_t off = 0;
+    for (int64_t i = 0; i < n; i++) {
+        got[i] = atoi(buf + off + 1);          /* "k00012" */
+        off += meta[3 * i] + meta[3 * i + 1] + 2;
+    }
+    return n;
+}
+
+static int fetch_num(mq_ns *ns, uint32_t q) {
+    char buf[256];
+    uint32_t meta[3];
+    int rc = mq_fetch(ns, q, 0, buf, sizeof buf, meta);
+    if (rc != 1) return rc == 0 ? -1 : -2;
+    buf[meta[0]] = 0;
+    return atoi(buf + 1);
+}
+
+static int64_t load_nums(mq_ns *ns, uint32_t q, uint64_t tag, int first, int n) {
+    char data[64 * 64];
+    uint32_t lens[3 * 64];
+    size_t off = 0;
+    for (int i = 0; i < n && i < 64; i++) {
+        int x = (first + i) % 100000;
+        off += (size_t)snprintf(data + off, 16, "k%05dv%05d", x, x);
+        lens[3 * i] = 6; lens[3 * i + 1] = 6; lens[3 * i + 2] = MQ_KEY_STR | MQ_VAL_STR;
+    }
+    return mq_load(ns, q, tag, data, off, lens, (size_t)n);
+}
+
+
+/* An exact model of one queue's records for t_reserve (records of 40 bytes,
+ * capacity 1024): ring[] = [head, tail), rsv[] = [rsv, rsv_end), gap =
+ * records in [rsv_end, head) while a reservation is pending. */
+#define RM_R 40
+#define RM_CAP 1024
+struct rmodel {
+    int ring[256], nring;
+    int rsv[256], nrsv, rsv_ids[256], nids;
+    int gap, pending, limit;
+    uint64_t tag;
+};
+static int rm_live(const struct rmodel *m) {
+    int n = 0;
+    for (int i = 0; i < m->nring; i++) n += m->ring[i] >= 0;
+    return n;
+}
+static int rm_usage(const struct rmodel *m) { return (m->pending ? m->nrsv + m->gap : 0) + m->nring; }
+static int rm_pop(struct rmodel *m) {
+    int e = m->ring[0];
+    memmove(m->ring, m->ring + 1, sizeof(int) * (size_t)--m->nring);
+    if (m->pending) m->gap++;
+    return e;
+}
+static void rm_skip_dead(struct rmodel *m) { while (m->nring && m->ring[0] < 0) rm_pop(m); }
+/* add_one: returns 1, or -1 for MQ_EFULL (caller restores the model). */
+static int rm_add(struct rmodel *m, int id) {
+    rm_skip_dead(m);
+    if (!m->limit) {
+        if ((rm_usage(m) + 1) * RM_R > RM_CAP) return -1;
+    } else {
+        while ((rm_live(m) + 1 > m->limit) || (rm_usage(m) + 1) * RM_R > RM_CAP) {
+            if (m->pending && (rm_usage(m) + 1) * RM_R > RM_CAP) { m->pending = 0; m->gap = 0; continue; }
+            rm_pop(m);
+        }
+    }
+    m->ring[m->nring++] = id;
+    return 1;
+}
+static int rm_fetch(struct rmodel *m) {
+    rm_skip_dead(m);
+    if (!m->nring) return -1;
+    int e = rm_pop(m);
+    rm_skip_dead(m);
+    return e;
+}
+static int rm_reserve(struct rmodel *m, int k, uint64_t tag) {
+    if (m->pending) return MQ_EBUSY;
+    rm_skip_dead(m);
+    m->nrsv = m->nids = 0;
+    while (m->nids < k && m->nring) {
+        int e = m->ring[0];
+        memmove(m->ring, m->ring + 1, sizeof(int) * (size_t)--m->nring);
+        m->rsv[m->nrsv++] = e;
+        if (e >= 0) m->rsv_ids[m->nids++] = e;
+    }
+    if (m->nids) { m->pending = 1; m->gap = 0; m->tag = tag; }
+    return m->nids;
+}
+static void rm_settle(struct rmodel *m, int commit) {
+    if (!m->pending) return;
+    if (!commit) {
+        int moved = m->nrsv + m->gap;
+        memmove(m->ring + moved, m->ring, sizeof(int) * (size_t)m->nring);
+        for (int i = 0; i < m->nrsv; i++) m->ring[i] = m->rsv[i];
+        for (int i = 0; i < m->gap; i++) m->ring[m->nrsv + i] = -1;
+        m->nring += moved;
+        m->pending = 0;
+        while (m->limit && rm_live(m) > m->limit) rm_pop(m);
+    }
+    m->pending = 0;
+    m->gap = 0;
+}
+/* mq_load: returns the number stored, or -1 when refused (model restored). */
+static int rm_load(struct rmodel *m, int first, int n) {
+    int skip = 0;
+    if (m->limit) {
+        int kept = 0;
+        while (kept < n && kept + 1 <= m->limit && (kept + 1) * RM_R <= RM_CAP) kept++;
+        skip = n - kept;
+    } else if ((rm_usage(m) + n) * RM_R > 2 * RM_CAP) {
+        return -1;
+    }
+    for (int i = skip; i < n; i++) if (rm_add(m, first + i) < 0) return -1;
+    return n - skip;
+}
+
+static void t_reserve(void) {
+    current = "reserve";
+    struct mq_qparam p[2] = {{1024, 0, 0}, {1024, 10, 0}};
+    int fd = seg_new(2, p, 0, NULL);
+    mq_ns *a = NULL, *b = NULL;
+    CHECK_EQ(mq_create(fd, 2, p, NULL, 0, &a), 0);
+    int fd2 = reopen(fd);
+    CHECK_EQ(mq_attach(fd2, &b), 0);
+    int got[64];
+    struct mq_rsvinfo ri;
+    /* basic: reserve 2 of 3, busy, wrong tag, put back in order, commit */
+    for (int i = 0; i < 3; i++) { char k[16], v[16]; sprintf(k, "k%05d", i); sprintf(v, "v%05d", i); add_s(a, 0, k, v); }
+    CHECK_EQ(reserve_nums(b, 0, 2, 77, got), 2);
+    CHECK(got[0] == 0 && got[1] == 1);
+    CHECK_EQ(reserve_nums(a, 0, 2, 78, got), MQ_EBUSY);
+    CHECK_EQ(mq_reservation(a, 0, &ri), 1);
+    CHECK(ri.tag == 77 && ri.count == 2 && ri.owner_alive == 1 && ri.mine == 0);
+    CHECK_EQ(mq_settle(a, 0, 78, 0), MQ_ENORSV);
+    CHECK_EQ(mq_settle(a, 0, 0, 0), MQ_EINVAL);
+    balance(a, 0);
+    mq_free(b);                                  /* the reserving "process" dies */
+    close(fd2);
+    CHECK_EQ(mq_reservation(a, 0, &ri), 1);
+    CHECK(ri.owner_alive == 0);
+    CHECK_EQ(mq_settle(a, 0, 77, 0), 0);         /* another settles it: back in order */
+    CHECK_EQ(mq_reservation(a, 0, &ri), 0);
+    CHECK_EQ(fetch_num(a, 0), 0);
+    CHECK_EQ(fetch_num(a, 0), 1);
+    CHECK_EQ(fetch_num(a, 0), 2);
+    CHECK_EQ(fetch_num(a, 0), -1);
+    balance(a, 0);
+    /* load: tagged, applied once, all or nothing */
+    CHECK_EQ(load_nums(a, 0, 5, 100, 3), 3);
+    CHECK_EQ(load_nums(a, 0, 5, 100, 3), MQ_EAPPLIED);
+    CHECK_EQ(mq_reservation(a, 0, &ri), 0);
+    CHECK(ri.load_tag == 5);
+    CHECK_EQ(load_nums(a, 0, 6, 200, 30), MQ_EFULL);   /* 33 x 40 bytes > 1024 */
+    uint64_t cnt;
+    CHECK_EQ(mq_count(a, 0, &cnt), 0);
+    CHECK_EQ(cnt, 3);
+    CHECK_EQ(load_nums(a, 0, 0, 200, 1), MQ_EINVAL);
+    /* bounded: a load larger than the bound keeps the newest */
+    CHECK_EQ(load_nums(a, 1, 7, 300, 25), 10);
+    CHECK_EQ(fetch_num(a, 1), 315);
+    balance(a, 1);
+    mq_free(a);
+    close(fd);
+
+    /* random operations against an exact model of the records, both queues,
+     * wrapping the ring: entries >= 0 are items, -1 records that are not items
+     * any more (tombstones of a put-back) */
+    for (uint32_t qi = 0; qi < 2; qi++) {
+        fd = seg_new(2, p, 0, NULL);
+        CHECK_EQ(mq_create(fd, 2, p, NULL, 0, &a), 0);
+        int bad = 0, next = 0;
+        uint64_t tags = 1000;
+        struct rmodel m, saved;
+        memset(&m, 0, sizeof m);
+        m.limit = qi ? 10 : 0;
+        for (int step = 0; step < 20000 && !bad; step++) {
+            int op = (int)(rnd() % 10);
+            saved = m;
+            if (op < 4) {                                    /* add */
+                char k[16], v[16];
+                sprintf(k, "k%05d", next % 100000); sprintf(v, "v%05d", next % 100000);
+                int rc = add_s(a, qi, k, v);
+                int want = rm_add(&m, next);
+                if (want < 0) m = saved;
+                if (rc != (want < 0 ? MQ_EFULL : 1)) bad = 1;
+                next++;
+            } else if (op < 6) {                             /* fetch */
+                int x = fetch_num(a, qi);
+                if (x != rm_fetch(&m)) bad = 2;
+            } else if (op < 8) {                             /* reserve */
+                uint32_t k = (uint32_t)(rnd() % 6) + 1;
+                int64_t n = reserve_nums(a, qi, k, ++tags, got);
+                int want = rm_reserve(&m, (int)k, tags);
+                if (want == 0) m = saved;                    /* nothing committed */
+                if (n != want) { bad = 3; continue; }
+                for (int i = 0; i < want; i++) if (got[i] != m.rsv_ids[i]) bad = 4;
+            } else if (op < 9) {                             /* settle */
+                int commit = (int)(rnd() % 2);
+                uint64_t tag = m.pending ? m.tag : 1;
+                int rc = mq_settle(a, qi, tag, commit);
+                if (rc != (m.pending ? 0 : MQ_ENORSV)) bad = 5;
+                rm_settle(&m, commit);
+            } else {                                         /* load */
+                int n = (int)(rnd() % 4) + 1;
+                int64_t rc = load_nums(a, qi, ++tags, next, n);
+                int want = rm_load(&m, next, n);
+                if (want < 0) m = saved;
+                if (want >= 0 ? rc != want : (rc != MQ_EFULL && rc != MQ_ENOSTEP)) bad = 6;
+                next += n;
+            }
+            uint64_t c;
+            if (mq_count(a, qi, &c) != 0 || c != (uint64_t)rm_live(&m)) bad = 7;
+            if (mq_reservation(a, qi, &ri) != m.pending) bad = 8;
+            if (bad) fprintf(stderr, "reserve model: queue %u step %d op %d: mismatch %d\n", qi, step, op, bad);
+        }
+        CHECK_EQ(bad, 0);
+        balance(a, qi);
+        mq_free(a);
+        close(fd);
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "sem-tokens") == 0) {
         alarm(60);
@@ -717,6 +949,7 @@ int main(int argc, char **argv) {
     t_addmodes();
     t_many();
     t_wrap();
+    t_reserve();
     t_bad_segments();
     t_lifecycle();
     t_fuzz(iterations);
