@@ -594,7 +594,10 @@ WORKER = textwrap.dedent(
     got = 0
     q = mq["q"]
     while not stopped():
-        got += len(q.fetch_many(1000, timeout=0.01))
+        try:
+            got += len(q.fetch_many(1000, timeout=0.01))
+        except mqueue.NamespaceLostError:  # the failed create() destroyed it
+            break
     print(got, flush=True)
     """
 )
