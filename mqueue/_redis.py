@@ -353,9 +353,10 @@ def _redis_module() -> Any:
     try:
         import redis
     except ImportError:
+        from ._dist import install_hint
+
         raise MQueueError(
-            "the Redis backend needs the redis package: pip install 'mqueue[redis]' "
-            "(from a checkout: pip install '.[redis]')"
+            f"the Redis backend needs the redis package: {install_hint('redis')}"
         ) from None
     return redis
 
