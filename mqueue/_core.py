@@ -220,6 +220,13 @@ class Queue:
         ns = self._mq.namespace
         return f"<mqueue.Queue {self.name!r} of {ns!r} ({self.definition.to_modparam()})>"
 
+    def __reduce__(self) -> tuple[Callable[[MQueue, str], Queue], tuple[MQueue, str]]:
+        """Pickle as "this queue of that namespace": the namespace handle
+        pickles as an attach by name (see :meth:`MQueue.__reduce__`), so the
+        receiving process gets its own handle with no held item.  Handles
+        pickled together share one namespace handle on the other side."""
+        return (_queue_of, (self._mq, self.name))
+
 
 class MQueue:
     """A namespace of named queues, as returned by ``create`` / ``attach``.
@@ -345,10 +352,34 @@ class MQueue:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __reduce__(self) -> tuple[Callable[[str, str | None], MQueue], tuple[str, str | None]]:
+        """Pickle as "attach to this namespace by name" (for ``spawn`` and
+        ``forkserver`` children, ``ProcessPoolExecutor``): the receiving
+        process attaches with :func:`mqueue.attach` (same ``url``), so it has
+        its own liveness slot, no held items, and is never the creator (its
+        close does not save).  A closed handle raises MQueueError."""
+        if self._closed:
+            raise MQueueError(
+                f"namespace {self.namespace!r}: a closed handle cannot be passed to a process"
+            )
+        return (_attach_by_name, (self.namespace, self.url))
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._queues)} queues"
         where = self.url or "shm"
         return f"<mqueue.MQueue {self.namespace!r} ({where}, {state})>"
+
+
+def _attach_by_name(namespace: str, url: str | None) -> MQueue:
+    """Unpickling an :class:`MQueue`: attach to the namespace by name."""
+    import mqueue
+
+    return mqueue.attach(namespace, url=url)
+
+
+def _queue_of(mq: MQueue, name: str) -> Queue:
+    """Unpickling a :class:`Queue`: the queue of that name of an attached namespace."""
+    return mq[name]
 
 
 _live: weakref.WeakSet[MQueue] = weakref.WeakSet()
