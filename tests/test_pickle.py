@@ -10,6 +10,7 @@ on shared memory and on Redis (skipped without a server, as in test_redis.py).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing as mp
 import os
 import pickle
@@ -20,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import MakeMQ, destroy_quietly
 
 import mqueue
 from mqueue import kamailio
-
-from conftest import MakeMQ, destroy_quietly
 
 REDIS_URL = os.environ.get("MQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6399/0")
 JOIN_S = 60.0  # generous: spawn imports the interpreter afresh on a loaded machine
@@ -254,10 +254,8 @@ def redis_ns() -> Iterator[str]:
     try:
         yield name
     finally:
-        try:
+        with contextlib.suppress(mqueue.NamespaceNotFoundError):
             mqueue.destroy(name, url=REDIS_URL)
-        except mqueue.NamespaceNotFoundError:
-            pass
 
 
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])

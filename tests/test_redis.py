@@ -34,7 +34,9 @@ try:
 except ImportError:
     if os.environ.get("MQUEUE_REQUIRE_SERVICES"):
         raise
-    pytest.skip("redis-py is not installed (pip install mqueue-shm[redis])", allow_module_level=True)
+    pytest.skip(
+        "redis-py is not installed (pip install mqueue-shm[redis])", allow_module_level=True
+    )
 
 from mqueue import _redis as R  # noqa: E402
 
