@@ -45,7 +45,10 @@ def _backend(url: str | None):  # type: ignore[no-untyped-def]
         from . import _redis
 
         return _redis
-    raise DefinitionError(f"unsupported url {url!r}: use None (shared memory) or redis://...")
+    raise DefinitionError(
+        f"unsupported url {url!r}: use url=None (shared memory) or a redis://, rediss:// "
+        "or unix:// URL"
+    )
 
 
 def create(
