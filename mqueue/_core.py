@@ -120,6 +120,14 @@ class Queue:
     ``stats``; a backend may override ``fetch`` with a faster path.
     """
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """A backend's queue class: the ``mqueue`` logger watches its counters
+        (see :mod:`mqueue._log`; nothing on the add/fetch paths unless turned on)."""
+        super().__init_subclass__(**kwargs)
+        from . import _log
+
+        _log.register(cls)
+
     def __init__(self, mq: MQueue, index: int, definition: QueueDef) -> None:
         self._mq = mq  # keeps the namespace (and its mapping) alive while we are
         self._index = index

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -400,6 +401,16 @@ def connect(url: str) -> Any:
 
 
 def _translate(e: Exception, where: str, url: str, *, unsure: bool) -> MQueueError:
+    """The mqueue exception for a redis-py exception, logged (WARNING) on the
+    ``mqueue`` logger as a backend fault."""
+    from . import _log
+
+    exc = _translate_exc(e, where, url, unsure=unsure)
+    _log.fault(exc, level=logging.WARNING)
+    return exc
+
+
+def _translate_exc(e: Exception, where: str, url: str, *, unsure: bool) -> MQueueError:
     """The mqueue exception for a redis-py exception."""
     redis = _redis_module()
     ex = redis.exceptions
