@@ -378,18 +378,6 @@ class MQueue:
         return f"<mqueue.MQueue {self.namespace!r} ({where}, {state})>"
 
 
-def _attach_by_name(namespace: str, url: str | None) -> MQueue:
-    """Unpickling an :class:`MQueue`: attach to the namespace by name."""
-    import mqueue
-
-    return mqueue.attach(namespace, url=url)
-
-
-def _queue_of(mq: MQueue, name: str) -> Queue:
-    """Unpickling a :class:`Queue`: the queue of that name of an attached namespace."""
-    return mq[name]
-
-
 _live: weakref.WeakSet[MQueue] = weakref.WeakSet()
 _live_lock = threading.Lock()
 
@@ -420,6 +408,18 @@ def check_namespace(namespace: object) -> str:
     if namespace in (".", ".."):
         raise DefinitionError(f"namespace {namespace!r} is not a usable name")
     return namespace
+
+
+def _attach_by_name(namespace: str, url: str | None) -> MQueue:
+    """Unpickling an :class:`MQueue`: attach to the namespace by name."""
+    import mqueue
+
+    return mqueue.attach(namespace, url=url)
+
+
+def _queue_of(mq: MQueue, name: str) -> Queue:
+    """Unpickling a :class:`Queue`: the queue of that name of an attached namespace."""
+    return mq[name]
 
 
 __all__ = [
