@@ -103,6 +103,7 @@ def die_with_parent(parent: int) -> None:
 
 
 _DEMO_NS = re.compile(r"^demo([0-9]+)$")
+_PID_MAX = 1 << 22  # Linux's largest pid_max
 
 
 def _alive(pid: int) -> bool:
@@ -127,6 +128,8 @@ def clean_leftovers() -> list[str]:
         if m is None or int(m.group(1)) == os.getpid():
             continue
         pid = int(m.group(1))
+        if not 0 < pid <= _PID_MAX:  # not a pid: not a demo's namespace
+            continue
         if _alive(pid):
             notes.append(
                 f"note: namespace {name!r} is in /dev/shm; its process {pid} still runs\n"

@@ -126,6 +126,22 @@ def test_leftover_of_a_live_process_is_named_not_removed() -> None:
             mqueue.destroy(namespace)
 
 
+def test_leftover_names_that_are_not_pids_are_left_alone() -> None:
+    names = ["demo0", "demo99999999999999999999", "demo00x"]
+    made = []
+    try:
+        for name in names:
+            mqueue.create(name, ["name=q"]).close()
+            made.append(name)
+        notes = _demo.clean_leftovers()
+        assert not any(n in note for n in names for note in notes)
+        assert set(names) <= set(mqueue._shm.list_namespaces())  # type: ignore[attr-defined]
+    finally:
+        for name in made:
+            with contextlib.suppress(mqueue.NamespaceNotFoundError):
+                mqueue.destroy(name)
+
+
 def test_child_whose_parent_already_died_exits_at_once() -> None:
     """The race at start: the parent died before prctl; the pid check catches it."""
     code = textwrap.dedent(
