@@ -4,6 +4,10 @@ semantics of Kamailio's ``mqueue`` module.
 A listener process ``add``s (key, value) items to named, optionally bounded
 queues and never waits on slow work; worker processes ``fetch`` them.  When a
 bounded queue is full, the oldest item is dropped.  See the README.
+
+Logging goes to the ``mqueue`` logger (silent unless the application
+configures logging): lock recoveries, evictions when :func:`log_evictions` is
+on, persistence saves and loads, backend faults.
 """
 
 from __future__ import annotations
@@ -32,8 +36,20 @@ from ._errors import (
     RPCError,
     TooManyProcessesError,
 )
+from ._log import log_evictions
 
 __version__ = "0.1.0"
+
+
+class _Mode(int):
+    """An int that shows itself in octal, as file modes are written."""
+
+    def __repr__(self) -> str:
+        return f"0o{self:03o}"
+
+
+DEFAULT_MODE: int = _Mode(0o600)
+"""The default ``mode`` of :func:`create`: 0o600, read and write for the owner only."""
 
 
 def _backend(url: str | None):  # type: ignore[no-untyped-def]
@@ -47,7 +63,10 @@ def _backend(url: str | None):  # type: ignore[no-untyped-def]
         from . import _redis
 
         return _redis
-    raise DefinitionError(f"unsupported url {url!r}: use None (shared memory) or redis://...")
+    raise DefinitionError(
+        f"unsupported url {url!r}: use url=None (shared memory) or a redis://, rediss:// "
+        "or unix:// URL"
+    )
 
 
 def create(
@@ -55,7 +74,7 @@ def create(
     definitions: Iterable[str | QueueDef],
     *,
     db_url: str | None = None,
-    mode: int = 0o600,
+    mode: int = DEFAULT_MODE,
     exist_ok: bool = False,
     url: str | None = None,
     allow_owners: Iterable[int | str] = (),
@@ -65,7 +84,8 @@ def create(
 
     ``definitions`` are Kamailio modparam strings (``"name=myq;size=20"``) or
     :class:`QueueDef` objects.  The segment is readable and writable by its
-    owner only unless ``mode`` says otherwise.  With ``exist_ok=True`` an
+    owner only (``mode=0o600``, :data:`DEFAULT_MODE`) unless ``mode`` says
+    otherwise (``0o660`` for the group too).  With ``exist_ok=True`` an
     existing namespace with the same definitions is attached instead (one with
     other definitions raises :class:`NamespaceExistsError`).  With ``db_url``,
     queues with dbmode 1 or 2 are loaded now and queues with dbmode 1 or 3 are
@@ -177,6 +197,7 @@ def destroy(namespace: str, *, url: str | None = None) -> None:
 
 
 __all__ = [
+    "DEFAULT_MODE",
     "AccessDeniedError",
     "ArgumentError",
     "ArgumentTypeError",
@@ -203,6 +224,7 @@ __all__ = [
     "attach",
     "create",
     "destroy",
+    "log_evictions",
     "parse_definition",
     "parse_definitions",
 ]

@@ -120,6 +120,14 @@ class Queue:
     ``stats``; a backend may override ``fetch`` with a faster path.
     """
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """A backend's queue class: the ``mqueue`` logger watches its counters
+        (see :mod:`mqueue._log`; nothing on the add/fetch paths unless turned on)."""
+        super().__init_subclass__(**kwargs)
+        from . import _log
+
+        _log.register(cls)
+
     def __init__(self, mq: MQueue, index: int, definition: QueueDef) -> None:
         self._mq = mq  # keeps the namespace (and its mapping) alive while we are
         self._index = index
@@ -219,6 +227,13 @@ class Queue:
     def __repr__(self) -> str:
         ns = self._mq.namespace
         return f"<mqueue.Queue {self.name!r} of {ns!r} ({self.definition.to_modparam()})>"
+
+    def __reduce__(self) -> tuple[Callable[[MQueue, str], Queue], tuple[MQueue, str]]:
+        """Pickle as "this queue of that namespace": the namespace handle
+        pickles as an attach by name (see :meth:`MQueue.__reduce__`), so the
+        receiving process gets its own handle with no held item.  Handles
+        pickled together share one namespace handle on the other side."""
+        return (_queue_of, (self._mq, self.name))
 
 
 class MQueue:
@@ -345,6 +360,18 @@ class MQueue:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __reduce__(self) -> tuple[Callable[[str, str | None], MQueue], tuple[str, str | None]]:
+        """Pickle as "attach to this namespace by name" (for ``spawn`` and
+        ``forkserver`` children, ``ProcessPoolExecutor``): the receiving
+        process attaches with :func:`mqueue.attach` (same ``url``), so it has
+        its own liveness slot, no held items, and is never the creator (its
+        close does not save).  A closed handle raises MQueueError."""
+        if self._closed:
+            raise MQueueError(
+                f"namespace {self.namespace!r}: a closed handle cannot be passed to a process"
+            )
+        return (_attach_by_name, (self.namespace, self.url))
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._queues)} queues"
         where = self.url or "shm"
@@ -381,6 +408,18 @@ def check_namespace(namespace: object) -> str:
     if namespace in (".", ".."):
         raise DefinitionError(f"namespace {namespace!r} is not a usable name")
     return namespace
+
+
+def _attach_by_name(namespace: str, url: str | None) -> MQueue:
+    """Unpickling an :class:`MQueue`: attach to the namespace by name."""
+    import mqueue
+
+    return mqueue.attach(namespace, url=url)
+
+
+def _queue_of(mq: MQueue, name: str) -> Queue:
+    """Unpickling a :class:`Queue`: the queue of that name of an attached namespace."""
+    return mq[name]
 
 
 __all__ = [

@@ -15,14 +15,20 @@ own count against the queue's counters, and that each worker saw its events in t
 order they were added (FIFO, no duplicates).
 
 The demo runs in its own namespace (``demo<pid>``), and removes it and stops every
-child process when it ends, also on Ctrl-C or on an error.
+child process when it ends, also on Ctrl-C or on an error.  If the demo itself is
+killed (SIGKILL), its children die with it (Linux: ``PR_SET_PDEATHSIG``, plus a
+check of the parent's pid at start), and the next ``mqueue demo`` removes the
+namespace it left behind (or names it, when its creator still runs).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing as mp
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -77,6 +83,70 @@ def _orphaned(parent: int) -> bool:
     return os.getppid() != parent
 
 
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent: int) -> None:
+    """In a child: be killed (SIGKILL) when the parent process dies.
+
+    On Linux, ``prctl(PR_SET_PDEATHSIG)`` asks the kernel; a parent that died
+    before that call (the child is then already re-parented) is caught by
+    comparing the parent's pid, and this process exits at once.  Elsewhere the
+    children's own periodic ``_orphaned`` checks remain.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if _orphaned(parent):
+        os._exit(1)
+
+
+_DEMO_NS = re.compile(r"^demo([0-9]+)$")
+_PID_MAX = 1 << 22  # Linux's largest pid_max
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def clean_leftovers() -> list[str]:
+    """Namespaces ``demo<pid>`` left by demos that were killed: removed when
+    their creator is dead; named when a process with that pid still runs (it
+    may be another demo, or the pid was reused).  Returns the lines to show."""
+    from . import _shm
+
+    notes: list[str] = []
+    for name in _shm.list_namespaces():
+        m = _DEMO_NS.match(name)
+        if m is None or int(m.group(1)) == os.getpid():
+            continue
+        pid = int(m.group(1))
+        if not 0 < pid <= _PID_MAX:  # not a pid: not a demo's namespace
+            continue
+        if _alive(pid):
+            notes.append(
+                f"note: namespace {name!r} is in /dev/shm; its process {pid} still runs\n"
+                f"(another demo?); if it is a leftover: mqueue destroy {name}"
+            )
+            continue
+        try:
+            mqueue.destroy(name)
+        except mqueue.NamespaceNotFoundError:
+            continue  # someone else removed it meanwhile
+        except mqueue.MQueueError as e:
+            notes.append(f"note: cannot remove the leftover namespace {name!r}: {e}")
+            continue
+        notes.append(f"removed namespace {name!r}, left by a demo that was killed")
+    return notes
+
+
 def _listener(
     namespace: str,
     counts: Any,
@@ -87,6 +157,7 @@ def _listener(
     rate: float,
     parent: int,
 ) -> None:
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent coordinates Ctrl-C
     rng = random.Random(os.getpid())
     with mqueue.attach(namespace) as mq:
@@ -129,6 +200,7 @@ def _worker(
     stop: Any,
     parent: int,
 ) -> None:
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with mqueue.attach(namespace) as mq:
         q = mq[QUEUE]
@@ -185,20 +257,20 @@ def run(workers: int = 3, seconds: float = 10.0, rate: float = DEFAULT_RATE) -> 
     in_main_thread = _is_main_thread()
     if in_main_thread:
         signal.signal(signal.SIGTERM, on_term)
+    for note in clean_leftovers():
+        _say(note)
     mq = mqueue.create(namespace, [DEFINITION])
     try:
         q = mq[QUEUE]
+        _say(f"mqueue demo: namespace {namespace!r}, queue {DEFINITION!r}")
         _say(
-            f"mqueue demo: namespace {namespace!r}, queue {DEFINITION!r}, "
             f"1 listener, {workers} worker(s), {seconds:g} s, "
             f"rate {'unpaced' if rate <= 0 else f'{rate:g}/s'}"
         )
         if rate > 0:
             f0, f1 = flood_window(seconds)
-            _say(
-                f"an INVITE flood ({FLOOD_FACTOR}x the rate) from {f0:g} s to {f1:g} s: "
-                f"the queue fills and its oldest events are dropped; the listener never waits"
-            )
+            _say(f"an INVITE flood ({FLOOD_FACTOR}x the rate) from {f0:g} s to {f1:g} s:")
+            _say("the queue fills and its oldest events are dropped; the listener never waits")
         listener = ctx.Process(
             target=_listener,
             name="mqueue-demo-listener",

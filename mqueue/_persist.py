@@ -45,7 +45,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from . import _log as _mqlog
+from ._dist import install_hint
 from ._errors import DefinitionError, PersistenceError
+from ._pathcheck import sqlite_path_problem
 
 __all__ = [
     "LOAD_DBMODES",
@@ -310,8 +313,9 @@ class _DB:
             try:
                 conn = sqlite3.connect(target.where, timeout=30.0, isolation_level=None)
             except sqlite3.Error as exc:
+                problem = sqlite_path_problem(target.where) or exc
                 raise PersistenceError(
-                    f"cannot open SQLite database {target.where!r}: {exc}"
+                    f"cannot open SQLite database {target.where!r}: {problem}"
                 ) from exc
             conn.text_factory = _sqlite_text
             self._conn = conn
@@ -321,8 +325,7 @@ class _DB:
             except ImportError as exc:
                 raise PersistenceError(
                     f"db_url {target.shown!r} needs the psycopg 3 driver, which is not "
-                    "installed: pip install 'mqueue[postgres]' (from a checkout: "
-                    "pip install '.[postgres]'; or 'psycopg[binary]')"
+                    f"installed: {install_hint('postgres')}"
                 ) from exc
             kwargs: dict[str, Any] = {"autocommit": False, "client_encoding": "utf8"}
             if "connect_timeout" not in target.where:
@@ -611,7 +614,7 @@ def load_queues(mq: _MQLike, db_url: str, *, queues: Iterable[str] | None = None
     if not names:
         return {}
     if all(_reservable(mq[n]) for n in names):
-        return _load_reserved(mq, target, names)
+        return _logged("loaded", mq, _load_reserved(mq, target, names), target)
 
     db = _DB(target)  # a backend without reservations (Redis): one transaction
     try:
@@ -661,7 +664,7 @@ def load_queues(mq: _MQLike, db_url: str, *, queues: Iterable[str] | None = None
 
         with _db_errors(f"committing the load of {', '.join(map(repr, names))}"):
             db.commit()
-        return counts
+        return _logged("loaded", mq, counts, target)
     except BaseException:
         db.rollback()
         raise
@@ -791,6 +794,13 @@ def save_queues(mq: _MQLike, db_url: str, *, queues: Iterable[str] | None = None
         raise PersistenceError(
             f"saving {len(errors)} queues failed: " + "; ".join(str(e) for e in errors)
         ) from errors[0]
+    return _logged("saved", mq, counts, target)
+
+
+def _logged(action: str, mq: Any, counts: dict[str, int], target: _Target) -> dict[str, int]:
+    """Log what a save or load moved (the ``mqueue`` logger, INFO); returns ``counts``."""
+    for name, n in counts.items():
+        _mqlog.persisted(action, getattr(mq, "namespace", "?"), name, n, target.shown)
     return counts
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -348,9 +349,10 @@ def _redis_module() -> Any:
     try:
         import redis
     except ImportError:
+        from ._dist import install_hint
+
         raise MQueueError(
-            "the Redis backend needs the redis package: pip install 'mqueue[redis]' "
-            "(from a checkout: pip install '.[redis]')"
+            f"the Redis backend needs the redis package: {install_hint('redis')}"
         ) from None
     return redis
 
@@ -394,6 +396,16 @@ def connect(url: str) -> Any:
 
 
 def _translate(e: Exception, where: str, url: str, *, unsure: bool) -> MQueueError:
+    """The mqueue exception for a redis-py exception, logged (WARNING) on the
+    ``mqueue`` logger as a backend fault."""
+    from . import _log
+
+    exc = _translate_exc(e, where, url, unsure=unsure)
+    _log.fault(exc, level=logging.WARNING)
+    return exc
+
+
+def _translate_exc(e: Exception, where: str, url: str, *, unsure: bool) -> MQueueError:
     """The mqueue exception for a redis-py exception."""
     redis = _redis_module()
     ex = redis.exceptions

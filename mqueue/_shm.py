@@ -141,6 +141,10 @@ def _err(rc: int, what: str) -> MQueueError:
     """The exception for a C return code (raised by the caller)."""
     try:
         raise_for_code(rc, what, lib.mq_last_errno())
+    except CorruptSegmentError as e:
+        from . import _log
+
+        return _log.fault(e)  # logged (ERROR) on the mqueue logger: a damaged segment
     except MQueueError as e:
         return e
 

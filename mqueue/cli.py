@@ -18,6 +18,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from . import __version__
+from ._dist import DIST_NAME
 from ._errors import (
     DefinitionError,
     MQueueError,
@@ -47,6 +49,10 @@ STATS_FIELDS = (
 )
 
 EPILOG = """\
+exit status:
+  0 success; 1 the command failed (404, 500); 2 bad arguments (400), also a
+  bare "mqueue" (which prints this summary); 130 interrupted (Ctrl-C).
+
 output:
   Results are JSON on standard output.  Errors are JSON on standard error,
   {"error": {"code": C, "message": M}}, with exit status 1 (code 404: no such
@@ -86,6 +92,19 @@ def _item_json(key: str | bytes, value: str | bytes) -> dict[str, str]:
     out = _encode("key", key)
     out.update(_encode("val", value))
     return out
+
+
+_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _url_arg(text: str) -> str:
+    """``--url``: a Redis URL; shared memory is the default (no ``--url``)."""
+    if not text.startswith(_URL_SCHEMES):
+        raise argparse.ArgumentTypeError(
+            f"unsupported URL {text!r}: give redis://HOST:PORT/DB, rediss://... or "
+            "unix:///PATH, or no --url for shared memory on this machine"
+        )
+    return text
 
 
 def _backend_missing(url: str | None, exc: ImportError) -> MQueueError:
@@ -423,8 +442,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"mqueue {__version__} (distribution {DIST_NAME})",
+        help="print the version and exit",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
 
     def add(name: str, help_: str, func: Any) -> argparse.ArgumentParser:
         p = sub.add_parser(
@@ -442,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--url",
             default=None,
-            help="backend URL (default: POSIX shared memory on this machine)",
+            type=_url_arg,
+            help="a Redis URL (default, without --url: POSIX shared memory on this machine)",
         )
         p.add_argument(
             "--allow-owner",
@@ -474,7 +499,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = add("ls", "list the namespaces present on this machine (or on --url)", _cmd_ls)
-    p.add_argument("--url", default=None, help="backend URL (default: POSIX shared memory)")
+    p.add_argument(
+        "--url",
+        default=None,
+        type=_url_arg,
+        help="a Redis URL (default, without --url: POSIX shared memory)",
+    )
 
     p = add("get_size", 'number of queued items: {"name": ..., "size": ...}', _cmd_get_size)
     ns(p)
@@ -581,8 +611,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(list(argv) if argv is not None else None)
     except _UsageError as exc:
         return _fail(exc)
-    except SystemExit as exc:  # --help
+    except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else EXIT_OK
+    if getattr(args, "func", None) is None:  # a bare "mqueue": the usage summary
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     try:
         result = args.func(args)
     except KeyboardInterrupt:

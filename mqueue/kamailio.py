@@ -183,7 +183,7 @@ class MQueueModule:
         self,
         namespace: str,
         *,
-        mode: int = 0o600,
+        mode: int = mqueue.DEFAULT_MODE,
         exist_ok: bool = False,
         url: str | None = None,
         allow_owners: Iterable[int | str] = (),

@@ -159,8 +159,7 @@ def test_destroy(capsys: pytest.CaptureFixture[str], ns: str) -> None:
 @pytest.mark.parametrize(
     "argv",
     [
-        (),
-        ("nosuch",),
+        ("nosuch",),  # a bare "mqueue" prints its usage summary: test_cli_top.py
         ("get_size",),
         ("get_size", "ns"),
         ("get_size", "ns", "q", "extra"),

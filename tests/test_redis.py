@@ -34,7 +34,9 @@ try:
 except ImportError:
     if os.environ.get("MQUEUE_REQUIRE_SERVICES"):
         raise
-    pytest.skip("redis-py is not installed (pip install mqueue[redis])", allow_module_level=True)
+    pytest.skip(
+        "redis-py is not installed (pip install mqueue-shm[redis])", allow_module_level=True
+    )
 
 from mqueue import _redis as R  # noqa: E402
 
@@ -534,7 +536,7 @@ def test_names_map_to_one_hash_slot(make: Make, admin: Any) -> None:
 
 def test_missing_redis_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "redis", None)
-    with pytest.raises(mqueue.MQueueError, match=r"pip install 'mqueue\[redis\]'"):
+    with pytest.raises(mqueue.MQueueError, match=r"pip install 'mqueue-shm\[redis\]'"):
         mqueue.attach("x", url=URL)
 
 
