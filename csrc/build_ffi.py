@@ -74,6 +74,25 @@ int mq_stats(mq_ns *, uint32_t, struct mq_stats *);
 int mq_testing(void);
 """
 
+# ---- asyncio notifier (mqueue.asyncio): the last block of mq.c / mq.h ----
+CDEF += """
+#define MQ_WS_MAX ...
+typedef struct mq_waitset mq_waitset;
+int mq_seq(mq_ns *, uint32_t, uint32_t *);
+int mq_wake_one(mq_ns *, uint32_t);
+int mq_ws_waitv_supported(void);
+mq_waitset *mq_ws_new(int);
+int mq_ws_capacity(const mq_waitset *);
+int mq_ws_run(mq_waitset *);
+void mq_ws_stop(mq_waitset *);
+void mq_ws_free(mq_waitset *);
+int mq_ws_watch(mq_waitset *, mq_ns *, uint32_t, uint32_t, int, uint64_t);
+int mq_ws_unwatch(mq_waitset *, int, uint64_t);
+int mq_ws_collect(mq_waitset *, int, uint64_t *, int);
+int mq_ws_forget_ns(mq_waitset *, mq_ns *);
+int mq_ws_armed(mq_waitset *);
+"""
+
 CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter"]
 CFLAGS += shlex.split(os.environ.get("MQUEUE_CFLAGS", ""))
 if os.environ.get("MQUEUE_TESTING") == "1":
@@ -94,3 +113,4 @@ ffibuilder.set_source(
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)
+
