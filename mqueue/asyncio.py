@@ -39,6 +39,7 @@ import asyncio
 import concurrent.futures
 import math
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TypeVar
 
@@ -177,6 +178,40 @@ class _Items:
 
 
 # ------------------------------------------------------------- shared memory
+YIELD_EVERY_S = 0.0005
+"""An operation that completes at once does not suspend its task, so tasks
+that keep finding items would never let the loop run.  An inline operation
+first yields to the loop (``asyncio.sleep(0)``, before it does anything, so a
+cancellation there takes nothing) once the loop's current turn has run this
+long without mqueue yielding."""
+
+_clock = time.monotonic
+
+
+class _Budget(threading.local):
+    since = 0.0  # when the loop's current turn began (as far as mqueue can tell)
+    pending = False  # a _new_turn callback is scheduled
+
+
+_budget = _Budget()
+
+
+def _new_turn() -> None:
+    # runs in the loop's next iteration, after the tasks that yielded before it
+    _budget.since = _clock()
+    _budget.pending = False
+
+
+async def _yield() -> None:
+    # until a new turn began: the tasks that resume before _new_turn ran
+    # give way again instead of each doing one more operation
+    while _clock() - _budget.since > YIELD_EVERY_S:
+        if not _budget.pending:
+            _budget.pending = True
+            asyncio.get_running_loop().call_soon(_new_turn)
+        await asyncio.sleep(0)
+
+
 def _expire(fut: asyncio.Future[bool]) -> None:
     if not fut.done():
         fut.set_result(False)
@@ -186,19 +221,29 @@ class _ShmQueue(Queue):
     """Shared memory: inline engine calls, waits through the notifier."""
 
     async def add(self, key: Data, value: Data) -> bool:
+        if _clock() - _budget.since > YIELD_EVERY_S:
+            await _yield()
         return self.sync.add(key, value)
 
     async def add_many(self, items: Iterable[tuple[Data, Data]]) -> int:
+        if _clock() - _budget.since > YIELD_EVERY_S:
+            await _yield()
         return self.sync.add_many(items)
 
     async def size(self) -> int:
+        if _clock() - _budget.since > YIELD_EVERY_S:
+            await _yield()
         return len(self.sync)
 
     async def stats(self) -> QueueStats:
+        if _clock() - _budget.since > YIELD_EVERY_S:
+            await _yield()
         return self.sync.stats()
 
     async def fetch(self, timeout: float | None = 0) -> Item | None:
         t = _check_timeout(timeout)
+        if _clock() - _budget.since > YIELD_EVERY_S:
+            await _yield()  # before anything is taken: a cancellation here takes nothing
         item = self.sync.fetch(0)  # releases the held item; the fast path
         if item is not None or t == 0:
             return item
@@ -213,6 +258,8 @@ class _ShmQueue(Queue):
         t = _check_timeout(timeout)
         if check_count(n) == 0:
             return []
+        if _clock() - _budget.since > YIELD_EVERY_S:
+            await _yield()
         items = self.sync.fetch_many(n, 0)
         if items or t == 0:
             return items
@@ -343,6 +390,8 @@ class MQueue:
 
 class _ShmMQueue(MQueue):
     async def sizes(self) -> dict[str, int]:
+        if _clock() - _budget.since > YIELD_EVERY_S:
+            await _yield()
         return self.sync.sizes()
 
     async def close(self) -> None:
@@ -504,6 +553,7 @@ def notifier_threads() -> int:
 __all__ = [
     "REDIS_SLICE_S",
     "REDIS_THREADS",
+    "YIELD_EVERY_S",
     "MQueue",
     "Queue",
     "attach",
