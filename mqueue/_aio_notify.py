@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import contextlib
 import itertools
 import os
 import threading
@@ -51,9 +52,7 @@ class _Notifier:
         self.use_waitv = use_waitv
         self.rc = 0
         self.done = False
-        self.thread = threading.Thread(
-            target=self._run, name="mqueue-aio-notifier", daemon=True
-        )
+        self.thread = threading.Thread(target=self._run, name="mqueue-aio-notifier", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
@@ -75,9 +74,12 @@ class _Registry:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.notifiers: list[_Notifier] = []
+        self.wslist: tuple[Any, ...] = ()  # the waitsets, replaced (not changed) when one is added
         self.use_waitv = _waitv_wanted()
 
-    def watch(self, ns: Any, index: int, seq0: int, efd: int, cookie: int) -> tuple[Any, int] | None:
+    def watch(
+        self, ns: Any, index: int, seq0: int, efd: int, cookie: int
+    ) -> tuple[Any, int] | None:
         """Arm a watch; returns (waitset, slot), or None when ``seq`` moved
         since ``seq0`` was read (look at the queue again).  Raises the
         engine's error (closed handle ...) as a negative code in MQueueError."""
@@ -96,6 +98,7 @@ class _Registry:
                 self.use_waitv = False  # futex_waitv refused at run time: one queue per thread
             n = _Notifier(self.use_waitv)
             self.notifiers.append(n)
+            self.wslist = (*self.wslist, n.ws)
             rc = int(lib.mq_ws_watch(n.ws, ns, index, seq0, efd, cookie))
             if rc >= 0:
                 return n.ws, rc
@@ -118,7 +121,7 @@ class _Registry:
 
     def stop_all(self) -> None:
         with self.lock:
-            ns, self.notifiers = self.notifiers, []
+            ns = self.notifiers  # kept listed: loops may still collect fired watches
         for n in ns:
             n.stop()
 
@@ -235,12 +238,10 @@ class LoopWaiters:
         return qw
 
     def _on_ready(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError):
             os.eventfd_read(self.efd)
-        except BlockingIOError:
-            pass
         buf = self._buf
-        for ws in _registry.waitsets():
+        for ws in _registry.wslist:
             while True:
                 k = int(lib.mq_ws_collect(ws, self.efd, buf, _COLLECT))
                 for i in range(max(k, 0)):
@@ -258,10 +259,8 @@ def _loop_gone(efd: int, watches: dict[int, QueueWaiters], pid: int) -> None:
     for qw in list(watches.values()):
         qw.disarm()
     watches.clear()
-    try:
+    with contextlib.suppress(OSError):
         os.close(efd)
-    except OSError:
-        pass
 
 
 _loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopWaiters] = (

@@ -41,7 +41,8 @@ import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import TypeVar
+from functools import partial
+from typing import Any, TypeVar
 
 from . import _aio_notify as _an
 from ._core import Data, Item, QueueStats, check_count
@@ -220,6 +221,8 @@ def _expire(fut: asyncio.Future[bool]) -> None:
 class _ShmQueue(Queue):
     """Shared memory: inline engine calls, waits through the notifier."""
 
+    _seqbuf: Any = None
+
     async def add(self, key: Data, value: Data) -> bool:
         if _clock() - _budget.since > YIELD_EVERY_S:
             await _yield()
@@ -266,7 +269,9 @@ class _ShmQueue(Queue):
         return await self._wait_take(n, t)
 
     def _seq(self) -> int:
-        out = _an.ffi.new("uint32_t *")
+        out = self._seqbuf
+        if out is None:
+            out = self._seqbuf = _an.ffi.new("uint32_t *")
         rc = int(_an.lib.mq_seq(self.sync._ns, self.sync._index, out))  # type: ignore[attr-defined]
         if rc < 0:
             raise self.sync._fail(rc)  # type: ignore[attr-defined]
@@ -274,28 +279,43 @@ class _ShmQueue(Queue):
 
     async def _wait_take(self, n: int, timeout: float | None) -> list[Item]:
         """Take up to n items, waiting up to ``timeout`` seconds (None:
-        forever) while the queue is empty.  Returns [] at the deadline."""
+        forever) while the queue is empty.  Returns [] at the deadline.
+
+        No lost wake-up: a watch is armed only with a ``seq`` value read
+        before the last look found the queue empty (any add published after
+        that read moved it, and the watch then fires at once)."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         sq = self.sync
         qw = _an.loop_waiters(loop).queue(sq._ns, sq._index)  # type: ignore[attr-defined]
+
+        def take() -> list[Item]:
+            if n == 1:
+                it = sq.fetch(0)  # the fast path; sets the held item, as fetch does at the end
+                return [] if it is None else [it]
+            return sq.fetch_many(n, 0)
+
         kicked = False  # this task holds a wake-up meant for the queue's waiters
         got = False
+        seq: int | None = self._seq()  # read before the next look
         try:
             while True:
-                seq = self._seq()  # before looking: an add after it moves seq
-                items = sq.fetch_many(n, 0)
+                items = take()
                 if items:
                     got = True
                     return items
                 if deadline is not None and loop.time() >= deadline:
                     return []
+                if seq is None:  # woken: that look had no seq read before it
+                    seq = self._seq()
+                    continue
                 try:
                     armed = qw.arm(seq)
                 except _an._EngineError as e:
                     raise sq._fail(e.rc) from None  # type: ignore[attr-defined]
-                if not armed:
-                    continue  # seq moved since we read it: look again
+                if not armed:  # seq moved since we read it: read it again, look again
+                    seq = self._seq()
+                    continue
                 kicked = False  # the watch now covers everyone waiting
                 fut: asyncio.Future[bool] = loop.create_future()
                 qw.add(fut)
@@ -308,6 +328,7 @@ class _ShmQueue(Queue):
                     kicked = fut.done() and not fut.cancelled() and fut.result() is True
                     if not kicked:
                         qw.left()
+                seq = None
         finally:
             if kicked:
                 # pass the wake-up on: after taking items (more may be queued),
@@ -480,7 +501,7 @@ class _ThreadQueue(Queue):
                 wait = REDIS_SLICE_S
             else:
                 wait = max(0.0, min(deadline - loop.time(), REDIS_SLICE_S))
-            items = await _in_thread(lambda w=wait: sq.fetch_many(n, w), self._keep)
+            items = await _in_thread(partial(sq.fetch_many, n, wait), self._keep)
             if items or wait == 0.0 or (deadline is not None and loop.time() >= deadline):
                 return items
 
@@ -561,4 +582,3 @@ __all__ = [
     "destroy",
     "notifier_threads",
 ]
-

@@ -115,8 +115,11 @@ def test_same_results_as_sync(amake: Any, ns: str) -> None:
                 await mq["u"].add("k", "x" * 150)
             await q.add("h", "held")
             assert (await q.fetch()) == ("h", "held")
-            for bad, kind in ((-1, mqueue.ArgumentError), ("1", mqueue.ArgumentTypeError),
-                              (float("nan"), mqueue.ArgumentError)):
+            for bad, kind in (
+                (-1, mqueue.ArgumentError),
+                ("1", mqueue.ArgumentTypeError),
+                (float("nan"), mqueue.ArgumentError),
+            ):
                 with pytest.raises(kind):
                     await q.fetch(bad)  # type: ignore[arg-type]
                 with pytest.raises(kind):
@@ -482,8 +485,10 @@ def test_thousand_waiters_few_threads_no_cpu(amake: Any) -> None:
             await asyncio.sleep(1.0)
             cpu = time.process_time() - c0
             wall = time.monotonic() - w0
-            print(f"\n1000 waiters: +{extra_py} Python threads, +{extra_os} OS threads, "
-                  f"{cpu * 1000:.2f} ms CPU in {wall:.2f} s idle")
+            print(
+                f"\n1000 waiters: +{extra_py} Python threads, +{extra_os} OS threads, "
+                f"{cpu * 1000:.2f} ms CPU in {wall:.2f} s idle"
+            )
             if _aio_notify.registry().use_waitv:
                 assert extra_py <= 1 and extra_os <= 1 and notifiers <= 1
             else:
@@ -542,8 +547,9 @@ def test_fallback_without_futex_waitv(ns: str) -> None:
     """MQUEUE_AIO_NO_WAITV=1 (as on kernels before 5.16): one thread per queue
     with waiting tasks, not per waiter; same results."""
     env = dict(os.environ, MQUEUE_AIO_NO_WAITV="1")
-    r = subprocess.run([sys.executable, "-c", FALLBACK, ns], capture_output=True, text=True,
-                       env=env, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", FALLBACK, ns], capture_output=True, text=True, env=env, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     assert int(r.stdout.split()[-1]) == 3
 
@@ -554,6 +560,7 @@ def test_no_fd_or_watch_left_by_finished_loops(amake: Any, ns: str) -> None:
 
     mq0 = mqueue.create(ns, ["name=q"])
     try:
+
         async def one() -> None:
             mq = await amq.attach(ns)
             t = asyncio.create_task(mq["q"].fetch(None))
@@ -611,7 +618,8 @@ def test_readme_example_runs() -> None:
     text = (ROOT / "README.md").read_text()
     m = re.search(r"## asyncio.*?```python\n(.*?)```", text, re.S)
     assert m, "README has no asyncio example"
-    r = subprocess.run([sys.executable, "-c", m.group(1)], capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", m.group(1)], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     assert "handled 20 calls" in r.stdout, r.stdout
