@@ -587,6 +587,108 @@ def test_no_fd_or_watch_left_by_finished_loops(amake: Any, ns: str) -> None:
         mq0.close()
 
 
+def test_loops_in_several_threads_share_the_notifier(amake: Any, ns: str) -> None:
+    """Four event loops in four threads wait on the same two queues (each loop
+    its own eventfd, one notifier for all): every item taken exactly once."""
+    got: list[str] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def thread_main() -> None:
+        async def main() -> None:
+            mq = await amq.attach(ns)
+
+            async def one(q: amq.Queue) -> None:
+                while True:
+                    it = await q.fetch(None)
+                    assert it is not None
+                    if it.key == "END":
+                        return
+                    with lock:
+                        got.append(str(it.key))
+
+            await asyncio.gather(*(one(mq[name]) for name in ("a", "b") for _ in range(5)))
+            await mq.close()
+
+        try:
+            asyncio.run(main())
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    async def setup() -> amq.MQueue:
+        return await amake(["name=a", "name=b"])
+
+    mq = run(setup())
+    try:
+        ths = [threading.Thread(target=thread_main) for _ in range(4)]
+        for t in ths:
+            t.start()
+        time.sleep(0.2)
+        pa = producer(
+            ns,
+            "a",
+            "for i in range(3000): q.add('a%d' % i, 'v')\nfor _ in range(20): q.add('END', '')",
+        )
+        pb = producer(
+            ns,
+            "b",
+            "for i in range(0, 3000, 10): q.add_many([('b%d' % j, 'v') "
+            "for j in range(i, i + 10)])\nfor _ in range(20): q.add('END', '')",
+        )
+        finish(pa)
+        finish(pb)
+        for t in ths:
+            t.join(60)
+        assert not errors, errors
+        assert not any(t.is_alive() for t in ths)
+        assert sorted(got) == sorted(
+            [f"a{i}" for i in range(3000)] + [f"b{i}" for i in range(3000)]
+        )
+    finally:
+        mq.sync.close()
+
+
+FORKED = """
+import asyncio, multiprocessing as mp, sys, mqueue, mqueue.asyncio as amq
+
+def child(ns):
+    async def main():
+        mq = await amq.attach(ns)
+        it = await asyncio.wait_for(mq["q"].fetch(None), 10)
+        await mq.close()
+        return it
+    it = asyncio.run(main())
+    sys.exit(0 if it == ("k", "for the child") else 3)
+
+async def parent(ns):
+    mq = await amq.create(ns, ["name=q", "name=p"])
+    try:
+        w = asyncio.create_task(mq["p"].fetch(None))   # the parent's notifier runs
+        await asyncio.sleep(0.05)
+        p = mp.get_context("fork").Process(target=child, args=(ns,))
+        p.start()
+        await asyncio.sleep(0.3)
+        await mq["q"].add("k", "for the child")
+        await asyncio.get_running_loop().run_in_executor(None, p.join, 20)
+        assert p.exitcode == 0, p.exitcode
+        await mq["p"].add("k", "for the parent")
+        assert await asyncio.wait_for(w, 10) == ("k", "for the parent")
+    finally:
+        await mq.close()
+        mqueue.destroy(ns)
+
+asyncio.run(parent(sys.argv[1]))
+print("ok")
+"""
+
+
+def test_forked_child_gets_its_own_notifier(ns: str) -> None:
+    r = subprocess.run(
+        [sys.executable, "-c", FORKED, ns], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
 # ------------------------------------------------------------------------ uvloop
 def test_uvloop(amake: Any, ns: str) -> None:
     uvloop = pytest.importorskip("uvloop")
