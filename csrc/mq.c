@@ -1564,7 +1564,14 @@ int mq_ws_waitv_supported(void) {
 mq_waitset *mq_ws_new(int use_waitv) {
     mq_waitset *ws = calloc(1, sizeof *ws);
     if (!ws) return NULL;
-    if (pthread_mutex_init(&ws->mu, NULL) != 0) { free(ws); return NULL; }
+    /* adaptive: the loop thread's collect right after a fire meets the
+     * notifier still finishing its (short) round: spin a little, do not sleep */
+    pthread_mutexattr_t attr;
+    if (pthread_mutexattr_init(&attr) != 0) { free(ws); return NULL; }
+    if (pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ADAPTIVE_NP) != 0) { /* default type then */ }
+    int rc = pthread_mutex_init(&ws->mu, &attr);
+    pthread_mutexattr_destroy(&attr);
+    if (rc != 0) { free(ws); return NULL; }
     ws->use_waitv = use_waitv ? 1 : 0;
     ws->cap = use_waitv ? MQ_WS_MAX : 1;
     return ws;
