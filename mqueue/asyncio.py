@@ -291,8 +291,12 @@ class _ShmQueue(Queue):
 
         def take() -> list[Item]:
             if n == 1:
+                held = sq._held  # another task's item: an empty look must not clear it
                 it = sq.fetch(0)  # the fast path; sets the held item, as fetch does at the end
-                return [] if it is None else [it]
+                if it is None:
+                    sq._held = held
+                    return []
+                return [it]
             return sq.fetch_many(n, 0)
 
         kicked = False  # this task holds a wake-up meant for the queue's waiters

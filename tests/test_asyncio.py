@@ -200,6 +200,29 @@ def test_wait_wakes_on_add_from_another_process(amake: Any, ns: str) -> None:
     run(main())
 
 
+def test_held_item_is_the_last_completed_fetch(amake: Any, monkeypatch: Any) -> None:
+    """A fetch still waiting does not clear the item another task's completed
+    fetch holds (the held item is the handle's last completed fetch)."""
+    monkeypatch.setattr(amq, "YIELD_EVERY_S", 60.0)  # no yield between add and fetch below
+
+    async def main() -> None:
+        async with await amake(["name=q"]) as mq:
+            q = mq["q"]
+            waiting = asyncio.create_task(q.fetch(None))
+            await asyncio.sleep(0.02)
+            await q.add("b", "2")
+            other = await q.fetch()  # completes at once, before `waiting` runs
+            assert other == ("b", "2") and q.key == "b"
+            for _ in range(5):
+                await asyncio.sleep(0.02)  # `waiting` is woken, looks, finds nothing
+                assert q.key == "b"
+            assert not waiting.done()
+            await q.add("c", "3")
+            assert await waiting == ("c", "3") and q.key == "c"
+
+    run(main())
+
+
 def test_loop_runs_while_waiting_and_timeouts(amake: Any) -> None:
     async def main() -> None:
         async with await amake(["name=q"]) as mq:
