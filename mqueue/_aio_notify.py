@@ -149,12 +149,14 @@ class QueueWaiters:
     and re-arms the watch when it found the queue empty again.
     """
 
-    __slots__ = ("lw", "ns", "index", "waiters", "pending", "armed")
+    __slots__ = ("lw", "sq", "waiters", "pending", "armed")
 
-    def __init__(self, lw: LoopWaiters, ns: Any, index: int) -> None:
+    def __init__(self, lw: LoopWaiters, sq: Any) -> None:
         self.lw = lw
-        self.ns = ns
-        self.index = index
+        # the sync queue handle, not its raw engine pointer: after close its
+        # ``_ns`` is NULL (calls then fail cleanly) and the handle struct is
+        # never freed under us
+        self.sq = sq
         self.waiters: collections.deque[asyncio.Future[bool]] = collections.deque()
         self.pending = 0  # futures in `waiters` not yet resolved
         self.armed: tuple[Any, int, int] | None = None  # (waitset, slot, cookie)
@@ -167,7 +169,7 @@ class QueueWaiters:
             # by that waiter's own look at the queue
             return True
         cookie = next(_cookies)
-        got = _registry.watch(self.ns, self.index, seq0, self.lw.efd, cookie)
+        got = _registry.watch(self.sq._ns, self.sq._index, seq0, self.lw.efd, cookie)
         if got is None:
             return False
         self.armed = (got[0], got[1], cookie)
@@ -204,7 +206,7 @@ class QueueWaiters:
                 f.set_result(True)
                 return
         if outside and self.armed is None:
-            lib.mq_wake_one(self.ns, self.index)  # a hint; a closed handle just says so
+            lib.mq_wake_one(self.sq._ns, self.sq._index)  # a hint; closed: MQ_ERANGE
 
     def fired(self, cookie: int) -> None:
         if self.armed is not None and self.armed[2] == cookie:
@@ -217,7 +219,7 @@ class LoopWaiters:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.queues: dict[tuple[int, int], QueueWaiters] = {}
+        self.queues: dict[Any, QueueWaiters] = {}  # sync queue handle -> its waiters
         self.watches: dict[int, QueueWaiters] = {}
         self._buf = ffi.new("uint64_t[]", _COLLECT)
         self.pid = os.getpid()
@@ -230,12 +232,17 @@ class LoopWaiters:
         # watches go and the eventfd closes (never written after closing)
         weakref.finalize(loop, _loop_gone, self.efd, self.watches, self.pid)
 
-    def queue(self, ns: Any, index: int) -> QueueWaiters:
-        k = (int(ffi.cast("uintptr_t", ns)), index)
-        qw = self.queues.get(k)
-        if qw is None or qw.ns != ns:
-            qw = self.queues[k] = QueueWaiters(self, ns, index)
+    def queue(self, sq: Any) -> QueueWaiters:
+        qw = self.queues.get(sq)
+        if qw is None:
+            qw = self.queues[sq] = QueueWaiters(self, sq)
         return qw
+
+    def idle(self, qw: QueueWaiters) -> None:
+        """Forget a queue's waiters once nobody waits (the loop does not keep
+        closed namespaces alive); a task still holding it works on."""
+        if qw.pending == 0 and qw.armed is None and self.queues.get(qw.sq) is qw:
+            del self.queues[qw.sq]
 
     def _on_ready(self) -> None:
         with contextlib.suppress(BlockingIOError):

@@ -287,7 +287,8 @@ class _ShmQueue(Queue):
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         sq = self.sync
-        qw = _an.loop_waiters(loop).queue(sq._ns, sq._index)  # type: ignore[attr-defined]
+        lw = _an.loop_waiters(loop)
+        qw = lw.queue(sq)
 
         def take() -> list[Item]:
             if n == 1:
@@ -338,6 +339,7 @@ class _ShmQueue(Queue):
                 # pass the wake-up on: after taking items (more may be queued),
                 # or unused (cancelled, timed out, failed)
                 qw.wake_next(outside=not got)
+            lw.idle(qw)
 
 
 class MQueue:

@@ -414,7 +414,7 @@ def test_cancel_after_wakeup_passes_it_on(amake: Any) -> None:
             # then cancel that task before it runs
             # (the loop's eventfd callback, called here: no task runs meanwhile)
             lw = _aio_notify.loop_waiters(asyncio.get_running_loop())
-            qw = next(iter(lw.queues.values()))
+            qw = lw.queues[q.sync]
             until = time.monotonic() + 10
             while qw.pending == 2 and time.monotonic() < until:
                 lw._on_ready()
@@ -710,6 +710,35 @@ def test_forked_child_gets_its_own_notifier(ns: str) -> None:
         [sys.executable, "-c", FORKED, ns], capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def test_close_and_drop_with_waiters_repeatedly(amake: Any, ns: str) -> None:
+    """Handles closed and dropped while tasks wait on them (the engine's handle
+    struct freed right away): the wake-ups collected afterwards never touch
+    it; the loop remembers no closed queue."""
+    import gc
+
+    async def main() -> None:
+        base = await amake(["name=q"])
+        lw = _aio_notify.loop_waiters(asyncio.get_running_loop())
+        for _ in range(50):
+            mq = await amq.attach(ns)
+            tasks = [asyncio.create_task(mq["q"].fetch(None)) for _ in range(3)]
+            await asyncio.sleep(0.002)
+            await mq.close()
+            del mq
+            gc.collect()
+            for t in tasks:
+                with pytest.raises(mqueue.MQueueError, match="closed"):
+                    await t
+            del tasks, t
+        await asyncio.sleep(0.05)
+        assert lw.queues == {}
+        await base["q"].add("k", "v")
+        assert await base["q"].fetch(1) == ("k", "v")
+        await base.close()
+
+    run(main())
 
 
 # ------------------------------------------------------------------------ uvloop
