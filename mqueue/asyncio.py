@@ -444,7 +444,7 @@ def _redis_pool() -> concurrent.futures.ThreadPoolExecutor:
     with _pool_lock:
         if _pool is None:
             _pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=REDIS_THREADS, thread_name_prefix="mqueue-aio-redis"
+                max_workers=REDIS_THREADS, thread_name_prefix="mqueue-aio-worker"
             )
         return _pool
 
