@@ -34,3 +34,12 @@ def test_notifier_c(tmp_path: Path, sanitize: bool) -> None:
     assert m and r.returncode == 0 and m.group(2) == "0", out
     assert int(m.group(1)) > 100
     assert "runtime error" not in out and "AddressSanitizer" not in out, out
+
+
+def test_notifier_c_no_lost_wakeup(tmp_path: Path) -> None:
+    """The protocol with the notifier's periodic re-check pushed to 60 s: a
+    lost wake-up would show as a 3 s wait and fail."""
+    exe = compile_c("notify", tmp_path, extra=["-DWS_SLICE_NS=60000000000LL"])
+    r = subprocess.run([str(exe), "stress", "30000"], capture_output=True, text=True, timeout=280)
+    m = re.search(r"^(\d+) passed, (\d+) failed$", r.stdout, re.M)
+    assert m and r.returncode == 0 and m.group(2) == "0", r.stdout + r.stderr
