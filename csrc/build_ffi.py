@@ -94,6 +94,25 @@ int mq_reservation(mq_ns *, uint32_t, struct mq_rsvinfo *);
 int64_t mq_load(mq_ns *, uint32_t, uint64_t, const char *, size_t, const uint32_t *, size_t);
 """
 
+# ---- asyncio notifier (mqueue.asyncio): the last block of mq.c / mq.h ----
+CDEF += """
+#define MQ_WS_MAX ...
+typedef struct mq_waitset mq_waitset;
+int mq_seq(mq_ns *, uint32_t, uint32_t *);
+int mq_wake_one(mq_ns *, uint32_t);
+int mq_ws_waitv_supported(void);
+mq_waitset *mq_ws_new(int);
+int mq_ws_capacity(const mq_waitset *);
+int mq_ws_run(mq_waitset *);
+void mq_ws_stop(mq_waitset *);
+void mq_ws_free(mq_waitset *);
+int mq_ws_watch(mq_waitset *, mq_ns *, uint32_t, uint32_t, int, uint64_t);
+int mq_ws_unwatch(mq_waitset *, int, uint64_t);
+int mq_ws_collect(mq_waitset *, int, uint64_t *, int);
+int mq_ws_forget_ns(mq_waitset *, mq_ns *);
+int mq_ws_armed(mq_waitset *);
+"""
+
 CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter"]
 CFLAGS += shlex.split(os.environ.get("MQUEUE_CFLAGS", ""))
 if os.environ.get("MQUEUE_TESTING") == "1":
@@ -114,3 +133,4 @@ ffibuilder.set_source(
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)
+

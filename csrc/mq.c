@@ -2036,3 +2036,327 @@ int64_t mq_load(mq_ns *ns, uint32_t qi, uint64_t tag, const char *data, size_t d
     ns_leave(ns);
     return r;
 }
+
+/* ============================================================ asyncio notifier
+ * (mqueue.asyncio; a self-contained block: new functions only.)
+ *
+ * An event loop must never block on a queue, and must not spend a thread per
+ * waiting fetch.  A waitset is the registry of one notifier thread: up to
+ * MQ_WS_MAX one-shot watches, each "tell eventfd `efd` when queue q's seq word
+ * is no longer seq0".  The notifier (mq_ws_run, called from one Python thread
+ * with the GIL released) waits on all armed seq words at once with
+ * futex_waitv (Linux 5.16+), plus a process-private control word that wakes
+ * it when the registrations change.  While it sleeps it is counted in each
+ * watched queue's data_waiters exactly as q_wait counts a sleeping fetch, so
+ * q_notify wakes it; it compares every seq word with its expected value after
+ * counting itself (the q_wait/q_notify pairing: no lost wake-up).  A watch
+ * that fires writes to its eventfd and is done; the loop collects it.
+ *
+ * Without futex_waitv (older kernels, or use_waitv = 0) a waitset watches one
+ * queue and waits with FUTEX_WAIT on it (the control word cannot interrupt
+ * that wait: removing the watch wakes the seq word instead).
+ *
+ * Every armed watch holds its namespace "in flight" (ns_enter), so the
+ * mapping stays while the notifier reads the seq word; mq_detach of that
+ * namespace waits until the watch fires (the notifier notices `closing`
+ * within WS_SLICE_NS) or is removed (mq_ws_unwatch, mq_ws_forget_ns). */
+#include <pthread.h>
+
+#ifndef WS_SLICE_NS   /* tests set it very long, so that a lost wake-up shows as a hang */
+#define WS_SLICE_NS   100000000LL   /* 100 ms: bounds noticing a closing namespace or a lost wake-up */
+#endif
+#define WS_ARMED 1
+#define WS_FIRED 2
+#ifndef SYS_futex_waitv
+#define SYS_futex_waitv 449
+#endif
+
+struct ws_entry {
+    mq_ns *ns;
+    const struct mq_q *q;
+    uint32_t expected;          /* the seq value the loop saw with the queue empty */
+    int state;                  /* 0 free, WS_ARMED, WS_FIRED */
+    int counted;                /* this entry is counted in q->h->data_waiters now */
+    int efd;
+    uint64_t cookie;            /* the caller's name for this watch */
+};
+
+struct mq_waitset {
+    pthread_mutex_t mu;
+    _Atomic uint32_t ctl;       /* control futex word (private): bumped when watches change */
+    int stop;
+    int sleeping;               /* the notifier is (about to be) in its futex wait */
+    int use_waitv;
+    int cap;
+    struct ws_entry e[MQ_WS_MAX];
+};
+
+/* Mirror of the kernel's struct futex_waitv (linux/futex.h, 5.16+). */
+struct ws_waitv { uint64_t val; uint64_t uaddr; uint32_t flags; uint32_t reserved; };
+#define WS_FUTEX_32 2u              /* FUTEX2_SIZE_U32 */
+#define WS_FUTEX_PRIVATE 128u       /* FUTEX2_PRIVATE (= FUTEX_PRIVATE_FLAG) */
+
+int mq_seq(mq_ns *ns, uint32_t qi, uint32_t *out) {
+    const struct mq_q *q;
+    if (!out) return MQ_EINVAL;
+    int rc = ns_enter(ns);
+    if (rc) return rc;
+    rc = q_index(ns, qi, &q);
+    if (rc == 0)
+        /* acquire: as fetch_impl's read of seq before it looks at the queue,
+         * so an add published after this read moves seq */
+        *out = atomic_load_explicit(&q->h->seq, memory_order_acquire);
+    ns_leave(ns);
+    return rc;
+}
+
+int mq_wake_one(mq_ns *ns, uint32_t qi) {
+    const struct mq_q *q;
+    int rc = ns_enter(ns);
+    if (rc) return rc;
+    rc = q_index(ns, qi, &q);
+    if (rc == 0) {
+        /* seq_cst: pairs with the waiter's increment before its futex wait */
+        if (atomic_load_explicit(&q->h->data_waiters, memory_order_seq_cst) & WAITERS_MASK)
+            syscall(SYS_futex, &q->h->seq, FUTEX_WAKE, 1, NULL, NULL, 0); /* a hint: failure only delays a waiter by a slice */
+    }
+    ns_leave(ns);
+    return rc;
+}
+
+int mq_ws_waitv_supported(void) {
+    /* nr = 0 is EINVAL where the call exists, ENOSYS where it does not */
+    long rc = syscall(SYS_futex_waitv, NULL, 0, 0, NULL, CLOCK_MONOTONIC);
+    return !(rc == -1 && errno == ENOSYS);
+}
+
+mq_waitset *mq_ws_new(int use_waitv) {
+    mq_waitset *ws = calloc(1, sizeof *ws);
+    if (!ws) return NULL;
+    /* adaptive: the loop thread's collect right after a fire meets the
+     * notifier still finishing its (short) round: spin a little, do not sleep */
+    pthread_mutexattr_t attr;
+    if (pthread_mutexattr_init(&attr) != 0) { free(ws); return NULL; }
+    if (pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ADAPTIVE_NP) != 0) { /* default type then */ }
+    int rc = pthread_mutex_init(&ws->mu, &attr);
+    pthread_mutexattr_destroy(&attr);
+    if (rc != 0) { free(ws); return NULL; }
+    ws->use_waitv = use_waitv ? 1 : 0;
+    ws->cap = use_waitv ? MQ_WS_MAX : 1;
+    return ws;
+}
+
+int mq_ws_capacity(const mq_waitset *ws) { return ws ? ws->cap : 0; }
+
+/* Stops counting entry e as a waiter (caller holds ws->mu; e's ns is in
+ * flight).  Never fails. */
+static void ws_uncount(struct ws_entry *e) {
+    if (e->counted) {
+        dec_sat_masked(&e->q->h->data_waiters, WAITERS_MASK);
+        e->counted = 0;
+    }
+}
+
+/* Ends an armed watch (caller holds ws->mu): uncounts it, wakes a fallback
+ * notifier out of a FUTEX_WAIT on its seq word when `wake_seq`, and releases
+ * the namespace.  e's shared memory is not touched afterwards.  Never fails. */
+static void ws_release(mq_waitset *ws, struct ws_entry *e, int wake_seq) {
+    ws_uncount(e);
+    if (wake_seq && !ws->use_waitv && ws->sleeping)
+        syscall(SYS_futex, &e->q->h->seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0); /* hint: others re-check */
+    ns_leave(e->ns);
+    e->ns = NULL;
+    e->q = NULL;
+}
+
+/* Fires an armed watch: released (see ws_release for wake_seq), marked for
+ * collection, its eventfd written (caller holds ws->mu).  Never fails (a failed eventfd write means
+ * the counter is saturated: the loop is woken anyway). */
+static void ws_fire(mq_waitset *ws, struct ws_entry *e, int wake_seq) {
+    ws_release(ws, e, wake_seq);
+    e->state = WS_FIRED;
+    uint64_t one = 1;
+    if (write(e->efd, &one, sizeof one) < 0) { /* EAGAIN: already readable */ }
+}
+
+/* Makes the notifier re-read the watches if it sleeps (caller holds ws->mu).
+ * Never fails. */
+static void ws_kick(mq_waitset *ws) {
+    /* relaxed: the notifier reads ctl under ws->mu; the futex compares it */
+    atomic_fetch_add_explicit(&ws->ctl, 1, memory_order_relaxed);
+    if (ws->sleeping) syscall(SYS_futex, &ws->ctl, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+int mq_ws_watch(mq_waitset *ws, mq_ns *ns, uint32_t qi, uint32_t seq0, int efd, uint64_t cookie) {
+    const struct mq_q *q;
+    if (!ws || efd < 0) return MQ_EINVAL;
+    int rc = ns_enter(ns);
+    if (rc) return rc;
+    rc = q_index(ns, qi, &q);
+    if (rc) { ns_leave(ns); return rc; }
+    /* acquire: as mq_seq; a move since the caller's empty look means "look again" */
+    if (atomic_load_explicit(&q->h->seq, memory_order_acquire) != seq0) { ns_leave(ns); return MQ_EAGAIN; }
+    if (pthread_mutex_lock(&ws->mu) != 0) { ns_leave(ns); return MQ_ESYS; }
+    int slot = -1;
+    for (int i = 0; i < ws->cap; i++)
+        if (ws->e[i].state == 0) { slot = i; break; }
+    if (slot < 0 || ws->stop) {
+        pthread_mutex_unlock(&ws->mu);
+        ns_leave(ns);
+        return MQ_ESLOTS;
+    }
+    struct ws_entry *e = &ws->e[slot];
+    e->ns = ns;                 /* stays in flight until the watch fires or is removed */
+    e->q = q;
+    e->expected = seq0;
+    e->state = WS_ARMED;
+    e->counted = 0;
+    e->efd = efd;
+    e->cookie = cookie;
+    ws_kick(ws);
+    pthread_mutex_unlock(&ws->mu);
+    return slot;
+}
+
+int mq_ws_unwatch(mq_waitset *ws, int slot, uint64_t cookie) {
+    if (!ws || slot < 0 || slot >= ws->cap) return MQ_EINVAL;
+    if (pthread_mutex_lock(&ws->mu) != 0) return MQ_ESYS;
+    struct ws_entry *e = &ws->e[slot];
+    int rc = 0;
+    if (e->state && e->cookie == cookie) {
+        if (e->state == WS_ARMED) ws_release(ws, e, 1);
+        e->state = 0;
+        rc = 1;
+    }
+    pthread_mutex_unlock(&ws->mu);
+    return rc;
+}
+
+int mq_ws_collect(mq_waitset *ws, int efd, uint64_t *cookies, int max) {
+    if (!ws || !cookies || max < 0) return MQ_EINVAL;
+    if (pthread_mutex_lock(&ws->mu) != 0) return MQ_ESYS;
+    int n = 0;
+    for (int i = 0; i < ws->cap && n < max; i++) {
+        struct ws_entry *e = &ws->e[i];
+        if (e->state == WS_FIRED && e->efd == efd) {
+            cookies[n++] = e->cookie;
+            e->state = 0;
+        }
+    }
+    pthread_mutex_unlock(&ws->mu);
+    return n;
+}
+
+int mq_ws_forget_ns(mq_waitset *ws, mq_ns *ns) {
+    if (!ws) return MQ_EINVAL;
+    if (pthread_mutex_lock(&ws->mu) != 0) return MQ_ESYS;
+    int n = 0;
+    for (int i = 0; i < ws->cap; i++) {
+        struct ws_entry *e = &ws->e[i];
+        if (e->state == WS_ARMED && e->ns == ns) {
+            ws_fire(ws, e, 1);
+            n++;
+        }
+    }
+    if (n) ws_kick(ws);
+    pthread_mutex_unlock(&ws->mu);
+    return n;
+}
+
+int mq_ws_armed(mq_waitset *ws) {
+    if (!ws) return MQ_EINVAL;
+    if (pthread_mutex_lock(&ws->mu) != 0) return MQ_ESYS;
+    int n = 0;
+    for (int i = 0; i < ws->cap; i++) n += ws->e[i].state == WS_ARMED;
+    pthread_mutex_unlock(&ws->mu);
+    return n;
+}
+
+void mq_ws_stop(mq_waitset *ws) {
+    if (!ws || pthread_mutex_lock(&ws->mu) != 0) return;
+    ws->stop = 1;
+    ws_kick(ws);
+    /* a fallback notifier sleeps on a seq word: wake it there too */
+    for (int i = 0; i < ws->cap; i++)
+        if (ws->e[i].state == WS_ARMED) ws_fire(ws, &ws->e[i], 1);
+    pthread_mutex_unlock(&ws->mu);
+}
+
+int mq_ws_run(mq_waitset *ws) {
+    struct ws_waitv wv[MQ_WS_MAX + 1];
+    if (!ws) return MQ_EINVAL;
+    if (pthread_mutex_lock(&ws->mu) != 0) return sys_fail();
+    int rc = 0;
+    while (!ws->stop) {
+        /* relaxed: read under ws->mu, where every change bumps it */
+        uint32_t ctl = atomic_load_explicit(&ws->ctl, memory_order_relaxed);
+        int n = 0;
+        for (int i = 0; i < ws->cap; i++) {
+            struct ws_entry *e = &ws->e[i];
+            if (e->state != WS_ARMED) continue;
+            if (ns_closing(e->ns)) { ws_fire(ws, e, 0); continue; }   /* mq_detach waits for us */
+            /* seq_cst: count ourselves before comparing seq (q_wait's
+             * increment); q_notify bumps seq, then reads the count */
+            atomic_fetch_add_explicit(&e->q->h->data_waiters, WAITER_ADD, memory_order_seq_cst);
+            e->counted = 1;
+            if (atomic_load_explicit(&e->q->h->seq, memory_order_seq_cst) != e->expected) {
+                ws_fire(ws, e, 0);
+                continue;
+            }
+            wv[n].val = e->expected;
+            wv[n].uaddr = (uint64_t)(uintptr_t)&e->q->h->seq;
+            wv[n].flags = WS_FUTEX_32;     /* shared: the adders are other processes */
+            wv[n].reserved = 0;
+            n++;
+        }
+        int nq = n;
+        wv[n].val = ctl;
+        wv[n].uaddr = (uint64_t)(uintptr_t)&ws->ctl;
+        wv[n].flags = WS_FUTEX_32 | WS_FUTEX_PRIVATE;
+        wv[n].reserved = 0;
+        n++;
+        ws->sleeping = 1;
+        pthread_mutex_unlock(&ws->mu);
+        long r;
+        if (ws->use_waitv) {
+            int64_t end = mono_ns() + WS_SLICE_NS;
+            struct timespec ts = {(time_t)(end / NS_PER_S), (long)(end % NS_PER_S)};
+            r = syscall(SYS_futex_waitv, wv, (unsigned)n, 0, &ts, CLOCK_MONOTONIC);
+        } else {
+            /* one word: the watched queue's, else the control word */
+            struct timespec rel = {(time_t)(WS_SLICE_NS / NS_PER_S), (long)(WS_SLICE_NS % NS_PER_S)};
+            int op = nq ? FUTEX_WAIT : FUTEX_WAIT_PRIVATE;
+            r = syscall(SYS_futex, (void *)(uintptr_t)wv[0].uaddr, op, (uint32_t)wv[0].val, &rel, NULL, 0);
+        }
+        int err = r < 0 ? errno : 0;
+        if (pthread_mutex_lock(&ws->mu) != 0) return sys_fail();   /* cannot happen (default mutex) */
+        ws->sleeping = 0;
+        if (err == ENOSYS || err == EINVAL) {   /* refused (seccomp, old kernel): new watches go elsewhere */
+            last_errno = err;
+            rc = MQ_ESYS;
+            ws->stop = 1;
+            break;
+        }
+        /* woken, EAGAIN (a word moved), ETIMEDOUT (slice), EINTR, EFAULT (a
+         * watch removed meanwhile, its mapping gone): re-check every watch */
+        for (int i = 0; i < ws->cap; i++) {
+            struct ws_entry *e = &ws->e[i];
+            if (e->state != WS_ARMED) continue;
+            ws_uncount(e);
+            /* acquire: as mq_seq */
+            if (atomic_load_explicit(&e->q->h->seq, memory_order_acquire) != e->expected || ns_closing(e->ns))
+                ws_fire(ws, e, 0);
+        }
+    }
+    /* stopped (or failed): every remaining watch fires, so no waiter sleeps on */
+    for (int i = 0; i < ws->cap; i++)
+        if (ws->e[i].state == WS_ARMED) ws_fire(ws, &ws->e[i], 0);
+    pthread_mutex_unlock(&ws->mu);
+    return rc;
+}
+
+void mq_ws_free(mq_waitset *ws) {
+    if (!ws) return;
+    pthread_mutex_destroy(&ws->mu);
+    free(ws);
+}

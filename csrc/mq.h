@@ -286,3 +286,50 @@ int64_t mq_load(mq_ns *ns, uint32_t q, uint64_t tag, const char *data, size_t da
 int mq_testing(void);
 
 #endif
+
+/* ---- asyncio notifier (mqueue.asyncio; see the last block of mq.c) ---- */
+#define MQ_WS_MAX 127   /* watches per waitset: FUTEX_WAITV_MAX (128) less the control word */
+typedef struct mq_waitset mq_waitset;
+
+/* Reads q's wake-up word (bumped after every publish).  Read it before a
+ * fetch that finds the queue empty, then arm a watch with it.  Returns 0 and
+ * *out; MQ_ERANGE, MQ_ECLOSED, MQ_EINVAL. */
+int mq_seq(mq_ns *ns, uint32_t q, uint32_t *out);
+/* Wakes one process (or notifier) sleeping for data on q: passes on a
+ * wake-up that a cancelled async waiter received.  Returns 0 or MQ_ERANGE,
+ * MQ_ECLOSED; changes nothing in the queue. */
+int mq_wake_one(mq_ns *ns, uint32_t q);
+/* 1 when the kernel has futex_waitv (Linux 5.16+), else 0. */
+int mq_ws_waitv_supported(void);
+/* A new, empty waitset: MQ_WS_MAX watches with futex_waitv (use_waitv = 1),
+ * or 1 watch with FUTEX_WAIT.  Returns NULL when out of memory. */
+mq_waitset *mq_ws_new(int use_waitv);
+/* Watches a waitset holds at most. */
+int mq_ws_capacity(const mq_waitset *ws);
+/* The notifier loop, for one thread (it blocks): waits until a watched seq
+ * word moves, then fires that watch (eventfd written).  Returns 0 after
+ * mq_ws_stop, or MQ_ESYS (mq_last_errno) when the futex call is refused;
+ * either way every watch still armed has fired. */
+int mq_ws_run(mq_waitset *ws);
+/* Asks mq_ws_run to return (at once); armed watches fire.  Never fails. */
+void mq_ws_stop(mq_waitset *ws);
+/* Frees a waitset whose mq_ws_run has returned (or never ran). */
+void mq_ws_free(mq_waitset *ws);
+/* Arms a one-shot watch: when q's seq word is no longer seq0, write 1 to
+ * eventfd efd and keep `cookie` for mq_ws_collect.  Holds ns in flight until
+ * it fires or is removed.  Returns the watch's slot (>= 0); MQ_EAGAIN when
+ * seq is already not seq0 (nothing armed: look at the queue again);
+ * MQ_ESLOTS when the waitset is full or stopped; MQ_ERANGE, MQ_ECLOSED,
+ * MQ_EINVAL, MQ_ESYS with nothing armed. */
+int mq_ws_watch(mq_waitset *ws, mq_ns *ns, uint32_t q, uint32_t seq0, int efd, uint64_t cookie);
+/* Removes the watch in `slot` if it is still the one named `cookie`, armed
+ * or fired.  Returns 1 removed, 0 not there (collected already); MQ_EINVAL. */
+int mq_ws_unwatch(mq_waitset *ws, int slot, uint64_t cookie);
+/* Takes the fired watches of eventfd efd: up to max cookies into `cookies`.
+ * Returns how many; MQ_EINVAL. */
+int mq_ws_collect(mq_waitset *ws, int efd, uint64_t *cookies, int max);
+/* Fires every armed watch on ns (before closing it: nothing keeps it in
+ * flight afterwards).  Returns how many fired; MQ_EINVAL, MQ_ESYS. */
+int mq_ws_forget_ns(mq_waitset *ws, mq_ns *ns);
+/* Armed watches (tests, diagnostics); MQ_EINVAL, MQ_ESYS. */
+int mq_ws_armed(mq_waitset *ws);

@@ -168,7 +168,8 @@ def test_pickle_round_trip_in_process(make_mq: MakeMQ) -> None:
         assert mq2.namespace == mq.namespace and list(mq2) == ["a", "b"]
         assert qa.held is None and mq["a"].held == ("k", "v")
         assert qa.fetch() == ("k2", "v2")
-        assert mq2.slot != mq.slot  # type: ignore[attr-defined]
+        # one liveness slot per process, shared by its handles (issue 9 item 10)
+        assert mq2.slot == mq.slot  # type: ignore[attr-defined]
         # a queue handle alone brings its namespace along
         q_alone = pickle.loads(pickle.dumps(mq["b"]))
         q_alone.add("x", "y")
