@@ -633,7 +633,7 @@ def test_unreachable_postgres_hides_password() -> None:
 def test_missing_driver_is_clear(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg -> ImportError
     mq = FakeMQ(FakeDef("q", dbmode=1))
-    with pytest.raises(PersistenceError, match=r"mqueue\[postgres\]"):
+    with pytest.raises(PersistenceError, match=r"mqueue-shm\[postgres\]"):
         _persist.load_queues(mq, "postgresql://u:p@127.0.0.1/d")
 
 
