@@ -37,8 +37,10 @@ vanished (server restarted without persistence, or destroyed) raises
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -79,6 +81,18 @@ ATTACH_WAIT_S = 2.0
 
 SOCKET_TIMEOUT_S = 30.0
 """Socket timeout of the client: a silent server is reported after this long."""
+
+CONNECT_TIMEOUT_S = 5.0
+"""Longest wait for one connection to be made."""
+
+RETRY_WINDOW_S = 10.0
+"""How long an operation is retried across connection faults (with backoff,
+with the same operation id) before BackendError reaches the caller; per handle
+as ``RedisNamespace.retry_window``."""
+
+OP_RECORD_TTL_S = 300
+"""How long the server keeps an operation's recorded reply (one per session
+and queue): a retry within this time gets the recorded reply."""
 
 _TOMBSTONE = 0xFF
 _FORMAT = 1
@@ -128,6 +142,18 @@ def record_size(klen: int, vlen: int) -> int:
 
 # ------------------------------------------------------------------ scripts
 # Lua helpers shared by the scripts.  Numbers are Lua doubles: exact to 2**53.
+#
+# Operation records (exactly once across lost replies): KEYS[5] of add and
+# take is the calling session's record key ``<tag>:op:<session>`` and ARGV[2]
+# the operation id.  A script first looks for a record of this id and returns
+# the recorded reply if there is one (the operation already ran: its reply was
+# lost); otherwise it runs and records its reply under the id, in the same
+# atomic step, for OP_RECORD_TTL_S seconds.  A session is one thread of one
+# handle and runs one operation at a time, so one record per session is enough.
+#
+# Lost keys: a queue whose meta hash is gone, or carries another creation id,
+# answers -1; one whose records or key index the server dropped (eviction)
+# answers -4 and is marked so for good (its gen becomes "!<gen>").
 _LUA_COMMON = r"""
 local function recsize(r)
   if string.byte(r, 1) == 255 then return tonumber(string.sub(r, 2)), true end
@@ -139,10 +165,38 @@ local function reckey(r)
               + string.byte(r, 4)) * 256 + string.byte(r, 5)
   return string.sub(r, 6, 5 + kl)
 end
+local function gone(g)
+  if g and string.sub(g, 1, 1) == '!' then return -4 end
+  return -1
+end
+local function intact(head, tail, count, mode)
+  if head < tail and redis.call('EXISTS', KEYS[2]) == 0 then return false end
+  if mode ~= 0 and count > 0 and redis.call('EXISTS', KEYS[3]) == 0 then return false end
+  return true
+end
+local function evicted()
+  redis.call('HSET', KEYS[1], 'gen', '!' .. ARGV[1])
+  return -4
+end
 """
 
-# KEYS: meta rec idx wake.  ARGV: gen, then per item: record, key-length.
-# Returns the number stored (>= 0), -1 namespace gone, -2 full, -3 too big.
+_LUA_OPS = r"""
+local function recorded()
+  local r = redis.call('GET', KEYS[5])
+  if r then
+    local id, res = cmsgpack.unpack(r)
+    if id == ARGV[2] then return true, res end
+  end
+  return false, nil
+end
+local function record(res)
+  redis.call('SET', KEYS[5], cmsgpack.pack(ARGV[2], res), 'EX', OP_TTL)
+end
+"""
+
+# KEYS: meta rec idx wake op.  ARGV: gen, opid, then per item: record, key-length.
+# Returns the number stored (>= 0), -1 namespace gone, -2 full, -3 too big,
+# -4 keys evicted.
 #
 # Each item follows csrc/mq.c add_one, in order: (1) addmode 1/2 look the key up
 # among queued live items (earlier items of the batch included); addmode 1
@@ -155,17 +209,21 @@ end
 # returned before anything is written, exactly when shared memory refuses.
 _LUA_ADD = (
     _LUA_COMMON
+    + _LUA_OPS
     + r"""
+local done, res = recorded()
+if done then return res end
 local m = redis.call('HMGET', KEYS[1], 'gen', 'cap', 'limit', 'mode', 'head', 'tail',
                      'count', 'bytes', 'added', 'evicted', 'dups', 'hw')
-if m[1] ~= ARGV[1] then return -1 end
+if m[1] ~= ARGV[1] then return gone(m[1]) end
 local cap, limit, mode = tonumber(m[2]), tonumber(m[3]), tonumber(m[4])
-local n = (#ARGV - 1) / 2
+if not intact(tonumber(m[5]), tonumber(m[6]), tonumber(m[7]), mode) then return evicted() end
+local n = (#ARGV - 2) / 2
 local keys = {}
 for i = 1, n do
-  local r = ARGV[2 * i]
+  local r = ARGV[1 + 2 * i]
   if recsize(r) > cap then return -3 end
-  if mode ~= 0 then keys[i] = string.sub(r, 6, 5 + tonumber(ARGV[2 * i + 1])) end
+  if mode ~= 0 then keys[i] = string.sub(r, 6, 5 + tonumber(ARGV[2 + 2 * i])) end
 end
 
 -- One pass over the batch.  dry: nothing is written (recs: seq -> record as
@@ -177,7 +235,9 @@ local function pass(dry)
   local recs, idx = {}, {}
   local function rget(s)
     if dry and recs[s] then return recs[s] end
-    return redis.call('HGET', KEYS[2], s)
+    local r = redis.call('HGET', KEYS[2], s)
+    if not r then error('mqueue: record ' .. s .. ' missing (keys evicted?)') end
+    return r
   end
   local function rset(s, r)
     if dry then recs[s] = r else redis.call('HSET', KEYS[2], s, r) end
@@ -199,7 +259,7 @@ local function pass(dry)
   end
   local stored = 0
   for i = 1, n do
-    local r = ARGV[2 * i]
+    local r = ARGV[1 + 2 * i]
     local R = recsize(r)
     local k = keys[i]
     local drop = false
@@ -258,36 +318,43 @@ local function pass(dry)
   if not dry then
     redis.call('HSET', KEYS[1], 'head', head, 'tail', tail, 'count', count, 'bytes', bytes,
                'added', added, 'evicted', evicted, 'dups', dups, 'hw', hw)
+    if count > 0 and redis.call('LLEN', KEYS[4]) == 0 then redis.call('RPUSH', KEYS[4], 1) end
   end
   return stored
 end
 
 if limit <= 0 and pass(true) < 0 then return -2 end
 local stored = pass(false)
-if stored > 0 and redis.call('LLEN', KEYS[4]) == 0 then redis.call('RPUSH', KEYS[4], 1) end
+record(stored)
 return stored
 """
 )
 
-# KEYS: meta rec idx wake.  ARGV: gen, n.  Returns a list of records
-# (oldest first, possibly empty) or -1 when the namespace is gone.
+# KEYS: meta rec idx wake op.  ARGV: gen, opid, n.  Returns a list: the number
+# of items left queued, then the records taken (oldest first, possibly none);
+# or -1 namespace gone, -4 keys evicted.
 _LUA_TAKE = (
     _LUA_COMMON
+    + _LUA_OPS
     + r"""
+local done, res = recorded()
+if done then return res end
 local m = redis.call('HMGET', KEYS[1], 'gen', 'mode', 'head', 'tail', 'count', 'bytes',
                      'fetched')
-if m[1] ~= ARGV[1] then return -1 end
+if m[1] ~= ARGV[1] then return gone(m[1]) end
 local mode = tonumber(m[2])
 local head, tail, count, bytes = tonumber(m[3]), tonumber(m[4]), tonumber(m[5]), tonumber(m[6])
+if not intact(head, tail, count, mode) then return evicted() end
 local fetched = tonumber(m[7])
-local want = tonumber(ARGV[2])
-local out = {}
+local want = tonumber(ARGV[3])
+local out = {0}
 local head0 = head
 while head < tail do
   local h = redis.call('HGET', KEYS[2], head)
+  if not h then return evicted() end
   local hR, dead = recsize(h)
   if not dead then
-    if #out >= want then break end
+    if #out > want then break end
     out[#out + 1] = h
     count = count - 1
     fetched = fetched + 1
@@ -305,7 +372,38 @@ if count > 0 then
 else
   redis.call('DEL', KEYS[4])
 end
+out[1] = count
+if #out > 1 then record(out) end
 return out
+"""
+)
+
+# KEYS: meta rec idx.  ARGV: gen.  The counters of a queue, or -1 / -4.
+_LUA_STATS = (
+    _LUA_COMMON
+    + r"""
+local m = redis.call('HMGET', KEYS[1], 'gen', 'count', 'added', 'fetched', 'evicted', 'dups',
+                     'hw', 'recoveries', 'bytes', 'cap', 'limit', 'mode', 'head', 'tail')
+if m[1] ~= ARGV[1] then return gone(m[1]) end
+if not intact(tonumber(m[13]), tonumber(m[14]), tonumber(m[2]), tonumber(m[12])) then
+  return evicted()
+end
+return {m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9], m[10], m[11], m[12]}
+"""
+)
+
+# KEYS: op.  ARGV: opid.  Settles an operation whose reply was lost for good
+# (its handle was closed meanwhile): {1, reply} when it ran; otherwise records
+# it as cancelled, so that it can no longer run, and returns {0}.
+_LUA_RESOLVE = (
+    r"""
+local r = redis.call('GET', KEYS[1])
+if r then
+  local id, res = cmsgpack.unpack(r)
+  if id == ARGV[1] then return {1, res} end
+end
+redis.call('SET', KEYS[1], cmsgpack.pack(ARGV[1], -5), 'EX', OP_TTL)
+return {0}
 """
 )
 
@@ -333,7 +431,6 @@ return 0
 """
 
 _STAT_FIELDS = (
-    "gen",
     "count",
     "added",
     "fetched",
@@ -346,6 +443,20 @@ _STAT_FIELDS = (
     "limit",
     "mode",
 )
+
+
+class _Script:
+    """A Lua script: its source and SHA1 (run with EVALSHA, EVAL on NOSCRIPT)."""
+
+    def __init__(self, src: str) -> None:
+        self.src = src.replace("OP_TTL", str(int(OP_RECORD_TTL_S)))
+        self.sha = hashlib.sha1(self.src.encode()).hexdigest()
+
+
+_ADD = _Script(_LUA_ADD)
+_TAKE = _Script(_LUA_TAKE)
+_STATS = _Script(_LUA_STATS)
+_RESOLVE = _Script(_LUA_RESOLVE)
 
 
 # ------------------------------------------------------------ redis-py glue
@@ -377,44 +488,103 @@ def _redact(url: str) -> str:
         return "<unparsable url>"
 
 
-def connect(url: str) -> Any:
-    """A redis-py client for ``url`` that never retries a command by itself."""
-    redis = _redis_module()
+def _client_options() -> dict[str, Any]:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
+    return {
+        "retry": Retry(NoBackoff(), 0),
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "decode_responses": False,
+    }
+
+
+def connect(url: str) -> Any:
+    """A redis-py client for ``url`` that never retries a command by itself.
+
+    A ``redis.Redis`` for a single server; a ``redis.RedisCluster`` when the
+    server at ``url`` is a node of a Redis Cluster (``INFO cluster`` says
+    ``cluster_enabled:1``), so that the same URL works for both.
+    """
+    redis = _redis_module()
     try:
-        client = redis.Redis.from_url(
-            url,
-            retry=Retry(NoBackoff(), 0),
-            retry_on_error=[],
-            retry_on_timeout=False,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=10.0,
-            decode_responses=False,
-        )
+        client = redis.Redis.from_url(url, retry_on_error=[], retry_on_timeout=False,
+                                      **_client_options())
     except ValueError as e:
         raise DefinitionError(f"bad Redis url {_redact(url)!r}: {e}") from None
-    return client
+    if url.startswith("unix://"):
+        return client
+    try:
+        info = client.info("cluster")
+    except redis.exceptions.ResponseError:
+        return client  # INFO refused (ACL): a cluster would also refuse routing; stay single
+    except Exception as e:
+        client.close()
+        if _is_redis_error(e):
+            raise _connect_error(e, f"Redis at {_redact(url)}", url) from e
+        raise
+    if not int(info.get("cluster_enabled", 0) or 0):
+        return client
+    client.close()
+    try:
+        return redis.RedisCluster.from_url(url, **_client_options())
+    except ValueError as e:
+        raise DefinitionError(f"bad Redis Cluster url {_redact(url)!r}: {e}") from None
+    except Exception as e:
+        if _is_redis_error(e):
+            raise _connect_error(e, f"Redis Cluster at {_redact(url)}", url) from e
+        raise
+
+
+def _is_cluster(client: Any) -> bool:
+    return type(client).__name__ == "RedisCluster"
+
+
+def _backend_error(msg: str, outcome_known: bool | None) -> BackendError:
+    e = BackendError(msg)
+    e.outcome_known = outcome_known
+    return e
+
+
+def _is_connect_failure(e: BaseException) -> bool:
+    """True when ``e`` says a connection could not be made (nothing was sent)."""
+    s = str(e)
+    return "connecting to" in s or "Timeout connecting" in s
+
+
+def _connect_error(e: Exception, where: str, url: str) -> MQueueError:
+    redis = _redis_module()
+    ex = redis.exceptions
+    if isinstance(e, ex.AuthenticationError | ex.NoPermissionError):
+        return AccessDeniedError(f"{where}: Redis at {_redact(url)} refused access: {e}")
+    if _is_connect_failure(e):
+        return _backend_error(f"{where}: could not connect to Redis at {_redact(url)} ({e})", True)
+    return _translate(e, where, url, unsure=False)
 
 
 def _translate(e: Exception, where: str, url: str, *, unsure: bool) -> MQueueError:
-    """The mqueue exception for a redis-py exception."""
+    """The mqueue exception for a redis-py exception (no retry was possible)."""
     redis = _redis_module()
     ex = redis.exceptions
     target = _redact(url)
     if isinstance(e, ex.AuthenticationError | ex.NoPermissionError):
         return AccessDeniedError(f"{where}: Redis at {target} refused access: {e}")
     if isinstance(e, ex.ConnectionError | ex.TimeoutError | OSError):
+        if _is_connect_failure(e):
+            return _backend_error(f"{where}: could not connect to Redis at {target} ({e})", True)
         tail = (
-            "; the operation may or may not have been applied on the server (nothing was retried)"
+            "; the operation may or may not have been applied on the server"
             if unsure
             else ""
         )
-        return BackendError(f"{where}: lost the connection to Redis at {target} ({e}){tail}")
+        return _backend_error(
+            f"{where}: lost the connection to Redis at {target} ({e}){tail}",
+            None if not unsure else False,
+        )
     if isinstance(e, ex.ResponseError):
-        return BackendError(f"{where}: Redis at {target} refused the operation: {e}")
-    return BackendError(f"{where}: Redis at {target} failed: {e!r}")
+        return _backend_error(f"{where}: Redis at {target} refused the operation: {e}", True)
+    return _backend_error(f"{where}: Redis at {target} failed: {e!r}", None)
 
 
 def _is_redis_error(e: BaseException) -> bool:
@@ -422,15 +592,42 @@ def _is_redis_error(e: BaseException) -> bool:
     return isinstance(e, mod.exceptions.RedisError | OSError)
 
 
+def _transient(e: BaseException) -> str | None:
+    """How a failed attempt may be retried: "connect" (nothing was sent),
+    "lost" (sent, the reply was lost: the operation may have run), "refused"
+    (the server answered that it did not run it, for now), or None (final)."""
+    redis = _redis_module()
+    ex = redis.exceptions
+    if isinstance(e, ex.AuthenticationError | ex.NoPermissionError):
+        return None
+    if isinstance(e, ex.ConnectionError | ex.TimeoutError | OSError):
+        return "connect" if _is_connect_failure(e) else "lost"
+    if isinstance(e, ex.ClusterError):
+        return "refused"  # redis-py gave up on redirections: nothing ran
+    if isinstance(
+        e, ex.TryAgainError | ex.ClusterDownError | ex.BusyLoadingError | ex.ReadOnlyError
+        | ex.AskError | ex.SlotNotCoveredError
+    ):
+        return "refused"
+    if isinstance(e, ex.ResponseError):
+        msg = str(e)
+        if msg.startswith(("BUSY", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN",
+                           "CLUSTERDOWN", "NOREPLICAS")):
+            return "refused"
+    return None
+
+
 class _Scripts:
-    """The registered scripts of one client."""
+    """The registered admin scripts of one client (create and destroy)."""
 
     def __init__(self, client: Any) -> None:
-        self.add = client.register_script(_LUA_ADD)
-        self.take = client.register_script(_LUA_TAKE)
         self.init = client.register_script(_LUA_INIT)
         self.cas = client.register_script(_LUA_CAS)
         self.del_if_gen = client.register_script(_LUA_DEL_IF_GEN)
+
+
+def _closed_error(what: str) -> MQueueError:
+    return MQueueError(f"{what}: the namespace handle is closed")
 
 
 # ------------------------------------------------------------------ classes
@@ -442,29 +639,165 @@ class RedisQueue(Queue):
         rns: RedisNamespace = mq  # type: ignore[assignment]
         self._rns = rns
         self._keys = queue_keys(mq.namespace, definition.name)
+        self._tag = self._keys[0][: -len(":meta")]
         self._cap = _align8(definition.nbytes)
         self._what = f"queue {definition.name!r} of namespace {mq.namespace!r}"
+        # the last take left the queue empty: the next blocking fetch waits first
+        self._emptied = False
 
     # -- helpers ---------------------------------------------------------
     def _client(self) -> Any:
         if self._rns._closed:
-            raise MQueueError(f"{self._what}: the namespace handle is closed")
+            raise _closed_error(self._what)
         return self._rns._client
 
-    def _lost(self) -> NamespaceLostError:
+    def _lost(self, code: int = -1) -> NamespaceLostError:
+        url = _redact(self._rns.url or "")
+        if code == -4:
+            return NamespaceLostError(
+                f"{self._what}: some of its keys were dropped by Redis at {url} (evicted "
+                "under a maxmemory-policy other than noeviction, or deleted): the queue is "
+                "lost; destroy and re-create the namespace"
+            )
         return NamespaceLostError(
-            f"{self._what}: its keys are gone from Redis at {_redact(self._rns.url or '')} "
-            "(destroyed or recreated, or the server restarted without persistence)"
+            f"{self._what}: its keys are gone from Redis at {url} "
+            "(destroyed or recreated, the server restarted without persistence, or "
+            "evicted its keys)"
         )
 
-    def _run(self, script: Any, args: list[Any], *, unsure: bool) -> Any:
-        client = self._client()
+    def _run(self, script: _Script, args: list[Any], *, op: bool, wait: float = 0.0) -> Any:
+        """Run ``script`` on this queue's keys; with ``op``, as an operation with
+        an id (see _LUA_OPS).  ``wait``: first wait up to that long for a
+        wake-up token (BLPOP pipelined before the script, one round trip).
+
+        Connection faults and "not now" answers (TRYAGAIN, LOADING, a cluster
+        redirection, ...) are retried with backoff for ``retry_window``
+        seconds, with the same operation id, so an operation whose reply was
+        lost is answered from its record, never run twice.
+        """
+        rns = self._rns
+        if rns._closed:
+            raise _closed_error(self._what)
+        opkey = opid = None
+        keys = self._keys
+        if op:
+            sid, opid = rns._next_op()
+            opkey = f"{self._tag}:op:{sid}"
+            keys = [*keys, opkey]
+            cmd: tuple[Any, ...] = (
+                "EVALSHA", script.sha, len(keys), *keys, rns._gen, opid, *args
+            )
+        else:
+            cmd = ("EVALSHA", script.sha, len(keys), *keys, rns._gen, *args)
+        cmds: list[tuple[Any, ...]] = [("BLPOP", keys[3], wait), cmd] if wait else [cmd]
+        ask: Any = None
+        deadline = 0.0
+        delay = 0.0
+        maybe_ran = False
+        last: BaseException | None = None
+        kinds: set[str] = set()
+        ex = _redis_module().exceptions
+        while True:
+            try:
+                replies = rns._send(keys[0], cmds, ask)
+            except Exception as e:
+                if rns._closed:
+                    return self._after_close(opkey, opid)
+                kind = _transient(e)
+                if kind is None:
+                    raise _translate(e, self._what, rns.url or "", unsure=op) from e
+                maybe_ran = maybe_ran or (op and kind == "lost")
+                last = e
+                kinds.add(kind)
+            except BaseException:
+                # Ctrl-C (or a signal handler's exception) while the reply was
+                # on its way: a take is settled at this thread's next take
+                if op and script is _TAKE and opkey is not None:
+                    rns._local_state().pending[self.name] = (opkey, opid or "")
+                raise
+            else:
+                r = replies[-1]
+                ask = None
+                if isinstance(r, ex.NoScriptError):
+                    cmd = ("EVAL", script.src, *cmd[2:])
+                    cmds = [cmd]
+                    continue
+                if isinstance(r, ex.MovedError):
+                    rns._refresh_slots()
+                    last = r
+                    kinds.add("refused")
+                elif isinstance(r, ex.AskError):
+                    ask = rns._node(r.host, r.port)
+                    if ask is not None:
+                        cmds = [cmd]
+                        continue
+                    rns._refresh_slots()
+                    last = r
+                    kinds.add("refused")
+                elif isinstance(r, ex.ResponseError):
+                    kind = _transient(r)
+                    if kind is None:
+                        raise _translate(r, self._what, rns.url or "", unsure=False)
+                    last = r
+                    kinds.add(kind)
+                else:
+                    return r
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + rns.retry_window
+            elif now >= deadline:
+                raise self._give_up(last, kinds, maybe_ran, op)
+            cmds = [cmd]  # a retry runs the script alone (a wait is not repeated)
+            if delay:
+                time.sleep(min(delay, max(0.0, deadline - now)))
+            delay = min(max(delay * 2, 0.02), 0.5)
+
+    def _give_up(
+        self, last: BaseException | None, kinds: set[str], maybe_ran: bool, op: bool
+    ) -> BackendError:
+        url = _redact(self._rns.url or "")
+        w = self._rns.retry_window
+        if maybe_ran:
+            return _backend_error(
+                f"{self._what}: lost the connection to Redis at {url} and could not reach "
+                f"it again within {w:g} s ({last}); the operation may or may not have been "
+                "applied",
+                False,
+            )
+        if kinds == {"connect"}:
+            return _backend_error(
+                f"{self._what}: could not connect to Redis at {url} within {w:g} s ({last}); "
+                + ("the operation was not applied" if op else "nothing was changed"),
+                True,
+            )
+        return _backend_error(
+            f"{self._what}: Redis at {url} did not run the operation within {w:g} s "
+            f"({last}); it was not applied",
+            True,
+        )
+
+    def _after_close(self, opkey: str | None, opid: str | None) -> Any:
+        """The handle was closed while this thread's operation was on the wire:
+        settle it on a fresh connection.  Returns the operation's reply when it
+        ran (its items are delivered, not lost); raises the closed error when it
+        had not (it is then cancelled on the server and can no longer run)."""
+        if opkey is None:
+            raise _closed_error(self._what)
         try:
-            return script(keys=self._keys, args=args, client=client)
+            c = connect(self._rns.url or "")
+            try:
+                res = c.eval(_RESOLVE.src, 1, opkey, opid)
+            finally:
+                c.close()
         except Exception as e:
-            if _is_redis_error(e):
-                raise _translate(e, self._what, self._rns.url or "", unsure=unsure) from e
-            raise
+            raise _backend_error(
+                f"{self._what}: the namespace handle was closed during the operation and "
+                f"its outcome could not be learnt ({e}); it may or may not have been applied",
+                False,
+            ) from None
+        if isinstance(res, list) and res and int(res[0]) == 1:
+            return res[1]
+        raise _closed_error(self._what)
 
     def _record(self, key: object, value: object) -> tuple[bytes, int]:
         kb, ks = encode(key)
@@ -481,8 +814,8 @@ class RedisQueue(Queue):
         rc = int(reply)
         if rc >= 0:
             return rc
-        if rc == -1:
-            raise self._lost()
+        if rc in (-1, -4):
+            raise self._lost(rc)
         if rc == -2:
             raise QueueFullError(
                 f"{self._what}: queue is full (no count bound and no room left in bytes); "
@@ -495,11 +828,10 @@ class RedisQueue(Queue):
     # -- operations --------------------------------------------------------
     def add(self, key: Data, value: Data) -> bool:
         rec, klen = self._record(key, value)
-        rc = self._run(self._rns._scripts.add, [self._rns._gen, rec, klen], unsure=True)
-        return self._add_result(rc) == 1
+        return self._add_result(self._run(_ADD, [rec, klen], op=True)) == 1
 
     def add_many(self, items: Iterable[tuple[Data, Data]]) -> int:
-        args: list[Any] = [self._rns._gen]
+        args: list[Any] = []
         try:
             for key, value in items:
                 rec, klen = self._record(key, value)
@@ -509,65 +841,66 @@ class RedisQueue(Queue):
             if isinstance(e, ItemTypeError | ItemTooLargeError):
                 raise
             raise ItemTypeError(f"add_many takes an iterable of (key, value) pairs: {e}") from None
-        if len(args) == 1:
+        if not args:
             return 0
-        rc = self._run(self._rns._scripts.add, args, unsure=True)
-        return self._add_result(rc)
+        return self._add_result(self._run(_ADD, args, op=True))
+
+    def _settle_pending(self) -> list[bytes]:
+        """Records of this thread's take that an exception cut short (see _run)."""
+        pending = self._rns._local_state().pending.pop(self.name, None)
+        if pending is None:
+            return []
+        opkey, opid = pending
+        res = self._rns._admin(
+            lambda c: c.eval(_RESOLVE.src, 1, opkey, opid), self._what
+        )
+        if isinstance(res, list) and res and int(res[0]) == 1 and isinstance(res[1], list):
+            return list(res[1][1:])
+        return []
 
     def _take(self, n: int, deadline: int) -> list[Item]:
-        gen = self._rns._gen
-        take = self._rns._scripts.take
-        while True:
-            res = self._run(take, [gen, n], unsure=True)
-            if not isinstance(res, list):
-                if int(res) == -1:
-                    raise self._lost()
-                raise BackendError(f"{self._what}: unexpected reply {res!r} from Redis")
-            if res:
-                try:
-                    return [_decode_record(r) for r in res]
-                except BaseException:
-                    # an exception (a signal handler's) after the server took the
-                    # items: keep them for this handle's next fetch
-                    with contextlib.suppress(Exception):
-                        self._undelivered.extend(_decode_record(r) for r in res)
-                    raise
-            if deadline == 0:
-                return []
-            if deadline < 0:
-                wait = WAIT_SLICE_S
-            else:
-                left = (deadline - time.monotonic_ns()) / 1e9
-                if left <= 0:
+        recs = self._settle_pending()
+        if not recs:
+            wait = 0.0
+            if deadline != 0 and self._emptied:
+                wait = self._slice(deadline)
+            while True:
+                res = self._run(_TAKE, [n], op=True, wait=wait)
+                if not isinstance(res, list):
+                    if int(res) in (-1, -4):
+                        raise self._lost(int(res))
+                    raise BackendError(f"{self._what}: unexpected reply {res!r} from Redis")
+                recs = res[1:]
+                self._emptied = int(res[0]) == 0
+                if recs or deadline == 0:
+                    break
+                wait = self._slice(deadline)
+                if wait <= 0:
                     return []
-                wait = min(left, WAIT_SLICE_S)
-            self._wait(max(wait, 0.001))
-
-    def _wait(self, seconds: float) -> None:
-        """Block until an add may have happened (a token) or ``seconds`` passed."""
-        client = self._client()
         try:
-            client.blpop([self._keys[3]], timeout=seconds)
-        except Exception as e:
-            if _is_redis_error(e):
-                raise BackendError(
-                    f"{self._what}: lost the connection to Redis at "
-                    f"{_redact(self._rns.url or '')} while waiting for an item ({e}); "
-                    "no item was taken"
-                ) from e
+            return [_decode_record(r) for r in recs]
+        except BaseException:
+            # an exception (a signal handler's) after the server took the
+            # items: keep them for this handle's next fetch
+            with contextlib.suppress(Exception):
+                self._undelivered.extend(_decode_record(r) for r in recs)
             raise
+
+    @staticmethod
+    def _slice(deadline: int) -> float:
+        """How long the next wait may last (0: the deadline has passed)."""
+        if deadline < 0:
+            return WAIT_SLICE_S
+        left = (deadline - time.monotonic_ns()) / 1e9
+        if left <= 0:
+            return 0.0
+        return max(min(left, WAIT_SLICE_S), 0.001)
 
     def _meta(self) -> dict[str, int]:
-        client = self._client()
-        try:
-            vals = client.hmget(self._keys[0], list(_STAT_FIELDS))
-        except Exception as e:
-            if _is_redis_error(e):
-                raise _translate(e, self._what, self._rns.url or "", unsure=False) from e
-            raise
-        if vals[0] is None or vals[0].decode() != self._rns._gen:
-            raise self._lost()
-        return {f: int(v) for f, v in zip(_STAT_FIELDS[1:], vals[1:], strict=True)}
+        res = self._run(_STATS, [], op=False)
+        if not isinstance(res, list):
+            raise self._lost(int(res))
+        return {f: int(v) for f, v in zip(_STAT_FIELDS, res, strict=True)}
 
     def __len__(self) -> int:
         return self._meta()["count"]
@@ -645,8 +978,23 @@ def _decode_record(r: bytes) -> Item:
     )
 
 
+class _ThreadState(threading.local):
+    """Per thread of a handle: its operation session, its connections."""
+
+    def __init__(self) -> None:
+        self.sid = os.urandom(8).hex()
+        self.n = 0
+        self.conns: dict[int, Any] = {}
+        self.pending: dict[str, tuple[str, str]] = {}
+
+
 class RedisNamespace(MQueue):
-    """A namespace on a Redis server (see :class:`mqueue.MQueue`)."""
+    """A namespace on a Redis server or cluster (see :class:`mqueue.MQueue`).
+
+    ``retry_window``: how long (seconds) an operation is retried across
+    connection faults before :class:`BackendError` reaches the caller
+    (default :data:`RETRY_WINDOW_S`).
+    """
 
     def __init__(
         self,
@@ -661,14 +1009,106 @@ class RedisNamespace(MQueue):
     ) -> None:
         self._client = client
         self._gen = gen
-        self._scripts = _Scripts(client)
+        self._cluster = _is_cluster(client)
+        self.retry_window = RETRY_WINDOW_S
+        self._state = _ThreadState()
+        self._conns: list[Any] = []
+        self._conns_lock = threading.Lock()
         super().__init__(
             namespace, definitions, RedisQueue, url=url, db_url=db_url, creator=creator
         )
 
+    @property
+    def is_cluster(self) -> bool:
+        """True when the server is a Redis Cluster (queues spread over its nodes)."""
+        return self._cluster
+
+    def _local_state(self) -> _ThreadState:
+        return self._state
+
+    def _next_op(self) -> tuple[str, str]:
+        st = self._state
+        st.n += 1
+        return st.sid, str(st.n)
+
+    def _pool(self, key: str, node: Any) -> Any:
+        if not self._cluster:
+            return self._client.connection_pool
+        if node is None:
+            node = self._client.get_node_from_key(key)
+        return self._client.get_redis_connection(node).connection_pool
+
+    def _node(self, host: str, port: int) -> Any:
+        return self._client.get_node(host=host, port=port)
+
+    def _refresh_slots(self) -> None:
+        with contextlib.suppress(Exception):
+            self._client.nodes_manager.initialize()
+
+    def _send(self, key: str, cmds: list[tuple[Any, ...]], ask: Any = None) -> list[Any]:
+        """One attempt: send ``cmds`` pipelined on this thread's own connection
+        to the node that serves ``key`` (``ask``: that node, after ASKING) and
+        read every reply; error replies are returned, not raised."""
+        pool = self._pool(key, ask)
+        st = self._state
+        conn = st.conns.get(id(pool))
+        if conn is None:
+            conn = pool.connection_class(**pool.connection_kwargs)
+            with self._conns_lock:
+                if self._closed:
+                    raise _closed_error(f"namespace {self.namespace!r}")
+                self._conns.append(conn)
+            st.conns[id(pool)] = conn
+        if conn.is_connected:
+            # a connection the server closed while idle (restart, timeout, CLIENT
+            # KILL) is replaced before anything is sent on it
+            try:
+                stale = conn.can_read()
+            except Exception:
+                stale = True
+            if stale:
+                conn.disconnect()
+        if not conn.is_connected:
+            conn.connect()
+        if ask is not None:
+            cmds = [("ASKING",), *cmds]
+        rerr = _redis_module().exceptions.ResponseError
+        try:
+            conn.send_packed_command(conn.pack_commands(cmds), check_health=False)
+            out: list[Any] = []
+            for _ in cmds:
+                try:
+                    out.append(conn.read_response())
+                except rerr as e:
+                    out.append(e)
+        except BaseException:
+            conn.disconnect()
+            raise
+        if self._closed:
+            conn.disconnect()
+        return out[1:] if ask is not None else out
+
+    def _admin(self, fn: Any, where: str) -> Any:
+        """A call through the redis-py client (not retried)."""
+        if self._closed:
+            raise _closed_error(where)
+        return _call(lambda: fn(self._client), where, self.url or "")
+
     def _release(self) -> None:
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            with contextlib.suppress(Exception):
+                c.disconnect()
         with contextlib.suppress(Exception):
             self._client.close()
+
+    def _reattach_in_child(self) -> None:
+        # the parent's sessions and sockets are the parent's: new ones (redis-py
+        # does not shut a socket down from a process that did not open it)
+        self._state = _ThreadState()
+        self._conns = []
+        self._conns_lock = threading.Lock()
 
 
 # --------------------------------------------------------------- namespaces
@@ -857,10 +1297,11 @@ def destroy(namespace: str, *, url: str) -> None:
             for n in names:
                 ks = queue_keys(namespace, n)
                 _call(lambda ks=ks: client.delete(*ks), where, url)
-            return
-        # Unreadable or missing definitions: sweep whatever keys the namespace left.
+        # Whatever else the namespace left: operation records (they would
+        # expire within OP_RECORD_TTL_S), and every key when the definitions
+        # were unreadable or missing.  On a cluster, SCAN visits every master.
         pattern = _glob_esc(f"mqueue:{{{_esc(namespace)}:") + "*"
-        found = _call(lambda: list(client.scan_iter(match=pattern, count=1000)), where, url)
+        found = _call(lambda: set(client.scan_iter(match=pattern, count=1000)), where, url)
         for k in found:
             _call(lambda k=k: client.delete(k), where, url)
         if raw is None and not found:
@@ -870,13 +1311,14 @@ def destroy(namespace: str, *, url: str) -> None:
 
 
 def list_namespaces(url: str) -> list[str]:
-    """Namespaces present on the Redis server at ``url``, sorted."""
+    """Namespaces present on the Redis server at ``url`` (every master of a
+    cluster), sorted."""
     from urllib.parse import unquote
 
     client = connect(_check_url(url))
     try:
         keys = _call(
-            lambda: list(client.scan_iter(match="mqueue:{*}:defs", count=1000)), "list", url
+            lambda: set(client.scan_iter(match="mqueue:{*}:defs", count=1000)), "list", url
         )
     finally:
         client.close()
