@@ -40,6 +40,7 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -1095,11 +1096,21 @@ class RedisNamespace(MQueue):
         return _call(lambda: fn(self._client), where, self.url or "")
 
     def _release(self) -> None:
+        # Connections of other threads are only shut down (their blocked reads
+        # wake with an error at once); each thread closes its own socket when it
+        # sees the error, so a socket number is never freed, and reused by
+        # another connection, under a thread that is about to wait on it.
         with self._conns_lock:
             conns, self._conns = self._conns, []
+        mine = set(map(id, self._state.conns.values()))
         for c in conns:
             with contextlib.suppress(Exception):
-                c.disconnect()
+                if id(c) in mine:
+                    c.disconnect()
+                else:
+                    sock = c._sock
+                    if sock is not None:
+                        sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(Exception):
             self._client.close()
 
