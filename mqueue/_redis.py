@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import socket
 import threading
@@ -97,6 +98,8 @@ and queue): a retry within this time gets the recorded reply."""
 
 _TOMBSTONE = 0xFF
 _FORMAT = 1
+
+log = logging.getLogger(__name__)
 
 
 class NamespaceLostError(BackendError, NamespaceNotFoundError):
@@ -730,6 +733,7 @@ class RedisQueue(Queue):
                 elif isinstance(r, ex.AskError):
                     ask = rns._node(r.host, r.port)
                     if ask is not None:
+                        log.debug("%s: asked to %s:%s", self._what, r.host, r.port)
                         cmds = [cmd]
                         continue
                     rns._refresh_slots()
@@ -743,6 +747,7 @@ class RedisQueue(Queue):
                     kinds.add(kind)
                 else:
                     return r
+            log.debug("%s: retrying after %r", self._what, last)
             now = time.monotonic()
             if not deadline:
                 deadline = now + rns.retry_window
