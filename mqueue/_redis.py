@@ -41,6 +41,7 @@ import hashlib
 import json
 import logging
 import os
+import select
 import socket
 import threading
 import time
@@ -198,7 +199,7 @@ local function record(res)
 end
 """
 
-# KEYS: meta rec idx wake op.  ARGV: gen, opid, then per item: record, key-length.
+# KEYS: meta rec idx wake op.  ARGV: gen, opid, then the records, in order.
 # Returns the number stored (>= 0), -1 namespace gone, -2 full, -3 too big,
 # -4 keys evicted.
 #
@@ -222,12 +223,12 @@ local m = redis.call('HMGET', KEYS[1], 'gen', 'cap', 'limit', 'mode', 'head', 't
 if m[1] ~= ARGV[1] then return gone(m[1]) end
 local cap, limit, mode = tonumber(m[2]), tonumber(m[3]), tonumber(m[4])
 if not intact(tonumber(m[5]), tonumber(m[6]), tonumber(m[7]), mode) then return evicted() end
-local n = (#ARGV - 2) / 2
+local n = #ARGV - 2
 local keys = {}
 for i = 1, n do
-  local r = ARGV[1 + 2 * i]
+  local r = ARGV[2 + i]
   if recsize(r) > cap then return -3 end
-  if mode ~= 0 then keys[i] = string.sub(r, 6, 5 + tonumber(ARGV[2 + 2 * i])) end
+  if mode ~= 0 then keys[i] = reckey(r) end
 end
 
 -- One pass over the batch.  dry: nothing is written (recs: seq -> record as
@@ -263,7 +264,7 @@ local function pass(dry)
   end
   local stored = 0
   for i = 1, n do
-    local r = ARGV[1 + 2 * i]
+    local r = ARGV[2 + i]
     local R = recsize(r)
     local k = keys[i]
     local drop = false
@@ -283,7 +284,8 @@ local function pass(dry)
     end
     if not drop then
       -- 2. replaced records at the head hold no item: reclaim their bytes
-      while head < tail do
+      -- (only addmode 2 ever leaves replaced records)
+      while mode == 2 and head < tail do
         local hR, dead = recsize(rget(head))
         if not dead then break end
         rdel(head)
@@ -630,6 +632,26 @@ class _Scripts:
         self.del_if_gen = client.register_script(_LUA_DEL_IF_GEN)
 
 
+def _resp_args(args: Sequence[Any]) -> bytes:
+    """RESP bulk strings for ``args`` (bytes, str or int), without the array header."""
+    out = []
+    for a in args:
+        if isinstance(a, str):
+            a = a.encode()
+        elif not isinstance(a, bytes):
+            a = b"%d" % a
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+def _resp(args: Sequence[Any]) -> bytes:
+    """One command in RESP (what redis-py's packer makes, faster for our few types)."""
+    return b"*%d\r\n%s" % (len(args), _resp_args(args))
+
+
+_ASKING = _resp(["ASKING"])
+
+
 def _closed_error(what: str) -> MQueueError:
     return MQueueError(f"{what}: the namespace handle is closed")
 
@@ -683,17 +705,23 @@ class RedisQueue(Queue):
         if rns._closed:
             raise _closed_error(self._what)
         opkey = opid = None
-        keys = self._keys
+        st = rns._state
+        fixed = st.prefix.get((self._index, script.sha))
+        if fixed is None:
+            keys = self._keys
+            if op:
+                keys = [*keys, f"{self._tag}:op:{st.sid}"]
+            head = ["EVALSHA", script.sha, len(keys), *keys, rns._gen]
+            fixed = (keys, len(head), _resp_args(head))
+            st.prefix[(self._index, script.sha)] = fixed
+        keys, nfix, body = fixed
         if op:
-            sid, opid = rns._next_op()
-            opkey = f"{self._tag}:op:{sid}"
-            keys = [*keys, opkey]
-            cmd: tuple[Any, ...] = (
-                "EVALSHA", script.sha, len(keys), *keys, rns._gen, opid, *args
-            )
-        else:
-            cmd = ("EVALSHA", script.sha, len(keys), *keys, rns._gen, *args)
-        cmds: list[tuple[Any, ...]] = [("BLPOP", keys[3], wait), cmd] if wait else [cmd]
+            opkey = keys[4]
+            st.n += 1
+            opid = str(st.n)
+            args = [opid, *args]
+        cmd = b"*%d\r\n%s%s" % (nfix + len(args), body, _resp_args(args))
+        cmds = [_resp(["BLPOP", keys[3], f"{wait:.3f}"]), cmd] if wait else [cmd]
         ask: Any = None
         deadline = 0.0
         delay = 0.0
@@ -723,7 +751,7 @@ class RedisQueue(Queue):
                 r = replies[-1]
                 ask = None
                 if isinstance(r, ex.NoScriptError):
-                    cmd = ("EVAL", script.src, *cmd[2:])
+                    cmd = _resp(["EVAL", script.src, len(keys), *keys, rns._gen, *args])
                     cmds = [cmd]
                     continue
                 if isinstance(r, ex.MovedError):
@@ -805,7 +833,7 @@ class RedisQueue(Queue):
             return res[1]
         raise _closed_error(self._what)
 
-    def _record(self, key: object, value: object) -> tuple[bytes, int]:
+    def _record(self, key: object, value: object) -> bytes:
         kb, ks = encode(key)
         vb, vs = encode(value)
         if record_size(len(kb), len(vb)) > self._cap or len(kb) > 0xFFFFFFFF:
@@ -814,7 +842,7 @@ class RedisQueue(Queue):
                 f"queue's byte capacity ({self._cap})"
             )
         flags = (FLAG_KEY_STR if ks else 0) | (FLAG_VAL_STR if vs else 0)
-        return bytes((flags,)) + len(kb).to_bytes(4, "big") + kb + vb, len(kb)
+        return bytes((flags,)) + len(kb).to_bytes(4, "big") + kb + vb
 
     def _add_result(self, reply: Any) -> int:
         rc = int(reply)
@@ -833,16 +861,13 @@ class RedisQueue(Queue):
 
     # -- operations --------------------------------------------------------
     def add(self, key: Data, value: Data) -> bool:
-        rec, klen = self._record(key, value)
-        return self._add_result(self._run(_ADD, [rec, klen], op=True)) == 1
+        return self._add_result(self._run(_ADD, [self._record(key, value)], op=True)) == 1
 
     def add_many(self, items: Iterable[tuple[Data, Data]]) -> int:
         args: list[Any] = []
         try:
             for key, value in items:
-                rec, klen = self._record(key, value)
-                args.append(rec)
-                args.append(klen)
+                args.append(self._record(key, value))
         except (TypeError, ValueError) as e:
             if isinstance(e, ItemTypeError | ItemTooLargeError):
                 raise
@@ -992,6 +1017,8 @@ class _ThreadState(threading.local):
         self.n = 0
         self.conns: dict[int, Any] = {}
         self.pending: dict[str, tuple[str, str]] = {}
+        # per (queue, script): keys, number and RESP encoding of the fixed arguments
+        self.prefix: dict[tuple[int, str], tuple[list[str], int, bytes]] = {}
 
 
 class RedisNamespace(MQueue):
@@ -1032,11 +1059,6 @@ class RedisNamespace(MQueue):
     def _local_state(self) -> _ThreadState:
         return self._state
 
-    def _next_op(self) -> tuple[str, str]:
-        st = self._state
-        st.n += 1
-        return st.sid, str(st.n)
-
     def _pool(self, key: str, node: Any) -> Any:
         if not self._cluster:
             return self._client.connection_pool
@@ -1051,7 +1073,7 @@ class RedisNamespace(MQueue):
         with contextlib.suppress(Exception):
             self._client.nodes_manager.initialize()
 
-    def _send(self, key: str, cmds: list[tuple[Any, ...]], ask: Any = None) -> list[Any]:
+    def _send(self, key: str, cmds: list[bytes], ask: Any = None) -> list[Any]:
         """One attempt: send ``cmds`` pipelined on this thread's own connection
         to the node that serves ``key`` (``ask``: that node, after ASKING) and
         read every reply; error replies are returned, not raised."""
@@ -1065,22 +1087,23 @@ class RedisNamespace(MQueue):
                     raise _closed_error(f"namespace {self.namespace!r}")
                 self._conns.append(conn)
             st.conns[id(pool)] = conn
-        if conn.is_connected:
+        sock = conn._sock
+        if sock is not None:
             # a connection the server closed while idle (restart, timeout, CLIENT
             # KILL) is replaced before anything is sent on it
             try:
-                stale = conn.can_read()
-            except Exception:
+                stale = bool(select.select([sock], [], [], 0)[0])
+            except (OSError, ValueError):
                 stale = True
             if stale:
                 conn.disconnect()
         if not conn.is_connected:
             conn.connect()
         if ask is not None:
-            cmds = [("ASKING",), *cmds]
+            cmds = [_ASKING, *cmds]
         rerr = _redis_module().exceptions.ResponseError
         try:
-            conn.send_packed_command(conn.pack_commands(cmds), check_health=False)
+            conn.send_packed_command(cmds, check_health=False)
             out: list[Any] = []
             for _ in cmds:
                 try:
