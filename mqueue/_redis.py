@@ -716,10 +716,16 @@ class RedisQueue(Queue):
             st.prefix[(self._index, script.sha)] = fixed
         keys, nfix, body = fixed
         if op:
+            if isinstance(st.pending.get(self._index), tuple):
+                self._settle_pending()  # before this session's record is overwritten
             opkey = keys[4]
             st.n += 1
             opid = str(st.n)
             args = [opid, *args]
+            if script is _TAKE:
+                # until _take has the items in hand: an exception anywhere in
+                # between (Ctrl-C, a signal handler's) leaves this to settle
+                st.pending[self._index] = (opkey, opid)
         cmd = b"*%d\r\n%s%s" % (nfix + len(args), body, _resp_args(args))
         cmds = [_resp(["BLPOP", keys[3], f"{wait:.3f}"]), cmd] if wait else [cmd]
         ask: Any = None
@@ -735,18 +741,14 @@ class RedisQueue(Queue):
             except Exception as e:
                 if rns._closed:
                     return self._after_close(opkey, opid)
+                if not _is_redis_error(e):
+                    raise  # not a fault of the connection (a signal handler's exception)
                 kind = _transient(e)
                 if kind is None:
                     raise _translate(e, self._what, rns.url or "", unsure=op) from e
                 maybe_ran = maybe_ran or (op and kind == "lost")
                 last = e
                 kinds.add(kind)
-            except BaseException:
-                # Ctrl-C (or a signal handler's exception) while the reply was
-                # on its way: a take is settled at this thread's next take
-                if op and script is _TAKE and opkey is not None:
-                    rns._local_state().pending[self.name] = (opkey, opid or "")
-                raise
             else:
                 r = replies[-1]
                 ask = None
@@ -876,46 +878,64 @@ class RedisQueue(Queue):
             return 0
         return self._add_result(self._run(_ADD, args, op=True))
 
-    def _settle_pending(self) -> list[bytes]:
-        """Records of this thread's take that an exception cut short (see _run)."""
-        pending = self._rns._local_state().pending.pop(self.name, None)
-        if pending is None:
-            return []
-        opkey, opid = pending
-        res = self._rns._admin(
-            lambda c: c.eval(_RESOLVE.src, 1, opkey, opid), self._what
-        )
+    def _settle_pending(self) -> None:
+        """Settle this thread's take that an exception cut short: the items it
+        took (if it ran) replace its pending entry, and the thread's next fetch
+        returns them first; if it had not run, it can no longer run.
+
+        The entry goes from (record key, id) to the list of items in one store,
+        and items leave that list one ``pop`` at a time, so an exception at any
+        point can delay an item but never deliver it twice."""
+        st = self._rns._state
+        opkey, opid = st.pending[self._index]
+        res = self._rns._admin(lambda c: c.eval(_RESOLVE.src, 1, opkey, opid), self._what)
+        items: list[Item] = []
         if isinstance(res, list) and res and int(res[0]) == 1 and isinstance(res[1], list):
-            return list(res[1][1:])
-        return []
+            items = [_decode_record(r) for r in res[1][1:]]
+        st.pending[self._index] = items
 
     def _take(self, n: int, deadline: int) -> list[Item]:
-        recs = self._settle_pending()
-        if not recs:
-            wait = 0.0
-            if deadline != 0 and self._emptied:
-                wait = self._slice(deadline)
-            while True:
-                res = self._run(_TAKE, [n], op=True, wait=wait)
-                if not isinstance(res, list):
-                    if int(res) in (-1, -4):
-                        raise self._lost(int(res))
-                    raise BackendError(f"{self._what}: unexpected reply {res!r} from Redis")
-                recs = res[1:]
-                self._emptied = int(res[0]) == 0
-                if recs or deadline == 0:
-                    break
-                wait = self._slice(deadline)
-                if wait <= 0:
-                    return []
+        st = self._rns._state
+        if isinstance(st.pending.get(self._index), tuple):
+            self._settle_pending()
+        kept = st.pending.get(self._index)
+        if isinstance(kept, list):
+            out: list[Item] = []
+            while kept and len(out) < n:
+                out.append(kept.pop(0))
+            if not kept:
+                st.pending.pop(self._index, None)
+            if out:
+                return out
+        wait = 0.0
+        if deadline != 0 and self._emptied:
+            wait = self._slice(deadline)
+        while True:
+            res = self._run(_TAKE, [n], op=True, wait=wait)
+            if not isinstance(res, list):
+                st.pending.pop(self._index, None)
+                if int(res) in (-1, -4):
+                    raise self._lost(int(res))
+                raise BackendError(f"{self._what}: unexpected reply {res!r} from Redis")
+            recs = res[1:]
+            self._emptied = int(res[0]) == 0
+            if recs or deadline == 0:
+                break
+            st.pending.pop(self._index, None)
+            wait = self._slice(deadline)
+            if wait <= 0:
+                return []
         try:
-            return [_decode_record(r) for r in recs]
+            items = [_decode_record(r) for r in recs]
         except BaseException:
             # an exception (a signal handler's) after the server took the
             # items: keep them for this handle's next fetch
             with contextlib.suppress(Exception):
                 self._undelivered.extend(_decode_record(r) for r in recs)
+                st.pending.pop(self._index, None)
             raise
+        st.pending.pop(self._index, None)
+        return items
 
     @staticmethod
     def _slice(deadline: int) -> float:
@@ -1016,7 +1036,9 @@ class _ThreadState(threading.local):
         self.sid = os.urandom(8).hex()
         self.n = 0
         self.conns: dict[int, Any] = {}
-        self.pending: dict[str, tuple[str, str]] = {}
+        # per queue: a take an exception cut short, as (record key, op id), and
+        # once settled, the items it had taken (handed out first by _take)
+        self.pending: dict[int, tuple[str, str] | list[Item]] = {}
         # per (queue, script): keys, number and RESP encoding of the fixed arguments
         self.prefix: dict[tuple[int, str], tuple[list[str], int, bytes]] = {}
 
