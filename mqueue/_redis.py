@@ -398,17 +398,18 @@ return {m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9], m[10], m[11], m[12]}
 """
 )
 
-# KEYS: op.  ARGV: opid.  Settles an operation whose reply was lost for good
-# (its handle was closed meanwhile): {1, reply} when it ran; otherwise records
-# it as cancelled, so that it can no longer run, and returns {0}.
+# KEYS: meta rec idx wake op.  ARGV: gen, opid.  Settles an operation whose
+# reply was lost for good (cut short by an exception, or its handle closed
+# meanwhile): {1, reply} when it ran; otherwise records it as cancelled, so
+# that it can no longer run, and returns {0}.
 _LUA_RESOLVE = (
     r"""
-local r = redis.call('GET', KEYS[1])
+local r = redis.call('GET', KEYS[5])
 if r then
   local id, res = cmsgpack.unpack(r)
-  if id == ARGV[1] then return {1, res} end
+  if id == ARGV[2] then return {1, res} end
 end
-redis.call('SET', KEYS[1], cmsgpack.pack(ARGV[1], -5), 'EX', OP_TTL)
+redis.call('SET', KEYS[5], cmsgpack.pack(ARGV[2], -5), 'EX', OP_TTL)
 return {0}
 """
 )
@@ -691,10 +692,20 @@ class RedisQueue(Queue):
             "evicted its keys)"
         )
 
-    def _run(self, script: _Script, args: list[Any], *, op: bool, wait: float = 0.0) -> Any:
+    def _run(
+        self,
+        script: _Script,
+        args: list[Any],
+        *,
+        op: bool,
+        wait: float = 0.0,
+        resolve: str | None = None,
+    ) -> Any:
         """Run ``script`` on this queue's keys; with ``op``, as an operation with
         an id (see _LUA_OPS).  ``wait``: first wait up to that long for a
         wake-up token (BLPOP pipelined before the script, one round trip).
+        ``resolve``: run ``script`` (_RESOLVE) on the operation record of this
+        thread's earlier operation of that id.
 
         Connection faults and "not now" answers (TRYAGAIN, LOADING, a cluster
         redirection, ...) are retried with backoff for ``retry_window``
@@ -709,7 +720,7 @@ class RedisQueue(Queue):
         fixed = st.prefix.get((self._index, script.sha))
         if fixed is None:
             keys = self._keys
-            if op:
+            if op or resolve is not None:
                 keys = [*keys, f"{self._tag}:op:{st.sid}"]
             head = ["EVALSHA", script.sha, len(keys), *keys, rns._gen]
             fixed = (keys, len(head), _resp_args(head))
@@ -726,6 +737,8 @@ class RedisQueue(Queue):
                 # until _take has the items in hand: an exception anywhere in
                 # between (Ctrl-C, a signal handler's) leaves this to settle
                 st.pending[self._index] = (opkey, opid)
+        elif resolve is not None:
+            args = [resolve]
         cmd = b"*%d\r\n%s%s" % (nfix + len(args), body, _resp_args(args))
         cmds = [_resp(["BLPOP", keys[3], f"{wait:.3f}"]), cmd] if wait else [cmd]
         ask: Any = None
@@ -822,7 +835,8 @@ class RedisQueue(Queue):
         try:
             c = connect(self._rns.url or "")
             try:
-                res = c.eval(_RESOLVE.src, 1, opkey, opid)
+                keys = [*self._keys, opkey]
+                res = c.eval(_RESOLVE.src, len(keys), *keys, self._rns._gen, opid)
             finally:
                 c.close()
         except Exception as e:
@@ -887,8 +901,9 @@ class RedisQueue(Queue):
         and items leave that list one ``pop`` at a time, so an exception at any
         point can delay an item but never deliver it twice."""
         st = self._rns._state
-        opkey, opid = st.pending[self._index]
-        res = self._rns._admin(lambda c: c.eval(_RESOLVE.src, 1, opkey, opid), self._what)
+        entry = st.pending[self._index]
+        assert isinstance(entry, tuple)
+        res = self._run(_RESOLVE, [], op=False, resolve=entry[1])
         items: list[Item] = []
         if isinstance(res, list) and res and int(res[0]) == 1 and isinstance(res[1], list):
             items = [_decode_record(r) for r in res[1][1:]]
@@ -1120,7 +1135,11 @@ class RedisNamespace(MQueue):
             if stale:
                 conn.disconnect()
         if not conn.is_connected:
-            conn.connect()
+            try:
+                conn.connect()
+            except BaseException:
+                conn.disconnect()  # a handshake cut short must not leave replies behind
+                raise
         if ask is not None:
             cmds = [_ASKING, *cmds]
         rerr = _redis_module().exceptions.ResponseError
