@@ -1,37 +1,40 @@
-"""The Redis (or Valkey) backend: the same queues and semantics on a server.
+"""The Redis backend: the same queues and semantics on a server or a cluster.
 
 Chosen by ``url="redis://host:port/db"`` (also ``rediss://`` and
-``unix:///path/to/socket``).  Every queue operation is one Lua script run
-atomically by the server (``EVALSHA``), so two clients on two machines never
-see a half-done add, eviction or dedup, and a client killed in the middle of
-an operation leaves the queue as it was before or after it.
+``unix:///path/to/socket``); the URL of a Redis Cluster node gives a cluster
+client (detected with ``INFO cluster``).  Every queue operation is one Lua
+script run atomically by the server (``EVALSHA``) on one slot, so two clients
+on two machines never see a half-done add, eviction or dedup, and a client
+killed in the middle of an operation leaves the queue as it was before or
+after it.
 
 Keys (``<ns>`` and ``<q>`` escaped, see :func:`_esc`)::
 
-    mqueue:{<ns>}:defs         the namespace's definitions (JSON), attach reads it
-    mqueue:{<ns>:<q>}:meta     hash: configuration and counters of queue <q>
-    mqueue:{<ns>:<q>}:rec      hash: sequence number -> record (the FIFO)
-    mqueue:{<ns>:<q>}:idx      hash: key bytes -> sequence number (addmode 1/2)
-    mqueue:{<ns>:<q>}:wake     list: wake-up token for blocked fetches
+    mqueue:{<ns>}:defs           the namespace's definitions (JSON), attach reads it
+    mqueue:{<ns>:<q>}:meta       hash: configuration and counters of queue <q>
+    mqueue:{<ns>:<q>}:rec        hash: sequence number -> record (the FIFO)
+    mqueue:{<ns>:<q>}:idx        hash: key bytes -> sequence number (addmode 1/2)
+    mqueue:{<ns>:<q>}:wake       list: wake-up token for blocked fetches
+    mqueue:{<ns>:<q>}:op:<sid>   string (TTL): reply of session <sid>'s last operation
 
-The keys of one queue share a hash tag, so every script touches one slot only
-(Redis Cluster compatible).  A record is ``flags (1 byte) | klen (4 bytes,
-big-endian) | key | value``; a record replaced by addmode 2 becomes a
-tombstone ``"\\xff" <size>`` that keeps its bytes accounted until the head
-passes it (a fetch, or an add reclaiming tombstones at the head), exactly as
-in shared memory.
+The keys of one queue share a hash tag, so every script touches one slot only.
+A record is ``flags (1 byte) | klen (4 bytes, big-endian) | key | value``; a
+record replaced by addmode 2 becomes a tombstone ``"\\xff" <size>`` that keeps
+its bytes accounted until the head passes it, exactly as in shared memory.
 
-Fetch blocks without polling: the take script returns nothing, the client
-waits with ``BLPOP`` on the queue's wake list (an add pushes one token when
-none is there; a fetch that leaves items behind passes a token on), then runs
-the take script again.  The wait is cut into slices of :data:`WAIT_SLICE_S`
-so that Ctrl-C works and a token lost with a killed waiter only delays.
+Fetch blocks without polling: the client sends ``BLPOP`` on the queue's wake
+list and the take script together (an add pushes one token when none is
+there; a take that leaves items behind passes a token on); the wait is cut
+into slices of :data:`WAIT_SLICE_S` so that Ctrl-C works and a lost token only
+delays.
 
-Faults: a lost connection or a server restart raises :class:`BackendError`;
-nothing is retried behind the caller's back (a script whose reply was lost
-may or may not have run, and the message says so).  A namespace whose keys
-vanished (server restarted without persistence, or destroyed) raises
-:class:`NamespaceLostError`.
+Faults: each add and take carries an operation id; the script records its
+reply under the id (same atomic step) and answers a repeated id from the
+record.  Connection faults and "not now" answers are retried with the same id
+for :data:`RETRY_WINDOW_S`; only then does :class:`BackendError` reach the
+caller, with ``outcome_known``.  A queue whose keys vanished (destroyed,
+recreated, a restart without persistence, eviction) raises
+:class:`NamespaceLostError`.  See docs/redis.md.
 """
 
 from __future__ import annotations
@@ -1050,7 +1053,7 @@ class _ThreadState(threading.local):
     def __init__(self) -> None:
         self.sid = os.urandom(8).hex()
         self.n = 0
-        self.conns: dict[int, Any] = {}
+        self.conns: dict[str, Any] = {}  # node name ("" for one server) -> connection
         # per queue: a take an exception cut short, as (record key, op id), and
         # once settled, the items it had taken (handed out first by _take)
         self.pending: dict[int, tuple[str, str] | list[Item]] = {}
@@ -1096,12 +1099,13 @@ class RedisNamespace(MQueue):
     def _local_state(self) -> _ThreadState:
         return self._state
 
-    def _pool(self, key: str, node: Any) -> Any:
+    def _pool(self, key: str, node: Any) -> tuple[str, Any]:
+        """The node that serves ``key`` (or ``node``): its name and connection pool."""
         if not self._cluster:
-            return self._client.connection_pool
+            return "", self._client.connection_pool
         if node is None:
             node = self._client.get_node_from_key(key)
-        return self._client.get_redis_connection(node).connection_pool
+        return str(node.name), self._client.get_redis_connection(node).connection_pool
 
     def _node(self, host: str, port: int) -> Any:
         return self._client.get_node(host=host, port=port)
@@ -1114,16 +1118,16 @@ class RedisNamespace(MQueue):
         """One attempt: send ``cmds`` pipelined on this thread's own connection
         to the node that serves ``key`` (``ask``: that node, after ASKING) and
         read every reply; error replies are returned, not raised."""
-        pool = self._pool(key, ask)
+        name, pool = self._pool(key, ask)
         st = self._state
-        conn = st.conns.get(id(pool))
+        conn = st.conns.get(name)
         if conn is None:
             conn = pool.connection_class(**pool.connection_kwargs)
             with self._conns_lock:
                 if self._closed:
                     raise _closed_error(f"namespace {self.namespace!r}")
                 self._conns.append(conn)
-            st.conns[id(pool)] = conn
+            st.conns[name] = conn
         sock = conn._sock
         if sock is not None:
             # a connection the server closed while idle (restart, timeout, CLIENT
@@ -1157,12 +1161,6 @@ class RedisNamespace(MQueue):
         if self._closed:
             conn.disconnect()
         return out[1:] if ask is not None else out
-
-    def _admin(self, fn: Any, where: str) -> Any:
-        """A call through the redis-py client (not retried)."""
-        if self._closed:
-            raise _closed_error(where)
-        return _call(lambda: fn(self._client), where, self.url or "")
 
     def _release(self) -> None:
         # Connections of other threads are only shut down (their blocked reads
