@@ -599,6 +599,32 @@ def test_fork_inherited_handle(make: Make) -> None:
     assert q.key == "a" and len(q) == 0
 
 
+def test_persistence_dbmode(url: str, tmp_path: Any) -> None:
+    """dbmode through create(..., url=..., db_url=...), on one server and on a cluster."""
+    import sqlite3
+
+    db = tmp_path / "q.db"
+    db_url = f"sqlite:///{db}"
+    ns = new_ns()
+    defs = ["name=a;dbmode=1", "name=b;dbmode=1", "name=c"]
+    mq = mqueue.create(ns, defs, url=url, db_url=db_url)
+    mq["a"].add_many([(f"a{i}", "x") for i in range(5)])
+    mq["b"].add("b0", b"\x00\xff")
+    mq["c"].add("c0", "not saved")
+    mq.close()  # the creator's close saves dbmode 1
+    with sqlite3.connect(db) as con:
+        assert con.execute('SELECT count(*) FROM "a"').fetchone() == (5,)
+    mqueue.destroy(ns, url=url)
+    mq = mqueue.create(ns, defs, url=url, db_url=db_url)  # loads
+    try:
+        assert [i.key for i in mq["a"].fetch_many(10)] == [f"a{i}" for i in range(5)]
+        assert mq["b"].fetch() == ("b0", b"\x00\xff")
+        assert len(mq["c"]) == 0
+    finally:
+        mq._abandon()  # no save
+        mqueue.destroy(ns, url=url)
+
+
 # ------------------------------------------------------------ model test
 class Model:
     """The queue semantics of SPEC.md section 2, with shared memory's byte accounting."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -85,29 +84,6 @@ def test_list_namespaces_across_masters(curl: str, cadmin: Any) -> None:
             mq.close()
             mqueue.destroy(n, url=curl)
     assert not set(names) & set(R.list_namespaces(curl))
-
-
-def test_persistence_on_a_cluster(curl: str, tmp_path: Any) -> None:
-    db = tmp_path / "q.db"
-    db_url = f"sqlite:///{db}"
-    ns = new_ns()
-    defs = ["name=a;dbmode=1", "name=b;dbmode=1", "name=c"]
-    mq = mqueue.create(ns, defs, url=curl, db_url=db_url)
-    mq["a"].add_many([(f"a{i}", "x") for i in range(5)])
-    mq["b"].add("b0", b"\x00\xff")
-    mq["c"].add("c0", "not saved")
-    mq.close()  # the creator's close saves dbmode 1
-    with sqlite3.connect(db) as con:
-        assert con.execute('SELECT count(*) FROM "a"').fetchone() == (5,)
-    mqueue.destroy(ns, url=curl)
-    mq = mqueue.create(ns, defs, url=curl, db_url=db_url)  # loads
-    try:
-        assert [i.key for i in mq["a"].fetch_many(10)] == [f"a{i}" for i in range(5)]
-        assert mq["b"].fetch() == ("b0", b"\x00\xff")
-        assert len(mq["c"]) == 0
-    finally:
-        mq._abandon()  # no save
-        mqueue.destroy(ns, url=curl)
 
 
 def _migrate_slot(cadmin: Any, slot: int, src: Any, dst: Any) -> int:
