@@ -46,6 +46,7 @@ import logging
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -173,6 +174,9 @@ local function reckey(r)
               + string.byte(r, 4)) * 256 + string.byte(r, 5)
   return string.sub(r, 6, 5 + kl)
 end
+-- the queue's state: one field 'st' of the meta hash, 10 big-endian doubles
+-- (exact to 2**53): head tail count bytes added fetched evicted dups hw recoveries
+local ST = '>dddddddddd'
 local function gone(g)
   if g and string.sub(g, 1, 1) == '!' then return -4 end
   return -1
@@ -221,11 +225,11 @@ _LUA_ADD = (
     + r"""
 local done, res = recorded()
 if done then return res end
-local m = redis.call('HMGET', KEYS[1], 'gen', 'cap', 'limit', 'mode', 'head', 'tail',
-                     'count', 'bytes', 'added', 'evicted', 'dups', 'hw')
+local m = redis.call('HMGET', KEYS[1], 'gen', 'cap', 'limit', 'mode', 'st')
 if m[1] ~= ARGV[1] then return gone(m[1]) end
 local cap, limit, mode = tonumber(m[2]), tonumber(m[3]), tonumber(m[4])
-if not intact(tonumber(m[5]), tonumber(m[6]), tonumber(m[7]), mode) then return evicted() end
+local S = {struct.unpack(ST, m[5])}
+if not intact(S[1], S[2], S[3], mode) then return evicted() end
 local n = #ARGV - 2
 local keys = {}
 for i = 1, n do
@@ -237,9 +241,8 @@ end
 -- One pass over the batch.  dry: nothing is written (recs: seq -> record as
 -- it would be, idx: key -> seq or false); returns -2 when an item does not fit.
 local function pass(dry)
-  local head, tail, count, bytes = tonumber(m[5]), tonumber(m[6]), tonumber(m[7]), tonumber(m[8])
-  local added, evicted, dups, hw = tonumber(m[9]), tonumber(m[10]), tonumber(m[11]),
-                                   tonumber(m[12])
+  local head, tail, count, bytes = S[1], S[2], S[3], S[4]
+  local added, evicted, dups, hw = S[5], S[7], S[8], S[9]
   local recs, idx = {}, {}
   local function rget(s)
     if dry and recs[s] then return recs[s] end
@@ -325,8 +328,8 @@ local function pass(dry)
     end
   end
   if not dry then
-    redis.call('HSET', KEYS[1], 'head', head, 'tail', tail, 'count', count, 'bytes', bytes,
-               'added', added, 'evicted', evicted, 'dups', dups, 'hw', hw)
+    redis.call('HSET', KEYS[1], 'st', struct.pack(ST, head, tail, count, bytes, added, S[6],
+                                                  evicted, dups, hw, S[10]))
     if count > 0 and redis.call('LLEN', KEYS[4]) == 0 then redis.call('RPUSH', KEYS[4], 1) end
   end
   return stored
@@ -348,13 +351,13 @@ _LUA_TAKE = (
     + r"""
 local done, res = recorded()
 if done then return res end
-local m = redis.call('HMGET', KEYS[1], 'gen', 'mode', 'head', 'tail', 'count', 'bytes',
-                     'fetched')
+local m = redis.call('HMGET', KEYS[1], 'gen', 'mode', 'st')
 if m[1] ~= ARGV[1] then return gone(m[1]) end
 local mode = tonumber(m[2])
-local head, tail, count, bytes = tonumber(m[3]), tonumber(m[4]), tonumber(m[5]), tonumber(m[6])
+local S = {struct.unpack(ST, m[3])}
+local head, tail, count, bytes = S[1], S[2], S[3], S[4]
 if not intact(head, tail, count, mode) then return evicted() end
-local fetched = tonumber(m[7])
+local fetched = S[6]
 local want = tonumber(ARGV[3])
 local out = {0}
 local head0 = head
@@ -374,7 +377,8 @@ while head < tail do
   head = head + 1
 end
 if head ~= head0 then
-  redis.call('HSET', KEYS[1], 'head', head, 'count', count, 'bytes', bytes, 'fetched', fetched)
+  redis.call('HSET', KEYS[1], 'st', struct.pack(ST, head, tail, count, bytes, S[5], fetched,
+                                                S[7], S[8], S[9], S[10]))
 end
 if count > 0 then
   if redis.call('LLEN', KEYS[4]) == 0 then redis.call('RPUSH', KEYS[4], 1) end
@@ -391,13 +395,12 @@ return out
 _LUA_STATS = (
     _LUA_COMMON
     + r"""
-local m = redis.call('HMGET', KEYS[1], 'gen', 'count', 'added', 'fetched', 'evicted', 'dups',
-                     'hw', 'recoveries', 'bytes', 'cap', 'limit', 'mode', 'head', 'tail')
+local m = redis.call('HMGET', KEYS[1], 'gen', 'cap', 'limit', 'mode', 'st')
 if m[1] ~= ARGV[1] then return gone(m[1]) end
-if not intact(tonumber(m[13]), tonumber(m[14]), tonumber(m[2]), tonumber(m[12])) then
-  return evicted()
-end
-return {m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9], m[10], m[11], m[12]}
+local S = {struct.unpack(ST, m[5])}
+if not intact(S[1], S[2], S[3], tonumber(m[4])) then return evicted() end
+return {S[3], S[5], S[6], S[7], S[8], S[9], S[10], S[4], tonumber(m[2]), tonumber(m[3]),
+        tonumber(m[4])}
 """
 )
 
@@ -421,8 +424,7 @@ return {0}
 _LUA_INIT = r"""
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 redis.call('HSET', KEYS[1], 'gen', ARGV[1], 'cap', ARGV[2], 'limit', ARGV[3], 'mode', ARGV[4],
-           'head', 0, 'tail', 0, 'count', 0, 'bytes', 0, 'added', 0, 'fetched', 0,
-           'evicted', 0, 'dups', 0, 'hw', 0, 'recoveries', 0)
+           'st', struct.pack('>dddddddddd', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
 return 1
 """
 
@@ -439,6 +441,10 @@ local d = redis.call('GET', KEYS[1])
 if d and string.find(d, ARGV[1], 1, true) then redis.call('DEL', KEYS[1]) return 1 end
 return 0
 """
+
+_STATE_FIELDS = ("head", "tail", "count", "bytes", "added", "fetched", "evicted", "dups", "hw",
+                 "recoveries")
+"""The state packed in the meta hash's ``st`` field (10 big-endian doubles)."""
 
 _STAT_FIELDS = (
     "count",
@@ -998,7 +1004,9 @@ class RedisQueue(Queue):
         Raises CorruptSegmentError describing the first inconsistency.
         """
         client = self._client()
-        meta = {k.decode(): int(v) for k, v in client.hgetall(self._keys[0]).items() if k != b"gen"}
+        raw = client.hgetall(self._keys[0])
+        meta = {k: int(raw[k.encode()]) for k in ("cap", "limit", "mode")}
+        meta.update(zip(_STATE_FIELDS, map(int, struct.unpack(">10d", raw[b"st"])), strict=True))
         recs = client.hgetall(self._keys[1])
         idx = client.hgetall(self._keys[2])
         head, tail = meta["head"], meta["tail"]
