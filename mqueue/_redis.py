@@ -604,8 +604,8 @@ def _translate(e: Exception, where: str, url: str, *, unsure: bool) -> MQueueErr
 
 
 def _is_redis_error(e: BaseException) -> bool:
-    mod = _redis_module()
-    return isinstance(e, mod.exceptions.RedisError | OSError)
+    ex = _redis_module().exceptions
+    return isinstance(e, ex.RedisError | ex.RedisClusterException | OSError)
 
 
 def _transient(e: BaseException) -> str | None:
