@@ -73,6 +73,9 @@ class PersistenceError(MQueueError):
 class BackendError(MQueueError, builtins.ConnectionError):
     """A remote backend (Redis) could not be reached or failed mid-operation."""
 
+    outcome_known: bool | None = None
+    """True: the operation was certainly not applied; False: it may or may not have been."""
+
 
 class NamespaceLostError(BackendError, NamespaceNotFoundError):
     """The namespace this handle was attached to is gone: destroyed (by

@@ -1,45 +1,53 @@
-"""The Redis (or Valkey) backend: the same queues and semantics on a server.
+"""The Redis backend: the same queues and semantics on a server or a cluster.
 
 Chosen by ``url="redis://host:port/db"`` (also ``rediss://`` and
-``unix:///path/to/socket``).  Every queue operation is one Lua script run
-atomically by the server (``EVALSHA``), so two clients on two machines never
-see a half-done add, eviction or dedup, and a client killed in the middle of
-an operation leaves the queue as it was before or after it.
+``unix:///path/to/socket``); the URL of a Redis Cluster node gives a cluster
+client (detected with ``INFO cluster``).  Every queue operation is one Lua
+script run atomically by the server (``EVALSHA``) on one slot, so two clients
+on two machines never see a half-done add, eviction or dedup, and a client
+killed in the middle of an operation leaves the queue as it was before or
+after it.
 
 Keys (``<ns>`` and ``<q>`` escaped, see :func:`_esc`)::
 
-    mqueue:{<ns>}:defs         the namespace's definitions (JSON), attach reads it
-    mqueue:{<ns>:<q>}:meta     hash: configuration and counters of queue <q>
-    mqueue:{<ns>:<q>}:rec      hash: sequence number -> record (the FIFO)
-    mqueue:{<ns>:<q>}:idx      hash: key bytes -> sequence number (addmode 1/2)
-    mqueue:{<ns>:<q>}:wake     list: wake-up token for blocked fetches
+    mqueue:{<ns>}:defs           the namespace's definitions (JSON), attach reads it
+    mqueue:{<ns>:<q>}:meta       hash: configuration and counters of queue <q>
+    mqueue:{<ns>:<q>}:rec        hash: sequence number -> record (the FIFO)
+    mqueue:{<ns>:<q>}:idx        hash: key bytes -> sequence number (addmode 1/2)
+    mqueue:{<ns>:<q>}:wake       list: wake-up token for blocked fetches
+    mqueue:{<ns>:<q>}:op:<sid>   string (TTL): reply of session <sid>'s last operation
 
-The keys of one queue share a hash tag, so every script touches one slot only
-(Redis Cluster compatible).  A record is ``flags (1 byte) | klen (4 bytes,
-big-endian) | key | value``; a record replaced by addmode 2 becomes a
-tombstone ``"\\xff" <size>`` that keeps its bytes accounted until the head
-passes it (a fetch, or an add reclaiming tombstones at the head), exactly as
-in shared memory.
+The keys of one queue share a hash tag, so every script touches one slot only.
+A record is ``flags (1 byte) | klen (4 bytes, big-endian) | key | value``; a
+record replaced by addmode 2 becomes a tombstone ``"\\xff" <size>`` that keeps
+its bytes accounted until the head passes it, exactly as in shared memory.
 
-Fetch blocks without polling: the take script returns nothing, the client
-waits with ``BLPOP`` on the queue's wake list (an add pushes one token when
-none is there; a fetch that leaves items behind passes a token on), then runs
-the take script again.  The wait is cut into slices of :data:`WAIT_SLICE_S`
-so that Ctrl-C works and a token lost with a killed waiter only delays.
+Fetch blocks without polling: the client sends ``BLPOP`` on the queue's wake
+list and the take script together (an add pushes one token when none is
+there; a take that leaves items behind passes a token on); the wait is cut
+into slices of :data:`WAIT_SLICE_S` so that Ctrl-C works and a lost token only
+delays.
 
-Faults: a lost connection or a server restart raises :class:`BackendError`;
-nothing is retried behind the caller's back (a script whose reply was lost
-may or may not have run, and the message says so).  A namespace whose keys
-vanished (server restarted without persistence, or destroyed) raises
-:class:`NamespaceLostError`.
+Faults: each add and take carries an operation id; the script records its
+reply under the id (same atomic step) and answers a repeated id from the
+record.  Connection faults and "not now" answers are retried with the same id
+for :data:`RETRY_WINDOW_S`; only then does :class:`BackendError` reach the
+caller, with ``outcome_known``.  A queue whose keys vanished (destroyed,
+recreated, a restart without persistence, eviction) raises
+:class:`NamespaceLostError`.  See docs/redis.md.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import select
+import socket
+import struct
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -82,8 +90,22 @@ ATTACH_WAIT_S = 2.0
 SOCKET_TIMEOUT_S = 30.0
 """Socket timeout of the client: a silent server is reported after this long."""
 
+CONNECT_TIMEOUT_S = 5.0
+"""Longest wait for one connection to be made."""
+
+RETRY_WINDOW_S = 10.0
+"""How long an operation is retried across connection faults (with backoff,
+with the same operation id) before BackendError reaches the caller; per handle
+as ``RedisNamespace.retry_window``."""
+
+OP_RECORD_TTL_S = 300
+"""How long the server keeps an operation's recorded reply (one per session
+and queue): a retry within this time gets the recorded reply."""
+
 _TOMBSTONE = 0xFF
 _FORMAT = 1
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------- keys
@@ -124,6 +146,18 @@ def record_size(klen: int, vlen: int) -> int:
 
 # ------------------------------------------------------------------ scripts
 # Lua helpers shared by the scripts.  Numbers are Lua doubles: exact to 2**53.
+#
+# Operation records (exactly once across lost replies): KEYS[5] of add and
+# take is the calling session's record key ``<tag>:op:<session>`` and ARGV[2]
+# the operation id.  A script first looks for a record of this id and returns
+# the recorded reply if there is one (the operation already ran: its reply was
+# lost); otherwise it runs and records its reply under the id, in the same
+# atomic step, for OP_RECORD_TTL_S seconds.  A session is one thread of one
+# handle and runs one operation at a time, so one record per session is enough.
+#
+# Lost keys: a queue whose meta hash is gone, or carries another creation id,
+# answers -1; one whose records or key index the server dropped (eviction)
+# answers -4 and is marked so for good (its gen becomes "!<gen>").
 _LUA_COMMON = r"""
 local function recsize(r)
   if string.byte(r, 1) == 255 then return tonumber(string.sub(r, 2)), true end
@@ -135,10 +169,41 @@ local function reckey(r)
               + string.byte(r, 4)) * 256 + string.byte(r, 5)
   return string.sub(r, 6, 5 + kl)
 end
+-- the queue's state: one field 'st' of the meta hash, 10 big-endian doubles
+-- (exact to 2**53): head tail count bytes added fetched evicted dups hw recoveries
+local ST = '>dddddddddd'
+local function gone(g)
+  if g and string.sub(g, 1, 1) == '!' then return -4 end
+  return -1
+end
+local function intact(head, tail, count, mode)
+  if head < tail and redis.call('EXISTS', KEYS[2]) == 0 then return false end
+  if mode ~= 0 and count > 0 and redis.call('EXISTS', KEYS[3]) == 0 then return false end
+  return true
+end
+local function evicted()
+  redis.call('HSET', KEYS[1], 'gen', '!' .. ARGV[1])
+  return -4
+end
 """
 
-# KEYS: meta rec idx wake.  ARGV: gen, then per item: record, key-length.
-# Returns the number stored (>= 0), -1 namespace gone, -2 full, -3 too big.
+_LUA_OPS = r"""
+local function recorded()
+  local r = redis.call('GET', KEYS[5])
+  if r then
+    local id, res = cmsgpack.unpack(r)
+    if id == ARGV[2] then return true, res end
+  end
+  return false, nil
+end
+local function record(res)
+  redis.call('SET', KEYS[5], cmsgpack.pack(ARGV[2], res), 'EX', OP_TTL)
+end
+"""
+
+# KEYS: meta rec idx wake op.  ARGV: gen, opid, then the records, in order.
+# Returns the number stored (>= 0), -1 namespace gone, -2 full, -3 too big,
+# -4 keys evicted.
 #
 # Each item follows csrc/mq.c add_one, in order: (1) addmode 1/2 look the key up
 # among queued live items (earlier items of the batch included); addmode 1
@@ -151,29 +216,34 @@ end
 # returned before anything is written, exactly when shared memory refuses.
 _LUA_ADD = (
     _LUA_COMMON
+    + _LUA_OPS
     + r"""
-local m = redis.call('HMGET', KEYS[1], 'gen', 'cap', 'limit', 'mode', 'head', 'tail',
-                     'count', 'bytes', 'added', 'evicted', 'dups', 'hw')
-if m[1] ~= ARGV[1] then return -1 end
+local done, res = recorded()
+if done then return res end
+local m = redis.call('HMGET', KEYS[1], 'gen', 'cap', 'limit', 'mode', 'st')
+if m[1] ~= ARGV[1] then return gone(m[1]) end
 local cap, limit, mode = tonumber(m[2]), tonumber(m[3]), tonumber(m[4])
-local n = (#ARGV - 1) / 2
+local S = {struct.unpack(ST, m[5])}
+if not intact(S[1], S[2], S[3], mode) then return evicted() end
+local n = #ARGV - 2
 local keys = {}
 for i = 1, n do
-  local r = ARGV[2 * i]
+  local r = ARGV[2 + i]
   if recsize(r) > cap then return -3 end
-  if mode ~= 0 then keys[i] = string.sub(r, 6, 5 + tonumber(ARGV[2 * i + 1])) end
+  if mode ~= 0 then keys[i] = reckey(r) end
 end
 
 -- One pass over the batch.  dry: nothing is written (recs: seq -> record as
 -- it would be, idx: key -> seq or false); returns -2 when an item does not fit.
 local function pass(dry)
-  local head, tail, count, bytes = tonumber(m[5]), tonumber(m[6]), tonumber(m[7]), tonumber(m[8])
-  local added, evicted, dups, hw = tonumber(m[9]), tonumber(m[10]), tonumber(m[11]),
-                                   tonumber(m[12])
+  local head, tail, count, bytes = S[1], S[2], S[3], S[4]
+  local added, evicted, dups, hw = S[5], S[7], S[8], S[9]
   local recs, idx = {}, {}
   local function rget(s)
     if dry and recs[s] then return recs[s] end
-    return redis.call('HGET', KEYS[2], s)
+    local r = redis.call('HGET', KEYS[2], s)
+    if not r then error('mqueue: record ' .. s .. ' missing (keys evicted?)') end
+    return r
   end
   local function rset(s, r)
     if dry then recs[s] = r else redis.call('HSET', KEYS[2], s, r) end
@@ -195,7 +265,7 @@ local function pass(dry)
   end
   local stored = 0
   for i = 1, n do
-    local r = ARGV[2 * i]
+    local r = ARGV[2 + i]
     local R = recsize(r)
     local k = keys[i]
     local drop = false
@@ -215,7 +285,8 @@ local function pass(dry)
     end
     if not drop then
       -- 2. replaced records at the head hold no item: reclaim their bytes
-      while head < tail do
+      -- (only addmode 2 ever leaves replaced records)
+      while mode == 2 and head < tail do
         local hR, dead = recsize(rget(head))
         if not dead then break end
         rdel(head)
@@ -252,38 +323,45 @@ local function pass(dry)
     end
   end
   if not dry then
-    redis.call('HSET', KEYS[1], 'head', head, 'tail', tail, 'count', count, 'bytes', bytes,
-               'added', added, 'evicted', evicted, 'dups', dups, 'hw', hw)
+    redis.call('HSET', KEYS[1], 'st', struct.pack(ST, head, tail, count, bytes, added, S[6],
+                                                  evicted, dups, hw, S[10]))
+    if count > 0 and redis.call('LLEN', KEYS[4]) == 0 then redis.call('RPUSH', KEYS[4], 1) end
   end
   return stored
 end
 
 if limit <= 0 and pass(true) < 0 then return -2 end
 local stored = pass(false)
-if stored > 0 and redis.call('LLEN', KEYS[4]) == 0 then redis.call('RPUSH', KEYS[4], 1) end
+record(stored)
 return stored
 """
 )
 
-# KEYS: meta rec idx wake.  ARGV: gen, n.  Returns a list of records
-# (oldest first, possibly empty) or -1 when the namespace is gone.
+# KEYS: meta rec idx wake op.  ARGV: gen, opid, n.  Returns a list: the number
+# of items left queued, then the records taken (oldest first, possibly none);
+# or -1 namespace gone, -4 keys evicted.
 _LUA_TAKE = (
     _LUA_COMMON
+    + _LUA_OPS
     + r"""
-local m = redis.call('HMGET', KEYS[1], 'gen', 'mode', 'head', 'tail', 'count', 'bytes',
-                     'fetched')
-if m[1] ~= ARGV[1] then return -1 end
+local done, res = recorded()
+if done then return res end
+local m = redis.call('HMGET', KEYS[1], 'gen', 'mode', 'st')
+if m[1] ~= ARGV[1] then return gone(m[1]) end
 local mode = tonumber(m[2])
-local head, tail, count, bytes = tonumber(m[3]), tonumber(m[4]), tonumber(m[5]), tonumber(m[6])
-local fetched = tonumber(m[7])
-local want = tonumber(ARGV[2])
-local out = {}
+local S = {struct.unpack(ST, m[3])}
+local head, tail, count, bytes = S[1], S[2], S[3], S[4]
+if not intact(head, tail, count, mode) then return evicted() end
+local fetched = S[6]
+local want = tonumber(ARGV[3])
+local out = {0}
 local head0 = head
 while head < tail do
   local h = redis.call('HGET', KEYS[2], head)
+  if not h then return evicted() end
   local hR, dead = recsize(h)
   if not dead then
-    if #out >= want then break end
+    if #out > want then break end
     out[#out + 1] = h
     count = count - 1
     fetched = fetched + 1
@@ -294,14 +372,46 @@ while head < tail do
   head = head + 1
 end
 if head ~= head0 then
-  redis.call('HSET', KEYS[1], 'head', head, 'count', count, 'bytes', bytes, 'fetched', fetched)
+  redis.call('HSET', KEYS[1], 'st', struct.pack(ST, head, tail, count, bytes, S[5], fetched,
+                                                S[7], S[8], S[9], S[10]))
 end
 if count > 0 then
   if redis.call('LLEN', KEYS[4]) == 0 then redis.call('RPUSH', KEYS[4], 1) end
 else
   redis.call('DEL', KEYS[4])
 end
+out[1] = count
+if #out > 1 then record(out) end
 return out
+"""
+)
+
+# KEYS: meta rec idx.  ARGV: gen.  The counters of a queue, or -1 / -4.
+_LUA_STATS = (
+    _LUA_COMMON
+    + r"""
+local m = redis.call('HMGET', KEYS[1], 'gen', 'cap', 'limit', 'mode', 'st')
+if m[1] ~= ARGV[1] then return gone(m[1]) end
+local S = {struct.unpack(ST, m[5])}
+if not intact(S[1], S[2], S[3], tonumber(m[4])) then return evicted() end
+return {S[3], S[5], S[6], S[7], S[8], S[9], S[10], S[4], tonumber(m[2]), tonumber(m[3]),
+        tonumber(m[4])}
+"""
+)
+
+# KEYS: meta rec idx wake op.  ARGV: gen, opid.  Settles an operation whose
+# reply was lost for good (cut short by an exception, or its handle closed
+# meanwhile): {1, reply} when it ran; otherwise records it as cancelled, so
+# that it can no longer run, and returns {0}.
+_LUA_RESOLVE = (
+    r"""
+local r = redis.call('GET', KEYS[5])
+if r then
+  local id, res = cmsgpack.unpack(r)
+  if id == ARGV[2] then return {1, res} end
+end
+redis.call('SET', KEYS[5], cmsgpack.pack(ARGV[2], -5), 'EX', OP_TTL)
+return {0}
 """
 )
 
@@ -309,8 +419,7 @@ return out
 _LUA_INIT = r"""
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 redis.call('HSET', KEYS[1], 'gen', ARGV[1], 'cap', ARGV[2], 'limit', ARGV[3], 'mode', ARGV[4],
-           'head', 0, 'tail', 0, 'count', 0, 'bytes', 0, 'added', 0, 'fetched', 0,
-           'evicted', 0, 'dups', 0, 'hw', 0, 'recoveries', 0)
+           'st', struct.pack('>dddddddddd', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
 return 1
 """
 
@@ -328,8 +437,11 @@ if d and string.find(d, ARGV[1], 1, true) then redis.call('DEL', KEYS[1]) return
 return 0
 """
 
+_STATE_FIELDS = ("head", "tail", "count", "bytes", "added", "fetched", "evicted", "dups", "hw",
+                 "recoveries")
+"""The state packed in the meta hash's ``st`` field (10 big-endian doubles)."""
+
 _STAT_FIELDS = (
-    "gen",
     "count",
     "added",
     "fetched",
@@ -342,6 +454,20 @@ _STAT_FIELDS = (
     "limit",
     "mode",
 )
+
+
+class _Script:
+    """A Lua script: its source and SHA1 (run with EVALSHA, EVAL on NOSCRIPT)."""
+
+    def __init__(self, src: str) -> None:
+        self.src = src.replace("OP_TTL", str(int(OP_RECORD_TTL_S)))
+        self.sha = hashlib.sha1(self.src.encode()).hexdigest()
+
+
+_ADD = _Script(_LUA_ADD)
+_TAKE = _Script(_LUA_TAKE)
+_STATS = _Script(_LUA_STATS)
+_RESOLVE = _Script(_LUA_RESOLVE)
 
 
 # ------------------------------------------------------------ redis-py glue
@@ -374,25 +500,79 @@ def _redact(url: str) -> str:
         return "<unparsable url>"
 
 
-def connect(url: str) -> Any:
-    """A redis-py client for ``url`` that never retries a command by itself."""
-    redis = _redis_module()
+def _client_options() -> dict[str, Any]:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
+    return {
+        "retry": Retry(NoBackoff(), 0),
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "decode_responses": False,
+    }
+
+
+def connect(url: str) -> Any:
+    """A redis-py client for ``url`` that never retries a command by itself.
+
+    A ``redis.Redis`` for a single server; a ``redis.RedisCluster`` when the
+    server at ``url`` is a node of a Redis Cluster (``INFO cluster`` says
+    ``cluster_enabled:1``), so that the same URL works for both.
+    """
+    redis = _redis_module()
     try:
-        client = redis.Redis.from_url(
-            url,
-            retry=Retry(NoBackoff(), 0),
-            retry_on_error=[],
-            retry_on_timeout=False,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=10.0,
-            decode_responses=False,
-        )
+        client = redis.Redis.from_url(url, retry_on_error=[], retry_on_timeout=False,
+                                      **_client_options())
     except ValueError as e:
         raise DefinitionError(f"bad Redis url {_redact(url)!r}: {e}") from None
-    return client
+    if url.startswith("unix://"):
+        return client
+    try:
+        info = client.info("cluster")
+    except redis.exceptions.ResponseError:
+        return client  # INFO refused (ACL): a cluster would also refuse routing; stay single
+    except Exception as e:
+        client.close()
+        if _is_redis_error(e):
+            raise _connect_error(e, f"Redis at {_redact(url)}", url) from e
+        raise
+    if not int(info.get("cluster_enabled", 0) or 0):
+        return client
+    client.close()
+    try:
+        return redis.RedisCluster.from_url(url, **_client_options())
+    except ValueError as e:
+        raise DefinitionError(f"bad Redis Cluster url {_redact(url)!r}: {e}") from None
+    except Exception as e:
+        if _is_redis_error(e):
+            raise _connect_error(e, f"Redis Cluster at {_redact(url)}", url) from e
+        raise
+
+
+def _is_cluster(client: Any) -> bool:
+    return type(client).__name__ == "RedisCluster"
+
+
+def _backend_error(msg: str, outcome_known: bool | None) -> BackendError:
+    e = BackendError(msg)
+    e.outcome_known = outcome_known
+    return e
+
+
+def _is_connect_failure(e: BaseException) -> bool:
+    """True when ``e`` says a connection could not be made (nothing was sent)."""
+    s = str(e)
+    return "connecting to" in s or "Timeout connecting" in s
+
+
+def _connect_error(e: Exception, where: str, url: str) -> MQueueError:
+    redis = _redis_module()
+    ex = redis.exceptions
+    if isinstance(e, ex.AuthenticationError | ex.NoPermissionError):
+        return AccessDeniedError(f"{where}: Redis at {_redact(url)} refused access: {e}")
+    if _is_connect_failure(e):
+        return _backend_error(f"{where}: could not connect to Redis at {_redact(url)} ({e})", True)
+    return _translate(e, where, url, unsure=False)
 
 
 def _translate(e: Exception, where: str, url: str, *, unsure: bool) -> MQueueError:
@@ -406,38 +586,90 @@ def _translate(e: Exception, where: str, url: str, *, unsure: bool) -> MQueueErr
 
 
 def _translate_exc(e: Exception, where: str, url: str, *, unsure: bool) -> MQueueError:
-    """The mqueue exception for a redis-py exception."""
+    """The mqueue exception for a redis-py exception (no retry was possible)."""
     redis = _redis_module()
     ex = redis.exceptions
     target = _redact(url)
     if isinstance(e, ex.AuthenticationError | ex.NoPermissionError):
         return AccessDeniedError(f"{where}: Redis at {target} refused access: {e}")
     if isinstance(e, ex.ConnectionError | ex.TimeoutError | OSError):
+        if _is_connect_failure(e):
+            return _backend_error(f"{where}: could not connect to Redis at {target} ({e})", True)
         tail = (
-            "; the operation may or may not have been applied on the server (nothing was retried)"
+            "; the operation may or may not have been applied on the server"
             if unsure
             else ""
         )
-        return BackendError(f"{where}: lost the connection to Redis at {target} ({e}){tail}")
+        return _backend_error(
+            f"{where}: lost the connection to Redis at {target} ({e}){tail}",
+            None if not unsure else False,
+        )
     if isinstance(e, ex.ResponseError):
-        return BackendError(f"{where}: Redis at {target} refused the operation: {e}")
-    return BackendError(f"{where}: Redis at {target} failed: {e!r}")
+        return _backend_error(f"{where}: Redis at {target} refused the operation: {e}", True)
+    return _backend_error(f"{where}: Redis at {target} failed: {e!r}", None)
 
 
 def _is_redis_error(e: BaseException) -> bool:
-    mod = _redis_module()
-    return isinstance(e, mod.exceptions.RedisError | OSError)
+    ex = _redis_module().exceptions
+    return isinstance(e, ex.RedisError | ex.RedisClusterException | OSError)
+
+
+def _transient(e: BaseException) -> str | None:
+    """How a failed attempt may be retried: "connect" (nothing was sent),
+    "lost" (sent, the reply was lost: the operation may have run), "refused"
+    (the server answered that it did not run it, for now), or None (final)."""
+    redis = _redis_module()
+    ex = redis.exceptions
+    if isinstance(e, ex.AuthenticationError | ex.NoPermissionError):
+        return None
+    if isinstance(e, ex.ConnectionError | ex.TimeoutError | OSError):
+        return "connect" if _is_connect_failure(e) else "lost"
+    if isinstance(e, ex.ClusterError):
+        return "refused"  # redis-py gave up on redirections: nothing ran
+    if isinstance(
+        e, ex.TryAgainError | ex.ClusterDownError | ex.BusyLoadingError | ex.ReadOnlyError
+        | ex.AskError | ex.SlotNotCoveredError
+    ):
+        return "refused"
+    if isinstance(e, ex.ResponseError):
+        msg = str(e)
+        if msg.startswith(("BUSY", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN",
+                           "CLUSTERDOWN", "NOREPLICAS")):
+            return "refused"
+    return None
 
 
 class _Scripts:
-    """The registered scripts of one client."""
+    """The registered admin scripts of one client (create and destroy)."""
 
     def __init__(self, client: Any) -> None:
-        self.add = client.register_script(_LUA_ADD)
-        self.take = client.register_script(_LUA_TAKE)
         self.init = client.register_script(_LUA_INIT)
         self.cas = client.register_script(_LUA_CAS)
         self.del_if_gen = client.register_script(_LUA_DEL_IF_GEN)
+
+
+def _resp_args(args: Sequence[Any]) -> bytes:
+    """RESP bulk strings for ``args`` (bytes, str or int), without the array header."""
+    out = []
+    for a in args:
+        if isinstance(a, str):
+            a = a.encode()
+        elif not isinstance(a, bytes):
+            a = b"%d" % a
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+def _resp(args: Sequence[Any]) -> bytes:
+    """One command in RESP (what redis-py's packer makes, faster for our few types)."""
+    return b"*%d\r\n%s" % (len(args), _resp_args(args))
+
+
+_ASKING = _resp(["ASKING"])
+
+
+def _closed_error(what: str) -> MQueueError:
+    return MQueueError(f"{what}: the namespace handle is closed")
 
 
 # ------------------------------------------------------------------ classes
@@ -449,31 +681,190 @@ class RedisQueue(Queue):
         rns: RedisNamespace = mq  # type: ignore[assignment]
         self._rns = rns
         self._keys = queue_keys(mq.namespace, definition.name)
+        self._tag = self._keys[0][: -len(":meta")]
         self._cap = _align8(definition.nbytes)
         self._what = f"queue {definition.name!r} of namespace {mq.namespace!r}"
+        # the last take left the queue empty: the next blocking fetch waits first
+        self._emptied = False
 
     # -- helpers ---------------------------------------------------------
     def _client(self) -> Any:
         if self._rns._closed:
-            raise MQueueError(f"{self._what}: the namespace handle is closed")
+            raise _closed_error(self._what)
         return self._rns._client
 
-    def _lost(self) -> NamespaceLostError:
+    def _lost(self, code: int = -1) -> NamespaceLostError:
+        url = _redact(self._rns.url or "")
+        if code == -4:
+            return NamespaceLostError(
+                f"{self._what}: some of its keys were dropped by Redis at {url} (evicted "
+                "under a maxmemory-policy other than noeviction, or deleted): the queue is "
+                "lost; destroy and re-create the namespace"
+            )
         return NamespaceLostError(
-            f"{self._what}: its keys are gone from Redis at {_redact(self._rns.url or '')} "
-            "(destroyed or recreated, or the server restarted without persistence)"
+            f"{self._what}: its keys are gone from Redis at {url} "
+            "(destroyed or recreated, the server restarted without persistence, or "
+            "evicted its keys)"
         )
 
-    def _run(self, script: Any, args: list[Any], *, unsure: bool) -> Any:
-        client = self._client()
-        try:
-            return script(keys=self._keys, args=args, client=client)
-        except Exception as e:
-            if _is_redis_error(e):
-                raise _translate(e, self._what, self._rns.url or "", unsure=unsure) from e
-            raise
+    def _run(
+        self,
+        script: _Script,
+        args: list[Any],
+        *,
+        op: bool,
+        wait: float = 0.0,
+        resolve: str | None = None,
+    ) -> Any:
+        """Run ``script`` on this queue's keys; with ``op``, as an operation with
+        an id (see _LUA_OPS).  ``wait``: first wait up to that long for a
+        wake-up token (BLPOP pipelined before the script, one round trip).
+        ``resolve``: run ``script`` (_RESOLVE) on the operation record of this
+        thread's earlier operation of that id.
 
-    def _record(self, key: object, value: object) -> tuple[bytes, int]:
+        Connection faults and "not now" answers (TRYAGAIN, LOADING, a cluster
+        redirection, ...) are retried with backoff for ``retry_window``
+        seconds, with the same operation id, so an operation whose reply was
+        lost is answered from its record, never run twice.
+        """
+        rns = self._rns
+        if rns._closed:
+            raise _closed_error(self._what)
+        opkey = opid = None
+        st = rns._state
+        fixed = st.prefix.get((self._index, script.sha))
+        if fixed is None:
+            keys = self._keys
+            if op or resolve is not None:
+                keys = [*keys, f"{self._tag}:op:{st.sid}"]
+            head = ["EVALSHA", script.sha, len(keys), *keys, rns._gen]
+            fixed = (keys, len(head), _resp_args(head))
+            st.prefix[(self._index, script.sha)] = fixed
+        keys, nfix, body = fixed
+        if op:
+            if isinstance(st.pending.get(self._index), tuple):
+                self._settle_pending()  # before this session's record is overwritten
+            opkey = keys[4]
+            st.n += 1
+            opid = str(st.n)
+            args = [opid, *args]
+            if script is _TAKE:
+                # until _take has the items in hand: an exception anywhere in
+                # between (Ctrl-C, a signal handler's) leaves this to settle
+                st.pending[self._index] = (opkey, opid)
+        elif resolve is not None:
+            args = [resolve]
+        cmd = b"*%d\r\n%s%s" % (nfix + len(args), body, _resp_args(args))
+        cmds = [_resp(["BLPOP", keys[3], f"{wait:.3f}"]), cmd] if wait else [cmd]
+        ask: Any = None
+        deadline = 0.0
+        delay = 0.0
+        maybe_ran = False
+        last: BaseException | None = None
+        kinds: set[str] = set()
+        ex = _redis_module().exceptions
+        while True:
+            try:
+                replies = rns._send(keys[0], cmds, ask)
+            except Exception as e:
+                if rns._closed:
+                    return self._after_close(opkey, opid)
+                if not _is_redis_error(e):
+                    raise  # not a fault of the connection (a signal handler's exception)
+                kind = _transient(e)
+                if kind is None:
+                    raise _translate(e, self._what, rns.url or "", unsure=op) from e
+                maybe_ran = maybe_ran or (op and kind == "lost")
+                last = e
+                kinds.add(kind)
+            else:
+                r = replies[-1]
+                ask = None
+                if isinstance(r, ex.NoScriptError):
+                    cmd = _resp(["EVAL", script.src, len(keys), *keys, rns._gen, *args])
+                    cmds = [cmd]
+                    continue
+                if isinstance(r, ex.MovedError):
+                    rns._refresh_slots()
+                    last = r
+                    kinds.add("refused")
+                elif isinstance(r, ex.AskError):
+                    ask = rns._node(r.host, r.port)
+                    if ask is not None:
+                        log.debug("%s: asked to %s:%s", self._what, r.host, r.port)
+                        cmds = [cmd]
+                        continue
+                    rns._refresh_slots()
+                    last = r
+                    kinds.add("refused")
+                elif isinstance(r, ex.ResponseError):
+                    kind = _transient(r)
+                    if kind is None:
+                        raise _translate(r, self._what, rns.url or "", unsure=False)
+                    last = r
+                    kinds.add(kind)
+                else:
+                    return r
+            log.debug("%s: retrying after %r", self._what, last)
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + rns.retry_window
+            elif now >= deadline:
+                raise self._give_up(last, kinds, maybe_ran, op)
+            cmds = [cmd]  # a retry runs the script alone (a wait is not repeated)
+            if delay:
+                time.sleep(min(delay, max(0.0, deadline - now)))
+            delay = min(max(delay * 2, 0.02), 0.5)
+
+    def _give_up(
+        self, last: BaseException | None, kinds: set[str], maybe_ran: bool, op: bool
+    ) -> BackendError:
+        url = _redact(self._rns.url or "")
+        w = self._rns.retry_window
+        if maybe_ran:
+            return _backend_error(
+                f"{self._what}: lost the connection to Redis at {url} and could not reach "
+                f"it again within {w:g} s ({last}); the operation may or may not have been "
+                "applied",
+                False,
+            )
+        if kinds == {"connect"}:
+            return _backend_error(
+                f"{self._what}: could not connect to Redis at {url} within {w:g} s ({last}); "
+                + ("the operation was not applied" if op else "nothing was changed"),
+                True,
+            )
+        return _backend_error(
+            f"{self._what}: Redis at {url} did not run the operation within {w:g} s "
+            f"({last}); it was not applied",
+            True,
+        )
+
+    def _after_close(self, opkey: str | None, opid: str | None) -> Any:
+        """The handle was closed while this thread's operation was on the wire:
+        settle it on a fresh connection.  Returns the operation's reply when it
+        ran (its items are delivered, not lost); raises the closed error when it
+        had not (it is then cancelled on the server and can no longer run)."""
+        if opkey is None:
+            raise _closed_error(self._what)
+        try:
+            c = connect(self._rns.url or "")
+            try:
+                keys = [*self._keys, opkey]
+                res = c.eval(_RESOLVE.src, len(keys), *keys, self._rns._gen, opid)
+            finally:
+                c.close()
+        except Exception as e:
+            raise _backend_error(
+                f"{self._what}: the namespace handle was closed during the operation and "
+                f"its outcome could not be learnt ({e}); it may or may not have been applied",
+                False,
+            ) from None
+        if isinstance(res, list) and res and int(res[0]) == 1:
+            return res[1]
+        raise _closed_error(self._what)
+
+    def _record(self, key: object, value: object) -> bytes:
         kb, ks = encode(key)
         vb, vs = encode(value)
         if record_size(len(kb), len(vb)) > self._cap or len(kb) > 0xFFFFFFFF:
@@ -482,14 +873,14 @@ class RedisQueue(Queue):
                 f"queue's byte capacity ({self._cap})"
             )
         flags = (FLAG_KEY_STR if ks else 0) | (FLAG_VAL_STR if vs else 0)
-        return bytes((flags,)) + len(kb).to_bytes(4, "big") + kb + vb, len(kb)
+        return bytes((flags,)) + len(kb).to_bytes(4, "big") + kb + vb
 
     def _add_result(self, reply: Any) -> int:
         rc = int(reply)
         if rc >= 0:
             return rc
-        if rc == -1:
-            raise self._lost()
+        if rc in (-1, -4):
+            raise self._lost(rc)
         if rc == -2:
             raise QueueFullError(
                 f"{self._what}: queue is full (no count bound and no room left in bytes); "
@@ -501,80 +892,96 @@ class RedisQueue(Queue):
 
     # -- operations --------------------------------------------------------
     def add(self, key: Data, value: Data) -> bool:
-        rec, klen = self._record(key, value)
-        rc = self._run(self._rns._scripts.add, [self._rns._gen, rec, klen], unsure=True)
-        return self._add_result(rc) == 1
+        return self._add_result(self._run(_ADD, [self._record(key, value)], op=True)) == 1
 
     def add_many(self, items: Iterable[tuple[Data, Data]]) -> int:
-        args: list[Any] = [self._rns._gen]
+        args: list[Any] = []
         try:
             for key, value in items:
-                rec, klen = self._record(key, value)
-                args.append(rec)
-                args.append(klen)
+                args.append(self._record(key, value))
         except (TypeError, ValueError) as e:
             if isinstance(e, ItemTypeError | ItemTooLargeError):
                 raise
             raise ItemTypeError(f"add_many takes an iterable of (key, value) pairs: {e}") from None
-        if len(args) == 1:
+        if not args:
             return 0
-        rc = self._run(self._rns._scripts.add, args, unsure=True)
-        return self._add_result(rc)
+        return self._add_result(self._run(_ADD, args, op=True))
+
+    def _settle_pending(self) -> None:
+        """Settle this thread's take that an exception cut short: the items it
+        took (if it ran) replace its pending entry, and the thread's next fetch
+        returns them first; if it had not run, it can no longer run.
+
+        The entry goes from (record key, id) to the list of items in one store,
+        and items leave that list one ``pop`` at a time, so an exception at any
+        point can delay an item but never deliver it twice."""
+        st = self._rns._state
+        entry = st.pending[self._index]
+        assert isinstance(entry, tuple)
+        res = self._run(_RESOLVE, [], op=False, resolve=entry[1])
+        items: list[Item] = []
+        if isinstance(res, list) and res and int(res[0]) == 1 and isinstance(res[1], list):
+            items = [_decode_record(r) for r in res[1][1:]]
+        st.pending[self._index] = items
 
     def _take(self, n: int, deadline: int) -> list[Item]:
-        gen = self._rns._gen
-        take = self._rns._scripts.take
+        st = self._rns._state
+        if isinstance(st.pending.get(self._index), tuple):
+            self._settle_pending()
+        kept = st.pending.get(self._index)
+        if isinstance(kept, list):
+            out: list[Item] = []
+            while kept and len(out) < n:
+                out.append(kept.pop(0))
+            if not kept:
+                st.pending.pop(self._index, None)
+            if out:
+                return out
+        wait = 0.0
+        if deadline != 0 and self._emptied:
+            wait = self._slice(deadline)
         while True:
-            res = self._run(take, [gen, n], unsure=True)
+            res = self._run(_TAKE, [n], op=True, wait=wait)
             if not isinstance(res, list):
-                if int(res) == -1:
-                    raise self._lost()
+                st.pending.pop(self._index, None)
+                if int(res) in (-1, -4):
+                    raise self._lost(int(res))
                 raise BackendError(f"{self._what}: unexpected reply {res!r} from Redis")
-            if res:
-                try:
-                    return [_decode_record(r) for r in res]
-                except BaseException:
-                    # an exception (a signal handler's) after the server took the
-                    # items: keep them for this handle's next fetch
-                    with contextlib.suppress(Exception):
-                        self._undelivered.extend(_decode_record(r) for r in res)
-                    raise
-            if deadline == 0:
+            recs = res[1:]
+            self._emptied = int(res[0]) == 0
+            if recs or deadline == 0:
+                break
+            st.pending.pop(self._index, None)
+            wait = self._slice(deadline)
+            if wait <= 0:
                 return []
-            if deadline < 0:
-                wait = WAIT_SLICE_S
-            else:
-                left = (deadline - time.monotonic_ns()) / 1e9
-                if left <= 0:
-                    return []
-                wait = min(left, WAIT_SLICE_S)
-            self._wait(max(wait, 0.001))
-
-    def _wait(self, seconds: float) -> None:
-        """Block until an add may have happened (a token) or ``seconds`` passed."""
-        client = self._client()
         try:
-            client.blpop([self._keys[3]], timeout=seconds)
-        except Exception as e:
-            if _is_redis_error(e):
-                raise BackendError(
-                    f"{self._what}: lost the connection to Redis at "
-                    f"{_redact(self._rns.url or '')} while waiting for an item ({e}); "
-                    "no item was taken"
-                ) from e
+            items = [_decode_record(r) for r in recs]
+        except BaseException:
+            # an exception (a signal handler's) after the server took the
+            # items: keep them for this handle's next fetch
+            with contextlib.suppress(Exception):
+                self._undelivered.extend(_decode_record(r) for r in recs)
+                st.pending.pop(self._index, None)
             raise
+        st.pending.pop(self._index, None)
+        return items
+
+    @staticmethod
+    def _slice(deadline: int) -> float:
+        """How long the next wait may last (0: the deadline has passed)."""
+        if deadline < 0:
+            return WAIT_SLICE_S
+        left = (deadline - time.monotonic_ns()) / 1e9
+        if left <= 0:
+            return 0.0
+        return max(min(left, WAIT_SLICE_S), 0.001)
 
     def _meta(self) -> dict[str, int]:
-        client = self._client()
-        try:
-            vals = client.hmget(self._keys[0], list(_STAT_FIELDS))
-        except Exception as e:
-            if _is_redis_error(e):
-                raise _translate(e, self._what, self._rns.url or "", unsure=False) from e
-            raise
-        if vals[0] is None or vals[0].decode() != self._rns._gen:
-            raise self._lost()
-        return {f: int(v) for f, v in zip(_STAT_FIELDS[1:], vals[1:], strict=True)}
+        res = self._run(_STATS, [], op=False)
+        if not isinstance(res, list):
+            raise self._lost(int(res))
+        return {f: int(v) for f, v in zip(_STAT_FIELDS, res, strict=True)}
 
     def __len__(self) -> int:
         return self._meta()["count"]
@@ -603,7 +1010,9 @@ class RedisQueue(Queue):
         Raises CorruptSegmentError describing the first inconsistency.
         """
         client = self._client()
-        meta = {k.decode(): int(v) for k, v in client.hgetall(self._keys[0]).items() if k != b"gen"}
+        raw = client.hgetall(self._keys[0])
+        meta = {k: int(raw[k.encode()]) for k in ("cap", "limit", "mode")}
+        meta.update(zip(_STATE_FIELDS, map(int, struct.unpack(">10d", raw[b"st"])), strict=True))
         recs = client.hgetall(self._keys[1])
         idx = client.hgetall(self._keys[2])
         head, tail = meta["head"], meta["tail"]
@@ -652,8 +1061,27 @@ def _decode_record(r: bytes) -> Item:
     )
 
 
+class _ThreadState(threading.local):
+    """Per thread of a handle: its operation session, its connections."""
+
+    def __init__(self) -> None:
+        self.sid = os.urandom(8).hex()
+        self.n = 0
+        self.conns: dict[str, Any] = {}  # node name ("" for one server) -> connection
+        # per queue: a take an exception cut short, as (record key, op id), and
+        # once settled, the items it had taken (handed out first by _take)
+        self.pending: dict[int, tuple[str, str] | list[Item]] = {}
+        # per (queue, script): keys, number and RESP encoding of the fixed arguments
+        self.prefix: dict[tuple[int, str], tuple[list[str], int, bytes]] = {}
+
+
 class RedisNamespace(MQueue):
-    """A namespace on a Redis server (see :class:`mqueue.MQueue`)."""
+    """A namespace on a Redis server or cluster (see :class:`mqueue.MQueue`).
+
+    ``retry_window``: how long (seconds) an operation is retried across
+    connection faults before :class:`BackendError` reaches the caller
+    (default :data:`RETRY_WINDOW_S`).
+    """
 
     def __init__(
         self,
@@ -668,14 +1096,111 @@ class RedisNamespace(MQueue):
     ) -> None:
         self._client = client
         self._gen = gen
-        self._scripts = _Scripts(client)
+        self._cluster = _is_cluster(client)
+        self.retry_window = RETRY_WINDOW_S
+        self._state = _ThreadState()
+        self._conns: list[Any] = []
+        self._conns_lock = threading.Lock()
         super().__init__(
             namespace, definitions, RedisQueue, url=url, db_url=db_url, creator=creator
         )
 
+    @property
+    def is_cluster(self) -> bool:
+        """True when the server is a Redis Cluster (queues spread over its nodes)."""
+        return self._cluster
+
+    def _local_state(self) -> _ThreadState:
+        return self._state
+
+    def _pool(self, key: str, node: Any) -> tuple[str, Any]:
+        """The node that serves ``key`` (or ``node``): its name and connection pool."""
+        if not self._cluster:
+            return "", self._client.connection_pool
+        if node is None:
+            node = self._client.get_node_from_key(key)
+        return str(node.name), self._client.get_redis_connection(node).connection_pool
+
+    def _node(self, host: str, port: int) -> Any:
+        return self._client.get_node(host=host, port=port)
+
+    def _refresh_slots(self) -> None:
+        with contextlib.suppress(Exception):
+            self._client.nodes_manager.initialize()
+
+    def _send(self, key: str, cmds: list[bytes], ask: Any = None) -> list[Any]:
+        """One attempt: send ``cmds`` pipelined on this thread's own connection
+        to the node that serves ``key`` (``ask``: that node, after ASKING) and
+        read every reply; error replies are returned, not raised."""
+        name, pool = self._pool(key, ask)
+        st = self._state
+        conn = st.conns.get(name)
+        if conn is None:
+            conn = pool.connection_class(**pool.connection_kwargs)
+            with self._conns_lock:
+                if self._closed:
+                    raise _closed_error(f"namespace {self.namespace!r}")
+                self._conns.append(conn)
+            st.conns[name] = conn
+        sock = conn._sock
+        if sock is not None:
+            # a connection the server closed while idle (restart, timeout, CLIENT
+            # KILL) is replaced before anything is sent on it
+            try:
+                stale = bool(select.select([sock], [], [], 0)[0])
+            except (OSError, ValueError):
+                stale = True
+            if stale:
+                conn.disconnect()
+        if not conn.is_connected:
+            try:
+                conn.connect()
+            except BaseException:
+                conn.disconnect()  # a handshake cut short must not leave replies behind
+                raise
+        if ask is not None:
+            cmds = [_ASKING, *cmds]
+        rerr = _redis_module().exceptions.ResponseError
+        try:
+            conn.send_packed_command(cmds, check_health=False)
+            out: list[Any] = []
+            for _ in cmds:
+                try:
+                    out.append(conn.read_response())
+                except rerr as e:
+                    out.append(e)
+        except BaseException:
+            conn.disconnect()
+            raise
+        if self._closed:
+            conn.disconnect()
+        return out[1:] if ask is not None else out
+
     def _release(self) -> None:
+        # Connections of other threads are only shut down (their blocked reads
+        # wake with an error at once); each thread closes its own socket when it
+        # sees the error, so a socket number is never freed, and reused by
+        # another connection, under a thread that is about to wait on it.
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        mine = set(map(id, self._state.conns.values()))
+        for c in conns:
+            with contextlib.suppress(Exception):
+                if id(c) in mine:
+                    c.disconnect()
+                else:
+                    sock = c._sock
+                    if sock is not None:
+                        sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(Exception):
             self._client.close()
+
+    def _reattach_in_child(self) -> None:
+        # the parent's sessions and sockets are the parent's: new ones (redis-py
+        # does not shut a socket down from a process that did not open it)
+        self._state = _ThreadState()
+        self._conns = []
+        self._conns_lock = threading.Lock()
 
 
 # --------------------------------------------------------------- namespaces
@@ -864,10 +1389,11 @@ def destroy(namespace: str, *, url: str) -> None:
             for n in names:
                 ks = queue_keys(namespace, n)
                 _call(lambda ks=ks: client.delete(*ks), where, url)
-            return
-        # Unreadable or missing definitions: sweep whatever keys the namespace left.
+        # Whatever else the namespace left: operation records (they would
+        # expire within OP_RECORD_TTL_S), and every key when the definitions
+        # were unreadable or missing.  On a cluster, SCAN visits every master.
         pattern = _glob_esc(f"mqueue:{{{_esc(namespace)}:") + "*"
-        found = _call(lambda: list(client.scan_iter(match=pattern, count=1000)), where, url)
+        found = _call(lambda: set(client.scan_iter(match=pattern, count=1000)), where, url)
         for k in found:
             _call(lambda k=k: client.delete(k), where, url)
         if raw is None and not found:
@@ -877,13 +1403,14 @@ def destroy(namespace: str, *, url: str) -> None:
 
 
 def list_namespaces(url: str) -> list[str]:
-    """Namespaces present on the Redis server at ``url``, sorted."""
+    """Namespaces present on the Redis server at ``url`` (every master of a
+    cluster), sorted."""
     from urllib.parse import unquote
 
     client = connect(_check_url(url))
     try:
         keys = _call(
-            lambda: list(client.scan_iter(match="mqueue:{*}:defs", count=1000)), "list", url
+            lambda: set(client.scan_iter(match="mqueue:{*}:defs", count=1000)), "list", url
         )
     finally:
         client.close()
