@@ -554,8 +554,13 @@ def _is_cluster(client: Any) -> bool:
 
 
 def _backend_error(msg: str, outcome_known: bool | None) -> BackendError:
+    """A BackendError saying whether the operation's outcome is known, logged
+    (WARNING) on the ``mqueue`` logger as a backend fault."""
+    from . import _log
+
     e = BackendError(msg)
     e.outcome_known = outcome_known
+    _log.fault(e, level=logging.WARNING)
     return e
 
 
@@ -581,7 +586,8 @@ def _translate(e: Exception, where: str, url: str, *, unsure: bool) -> MQueueErr
     from . import _log
 
     exc = _translate_exc(e, where, url, unsure=unsure)
-    _log.fault(exc, level=logging.WARNING)
+    if not isinstance(exc, BackendError):  # _backend_error logged those already
+        _log.fault(exc, level=logging.WARNING)
     return exc
 
 
