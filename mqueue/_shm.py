@@ -135,6 +135,7 @@ class _Buffers:
         self.view = ffi.buffer(self.buf)
         self.nmeta = nmeta
         self.arr = array("I", bytes(12 * nmeta))
+        self.arr[2] = _UNTAKEN  # the engine writes this word only when it commits a take
         self.meta = ffi.from_buffer("uint32_t[]", self.arr)
         fb = self.fb = ffi.new("struct mq_fetchbuf *")
         fb.ns = ns
@@ -155,7 +156,9 @@ class ShmQueue(Queue):
 
     def _fail(self, rc: int) -> MQueueError:
         if rc == ll.MQ_ECLOSED or self._ns == ffi.NULL:
-            return MQueueError(f"{self._what}: the namespace handle is closed")
+            return self._mq._closed_error(
+                MQueueError(f"{self._what}: the namespace handle is closed")
+            )
         return _err(rc, self._what)
 
     def add(self, key: Data, value: Data) -> bool:
@@ -254,6 +257,18 @@ class ShmQueue(Queue):
             raise _err(ll.MQ_ETOOBIG, self._what) from None
         return self._add_many_raw(b"".join(parts), lens3, n)
 
+    # Items the engine took are the caller's: they must reach it or stay
+    # where the next fetch of this handle finds them, whatever exception (a
+    # signal handler's, Ctrl-C) lands at whatever call boundary.  The record of
+    # a take is the buffer itself: the engine writes the first item's flags
+    # word (arr[2], set to _UNTAKEN before each call) only once the take is
+    # committed.  Until the items are handed over, the buffer is referenced
+    # only by this call; an exception that leaves the call runs the handler,
+    # whose first steps (no call among them, so no second exception can land
+    # before they are done) keep the buffer in _undelivered when arr[2] says
+    # it holds a take.  The hand-over itself (buffer back to the handle, held
+    # item set, return) has no call in it either.
+
     def fetch(self, timeout: float | None = 0) -> Item | None:
         # the timeout goes to C in seconds (C computes the deadline); checked
         # first, so that a refused call changes nothing (not even the held item)
@@ -263,7 +278,7 @@ class ShmQueue(Queue):
             t = timeout
         else:
             t = _timeout_s(timeout)
-        if self._undelivered:  # taken by a call a signal handler's exception cut short
+        if self._undelivered:  # taken by a call an exception cut short
             return self._deliver()
         self._held = None
         b = self._bufs
@@ -271,7 +286,7 @@ class ShmQueue(Queue):
         if b is None:
             b = _Buffers(self._ns, self._index, _INITIAL_BUF)
         arr = b.arr
-        arr[2] = _UNTAKEN  # C overwrites it only when it takes an item
+        arr[2] = _UNTAKEN
         try:
             rc: int = _mq_fetch_into(b.fb, t)
             if rc == 1:  # the hot path: one copy out of the buffer, one decode
@@ -291,11 +306,19 @@ class ShmQueue(Queue):
                     item = _tnew(Item, (raw[:kl], raw[kl:]))
                 else:
                     item = self._item(raw, kl, fl)
-                self._bufs = b
+                self._bufs = b  # the hand-over: no call from here to the return
                 self._held = item
                 return item
+        except CorruptSegmentError:
+            arr[2] = _UNTAKEN  # a damaged record: it cannot be handed out
+            if self._bufs is None:
+                self._bufs = b
+            raise
         except BaseException:
-            self._salvage(b, batch=False)
+            if arr[2] != _UNTAKEN:  # taken, not handed over: for the next fetch
+                self._undelivered += ((b, False),)
+            elif self._bufs is None:
+                self._bufs = b
             raise
         self._bufs = b
         if rc == 0:
@@ -303,45 +326,47 @@ class ShmQueue(Queue):
         items = self._take_s(1, t, b.fb.deadline if rc in _AGAIN else None)
         if not items:
             return None
-        self._held = items[0]
-        return self._held
+        item = items[0]
+        self._held = item
+        return item
 
     def fetch_many(self, n: int, timeout: float | None = 0) -> list[Item]:
         t = -1.0 if timeout is None else _timeout_s(timeout)
         if check_count(n) == 0:
             return []
         if self._undelivered:
-            out = self._undelivered[:n]
-            del self._undelivered[:n]
-            return out
+            return self._deliver_many(n)
         return self._take_s(n, t)
 
-    def _deliver(self) -> Item:
-        """Hand out the oldest item a cut-short call took (see _salvage)."""
-        item = self._undelivered.pop(0)
-        self._held = item
-        return item
+    def _expand_kept(self) -> None:
+        """Decode the buffers kept by calls an exception cut short into their
+        Items, in place.  A buffer is replaced by its Items in one step (a
+        slice assignment), only if it is still where it was: repeating this,
+        or doing it in two threads, never doubles an item."""
+        u = self._undelivered
+        i = 0
+        while i < len(u):
+            x = u[i]
+            if x.__class__ is not tuple:  # an Item (tuple subclass)
+                i += 1
+                continue
+            try:
+                items = self._decode_kept(x[0], x[1])
+            except MQueueError:  # damaged records: dropped, as fetch would have
+                if u[i : i + 1] == [x]:
+                    del u[i]
+                raise
+            if u[i : i + 1] == [x]:
+                u[i : i + 1] = items  # no call between the check and the replacement
+                i += len(items)
+            else:  # changed meanwhile (another thread): look again
+                i = 0
 
-    def _salvage(self, b: _Buffers, *, batch: bool) -> None:
-        """After an exception (a signal handler's, Ctrl-C) cut a fetch short
-        after the engine had taken items: keep them for the next fetch of this
-        handle instead of losing them.  Never raises."""
-        try:
-            if b.arr[2] == _UNTAKEN:  # the engine took nothing
-                return
-            n = b.fb.taken
-            if not batch:  # mq_fetch_into: key and value back to back
-                kl = b.arr[0]
-                items = [self._item(b.view[0 : kl + b.arr[1]], kl, b.arr[2])]
-            else:
-                items = self._decode_batch(b, n)
-            b.arr[2] = _UNTAKEN
-            self._undelivered.extend(items)
-        except BaseException:  # noqa: BLE001 - a damaged item cannot be kept
-            pass
-        finally:
-            if self._bufs is None:
-                self._bufs = b
+    def _decode_kept(self, b: _Buffers, batch: bool) -> list[Item]:
+        if not batch:  # mq_fetch_into: key and value back to back
+            kl = b.arr[0]
+            return [self._item(b.view[0 : kl + b.arr[1]], kl, b.arr[2])]
+        return self._decode_batch(b, b.fb.taken)
 
     def _item(self, raw: bytes, kl: int, fl: int) -> Item:
         """The Item of a record whose key and value are back to back in raw."""
@@ -364,14 +389,15 @@ class ShmQueue(Queue):
         while the queue is empty, or until ``deadline`` (CLOCK_MONOTONIC ns,
         -1 forever) when a wait cut into slices (MQ_EAGAIN) or interrupted by a
         signal (MQ_EINTR) goes on: Python runs its signal handlers between two
-        calls, and a handler that raises ends the wait."""
-        n = min(n, 0xFFFFFFFF)
+        calls, and a handler that raises ends the wait.  (See fetch for how
+        taken items survive an exception.)"""
+        cap = n if n < _MAX_BATCH else _MAX_BATCH
         b = self._bufs
         self._bufs = None
-        if b is None or b.nmeta < min(n, _MAX_BATCH):
-            size = max(b.size if b else 0, _INITIAL_BUF)
-            b = _Buffers(self._ns, self._index, size, min(n, _MAX_BATCH))
-        batch = False
+        if b is None or b.nmeta < cap:
+            b = _Buffers(self._ns, self._index, max(b.size if b else 0, _INITIAL_BUF), cap)
+        b.arr[2] = _UNTAKEN
+        want = cap if cap < b.nmeta else b.nmeta
         try:
             while True:
                 if deadline is not None:  # continuing a wait: what is left of it
@@ -379,39 +405,47 @@ class ShmQueue(Queue):
                         timeout = -1.0
                     else:  # past the deadline: one last look, without waiting
                         timeout = max(0.0, (deadline - time.monotonic_ns()) / 1e9)
-                want = min(n, b.nmeta)
-                batch = want > 1
-                b.arr[2] = _UNTAKEN
-                if not batch:
+                if want == 1:
                     rc: int = _mq_fetch_into(b.fb, timeout)
                 else:
                     rc = _mq_fetch_batch(b.fb, want, timeout)
                 if rc > 0:
                     break
                 if rc == 0:
-                    return []
-                if rc == _EBUF:
-                    need = b.arr[0]
-                    b = _Buffers(self._ns, self._index, max(need, 2 * b.size), b.nmeta)
+                    out: list[Item] = []
+                    break
+                if rc == _EBUF:  # nothing taken: a larger buffer, and again
+                    b = _Buffers(self._ns, self._index, max(b.arr[0], 2 * b.size), b.nmeta)
                     continue
                 if rc not in _AGAIN:
                     raise self._fail(rc)
                 if deadline is None:
                     deadline = b.fb.deadline
                 if timeout == 0.0:
-                    return []  # that was the last look
-            if want == 1:  # mq_fetch_into: key and value back to back
-                kl = b.arr[0]
-                return [self._item(b.view[0 : kl + b.arr[1]], kl, b.arr[2])]
-            out = self._decode_batch(b, rc)
-            self._grow_if_needed(b, rc, want, n, b.fb.total)
+                    out = []  # that was the last look
+                    break
+            if rc > 0:
+                if want == 1:  # mq_fetch_into: key and value back to back
+                    kl = b.arr[0]
+                    out = [self._item(b.view[0 : kl + b.arr[1]], kl, b.arr[2])]
+                else:
+                    out = self._decode_batch(b, rc)
+                    if rc < want:
+                        self._grow_if_needed(b, rc, want, b.fb.total)
+            if self._bufs is None:  # the hand-over: no call from here to the return
+                self._bufs = b
             return out
-        except BaseException:
-            self._salvage(b, batch=batch)
-            raise
-        finally:
+        except CorruptSegmentError:
+            b.arr[2] = _UNTAKEN  # damaged records: they cannot be handed out
             if self._bufs is None:
                 self._bufs = b
+            raise
+        except BaseException:
+            if b.arr[2] != _UNTAKEN:  # taken, not handed over: for the next fetch
+                self._undelivered += ((b, want > 1),)
+            elif self._bufs is None:
+                self._bufs = b
+            raise
 
     def _decode_batch(self, b: _Buffers, n: int) -> list[Item]:
         """The n Items mq_fetch_batch left in b: every key and value is
@@ -455,7 +489,7 @@ class ShmQueue(Queue):
         except UnicodeDecodeError:
             raise _err(ll.MQ_ECORRUPT, self._what) from None
 
-    def _grow_if_needed(self, b: _Buffers, got: int, want: int, n: int, used: int) -> None:
+    def _grow_if_needed(self, b: _Buffers, got: int, want: int, used: int) -> None:
         """Next time, a larger buffer when this one limited a batch."""
         if got < want and 2 * used > b.size and b.size < _MAX_BUF:
             self._bufs = _Buffers(self._ns, self._index, 2 * b.size, b.nmeta)
@@ -511,8 +545,9 @@ class ShmNamespace(MQueue):
     ) -> None:
         self._shm = shm
         self._ns = ns
-        super().__init__(namespace, definitions, ShmQueue, db_url=db_url, creator=creator)
+        # before the base class registers the handle for the fork hook, which uses it
         self._finalizer = weakref.finalize(self, _release_handle, ns, shm)
+        super().__init__(namespace, definitions, ShmQueue, db_url=db_url, creator=creator)
 
     @property
     def slot(self) -> int:
