@@ -9,6 +9,7 @@ persistence hooks.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -16,7 +17,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ._defs import QueueDef
 from ._errors import (
@@ -127,8 +128,9 @@ class Queue:
         self.name = definition.name
         self._held: Item | None = None
         # items a fetch took but could not hand over because an exception (a
-        # signal handler's) cut it short: the next fetch of this handle returns them
-        self._undelivered: list[Item] = []
+        # signal handler's) cut it short: the next fetch of this handle returns
+        # them.  Items, or a backend's records not decoded yet (_expand_kept).
+        self._undelivered: list[Any] = []
 
     # -- held item (per process) -------------------------------------------
     @property
@@ -227,7 +229,7 @@ class Queue:
         u = self._undelivered
         if u[0].__class__ is not Item:
             self._expand_kept()
-        item = u[0]
+        item: Item = u[0]
         # no call from here to the return: the item leaves the list and is
         # returned as one step
         self._held = item
@@ -396,10 +398,8 @@ class MQueue:
         self._creator_pid = None
         self._closed = True
         _live.pop(id(self), None)
-        try:
+        with contextlib.suppress(BaseException):  # nothing more can be done here
             self._release()
-        except BaseException:  # noqa: BLE001 - nothing more can be done here
-            pass
 
     def _closed_error(self, default: MQueueError) -> MQueueError:
         """The error for a use of this closed handle: ``default``, or the one
