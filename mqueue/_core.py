@@ -186,7 +186,9 @@ class Queue:
         """
         deadline = deadline_ns(timeout)  # a refused call changes nothing
         if self._undelivered:
-            return self._deliver()
+            kept = self._deliver()
+            if kept is not None:
+                return kept
         self._held = None
         items = self._take(1, deadline)
         if not items:
@@ -204,7 +206,9 @@ class Queue:
         if check_count(n) == 0:
             return []
         if self._undelivered:
-            return self._deliver_many(n)
+            out = self._deliver_many(n)
+            if out:
+                return out
         return self._take(n, deadline)
 
     # -- items kept by a call an exception cut short ---------------------------
@@ -224,11 +228,15 @@ class Queue:
         """Backend hook: replace undecoded entries of ``_undelivered`` by their
         Items, in place (each replacement one step; safe to repeat)."""
 
-    def _deliver(self) -> Item:
-        """Hand out the oldest kept item as fetch's result (and the held item)."""
+    def _deliver(self) -> Item | None:
+        """Hand out the oldest kept item as fetch's result (and the held item);
+        None when there is none after all (a signal handler's fetch on this
+        handle, run while this one decoded, handed them out)."""
         u = self._undelivered
         if u[0].__class__ is not Item:
             self._expand_kept()
+            if not u:
+                return None
         item: Item = u[0]
         # no call from here to the return: the item leaves the list and is
         # returned as one step
@@ -473,7 +481,8 @@ def _after_fork_in_child() -> None:
         try:
             h._after_fork_in_child()
         except BaseException as e:  # noqa: BLE001 - never stop at one handle
-            h._mark_unusable(e)
+            with contextlib.suppress(BaseException):
+                h._mark_unusable(e)
 
 
 os.register_at_fork(

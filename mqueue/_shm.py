@@ -279,7 +279,9 @@ class ShmQueue(Queue):
         else:
             t = _timeout_s(timeout)
         if self._undelivered:  # taken by a call an exception cut short
-            return self._deliver()
+            kept = self._deliver()
+            if kept is not None:
+                return kept
         self._held = None
         b = self._bufs
         self._bufs = None  # another thread using this handle meanwhile gets its own
@@ -335,7 +337,9 @@ class ShmQueue(Queue):
         if check_count(n) == 0:
             return []
         if self._undelivered:
-            return self._deliver_many(n)
+            out = self._deliver_many(n)
+            if out:
+                return out
         return self._take_s(n, t)
 
     def _expand_kept(self) -> None:

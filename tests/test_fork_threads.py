@@ -271,9 +271,7 @@ def testing_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_testing_package(tmp_path_factory.mktemp("forkbuild"))
 
 
-def test_child_killed_in_add_many_does_not_wedge_the_queue(
-    make_mq, ns, testing_site: Path
-) -> None:
+def test_child_killed_in_add_many_does_not_wedge_the_queue(make_mq, ns, testing_site: Path) -> None:
     """A child forked while threads were half-way through attach dies inside
     add_many holding the lock: the queue must not stay locked while the
     parent lives (the child must not have used the parent's liveness slot)."""
@@ -297,7 +295,9 @@ def test_child_killed_in_add_many_does_not_wedge_the_queue(
         assert r.returncode == 0 and r.stdout.strip() == "added", r.stderr
         assert took < 5.0, f"a fresh process's add took {took:.1f} s"
     except subprocess.TimeoutExpired:
-        raise AssertionError("the queue stayed locked: a fresh process's add never returned")
+        raise AssertionError(
+            "the queue stayed locked: a fresh process's add never returned"
+        ) from None
     finally:
         with contextlib.suppress(OSError):
             os.killpg(p.pid, signal.SIGKILL)

@@ -21,7 +21,6 @@ import struct
 import subprocess
 import sys
 import textwrap
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -89,9 +88,10 @@ def storm(q: mqueue.Queue, ns: str, n: int, batch: int) -> int:
     def handler(signum: int, frame: Any) -> None:
         # only in the consumer's loop and mqueue's code: not inside a garbage
         # collector's callback, where an exception is only reported
-        if armed[0] and (frame.f_code is loop or (
-            frame.f_code.co_filename.startswith(_PKG) and frame.f_code.co_name not in _GC_CODE
-        )):
+        if armed[0] and (
+            frame.f_code is loop
+            or (frame.f_code.co_filename.startswith(_PKG) and frame.f_code.co_name not in _GC_CODE)
+        ):
             raise Boom
 
     loop = sys._getframe().f_code
