@@ -131,6 +131,9 @@ class Queue:
         # signal handler's) cut it short: the next fetch of this handle returns
         # them.  Items, or a backend's records not decoded yet (_expand_kept).
         self._undelivered: list[Any] = []
+        # how many entries at the end of _undelivered are records not decoded
+        # yet (they are always a suffix: Items first)
+        self._kept_raw = 0
 
     # -- held item (per process) -------------------------------------------
     @property
@@ -224,17 +227,19 @@ class Queue:
     # exception cannot land between removing an item from the list and
     # returning it.
 
-    def _expand_kept(self) -> None:
-        """Backend hook: replace undecoded entries of ``_undelivered`` by their
-        Items, in place (each replacement one step; safe to repeat)."""
+    def _expand_kept(self, upto: int) -> None:
+        """Backend hook: decode the records kept at the end of
+        ``_undelivered`` (``_kept_raw`` of them) until its first ``upto``
+        entries are Items, in steps that each replace a record (or a part of
+        it) by its Items at once (safe to repeat or to cut short)."""
 
     def _deliver(self) -> Item | None:
         """Hand out the oldest kept item as fetch's result (and the held item);
         None when there is none after all (a signal handler's fetch on this
         handle, run while this one decoded, handed them out)."""
         u = self._undelivered
-        if u[0].__class__ is not Item:
-            self._expand_kept()
+        if self._kept_raw:
+            self._expand_kept(1)
             if not u:
                 return None
         item: Item = u[0]
@@ -247,10 +252,8 @@ class Queue:
     def _deliver_many(self, n: int) -> list[Item]:
         """Hand out up to n kept items as fetch_many's result."""
         u = self._undelivered
-        for x in u[:n]:
-            if x.__class__ is not Item:
-                self._expand_kept()
-                break
+        if self._kept_raw:
+            self._expand_kept(n)
         out = u[:n]
         del u[:n]  # no call between the copy and the removal
         return out
@@ -384,6 +387,7 @@ class MQueue:
         for q in self._queues.values():
             q._held = None
             q._undelivered = []
+            q._kept_raw = 0
         if self._closed:
             self._release()
             _live.pop(id(self), None)

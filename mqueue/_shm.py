@@ -62,6 +62,7 @@ _UNIFORM_NONUL = lib.MQ_BATCH_UNIFORM | lib.MQ_BATCH_NONUL
 _BYTES = {bytes}
 _MAX_BATCH = 65536
 _MAX_BUF = 64 << 20
+_KEPT_STEP = 16  # items decoded per step when handing out kept items
 
 
 def _timeout_s(timeout: object) -> float:
@@ -318,7 +319,8 @@ class ShmQueue(Queue):
             raise
         except BaseException:
             if arr[2] != _UNTAKEN:  # taken, not handed over: for the next fetch
-                self._undelivered += ((b, False),)
+                self._undelivered += ((b, False, 0, 0),)
+                self._kept_raw += 1
             elif self._bufs is None:
                 self._bufs = b
             raise
@@ -342,35 +344,67 @@ class ShmQueue(Queue):
                 return out
         return self._take_s(n, t)
 
-    def _expand_kept(self) -> None:
-        """Decode the buffers kept by calls an exception cut short into their
-        Items, in place.  A buffer is replaced by its Items in one step (a
-        slice assignment), only if it is still where it was: repeating this,
-        or doing it in two threads, never doubles an item."""
+    def _expand_kept(self, upto: int) -> None:
+        """Decode kept buffers into their Items, in place, until the first
+        ``upto`` entries of _undelivered are Items.  An entry is (buffer,
+        batch layout, first item not decoded, its byte offset); each step
+        decodes at most _KEPT_STEP items and replaces the entry by them (and
+        by what is left of it) in one slice assignment, only if the entry is
+        still where it was: repeating a step, or a step cut short, or two
+        threads, never double an item, and a storm of exceptions faster than a
+        whole batch's decoding still lets it progress."""
         u = self._undelivered
-        i = 0
-        while i < len(u):
+        while self._kept_raw:
+            i = len(u) - self._kept_raw  # the first record: Items come before them
+            if i >= upto:
+                return
             x = u[i]
-            if x.__class__ is not tuple:  # an Item (tuple subclass)
-                i += 1
-                continue
+            b, batch, start, off = x
             try:
-                items = self._decode_kept(x[0], x[1])
-            except MQueueError:  # damaged records: dropped, as fetch would have
+                items, off2 = self._decode_kept(b, batch, start, off)
+            except MQueueError:  # damaged records: the rest of this take is dropped
                 if u[i : i + 1] == [x]:
                     del u[i]
+                    self._kept_raw -= 1
                 raise
-            if u[i : i + 1] == [x]:
-                u[i : i + 1] = items  # no call between the check and the replacement
-                i += len(items)
-            else:  # changed meanwhile (another thread): look again
-                i = 0
+            done = start + len(items) >= (b.fb.taken if batch else 1)
+            new = items if done else items + [(b, batch, start + len(items), off2)]
+            if u[i : i + 1] == [x]:  # no call from this check to the count's update
+                u[i : i + 1] = new
+                if done:
+                    self._kept_raw -= 1
 
-    def _decode_kept(self, b: _Buffers, batch: bool) -> list[Item]:
-        if not batch:  # mq_fetch_into: key and value back to back
-            kl = b.arr[0]
-            return [self._item(b.view[0 : kl + b.arr[1]], kl, b.arr[2])]
-        return self._decode_batch(b, b.fb.taken)
+    def _decode_kept(
+        self, b: _Buffers, batch: bool, start: int, off: int
+    ) -> tuple[list[Item], int]:
+        """Up to _KEPT_STEP Items of a kept buffer from item ``start`` (at byte
+        ``off``), and the byte offset after them."""
+        arr = b.arr
+        if not batch:  # mq_fetch_into: one item, key and value back to back
+            kl = arr[0]
+            return [self._item(b.view[0 : kl + arr[1]], kl, arr[2])], 0
+        stop = min(b.fb.taken, start + _KEPT_STEP)
+        meta = arr[3 * start : 3 * stop].tolist()
+        end = off + sum(meta[0::3]) + sum(meta[1::3]) + 2 * (stop - start)
+        raw = b.view[off:end]
+        out: list[Item] = []
+        o = 0
+        for j in range(0, len(meta), 3):
+            kl, vl, fl = meta[j], meta[j + 1], meta[j + 2]
+            k = raw[o : o + kl]
+            o += kl + 1
+            v = raw[o : o + vl]
+            o += vl + 1
+            try:
+                out.append(
+                    _tnew(
+                        Item,
+                        (_dec(k) if fl & FLAG_KEY_STR else k, _dec(v) if fl & FLAG_VAL_STR else v),
+                    )
+                )
+            except UnicodeDecodeError:
+                raise _err(ll.MQ_ECORRUPT, self._what) from None
+        return out, end
 
     def _item(self, raw: bytes, kl: int, fl: int) -> Item:
         """The Item of a record whose key and value are back to back in raw."""
@@ -446,7 +480,8 @@ class ShmQueue(Queue):
             raise
         except BaseException:
             if b.arr[2] != _UNTAKEN:  # taken, not handed over: for the next fetch
-                self._undelivered += ((b, want > 1),)
+                self._undelivered += ((b, want > 1, 0, 0),)
+                self._kept_raw += 1
             elif self._bufs is None:
                 self._bufs = b
             raise
