@@ -355,7 +355,13 @@ class ShmQueue(Queue):
         whole batch's decoding still lets it progress."""
         u = self._undelivered
         while self._kept_raw:
-            i = len(u) - self._kept_raw  # the first record: Items come before them
+            i = len(u) - self._kept_raw  # the first record: Items come before them,
+            if not 0 <= i < len(u) or u[i].__class__ is not tuple:
+                # unless someone appended Items after records: look for it
+                i = next((j for j, y in enumerate(u) if y.__class__ is tuple), len(u))
+                if i == len(u):  # none left (counted wrong): nothing to decode
+                    self._kept_raw = 0
+                    return
             if i >= upto:
                 return
             x = u[i]
