@@ -273,3 +273,31 @@ def test_a_take_that_fails_after_copying_hands_out_nothing(make_mq, ns, op: str)
     assert q.fetch() is None
     st = q.stats()
     assert st.added == st.fetched == 2
+
+
+def test_kept_take_then_items_appended_after_it(make_mq) -> None:
+    """Another layer (the asyncio one) may append Items it kept after a kept
+    take not decoded yet: everything is still handed out once, in order."""
+    q = make_mq(["name=q"])["q"]
+    k = 0
+    while True:  # find a boundary at which fetch_many keeps its take
+        k += 1
+        assert k < 200
+        q.add_many([expected(i) for i in range(40)])
+        raise_at(k)
+        try:
+            q.fetch_many(30)
+        except Boom:
+            pass
+        finally:
+            sys.setprofile(None)
+        if q._kept_raw:  # type: ignore[attr-defined]
+            break
+        while q.fetch_many(1000):  # start again
+            pass
+    later = q._take_s(100, 0.0)  # type: ignore[attr-defined]  # taken after the kept ones
+    q._undelivered.extend(later)  # type: ignore[attr-defined]
+    out = q.fetch_many(7) + q.fetch_many(1000)
+    assert [int(kv[0]) for kv in out] == list(range(40))
+    check_exactly_once(out, 40)
+    assert q.fetch() is None
