@@ -1550,7 +1550,10 @@ struct batch_out {
 /* Takes up to max items under one lock hold.  With bo, every key and value
  * is followed by a NUL byte and bo describes the batch.  Returns the number
  * taken (0 = empty), MQ_EBUF (meta[0] = need), or a negative code; nothing
- * is taken on failure. */
+ * is taken on failure.  meta[2] (the first item's flags) is written only
+ * once the take is committed: a binding that set it to a value no flags word
+ * has can tell from it alone whether anything was taken, whatever the call
+ * returned (failures after a copy leave it untouched). */
 static int64_t take(const struct mq_q *q, uint32_t max, char *buf, size_t bufsize, uint32_t *meta,
                     struct batch_out *bo) {
     struct q_state s;
@@ -1575,15 +1578,15 @@ static int64_t take(const struct mq_q *q, uint32_t max, char *buf, size_t bufsiz
             copy_out(q, s.head + MQ_REC_HDR + r.klen, v, r.vlen);
             v[r.vlen] = 0;
             if (memchr(k, 0, r.klen) || memchr(v, 0, r.vlen)) info &= ~MQ_BATCH_NONUL;
-            if (n == 0) first_flags = r.flags & MQ_FLAGS_MASK;
-            else if ((r.flags & MQ_FLAGS_MASK) != first_flags) info &= ~MQ_BATCH_UNIFORM;
+            if (n > 0 && (r.flags & MQ_FLAGS_MASK) != first_flags) info &= ~MQ_BATCH_UNIFORM;
         } else {
             copy_out(q, s.head + MQ_REC_HDR, buf + used, need);
         }
         KILLPOINT("fetch_after_copy");
         meta[3 * n] = r.klen;
         meta[3 * n + 1] = r.vlen;
-        meta[3 * n + 2] = r.flags & MQ_FLAGS_MASK;
+        if (n == 0) first_flags = r.flags & MQ_FLAGS_MASK;   /* meta[2]: after the commit */
+        else meta[3 * n + 2] = r.flags & MQ_FLAGS_MASK;
         used += need;
         s.head += r.len;
         if (s.count == 0) return MQ_ECORRUPT;
@@ -1594,6 +1597,7 @@ static int64_t take(const struct mq_q *q, uint32_t max, char *buf, size_t bufsiz
     }
     if (n == 0 && s.count) return MQ_ECORRUPT;
     if (n || s.head != head0) state_commit(q, &s);
+    if (n) meta[2] = first_flags;   /* the "taken" marker: only now that the take is committed */
     KILLPOINT("fetch_after_commit");
     if (bo) {
         bo->total = used;

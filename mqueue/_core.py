@@ -9,6 +9,7 @@ persistence hooks.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -16,7 +17,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ._defs import QueueDef
 from ._errors import (
@@ -135,8 +136,12 @@ class Queue:
         self.name = definition.name
         self._held: Item | None = None
         # items a fetch took but could not hand over because an exception (a
-        # signal handler's) cut it short: the next fetch of this handle returns them
-        self._undelivered: list[Item] = []
+        # signal handler's) cut it short: the next fetch of this handle returns
+        # them.  Items, or a backend's records not decoded yet (_expand_kept).
+        self._undelivered: list[Any] = []
+        # how many entries at the end of _undelivered are records not decoded
+        # yet (they are always a suffix: Items first)
+        self._kept_raw = 0
 
     # -- held item (per process) -------------------------------------------
     @property
@@ -192,8 +197,9 @@ class Queue:
         """
         deadline = deadline_ns(timeout)  # a refused call changes nothing
         if self._undelivered:
-            self._held = self._undelivered.pop(0)
-            return self._held
+            kept = self._deliver()
+            if kept is not None:
+                return kept
         self._held = None
         items = self._take(1, deadline)
         if not items:
@@ -211,10 +217,54 @@ class Queue:
         if check_count(n) == 0:
             return []
         if self._undelivered:
-            out = self._undelivered[:n]
-            del self._undelivered[:n]
-            return out
+            out = self._deliver_many(n)
+            if out:
+                return out
         return self._take(n, deadline)
+
+    # -- items kept by a call an exception cut short ---------------------------
+    #
+    # A signal handler may raise at any call boundary of the interpreter, also
+    # right after the backend took items (they are then the caller's and
+    # nobody else's).  Such items are kept in ``_undelivered`` and handed out
+    # by the next fetch of this handle, oldest first.  Entries are Items, or
+    # backend records not decoded yet (see ``_expand_kept``).  Every step that
+    # moves items between "kept" and "handed out" is a sequence of bytecodes
+    # without a call in it: CPython runs signal handlers (and switches
+    # threads) only at calls, backward jumps and function entries, so an
+    # exception cannot land between removing an item from the list and
+    # returning it.
+
+    def _expand_kept(self, upto: int) -> None:
+        """Backend hook: decode the records kept at the end of
+        ``_undelivered`` (``_kept_raw`` of them) until its first ``upto``
+        entries are Items, in steps that each replace a record (or a part of
+        it) by its Items at once (safe to repeat or to cut short)."""
+
+    def _deliver(self) -> Item | None:
+        """Hand out the oldest kept item as fetch's result (and the held item);
+        None when there is none after all (a signal handler's fetch on this
+        handle, run while this one decoded, handed them out)."""
+        u = self._undelivered
+        if self._kept_raw:
+            self._expand_kept(1)
+            if not u:
+                return None
+        item: Item = u[0]
+        # no call from here to the return: the item leaves the list and is
+        # returned as one step
+        self._held = item
+        del u[0]
+        return item
+
+    def _deliver_many(self, n: int) -> list[Item]:
+        """Hand out up to n kept items as fetch_many's result."""
+        u = self._undelivered
+        if self._kept_raw:
+            self._expand_kept(n)
+        out = u[:n]
+        del u[:n]  # no call between the copy and the removal
+        return out
 
     def __len__(self) -> int:
         """Number of queued items (items held by processes are not counted)."""
@@ -260,11 +310,14 @@ class MQueue:
         self.definitions: list[QueueDef] = list(definitions)
         self._creator_pid = os.getpid() if creator else None
         self._closed = False
+        # (kind, message, pid) when a forked child could not re-establish it
+        self._unusable: tuple[type[MQueueError], str, int] | None = None
         self._queues: dict[str, Queue] = {}
         for i, d in enumerate(self.definitions):
             self._queues[d.name] = make_queue(self, i, d)
-        with _live_lock:
-            _live.add(self)
+        # Registered for the fork hook last: a subclass sets up everything the
+        # hook uses (shared memory: its finalizer) before calling this.
+        _register(self)
 
     @property
     def is_creator(self) -> bool:
@@ -313,6 +366,8 @@ class MQueue:
         processes; :func:`mqueue.destroy` removes them for good.
         """
         if self._closed:
+            if self._unusable is not None and self._unusable[2] == os.getpid():
+                self._unusable = None  # closed on purpose now: "closed" from here on
             return
         try:
             if (
@@ -325,25 +380,61 @@ class MQueue:
                 _persist.save_queues(self, self.db_url)
         finally:
             self._closed = True
-            self._unregister()
+            # released before it leaves the registry: a fork in between finds
+            # it registered and closed, and the child's hook releases its copy
             self._release()
+            self._unregister()
 
     def _unregister(self) -> None:
         """No more fork handling for this handle."""
         with _live_lock:
-            _live.discard(self)
+            _live.pop(id(self), None)
 
     def _release(self) -> None:
         """Backend hook: free what the handle holds (no saving)."""
 
     def _after_fork_in_child(self) -> None:
-        """Runs in a forked child for every open handle: the child is not the
-        creator, and the items the parent held or had taken are the parent's."""
+        """Runs in a forked child for every registered handle: the child is
+        not the creator, and the items the parent held or had taken are the
+        parent's.  A handle the parent had closed (or was closing) is
+        released here too, so that the child keeps nothing of it."""
         self._creator_pid = None
         for q in self._queues.values():
             q._held = None
             q._undelivered = []
+            q._kept_raw = 0
+        if self._closed:
+            self._release()
+            _live.pop(id(self), None)
+            return
         self._reattach_in_child()
+
+    def _mark_unusable(self, cause: BaseException) -> None:
+        """In a forked child: the handle could not be re-established.  It is
+        closed here (the parent's own handle is untouched), and every later
+        use raises an error of ``cause``'s kind (MQueueError for others)
+        saying so.  Never raises."""
+        kind = type(cause) if isinstance(cause, MQueueError) else MQueueError
+        why = f"{type(cause).__name__}: {cause}" if not isinstance(cause, MQueueError) else cause
+        msg = (
+            f"namespace {self.namespace!r}: this handle was inherited through fork() and "
+            f"could not be re-established in process {os.getpid()} ({why}); "
+            "attach the namespace again in this process"
+        )
+        self._unusable = (kind, msg, os.getpid())
+        self._creator_pid = None
+        self._closed = True
+        _live.pop(id(self), None)
+        with contextlib.suppress(BaseException):  # nothing more can be done here
+            self._release()
+
+    def _closed_error(self, default: MQueueError) -> MQueueError:
+        """The error for a use of this closed handle: ``default``, or the one
+        that says why a forked child could not re-establish it."""
+        u = self._unusable
+        if u is not None and u[2] == os.getpid():
+            return u[0](u[1])
+        return default
 
     def _reattach_in_child(self) -> None:
         """Backend hook: whatever a forked child needs of its own (shared
@@ -378,17 +469,58 @@ class MQueue:
         return f"<mqueue.MQueue {self.namespace!r} ({where}, {state})>"
 
 
-_live: weakref.WeakSet[MQueue] = weakref.WeakSet()
-_live_lock = threading.Lock()
+# The registry of handles a forked child must re-establish: id -> weak
+# reference.  A handle is added once it is complete and removed once it is
+# released.  The lock is held around every change, and by the fork itself
+# (``before`` hook), so that a child never inherits it held by a thread that
+# does not exist there, nor a registry changed half-way; the child gets a lock
+# of its own.  (The same pattern as CPython's own locks at fork.)
+_live: dict[int, weakref.ref[MQueue]] = {}
+_live_lock = threading.RLock()
+
+
+def _register(h: MQueue) -> None:
+    key = id(h)
+
+    def gone(_: object, key: int = key) -> None:  # the handle was collected
+        with _live_lock:
+            r = _live.get(key)
+            if r is not None and r() is None:
+                del _live[key]
+
+    with _live_lock:
+        _live[key] = weakref.ref(h, gone)
+
+
+def _before_fork() -> None:
+    _live_lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _live_lock.release()
 
 
 def _after_fork_in_child() -> None:
-    for h in list(_live):
-        if not h._closed:
+    """Re-establish every inherited handle, each on its own: one that fails
+    is marked unusable (its next use says why) and the others go on."""
+    global _live_lock
+    _live_lock = threading.RLock()  # whoever held the parent's does not exist here
+    for r in list(_live.values()):
+        h = r()
+        if h is None:
+            continue
+        try:
             h._after_fork_in_child()
+        except BaseException as e:  # noqa: BLE001 - never stop at one handle
+            with contextlib.suppress(BaseException):
+                h._mark_unusable(e)
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
 
 
 def check_namespace(namespace: object) -> str:

@@ -71,6 +71,7 @@ _UNIFORM_NONUL = lib.MQ_BATCH_UNIFORM | lib.MQ_BATCH_NONUL
 _BYTES = {bytes}
 _MAX_BATCH = 65536
 _MAX_BUF = 64 << 20
+_KEPT_STEP = 16  # items decoded per step when handing out kept items
 
 
 def _timeout_s(timeout: object) -> float:
@@ -162,6 +163,7 @@ class _Buffers:
         self.view = ffi.buffer(self.buf)
         self.nmeta = nmeta
         self.arr = array("I", bytes(12 * nmeta))
+        self.arr[2] = _UNTAKEN  # the engine writes this word only when it commits a take
         self.meta = ffi.from_buffer("uint32_t[]", self.arr)
         fb = self.fb = ffi.new("struct mq_fetchbuf *")
         fb.ns = ns
@@ -182,7 +184,9 @@ class ShmQueue(Queue):
 
     def _fail(self, rc: int) -> MQueueError:
         if rc == ll.MQ_ECLOSED or self._ns == ffi.NULL:
-            return MQueueError(f"{self._what}: the namespace handle is closed")
+            return self._mq._closed_error(
+                MQueueError(f"{self._what}: the namespace handle is closed")
+            )
         return _err(rc, self._what)
 
     def add(self, key: Data, value: Data) -> bool:
@@ -281,6 +285,18 @@ class ShmQueue(Queue):
             raise _err(ll.MQ_ETOOBIG, self._what) from None
         return self._add_many_raw(b"".join(parts), lens3, n)
 
+    # Items the engine took are the caller's: they must reach it or stay
+    # where the next fetch of this handle finds them, whatever exception (a
+    # signal handler's, Ctrl-C) lands at whatever call boundary.  The record of
+    # a take is the buffer itself: the engine writes the first item's flags
+    # word (arr[2], set to _UNTAKEN before each call) only once the take is
+    # committed.  Until the items are handed over, the buffer is referenced
+    # only by this call; an exception that leaves the call runs the handler,
+    # whose first steps (no call among them, so no second exception can land
+    # before they are done) keep the buffer in _undelivered when arr[2] says
+    # it holds a take.  The hand-over itself (buffer back to the handle, held
+    # item set, return) has no call in it either.
+
     def fetch(self, timeout: float | None = 0) -> Item | None:
         # the timeout goes to C in seconds (C computes the deadline); checked
         # first, so that a refused call changes nothing (not even the held item)
@@ -290,15 +306,17 @@ class ShmQueue(Queue):
             t = timeout
         else:
             t = _timeout_s(timeout)
-        if self._undelivered:  # taken by a call a signal handler's exception cut short
-            return self._deliver()
+        if self._undelivered:  # taken by a call an exception cut short
+            kept = self._deliver()
+            if kept is not None:
+                return kept
         self._held = None
         b = self._bufs
         self._bufs = None  # another thread using this handle meanwhile gets its own
         if b is None:
             b = _Buffers(self._ns, self._index, _INITIAL_BUF)
         arr = b.arr
-        arr[2] = _UNTAKEN  # C overwrites it only when it takes an item
+        arr[2] = _UNTAKEN
         try:
             rc: int = _mq_fetch_into(b.fb, t)
             if rc == 1:  # the hot path: one copy out of the buffer, one decode
@@ -318,11 +336,20 @@ class ShmQueue(Queue):
                     item = _tnew(Item, (raw[:kl], raw[kl:]))
                 else:
                     item = self._item(raw, kl, fl)
-                self._bufs = b
+                self._bufs = b  # the hand-over: no call from here to the return
                 self._held = item
                 return item
+        except CorruptSegmentError:
+            arr[2] = _UNTAKEN  # a damaged record: it cannot be handed out
+            if self._bufs is None:
+                self._bufs = b
+            raise
         except BaseException:
-            self._salvage(b, batch=False)
+            if arr[2] != _UNTAKEN:  # taken, not handed over: for the next fetch
+                self._undelivered += ((b, False, 0, 0),)
+                self._kept_raw += 1
+            elif self._bufs is None:
+                self._bufs = b
             raise
         self._bufs = b
         if rc == 0:
@@ -330,45 +357,87 @@ class ShmQueue(Queue):
         items = self._take_s(1, t, b.fb.deadline if rc in _AGAIN else None)
         if not items:
             return None
-        self._held = items[0]
-        return self._held
+        item = items[0]
+        self._held = item
+        return item
 
     def fetch_many(self, n: int, timeout: float | None = 0) -> list[Item]:
         t = -1.0 if timeout is None else _timeout_s(timeout)
         if check_count(n) == 0:
             return []
         if self._undelivered:
-            out = self._undelivered[:n]
-            del self._undelivered[:n]
-            return out
+            out = self._deliver_many(n)
+            if out:
+                return out
         return self._take_s(n, t)
 
-    def _deliver(self) -> Item:
-        """Hand out the oldest item a cut-short call took (see _salvage)."""
-        item = self._undelivered.pop(0)
-        self._held = item
-        return item
-
-    def _salvage(self, b: _Buffers, *, batch: bool) -> None:
-        """After an exception (a signal handler's, Ctrl-C) cut a fetch short
-        after the engine had taken items: keep them for the next fetch of this
-        handle instead of losing them.  Never raises."""
-        try:
-            if b.arr[2] == _UNTAKEN:  # the engine took nothing
+    def _expand_kept(self, upto: int) -> None:
+        """Decode kept buffers into their Items, in place, until the first
+        ``upto`` entries of _undelivered are Items.  An entry is (buffer,
+        batch layout, first item not decoded, its byte offset); each step
+        decodes at most _KEPT_STEP items and replaces the entry by them (and
+        by what is left of it) in one slice assignment, only if the entry is
+        still where it was: repeating a step, or a step cut short, or two
+        threads, never double an item, and a storm of exceptions faster than a
+        whole batch's decoding still lets it progress."""
+        u = self._undelivered
+        while self._kept_raw:
+            i = len(u) - self._kept_raw  # the first record: Items come before them,
+            if not 0 <= i < len(u) or u[i].__class__ is not tuple:
+                # unless someone appended Items after records: look for it
+                i = next((j for j, y in enumerate(u) if y.__class__ is tuple), len(u))
+                if i == len(u):  # none left (counted wrong): nothing to decode
+                    self._kept_raw = 0
+                    return
+            if i >= upto:
                 return
-            n = b.fb.taken
-            if not batch:  # mq_fetch_into: key and value back to back
-                kl = b.arr[0]
-                items = [self._item(b.view[0 : kl + b.arr[1]], kl, b.arr[2])]
-            else:
-                items = self._decode_batch(b, n)
-            b.arr[2] = _UNTAKEN
-            self._undelivered.extend(items)
-        except BaseException:  # noqa: BLE001 - a damaged item cannot be kept
-            pass
-        finally:
-            if self._bufs is None:
-                self._bufs = b
+            x = u[i]
+            b, batch, start, off = x
+            try:
+                items, off2 = self._decode_kept(b, batch, start, off)
+            except MQueueError:  # damaged records: the rest of this take is dropped
+                if u[i : i + 1] == [x]:
+                    del u[i]
+                    self._kept_raw -= 1
+                raise
+            done = start + len(items) >= (b.fb.taken if batch else 1)
+            new = items if done else items + [(b, batch, start + len(items), off2)]
+            if u[i : i + 1] == [x]:  # no call from this check to the count's update
+                u[i : i + 1] = new
+                if done:
+                    self._kept_raw -= 1
+
+    def _decode_kept(
+        self, b: _Buffers, batch: bool, start: int, off: int
+    ) -> tuple[list[Item], int]:
+        """Up to _KEPT_STEP Items of a kept buffer from item ``start`` (at byte
+        ``off``), and the byte offset after them."""
+        arr = b.arr
+        if not batch:  # mq_fetch_into: one item, key and value back to back
+            kl = arr[0]
+            return [self._item(b.view[0 : kl + arr[1]], kl, arr[2])], 0
+        stop = min(b.fb.taken, start + _KEPT_STEP)
+        meta = arr[3 * start : 3 * stop].tolist()
+        end = off + sum(meta[0::3]) + sum(meta[1::3]) + 2 * (stop - start)
+        raw = b.view[off:end]
+        out: list[Item] = []
+        o = 0
+        for j in range(0, len(meta), 3):
+            kl, vl, fl = meta[j], meta[j + 1], meta[j + 2]
+            k = raw[o : o + kl]
+            o += kl + 1
+            v = raw[o : o + vl]
+            o += vl + 1
+            try:
+                out.append(
+                    _tnew(
+                        Item,
+                        (_dec(k) if fl & FLAG_KEY_STR else k, _dec(v) if fl & FLAG_VAL_STR else v),
+                    )
+                )
+            except UnicodeDecodeError:
+                raise _err(ll.MQ_ECORRUPT, self._what) from None
+        return out, end
 
     def _item(self, raw: bytes, kl: int, fl: int) -> Item:
         """The Item of a record whose key and value are back to back in raw."""
@@ -391,14 +460,15 @@ class ShmQueue(Queue):
         while the queue is empty, or until ``deadline`` (CLOCK_MONOTONIC ns,
         -1 forever) when a wait cut into slices (MQ_EAGAIN) or interrupted by a
         signal (MQ_EINTR) goes on: Python runs its signal handlers between two
-        calls, and a handler that raises ends the wait."""
-        n = min(n, 0xFFFFFFFF)
+        calls, and a handler that raises ends the wait.  (See fetch for how
+        taken items survive an exception.)"""
+        cap = n if n < _MAX_BATCH else _MAX_BATCH
         b = self._bufs
         self._bufs = None
-        if b is None or b.nmeta < min(n, _MAX_BATCH):
-            size = max(b.size if b else 0, _INITIAL_BUF)
-            b = _Buffers(self._ns, self._index, size, min(n, _MAX_BATCH))
-        batch = False
+        if b is None or b.nmeta < cap:
+            b = _Buffers(self._ns, self._index, max(b.size if b else 0, _INITIAL_BUF), cap)
+        b.arr[2] = _UNTAKEN
+        want = cap if cap < b.nmeta else b.nmeta
         try:
             while True:
                 if deadline is not None:  # continuing a wait: what is left of it
@@ -406,39 +476,48 @@ class ShmQueue(Queue):
                         timeout = -1.0
                     else:  # past the deadline: one last look, without waiting
                         timeout = max(0.0, (deadline - time.monotonic_ns()) / 1e9)
-                want = min(n, b.nmeta)
-                batch = want > 1
-                b.arr[2] = _UNTAKEN
-                if not batch:
+                if want == 1:
                     rc: int = _mq_fetch_into(b.fb, timeout)
                 else:
                     rc = _mq_fetch_batch(b.fb, want, timeout)
                 if rc > 0:
                     break
                 if rc == 0:
-                    return []
-                if rc == _EBUF:
-                    need = b.arr[0]
-                    b = _Buffers(self._ns, self._index, max(need, 2 * b.size), b.nmeta)
+                    out: list[Item] = []
+                    break
+                if rc == _EBUF:  # nothing taken: a larger buffer, and again
+                    b = _Buffers(self._ns, self._index, max(b.arr[0], 2 * b.size), b.nmeta)
                     continue
                 if rc not in _AGAIN:
                     raise self._fail(rc)
                 if deadline is None:
                     deadline = b.fb.deadline
                 if timeout == 0.0:
-                    return []  # that was the last look
-            if want == 1:  # mq_fetch_into: key and value back to back
-                kl = b.arr[0]
-                return [self._item(b.view[0 : kl + b.arr[1]], kl, b.arr[2])]
-            out = self._decode_batch(b, rc)
-            self._grow_if_needed(b, rc, want, n, b.fb.total)
+                    out = []  # that was the last look
+                    break
+            if rc > 0:
+                if want == 1:  # mq_fetch_into: key and value back to back
+                    kl = b.arr[0]
+                    out = [self._item(b.view[0 : kl + b.arr[1]], kl, b.arr[2])]
+                else:
+                    out = self._decode_batch(b, rc)
+                    if rc < want:
+                        self._grow_if_needed(b, rc, want, b.fb.total)
+            if self._bufs is None:  # the hand-over: no call from here to the return
+                self._bufs = b
             return out
-        except BaseException:
-            self._salvage(b, batch=batch)
-            raise
-        finally:
+        except CorruptSegmentError:
+            b.arr[2] = _UNTAKEN  # damaged records: they cannot be handed out
             if self._bufs is None:
                 self._bufs = b
+            raise
+        except BaseException:
+            if b.arr[2] != _UNTAKEN:  # taken, not handed over: for the next fetch
+                self._undelivered += ((b, want > 1, 0, 0),)
+                self._kept_raw += 1
+            elif self._bufs is None:
+                self._bufs = b
+            raise
 
     def _decode_batch(self, b: _Buffers, n: int) -> list[Item]:
         """The n Items mq_fetch_batch left in b: every key and value is
@@ -482,7 +561,7 @@ class ShmQueue(Queue):
         except UnicodeDecodeError:
             raise _err(ll.MQ_ECORRUPT, self._what) from None
 
-    def _grow_if_needed(self, b: _Buffers, got: int, want: int, n: int, used: int) -> None:
+    def _grow_if_needed(self, b: _Buffers, got: int, want: int, used: int) -> None:
         """Next time, a larger buffer when this one limited a batch."""
         if got < want and 2 * used > b.size and b.size < _MAX_BUF:
             self._bufs = _Buffers(self._ns, self._index, 2 * b.size, b.nmeta)
