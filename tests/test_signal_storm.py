@@ -235,6 +235,9 @@ def test_raise_at_every_call_boundary(make_mq, op: str, second: str, batch: int)
 # ------------------------------------------------------------ a take that did not commit
 
 
+STATE_COPY_BYTES = 128  # sizeof(struct q_pstate), csrc/mq_layout.h (two cache lines)
+
+
 def qstate_offsets(ns: str) -> tuple[str, int]:
     """Path of the segment and offset of queue 0's current state copy."""
     path = os.path.join("/dev/shm", "mqueue." + ns)
@@ -243,7 +246,7 @@ def qstate_offsets(ns: str) -> tuple[str, int]:
         (qtable,) = struct.unpack_from("<Q", head, 56)
         f.seek(qtable + 84)
         (cur,) = struct.unpack("<I", f.read(4))
-    return path, qtable + 128 + 64 * (cur & 1)
+    return path, qtable + 128 + STATE_COPY_BYTES * (cur & 1)
 
 
 def bump_fetched(ns: str, delta: int) -> None:
