@@ -135,6 +135,18 @@ def storm(q: mqueue.Queue, ns: str, n: int, batch: int) -> int:
     return booms
 
 
+# CPython 3.10 also runs signal handlers while an exception unwinds into an
+# except clause (at the top of its eval loop), before any code there runs: a
+# second raise landing there cannot be guarded against, by mqueue or by this
+# test's own loop (seen in CI).  3.11 and later run handlers only at calls,
+# backward jumps and function entries, which the fetch paths are built around.
+STORM_PYTHONS = pytest.mark.skipif(
+    sys.version_info < (3, 11),
+    reason="a storm of raising handlers needs CPython >= 3.11 (docs/crash-safety.md)",
+)
+
+
+@STORM_PYTHONS
 @pytest.mark.parametrize("batch", [1, 97], ids=["fetch", "fetch_many"])
 def test_signal_storm(make_mq, ns, batch: int) -> None:
     q = make_mq(["name=q;bytes=8M"])["q"]
@@ -144,6 +156,7 @@ def test_signal_storm(make_mq, ns, batch: int) -> None:
     assert st.added == st.fetched == 200_000
 
 
+@STORM_PYTHONS
 @pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 3, 97, 5000], ids=["1", "3", "97", "5000"])
 def test_signal_storm_long(make_mq, ns, batch: int) -> None:
