@@ -624,23 +624,7 @@ def load_queues(mq: _MQLike, db_url: str, *, queues: Iterable[str] | None = None
         for name in names:
             rows: list[tuple[object, Data, Data]] = []
             with _db_errors(f"loading table {name!r} from {target.shown}"):
-                db.ensure_table(name)
-                db.lock_for_load(name)
-                cols = db.columns(name)
-                for required in ("id", "key", "val"):
-                    if required not in cols:
-                        raise PersistenceError(
-                            f"table {name!r} has no column {required!r} "
-                            f"(it has {', '.join(cols) or 'none'})"
-                        )
-                key_enc = '"key_enc"' if "key_enc" in cols else "NULL"
-                val_enc = '"val_enc"' if "val_enc" in cols else "NULL"
-                cur = db.execute(
-                    f'SELECT "id", "key", "val", {key_enc}, {val_enc} FROM {{t}} ORDER BY "id"',
-                    name,
-                )
-                raw_rows = cur.fetchall()
-                cur.close()
+                raw_rows = _read_table(db, name)
             for row_id, k, v, kenc, venc in raw_rows:
                 key = _decode(k, kenc, name, row_id, "key")
                 value = _decode(v, venc, name, row_id, "val")
@@ -704,13 +688,36 @@ def _table_columns(db: _DB, name: str) -> list[str]:
     transaction); PersistenceError if it lacks a "key" or "val" column."""
     db.ensure_table(name)
     cols = db.columns(name)
-    for required in ("key", "val"):
-        if required not in cols:
-            raise PersistenceError(
-                f"table {name!r} has no column {required!r} "
-                f"(it has {', '.join(cols) or 'none'})"
-            )
+    _require_columns(name, cols, ("key", "val"))
     return cols
+
+
+def _require_columns(name: str, cols: list[str], required: tuple[str, ...]) -> None:
+    """PersistenceError naming the first of ``required`` missing from ``cols``."""
+    for col in required:
+        if col not in cols:
+            raise PersistenceError(
+                f"table {name!r} has no column {col!r} (it has {', '.join(cols) or 'none'})"
+            )
+
+
+def _read_table(db: _DB, name: str) -> list[tuple[Any, ...]]:
+    """Create table ``name`` if missing, lock it for the load and return its rows
+    as (id, key, val, key_enc, val_enc) in id order (the caller's transaction);
+    PersistenceError if it lacks an "id", "key" or "val" column."""
+    db.ensure_table(name)
+    db.lock_for_load(name)
+    cols = db.columns(name)
+    _require_columns(name, cols, ("id", "key", "val"))
+    key_enc = '"key_enc"' if "key_enc" in cols else "NULL"
+    val_enc = '"val_enc"' if "val_enc" in cols else "NULL"
+    cur = db.execute(
+        f'SELECT "id", "key", "val", {key_enc}, {val_enc} FROM {{t}} ORDER BY "id"',
+        name,
+    )
+    raw_rows: list[tuple[Any, ...]] = cur.fetchall()
+    cur.close()
+    return raw_rows
 
 
 def _insert_items(
@@ -1126,23 +1133,7 @@ def _load_reserved(mq: Any, target: _Target, names: list[str]) -> dict[str, int]
         try:
             for name in names:
                 with _db_errors(f"loading table {name!r} from {target.shown}"):
-                    db.ensure_table(name)
-                    db.lock_for_load(name)
-                    cols = db.columns(name)
-                    for required in ("id", "key", "val"):
-                        if required not in cols:
-                            raise PersistenceError(
-                                f"table {name!r} has no column {required!r} "
-                                f"(it has {', '.join(cols) or 'none'})"
-                            )
-                    key_enc = '"key_enc"' if "key_enc" in cols else "NULL"
-                    val_enc = '"val_enc"' if "val_enc" in cols else "NULL"
-                    cur = db.execute(
-                        f'SELECT "id", "key", "val", {key_enc}, {val_enc} FROM {{t}} ORDER BY "id"',
-                        name,
-                    )
-                    raw_rows = cur.fetchall()
-                    cur.close()
+                    raw_rows = _read_table(db, name)
                 items = [
                     (_decode(k, ke, name, i, "key"), _decode(v, ve, name, i, "val"))
                     for i, k, v, ke, ve in raw_rows
