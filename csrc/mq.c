@@ -1711,16 +1711,27 @@ int mq_count(mq_ns *ns, uint32_t qi, uint64_t *out) {
     return 0;
 }
 
+/* The read-only calls (mq_stats, mq_reservation): finds queue qi (*qp) and
+ * copies its state into *s under its lock, released again.  Returns 0,
+ * q_index's code, MQ_EINVAL when out (the caller's result) is NULL, or
+ * q_lock_load's code; the lock is not held on return and nothing changes. */
+static int q_snapshot(mq_ns *ns, uint32_t qi, const void *out, const struct mq_q **qp,
+                      struct q_state *s) {
+    int rc = q_index(ns, qi, qp);
+    if (rc) return rc;
+    if (!out) return MQ_EINVAL;
+    rc = q_lock_load(ns, *qp, s);
+    if (rc) return rc;
+    q_unlock(*qp);
+    return 0;
+}
+
 /* mq_stats without the in-flight accounting.  Returns as mq_stats. */
 static int stats_impl(mq_ns *ns, uint32_t qi, struct mq_stats *out) {
     const struct mq_q *q;
-    int rc = q_index(ns, qi, &q);
-    if (rc) return rc;
-    if (!out) return MQ_EINVAL;
     struct q_state s;
-    rc = q_lock_load(ns, q, &s);
+    int rc = q_snapshot(ns, qi, out, &q, &s);
     if (rc) return rc;
-    q_unlock(q);
     out->count = s.count;
     out->added = s.added;
     out->fetched = s.fetched;
@@ -1951,13 +1962,9 @@ int mq_settle(mq_ns *ns, uint32_t qi, uint64_t tag, int commit) {
 /* mq_reservation without the in-flight accounting.  Returns as mq_reservation. */
 static int reservation_impl(mq_ns *ns, uint32_t qi, struct mq_rsvinfo *out) {
     const struct mq_q *q;
-    int rc = q_index(ns, qi, &q);
-    if (rc) return rc;
-    if (!out) return MQ_EINVAL;
     struct q_state s;
-    rc = q_lock_load(ns, q, &s);
+    int rc = q_snapshot(ns, qi, out, &q, &s);
     if (rc) return rc;
-    q_unlock(q);
     out->tag = s.rsv_tag;
     out->count = s.rsv_n;
     out->load_tag = s.load_tag;
