@@ -23,9 +23,9 @@ BASE=${MQUEUE_REDIS_CLUSTER_PORT:-7391}
 DIR=${MQUEUE_REDIS_CLUSTER_DIR:-/tmp/mqueue-ci-redis-cluster}
 PORTS_FILE="$DIR/ports"
 
-log() { printf 'services-redis-cluster: %s\n' "$*" >&2; }
-cli() { redis-cli -h 127.0.0.1 -p "$1" "${@:2}" 2>/dev/null; }
-ping() { cli "$1" PING | grep -q PONG; }
+LOG_NAME=services-redis-cluster
+# shellcheck source=.ci/lib-redis.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib-redis.sh"
 cluster_ok() { cli "$1" CLUSTER INFO | tr -d '\r' | grep -qx 'cluster_state:ok'; }
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -37,8 +37,7 @@ stop_nodes() {
         pid=$(cat "$pidfile")
         if kill -0 "$pid" 2>/dev/null; then
             log "stopping cluster node (pid $pid) on port $p"
-            cli "$p" SHUTDOWN NOSAVE >/dev/null || kill "$pid" 2>/dev/null || true
-            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            redis_stop "$p" "$pid"
             kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
         fi
         rm -f "$pidfile"
@@ -51,16 +50,7 @@ if [ "${1:-start}" = stop ]; then
     exit 0
 fi
 
-if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
-    if [ "$(id -u)" != 0 ]; then
-        log "redis-server is not installed and we are not root: cannot apt-get install it"
-        exit 1
-    fi
-    log "installing Debian's redis-server package"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
-    apt-get install -y -qq redis-server >&2
-fi
+redis_install
 
 mkdir -p "$DIR"
 chmod 700 "$DIR"
@@ -95,12 +85,7 @@ for p in "${ports[@]}"; do
         --cluster-node-timeout 5000 --save '' --appendonly no --protected-mode yes >&2
 done
 for p in "${ports[@]}"; do
-    for _ in $(seq 100); do ping "$p" && break; sleep 0.1; done
-    if ! ping "$p"; then
-        log "node on port $p did not answer PING within 10 s; its log:"
-        tail -n 20 "$DIR/redis-$p.log" >&2 || true
-        exit 1
-    fi
+    redis_wait_ping "$p" "$DIR/redis-$p.log" "node on port $p"
 done
 
 log "creating the cluster on ports ${ports[*]}"

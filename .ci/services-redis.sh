@@ -21,17 +21,16 @@ DIR=${MQUEUE_REDIS_DIR:-/tmp/mqueue-ci-redis}
 PIDFILE="$DIR/redis-$PORT.pid"
 URL="redis://127.0.0.1:$PORT/0"
 
-log() { printf 'services-redis: %s\n' "$*" >&2; }
-
-ping() { redis-cli -h 127.0.0.1 -p "$PORT" PING 2>/dev/null | grep -q PONG; }
+LOG_NAME=services-redis
+# shellcheck source=.ci/lib-redis.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib-redis.sh"
 
 if [ "${1:-start}" = stop ]; then
     if [ -f "$PIDFILE" ]; then
         pid=$(cat "$PIDFILE")
         if kill -0 "$pid" 2>/dev/null; then
             log "stopping redis-server (pid $pid) on port $PORT"
-            redis-cli -h 127.0.0.1 -p "$PORT" SHUTDOWN NOSAVE >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
-            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            redis_stop "$PORT" "$pid"
         fi
         rm -f "$PIDFILE"
     else
@@ -40,30 +39,16 @@ if [ "${1:-start}" = stop ]; then
     exit 0
 fi
 
-if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
-    if [ "$(id -u)" != 0 ]; then
-        log "redis-server is not installed and we are not root: cannot apt-get install it"
-        exit 1
-    fi
-    log "installing Debian's redis-server package"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
-    apt-get install -y -qq redis-server >&2
-fi
+redis_install
 
 mkdir -p "$DIR"
-if ping; then
+if ping "$PORT"; then
     log "a server already answers on 127.0.0.1:$PORT; reusing it"
 else
     log "starting redis-server on 127.0.0.1:$PORT (no persistence)"
     redis-server --bind 127.0.0.1 --port "$PORT" --daemonize yes \
         --pidfile "$PIDFILE" --logfile "$DIR/redis-$PORT.log" --dir "$DIR" \
         --save '' --appendonly no --protected-mode yes >&2
-    for _ in $(seq 100); do ping && break; sleep 0.1; done
-    if ! ping; then
-        log "redis-server did not answer PING within 10 s; its log:"
-        tail -n 20 "$DIR/redis-$PORT.log" >&2 || true
-        exit 1
-    fi
+    redis_wait_ping "$PORT" "$DIR/redis-$PORT.log" redis-server
 fi
 printf '%s\n' "$URL"

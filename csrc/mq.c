@@ -671,6 +671,17 @@ static int q_lock(const mq_ns *ns, const struct mq_q *q) {
 
 #endif /* MQ_NAIVE_LOCK */
 
+/* Takes q's lock and loads its state into *s (for the calls off the hot
+ * paths; mq_add and mq_fetch_* spell it out).  Returns 0 with the lock held;
+ * on failure q_lock's code, or MQ_ECORRUPT when the state does not check,
+ * with the lock not held and the queue left as q_lock left it. */
+static int q_lock_load(const mq_ns *ns, const struct mq_q *q, struct q_state *s) {
+    int rc = q_lock(ns, q);
+    if (rc) return rc;
+    if (state_load(q, s)) { q_unlock(q); return MQ_ECORRUPT; }
+    return 0;
+}
+
 /* Wakes up to n processes blocked in fetch on q. */
 static void q_notify(const struct mq_q *q, int64_t n) {
     /* seq_cst: the bump is ordered before the waiter-count load, pairing
@@ -1700,17 +1711,26 @@ int mq_count(mq_ns *ns, uint32_t qi, uint64_t *out) {
     return 0;
 }
 
+/* The read-only calls (mq_stats, mq_reservation): finds queue qi (*qp) and
+ * copies its state into *s under its lock, released again.  Returns 0,
+ * q_index's code, MQ_EINVAL when out (the caller's result) is NULL, or
+ * q_lock_load's code; the lock is not held on return and nothing changes. */
+static int q_snapshot(mq_ns *ns, uint32_t qi, const void *out, const struct mq_q **qp,
+                      struct q_state *s) {
+    int rc = q_index(ns, qi, qp);
+    if (rc) return rc;
+    if (!out) return MQ_EINVAL;
+    rc = q_lock_load(ns, *qp, s);
+    if (rc) return rc;
+    q_unlock(*qp);
+    return 0;
+}
+
 /* mq_stats without the in-flight accounting.  Returns as mq_stats. */
 static int stats_impl(mq_ns *ns, uint32_t qi, struct mq_stats *out) {
     const struct mq_q *q;
-    int rc = q_index(ns, qi, &q);
-    if (rc) return rc;
-    if (!out) return MQ_EINVAL;
-    rc = q_lock(ns, q);
-    if (rc) return rc;
     struct q_state s;
-    rc = state_load(q, &s);
-    q_unlock(q);
+    int rc = q_snapshot(ns, qi, out, &q, &s);
     if (rc) return rc;
     out->count = s.count;
     out->added = s.added;
@@ -1756,10 +1776,9 @@ static int64_t reserve_impl(struct mq_fetchbuf *fb, uint32_t max, uint64_t tag) 
     int rc = q_index(ns, fb->q, &q);
     if (rc) return rc;
     if (!fb->meta || (fb->size && !fb->buf) || max == 0 || tag == 0) return MQ_EINVAL;
-    rc = q_lock(ns, q);
-    if (rc) return rc;
     struct q_state s;
-    if (state_load(q, &s)) { q_unlock(q); return MQ_ECORRUPT; }
+    rc = q_lock_load(ns, q, &s);
+    if (rc) return rc;
     if (s.rsv_n) { q_unlock(q); return MQ_EBUSY; }
     if (skip_dead(q, &s)) { q_unlock(q); return MQ_ECORRUPT; }
     uint64_t first = s.head;
@@ -1909,10 +1928,9 @@ static int settle_impl(mq_ns *ns, uint32_t qi, uint64_t tag, int commit) {
     int rc = q_index(ns, qi, &q);
     if (rc) return rc;
     if (tag == 0) return MQ_EINVAL;
-    rc = q_lock(ns, q);
-    if (rc) return rc;
     struct q_state s;
-    if (state_load(q, &s)) { q_unlock(q); return MQ_ECORRUPT; }
+    rc = q_lock_load(ns, q, &s);
+    if (rc) return rc;
     if (s.rsv_n == 0 || s.rsv_tag != tag) { q_unlock(q); return MQ_ENORSV; }
     int64_t back = 0;
     if (commit) {
@@ -1944,14 +1962,8 @@ int mq_settle(mq_ns *ns, uint32_t qi, uint64_t tag, int commit) {
 /* mq_reservation without the in-flight accounting.  Returns as mq_reservation. */
 static int reservation_impl(mq_ns *ns, uint32_t qi, struct mq_rsvinfo *out) {
     const struct mq_q *q;
-    int rc = q_index(ns, qi, &q);
-    if (rc) return rc;
-    if (!out) return MQ_EINVAL;
-    rc = q_lock(ns, q);
-    if (rc) return rc;
     struct q_state s;
-    rc = state_load(q, &s);
-    q_unlock(q);
+    int rc = q_snapshot(ns, qi, out, &q, &s);
     if (rc) return rc;
     out->tag = s.rsv_tag;
     out->count = s.rsv_n;
@@ -2002,10 +2014,9 @@ static int64_t load_impl(mq_ns *ns, uint32_t qi, uint64_t tag, const char *data,
     } else {
         for (size_t i = 0; i < n; i++) kept_R += rec_size(lens[3 * i], lens[3 * i + 1]);
     }
-    rc = q_lock(ns, q);
-    if (rc) return rc;
     struct q_state s;
-    if (state_load(q, &s)) { q_unlock(q); return MQ_ECORRUPT; }
+    rc = q_lock_load(ns, q, &s);
+    if (rc) return rc;
     if (s.load_tag == tag) { q_unlock(q); return MQ_EAPPLIED; }
     /* One commit: the records written must not overlap the committed bytes
      * [start, tail).  Bounded: kept_R <= capacity and tail - start <= capacity,

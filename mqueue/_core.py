@@ -17,7 +17,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from ._defs import QueueDef
 from ._errors import (
@@ -286,7 +286,43 @@ class Queue:
         return (_queue_of, (self._mq, self.name))
 
 
-class MQueue:
+_Q = TypeVar("_Q")
+
+
+class QueueMap(Generic[_Q]):
+    """Access by name to a namespace handle's queues (``_queues``, in definition
+    order): shared by the sync :class:`MQueue` and the asyncio one."""
+
+    namespace: str
+    _queues: dict[str, _Q]
+
+    def __getitem__(self, name: str) -> _Q:
+        try:
+            return self._queues[name]
+        except (KeyError, TypeError):
+            raise QueueNotFoundError(
+                f"no queue named {name!r} in namespace {self.namespace!r}"
+            ) from None
+
+    def get(self, name: str) -> _Q | None:
+        """The queue of that name, or None."""
+        return self._queues.get(name) if isinstance(name, str) else None
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._queues
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._queues))
+
+    def __len__(self) -> int:
+        return len(self._queues)
+
+    def queues(self) -> list[_Q]:
+        """The queue handles, in definition order."""
+        return list(self._queues.values())
+
+
+class MQueue(QueueMap[Queue]):
     """A namespace of named queues, as returned by ``create`` / ``attach``.
 
     ``mq["name"]`` gives a :class:`Queue` (KeyError kind for an unknown name);
@@ -327,31 +363,6 @@ class MQueue:
     @property
     def closed(self) -> bool:
         return self._closed
-
-    def __getitem__(self, name: str) -> Queue:
-        try:
-            return self._queues[name]
-        except (KeyError, TypeError):
-            raise QueueNotFoundError(
-                f"no queue named {name!r} in namespace {self.namespace!r}"
-            ) from None
-
-    def get(self, name: str) -> Queue | None:
-        """The queue of that name, or None."""
-        return self._queues.get(name) if isinstance(name, str) else None
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name in self._queues
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self._queues))
-
-    def __len__(self) -> int:
-        return len(self._queues)
-
-    def queues(self) -> list[Queue]:
-        """The queue handles, in definition order."""
-        return list(self._queues.values())
 
     def sizes(self) -> dict[str, int]:
         """``{name: number of queued items}`` for every queue; changes nothing."""

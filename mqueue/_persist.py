@@ -624,23 +624,7 @@ def load_queues(mq: _MQLike, db_url: str, *, queues: Iterable[str] | None = None
         for name in names:
             rows: list[tuple[object, Data, Data]] = []
             with _db_errors(f"loading table {name!r} from {target.shown}"):
-                db.ensure_table(name)
-                db.lock_for_load(name)
-                cols = db.columns(name)
-                for required in ("id", "key", "val"):
-                    if required not in cols:
-                        raise PersistenceError(
-                            f"table {name!r} has no column {required!r} "
-                            f"(it has {', '.join(cols) or 'none'})"
-                        )
-                key_enc = '"key_enc"' if "key_enc" in cols else "NULL"
-                val_enc = '"val_enc"' if "val_enc" in cols else "NULL"
-                cur = db.execute(
-                    f'SELECT "id", "key", "val", {key_enc}, {val_enc} FROM {{t}} ORDER BY "id"',
-                    name,
-                )
-                raw_rows = cur.fetchall()
-                cur.close()
+                raw_rows = _read_table(db, name)
             for row_id, k, v, kenc, venc in raw_rows:
                 key = _decode(k, kenc, name, row_id, "key")
                 value = _decode(v, venc, name, row_id, "val")
@@ -699,6 +683,72 @@ def _put_back(q: _QueueLike, items: Sequence[tuple[Data, Data]]) -> int:
     return lost
 
 
+def _table_columns(db: _DB, name: str) -> list[str]:
+    """Create table ``name`` if missing and return its columns (inside the caller's
+    transaction); PersistenceError if it lacks a "key" or "val" column."""
+    db.ensure_table(name)
+    cols = db.columns(name)
+    _require_columns(name, cols, ("key", "val"))
+    return cols
+
+
+def _require_columns(name: str, cols: list[str], required: tuple[str, ...]) -> None:
+    """PersistenceError naming the first of ``required`` missing from ``cols``."""
+    for col in required:
+        if col not in cols:
+            raise PersistenceError(
+                f"table {name!r} has no column {col!r} (it has {', '.join(cols) or 'none'})"
+            )
+
+
+def _read_table(db: _DB, name: str) -> list[tuple[Any, ...]]:
+    """Create table ``name`` if missing, lock it for the load and return its rows
+    as (id, key, val, key_enc, val_enc) in id order (the caller's transaction);
+    PersistenceError if it lacks an "id", "key" or "val" column."""
+    db.ensure_table(name)
+    db.lock_for_load(name)
+    cols = db.columns(name)
+    _require_columns(name, cols, ("id", "key", "val"))
+    key_enc = '"key_enc"' if "key_enc" in cols else "NULL"
+    val_enc = '"val_enc"' if "val_enc" in cols else "NULL"
+    cur = db.execute(
+        f'SELECT "id", "key", "val", {key_enc}, {val_enc} FROM {{t}} ORDER BY "id"',
+        name,
+    )
+    raw_rows: list[tuple[Any, ...]] = cur.fetchall()
+    cur.close()
+    return raw_rows
+
+
+def _insert_items(
+    db: _DB, name: str, cols: list[str], items: Sequence[tuple[Data, Data]]
+) -> None:
+    """Append ``items`` to table ``name`` (columns ``cols``, updated in place) in the
+    caller's transaction, in batches of _SAVE_BATCH rows.
+
+    The nullable "key_enc"/"val_enc" columns are added first when an item needs them.
+    """
+    rows = [_encode(k) + _encode(v) for k, v in items]
+    # (key text, key marker, val text, val marker)
+    if any(r[1] is not None or r[3] is not None for r in rows):
+        for col in ("key_enc", "val_enc"):
+            if col not in cols:
+                # Nullable, so Kamailio (which names its columns) is unaffected.
+                db.execute(f'ALTER TABLE {{t}} ADD COLUMN "{col}" TEXT', name)
+                cols.append(col)
+    if "key_enc" in cols and "val_enc" in cols:
+        template = 'INSERT INTO {t} ("key", "key_enc", "val", "val_enc") VALUES (?, ?, ?, ?)'
+        params: list[tuple[Any, ...]] = [tuple(r) for r in rows]
+    else:
+        template = 'INSERT INTO {t} ("key", "val") VALUES (?, ?)'
+        params = [(r[0], r[2]) for r in rows]
+    batch = max(1, _SAVE_BATCH)
+    for start in range(0, len(params), batch):
+        db.executemany(template, name, params[start : start + batch])
+        if _save_hook is not None:
+            _save_hook(name, min(start + batch, len(params)))
+
+
 def _save_one(db: _DB, target: _Target, name: str, q: _QueueLike) -> int:
     """Append queue ``name``'s items to its table in one transaction; returns the count.
 
@@ -708,36 +758,9 @@ def _save_one(db: _DB, target: _Target, name: str, q: _QueueLike) -> int:
     try:
         with _db_errors(f"saving queue {name!r} to table {name!r} in {target.shown}"):
             db.begin()
-            db.ensure_table(name)
-            cols = db.columns(name)
-            for required in ("key", "val"):
-                if required not in cols:
-                    raise PersistenceError(
-                        f"table {name!r} has no column {required!r} "
-                        f"(it has {', '.join(cols) or 'none'})"
-                    )
+            cols = _table_columns(db, name)
             _fetch_into(q, items)
-            rows = [_encode(k) + _encode(v) for k, v in items]
-            # (key text, key marker, val text, val marker)
-            if any(r[1] is not None or r[3] is not None for r in rows):
-                for col in ("key_enc", "val_enc"):
-                    if col not in cols:
-                        # Nullable, so Kamailio (which names its columns) is unaffected.
-                        db.execute(f'ALTER TABLE {{t}} ADD COLUMN "{col}" TEXT', name)
-                        cols.append(col)
-            if "key_enc" in cols and "val_enc" in cols:
-                template = (
-                    'INSERT INTO {t} ("key", "key_enc", "val", "val_enc") VALUES (?, ?, ?, ?)'
-                )
-                params: list[tuple[Any, ...]] = [tuple(r) for r in rows]
-            else:
-                template = 'INSERT INTO {t} ("key", "val") VALUES (?, ?)'
-                params = [(r[0], r[2]) for r in rows]
-            batch = max(1, _SAVE_BATCH)
-            for start in range(0, len(params), batch):
-                db.executemany(template, name, params[start : start + batch])
-                if _save_hook is not None:
-                    _save_hook(name, min(start + batch, len(params)))
+            _insert_items(db, name, cols, items)
             db.commit()
         return len(items)
     except BaseException as exc:
@@ -1008,14 +1031,7 @@ def _save_reserved(db: _DB, target: _Target, mq: Any, name: str, q: Any) -> int:
         _resolve(db, mq, name, q)
         with _db_errors(what):
             db.begin()
-            db.ensure_table(name)
-            cols = db.columns(name)
-            for required in ("key", "val"):
-                if required not in cols:
-                    raise PersistenceError(
-                        f"table {name!r} has no column {required!r} "
-                        f"(it has {', '.join(cols) or 'none'})"
-                    )
+            cols = _table_columns(db, name)
             db.commit()
         n = len(q)
         if n == 0:
@@ -1028,25 +1044,7 @@ def _save_reserved(db: _DB, target: _Target, mq: Any, name: str, q: Any) -> int:
         try:
             with _db_errors(what):
                 db.begin()
-                rows = [_encode(k) + _encode(v) for k, v in items]
-                if any(r[1] is not None or r[3] is not None for r in rows):
-                    for col in ("key_enc", "val_enc"):
-                        if col not in cols:
-                            db.execute(f'ALTER TABLE {{t}} ADD COLUMN "{col}" TEXT', name)
-                            cols.append(col)
-                if "key_enc" in cols and "val_enc" in cols:
-                    template = (
-                        'INSERT INTO {t} ("key", "key_enc", "val", "val_enc") VALUES (?, ?, ?, ?)'
-                    )
-                    params: list[tuple[Any, ...]] = [tuple(r) for r in rows]
-                else:
-                    template = 'INSERT INTO {t} ("key", "val") VALUES (?, ?)'
-                    params = [(r[0], r[2]) for r in rows]
-                batch = max(1, _SAVE_BATCH)
-                for start in range(0, len(params), batch):
-                    db.executemany(template, name, params[start : start + batch])
-                    if _save_hook is not None:
-                        _save_hook(name, min(start + batch, len(params)))
+                _insert_items(db, name, cols, items)
                 db.execute(
                     'INSERT INTO {t} ("op", "kind", "tbl", "ns", "max_id") '
                     "VALUES (?, ?, ?, ?, NULL)",
@@ -1135,23 +1133,7 @@ def _load_reserved(mq: Any, target: _Target, names: list[str]) -> dict[str, int]
         try:
             for name in names:
                 with _db_errors(f"loading table {name!r} from {target.shown}"):
-                    db.ensure_table(name)
-                    db.lock_for_load(name)
-                    cols = db.columns(name)
-                    for required in ("id", "key", "val"):
-                        if required not in cols:
-                            raise PersistenceError(
-                                f"table {name!r} has no column {required!r} "
-                                f"(it has {', '.join(cols) or 'none'})"
-                            )
-                    key_enc = '"key_enc"' if "key_enc" in cols else "NULL"
-                    val_enc = '"val_enc"' if "val_enc" in cols else "NULL"
-                    cur = db.execute(
-                        f'SELECT "id", "key", "val", {key_enc}, {val_enc} FROM {{t}} ORDER BY "id"',
-                        name,
-                    )
-                    raw_rows = cur.fetchall()
-                    cur.close()
+                    raw_rows = _read_table(db, name)
                 items = [
                     (_decode(k, ke, name, i, "key"), _decode(v, ve, name, i, "val"))
                     for i, k, v, ke, ve in raw_rows

@@ -40,16 +40,16 @@ import concurrent.futures
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from functools import partial
 from typing import Any, TypeVar
 
 from . import _aio_notify as _an
-from ._core import Data, Item, QueueStats, check_count
+from ._core import Data, Item, QueueMap, QueueStats, check_count
 from ._core import MQueue as _SyncMQueue
 from ._core import Queue as _SyncQueue
 from ._defs import QueueDef
-from ._errors import ArgumentError, ArgumentTypeError, MQueueError, QueueNotFoundError
+from ._errors import ArgumentError, ArgumentTypeError, MQueueError
 
 T = TypeVar("T")
 
@@ -342,7 +342,7 @@ class _ShmQueue(Queue):
             lw.idle(qw)
 
 
-class MQueue:
+class MQueue(QueueMap[Queue]):
     """An awaitable namespace handle (from :func:`create` / :func:`attach`).
 
     ``mq["name"]`` gives a :class:`Queue` (KeyError kind for an unknown name),
@@ -368,31 +368,6 @@ class MQueue:
     @property
     def definitions(self) -> list[QueueDef]:
         return self.sync.definitions
-
-    def __getitem__(self, name: str) -> Queue:
-        try:
-            return self._queues[name]
-        except (KeyError, TypeError):
-            raise QueueNotFoundError(
-                f"no queue named {name!r} in namespace {self.namespace!r}"
-            ) from None
-
-    def get(self, name: str) -> Queue | None:
-        """The queue of that name, or None."""
-        return self._queues.get(name) if isinstance(name, str) else None
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name in self._queues
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self._queues))
-
-    def __len__(self) -> int:
-        return len(self._queues)
-
-    def queues(self) -> list[Queue]:
-        """The queue handles, in definition order."""
-        return list(self._queues.values())
 
     async def sizes(self) -> dict[str, int]:
         """``{name: number of queued items}``; changes nothing."""

@@ -482,6 +482,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="shared memory: use a namespace any local user may write to",
         )
 
+    def add_ns(name: str, help_: str, func: Any) -> argparse.ArgumentParser:
+        """A subcommand on one namespace: NAMESPACE and the backend options first."""
+        p = add(name, help_, func)
+        ns(p)
+        return p
+
     p = add("demo", "run the built-in example: a SIP listener and workers", _cmd_demo)
     p.add_argument("--workers", type=int, default=3, help="worker processes (default 3)")
     p.add_argument("--seconds", type=float, default=10.0, help="run time (default 10)")
@@ -506,19 +512,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="a Redis URL (default, without --url: POSIX shared memory)",
     )
 
-    p = add("get_size", 'number of queued items: {"name": ..., "size": ...}', _cmd_get_size)
-    ns(p)
+    p = add_ns("get_size", 'number of queued items: {"name": ..., "size": ...}', _cmd_get_size)
     p.add_argument("queue", metavar="QUEUE")
 
-    p = add("get_sizes", 'sizes of all queues: [{"name": ..., "size": ...}, ...]', _cmd_get_sizes)
-    ns(p)
+    p = add_ns(
+        "get_sizes", 'sizes of all queues: [{"name": ..., "size": ...}, ...]', _cmd_get_sizes
+    )
 
-    p = add("fetch", 'remove the oldest item and print it: {"key": ..., "val": ...}', _cmd_fetch)
-    ns(p)
+    p = add_ns("fetch", 'remove the oldest item and print it: {"key": ..., "val": ...}', _cmd_fetch)
     p.add_argument("queue", metavar="QUEUE")
 
-    p = add("stats", "counters per queue (a table; --json, --format openmetrics)", _cmd_stats)
-    ns(p)
+    p = add_ns("stats", "counters per queue (a table; --json, --format openmetrics)", _cmd_stats)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument(
         "--format",
@@ -528,35 +532,31 @@ def build_parser() -> argparse.ArgumentParser:
         "(the Prometheus text format 0.0.4); see docs/metrics.md",
     )
 
-    p = add("destroy", "remove the namespace for good", _cmd_destroy)
-    ns(p)
+    p = add_ns("destroy", "remove the namespace for good", _cmd_destroy)
 
-    p = add(
+    p = add_ns(
         "recover",
         "settle what dead processes left: the item of a killed fetch (put back), and "
         "with --db-url an unfinished save or load (the database says whether it "
         'committed); prints {"resolved": [...]}',
         _cmd_recover,
     )
-    ns(p)
     p.add_argument("--db-url", default=None, help="the database of the dbmode queues")
 
-    p = add(
+    p = add_ns(
         "save",
         "save the items of dbmode 1/3 queues to the database (they leave the queues); "
         'prints {"saved": {queue: count}}',
         _cmd_save,
     )
-    ns(p)
     p.add_argument("--db-url", required=True, help="e.g. sqlite:///path/to.db")
 
-    p = add(
+    p = add_ns(
         "load",
         "load the items of dbmode 1/2 queues from the database (the rows are deleted); "
         'prints {"loaded": {queue: count}}',
         _cmd_load,
     )
-    ns(p)
     p.add_argument("--db-url", required=True, help="e.g. sqlite:///path/to.db")
 
     _add_metrics_commands(add)

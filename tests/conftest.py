@@ -28,6 +28,7 @@ import mqueue
 
 SHM_DIR = "/dev/shm"
 _SEG_RE = re.compile(r"^mqueue\.t(\d+)_")
+REDIS_URL = os.environ.get("MQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6399/0")
 
 
 def new_namespace() -> str:
@@ -39,6 +40,24 @@ def destroy_quietly(namespace: str) -> None:
     """Destroy a namespace if it still exists."""
     with contextlib.suppress(mqueue.NamespaceNotFoundError, FileNotFoundError):
         mqueue.destroy(namespace)
+
+
+def redis_problem(url: str = REDIS_URL) -> str | None:
+    """Why the Redis server at ``url`` cannot be used (redis-py is missing, or
+    it does not answer PING within a few seconds), or None when it answers."""
+    try:
+        import redis
+    except ImportError:
+        return "redis-py is not installed"
+    try:
+        c = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        try:
+            c.ping()
+        finally:
+            c.close()
+    except Exception as e:  # noqa: BLE001
+        return str(e)
+    return None
 
 
 @pytest.fixture

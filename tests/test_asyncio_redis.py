@@ -17,33 +17,20 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import REDIS_URL, redis_problem
 
 import mqueue
 import mqueue.asyncio as amq
 
 try:
-    import redis
+    import redis  # noqa: F401  (skip the module without redis-py)
 except ImportError:
     if os.environ.get("MQUEUE_REQUIRE_SERVICES"):
         raise
     pytest.skip("redis-py is not installed", allow_module_level=True)
 
-URL = os.environ.get("MQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6399/0")
-
-
-def _problem() -> str | None:
-    try:
-        c = redis.Redis.from_url(URL, socket_connect_timeout=2, socket_timeout=5)
-        try:
-            c.ping()
-        finally:
-            c.close()
-    except Exception as e:  # noqa: BLE001
-        return str(e)
-    return None
-
-
-_PROBLEM = _problem()
+URL = REDIS_URL
+_PROBLEM = redis_problem(URL)
 if _PROBLEM is not None:
     if os.environ.get("MQUEUE_REQUIRE_SERVICES"):
         raise RuntimeError(f"Redis at {URL} is required but: {_PROBLEM}")

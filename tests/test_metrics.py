@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import SHM_DIR, MakeMQ, destroy_quietly, new_namespace
+from conftest import REDIS_URL, SHM_DIR, MakeMQ, destroy_quietly, new_namespace, redis_problem
 
 import mqueue
 from mqueue import QueueDef, _metrics, cli
@@ -30,7 +30,6 @@ from mqueue import QueueDef, _metrics, cli
 pc_parser = pytest.importorskip("prometheus_client.parser")
 om_parser = pytest.importorskip("prometheus_client.openmetrics.parser")
 
-REDIS_URL = os.environ.get("MQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6399/0")
 
 Values = dict[tuple[str, str, str], float]  # (sample name, namespace, queue) -> value
 
@@ -211,26 +210,11 @@ def test_cli_stats_other_formats_unchanged(
     assert capsys.readouterr().out.startswith(f"namespace {ns}\n")
 
 
-def _redis_problem() -> str | None:
-    try:
-        import redis
-    except ImportError:
-        return "redis-py is not installed"
-    try:
-        c = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-        try:
-            c.ping()
-        finally:
-            c.close()
-    except Exception as e:  # noqa: BLE001
-        return f"no Redis server at {REDIS_URL}: {e}"
-    return None
-
-
 @pytest.fixture
 def redis_url() -> str:
-    problem = _redis_problem()
+    problem = redis_problem(REDIS_URL)
     if problem is not None:
+        problem = f"Redis at {REDIS_URL} cannot be used: {problem}"
         if os.environ.get("MQUEUE_REQUIRE_SERVICES"):
             pytest.fail(f"Redis is required (MQUEUE_REQUIRE_SERVICES) but: {problem}")
         pytest.skip(problem)

@@ -29,8 +29,6 @@ import sys
 import textwrap
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -47,15 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 db = test_persist.db  # the same fixture: every test taking it runs on SQLite and PostgreSQL
 
 
-@pytest.fixture
-def ns() -> Iterator[str]:
-    name = f"pc{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    try:
-        yield name
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            mqueue.destroy(name)
-        assert not os.path.exists(f"/dev/shm/mqueue.{name}")
+ns = test_persist.ns  # the same fixture: destroyed at teardown, nothing left in /dev/shm
 
 
 def _env() -> dict[str, str]:
@@ -121,10 +111,12 @@ SAVE_CHILD = textwrap.dedent(
 )
 
 
-def run_save_and_kill(db: Raw, ns: str, n: int, how: str) -> None:
-    """Start a creator with n items that saves at close; kill it as `how` says."""
+def run_and_kill(code: str, args: list[str], ready: str, how: str) -> int:
+    """Run the child ``code`` with ``args``; once it prints ``ready``, SIGKILL it
+    ``how`` = "after<seconds>" later (else it kills itself where ``how`` says).
+    Returns its exit status; the child does not outlive the call."""
     child = subprocess.Popen(
-        [sys.executable, "-c", SAVE_CHILD, ns, db.url, str(n), how],
+        [sys.executable, "-c", code, *args],
         cwd=REPO,
         env=_env(),
         stdout=subprocess.PIPE,
@@ -132,16 +124,21 @@ def run_save_and_kill(db: Raw, ns: str, n: int, how: str) -> None:
     )
     try:
         assert child.stdout is not None
-        assert child.stdout.readline().strip() == "closing"
+        assert child.stdout.readline().strip() == ready
         if how.startswith("after"):
             time.sleep(float(how[len("after") :]))
             child.send_signal(signal.SIGKILL)
-        rc = child.wait(timeout=120)
-        assert rc == -signal.SIGKILL or (how.startswith("after") and rc == 0), rc
+        return child.wait(timeout=120)
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def run_save_and_kill(db: Raw, ns: str, n: int, how: str) -> None:
+    """Start a creator with n items that saves at close; kill it as `how` says."""
+    rc = run_and_kill(SAVE_CHILD, [ns, db.url, str(n), how], "closing", how)
+    assert rc == -signal.SIGKILL or (how.startswith("after") and rc == 0), rc
 
 
 def check_exactly_once(db: Raw, ns: str, n: int, old: list[tuple[str, str]]) -> None:
@@ -493,25 +490,8 @@ def test_kill_during_load(db: Raw, ns: str, how: str) -> None:
     n = 100_000 if db.engine == "sqlite" else 20_000
     db.create_kamailio_table("q")
     _bulk_insert(db, "q", items(n))
-    child = subprocess.Popen(
-        [sys.executable, "-c", LOAD_CHILD, ns, db.url, how],
-        cwd=REPO,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "creating"
-        if how.startswith("after"):
-            time.sleep(float(how[len("after") :]))
-            child.send_signal(signal.SIGKILL)
-        rc = child.wait(timeout=120)
-        assert rc in (-signal.SIGKILL, 0)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    rc = run_and_kill(LOAD_CHILD, [ns, db.url, how], "creating", how)
+    assert rc in (-signal.SIGKILL, 0)
     wait_rows(db, "q")
     defs = ["name=q;dbmode=1;bytes=64M"]
     try:

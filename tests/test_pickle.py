@@ -21,29 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MakeMQ, destroy_quietly
+from conftest import REDIS_URL, MakeMQ, destroy_quietly, redis_problem
 
 import mqueue
 from mqueue import kamailio
 
-REDIS_URL = os.environ.get("MQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6399/0")
 JOIN_S = 60.0  # generous: spawn imports the interpreter afresh on a loaded machine
-
-
-def _redis_problem() -> str | None:
-    try:
-        import redis
-    except ImportError:
-        return "redis-py is not installed"
-    try:
-        c = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
-        try:
-            c.ping()
-        finally:
-            c.close()
-    except Exception as e:  # noqa: BLE001
-        return str(e)
-    return None
 
 
 # --------------------------------------------------------------- child code
@@ -246,7 +229,7 @@ def test_uninitialised_kamailio_module_pickles() -> None:
 
 @pytest.fixture
 def redis_ns() -> Iterator[str]:
-    problem = _redis_problem()
+    problem = redis_problem(REDIS_URL)
     if problem is not None:
         if os.environ.get("MQUEUE_REQUIRE_SERVICES"):
             raise RuntimeError(f"Redis at {REDIS_URL} is required but: {problem}")

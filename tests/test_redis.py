@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from conftest import REDIS_URL, redis_problem
 
 import mqueue
 
@@ -40,27 +41,15 @@ except ImportError:
 
 from mqueue import _redis as R  # noqa: E402
 
-URL = os.environ.get("MQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6399/0")
+URL = REDIS_URL
 CLUSTER_URL = os.environ.get("MQUEUE_TEST_REDIS_CLUSTER_URL", "")
 REQUIRED = bool(os.environ.get("MQUEUE_REQUIRE_SERVICES"))
-
-
-def _reachable(url: str) -> str | None:
-    try:
-        c = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
-        try:
-            c.ping()
-        finally:
-            c.close()
-    except Exception as e:  # noqa: BLE001
-        return str(e)
-    return None
 
 
 def _cluster_problem(url: str) -> str | None:
     if not url:
         return "MQUEUE_TEST_REDIS_CLUSTER_URL is not set (bash .ci/services-redis-cluster.sh)"
-    problem = _reachable(url)
+    problem = redis_problem(url)
     if problem is not None:
         return problem
     c = redis.Redis.from_url(url)
@@ -78,7 +67,7 @@ _PROBLEMS: dict[str, str | None] = {}
 def backend_url(kind: str) -> str:
     """The URL of the single server or the cluster; skips (fails in CI) without it."""
     if kind not in _PROBLEMS:
-        _PROBLEMS[kind] = _reachable(URL) if kind == "single" else _cluster_problem(CLUSTER_URL)
+        _PROBLEMS[kind] = redis_problem(URL) if kind == "single" else _cluster_problem(CLUSTER_URL)
     problem = _PROBLEMS[kind]
     if problem is not None:
         what = f"Redis at {URL}" if kind == "single" else "a Redis Cluster"
@@ -1008,8 +997,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def private_server(tmp_path: Any) -> Iterator[Callable[[], tuple[str, Callable[[], None]]]]:
-    """Start/stop a private redis-server (for restart tests)."""
+def private_server(tmp_path: Any) -> Iterator[Callable[..., tuple[str, Callable[[], None]]]]:
+    """``start(*options)`` starts a private redis-server (no persistence, with
+    these extra options) and returns its URL and a ``stop()`` that kills it; a
+    server still running at teardown is killed then (for restart tests)."""
     exe = shutil.which("redis-server")
     if exe is None:
         if os.environ.get("MQUEUE_REQUIRE_SERVICES"):
@@ -1019,15 +1010,15 @@ def private_server(tmp_path: Any) -> Iterator[Callable[[], tuple[str, Callable[[
     url = f"redis://127.0.0.1:{port}/0"
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start() -> tuple[str, Callable[[], None]]:
+    def start(*options: str) -> tuple[str, Callable[[], None]]:
         p = subprocess.Popen(
             [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(tmp_path)],
+             "--appendonly", "no", "--dir", str(tmp_path), *options],
             stdout=subprocess.DEVNULL,
         )
         procs.append(p)
         for _ in range(100):
-            if _reachable(url) is None:
+            if redis_problem(url) is None:
                 break
             time.sleep(0.05)
 

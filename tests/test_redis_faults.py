@@ -16,11 +16,10 @@ import contextlib
 import os
 import random
 import select
-import shutil
 import socket
-import subprocess
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -29,15 +28,12 @@ import mqueue
 
 redis = pytest.importorskip("redis")
 
-from test_redis import (  # noqa: E402
-    _free_port,
-    _reachable,
-    admin_client,
-    backend_url,
-    new_ns,
-)
+import test_redis  # noqa: E402
+from test_redis import admin_client, backend_url, new_ns  # noqa: E402
 
 from mqueue import _redis as R  # noqa: E402
+
+private_server = test_redis.private_server  # the same fixture: a redis-server of the test's own
 
 
 # ------------------------------------------------------------ the proxy
@@ -391,60 +387,43 @@ def test_deleted_records_reported_lost(url: str) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_real_eviction_reported_lost(tmp_path: Any) -> None:
+def test_real_eviction_reported_lost(
+    private_server: Callable[..., tuple[str, Callable[[], None]]],
+) -> None:
     """A real redis-server with a small maxmemory and allkeys-random: once it
     evicts a queue's keys, every operation on that queue says it is lost
     (never a Lua error, never counts of items that no longer exist)."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        if os.environ.get("MQUEUE_REQUIRE_SERVICES"):
-            pytest.fail("redis-server binary needed")
-        pytest.skip("no redis-server binary")
-    port = _free_port()
-    srv = f"redis://127.0.0.1:{port}/0"
-    p = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path), "--maxmemory", "3mb", "--maxmemory-policy", "allkeys-random"],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(100):
-            if _reachable(srv) is None:
+    srv, _ = private_server("--maxmemory", "3mb", "--maxmemory-policy", "allkeys-random")
+    admin = redis.Redis.from_url(srv)
+    lost = 0
+    for attempt in range(20):
+        ns = f"evict{attempt}"
+        mq = mqueue.create(ns, ["name=q;bytes=64M"], url=srv)
+        q = mq["q"]
+        errors: list[BaseException] = []
+        for i in range(400):
+            try:
+                q.add_many([(f"{i}.{j}", "x" * 1000) for j in range(20)])
+            except mqueue.MQueueError as e:
+                errors.append(e)
                 break
-            time.sleep(0.05)
-        admin = redis.Redis.from_url(srv)
-        lost = 0
-        for attempt in range(20):
-            ns = f"evict{attempt}"
-            mq = mqueue.create(ns, ["name=q;bytes=64M"], url=srv)
-            q = mq["q"]
-            errors: list[BaseException] = []
-            for i in range(400):
-                try:
-                    q.add_many([(f"{i}.{j}", "x" * 1000) for j in range(20)])
-                except mqueue.MQueueError as e:
-                    errors.append(e)
-                    break
-            if errors:
-                # only ever "lost", and it stays so for every operation
-                assert isinstance(errors[0], R.NamespaceLostError), repr(errors[0])
-                assert "byte" not in str(errors[0])
-                for name, args in (("fetch", ()), ("add", ("k", "v")), ("__len__", ()),
-                                   ("stats", ()), ("fetch_many", (5,))):
-                    with pytest.raises(R.NamespaceLostError):
-                        getattr(q, name)(*args)
-                lost += 1
-            mq.close()
-            with contextlib.suppress(FileNotFoundError):
-                mqueue.destroy(ns, url=srv)
-            if lost >= 3:
-                break
-        assert int(admin.info("stats")["evicted_keys"]) > 0
-        assert lost >= 1
-        admin.close()
-    finally:
-        p.kill()
-        p.wait()
+        if errors:
+            # only ever "lost", and it stays so for every operation
+            assert isinstance(errors[0], R.NamespaceLostError), repr(errors[0])
+            assert "byte" not in str(errors[0])
+            for name, args in (("fetch", ()), ("add", ("k", "v")), ("__len__", ()),
+                               ("stats", ()), ("fetch_many", (5,))):
+                with pytest.raises(R.NamespaceLostError):
+                    getattr(q, name)(*args)
+            lost += 1
+        mq.close()
+        with contextlib.suppress(FileNotFoundError):
+            mqueue.destroy(ns, url=srv)
+        if lost >= 3:
+            break
+    assert int(admin.info("stats")["evicted_keys"]) > 0
+    assert lost >= 1
+    admin.close()
 
 
 # ------------------------------------- exceptions from signal handlers

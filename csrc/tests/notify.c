@@ -22,27 +22,7 @@
 
 #include "mq.h"
 
-static int passed, failed;
-static const char *current = "";
-
-#define CHECK(cond) do { if (cond) passed++; else { failed++; \
-    fprintf(stderr, "FAIL %s:%d [%s]: %s\n", __FILE__, __LINE__, current, #cond); } } while (0)
-#define CHECK_EQ(a, b) do { long long a_ = (long long)(a), b_ = (long long)(b); \
-    if (a_ == b_) passed++; else { failed++; \
-    fprintf(stderr, "FAIL %s:%d [%s]: %s == %s (%lld != %lld)\n", __FILE__, __LINE__, \
-            current, #a, #b, a_, b_); } } while (0)
-
-static uint64_t rng_state = 88172645463325252ULL;
-static uint64_t rnd(void) {
-    rng_state ^= rng_state << 13; rng_state ^= rng_state >> 7; rng_state ^= rng_state << 17;
-    return rng_state;
-}
-
-static int64_t mono_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
+#include "check.h"
 
 /* A formatted namespace of nq queues in a memfd; *fd_out gets the fd. */
 static mq_ns *ns_new(uint32_t nq, int *fd_out) {
