@@ -1009,3 +1009,63 @@ def test_engine_killpoint_during_load(testing_site: Path, tmp_path: Path, ns: st
             mq.close()
     finally:
         conn.close()
+
+
+# ------------------------------------- fork during a save: the child keeps no lock
+
+FORK_DURING_SAVE = textwrap.dedent(
+    """
+    import os, sys, threading, time
+    import mqueue
+    from mqueue import _persist
+
+    ns, url = sys.argv[1], sys.argv[2]
+    _persist._LOCK_TIMEOUT_S = 3
+    mq = mqueue.create(ns, ["name=q;dbmode=3"], db_url=url)
+    q = mq["q"]
+    q.add_many([(f"i{i}", "v") for i in range(100)])
+    inside = threading.Event()
+
+    def hook(table, done):
+        inside.set()
+        time.sleep(0.5)
+
+    _persist._save_hook = hook
+    saver = threading.Thread(target=_persist.save_queues, args=(mq, url))
+    saver.start()
+    inside.wait()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a long-lived worker that knows nothing of the save
+        os.close(w)
+        os.read(r, 1)
+        os._exit(0)
+    os.close(r)
+    saver.join()
+    _persist._save_hook = None
+    q.add("again", "v")
+    try:
+        print(_persist.save_queues(mq, url)["q"], flush=True)
+    finally:
+        os.close(w)
+        os.waitpid(pid, 0)
+        mq.close()
+    """
+)
+
+
+def test_fork_during_sqlite_save_leaves_no_lock_in_the_child(tmp_path: Path, ns: str) -> None:
+    """A child forked while another thread saves to SQLite inherits the open file
+    description of the persistence lock (flock): it must not keep the database
+    locked after the parent's save ended (every later save waited and failed)."""
+    url = f"sqlite:///{tmp_path / 'mq.db'}"
+    r = subprocess.run(
+        [sys.executable, "-c", FORK_DURING_SAVE, ns, url],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "1"
