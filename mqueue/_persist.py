@@ -1003,8 +1003,13 @@ def _resolve(db: _DB, mq: Any, name: str, q: Any) -> list[str]:
                     continue  # another namespace's save: its own to resolve
                 # ours, and no save of ours is pending any more
             elif kind == "load":
-                tag = int(op, 16)
-                if ns_id == me:
+                try:
+                    tag = int(op, 16)
+                except (TypeError, ValueError):
+                    tag = 0
+                if tag <= 0:  # never a tag of ours (a queue that never loaded has 0)
+                    applied = False
+                elif ns_id == me:
                     applied = q._reservation().load_tag == tag
                 else:
                     applied = _other_load_applied(ns_id, name, tag)

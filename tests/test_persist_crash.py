@@ -1069,3 +1069,35 @@ def test_fork_during_sqlite_save_leaves_no_lock_in_the_child(tmp_path: Path, ns:
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "1"
+
+
+# ------------------------------------------ garbage in the marker table loses nothing
+
+
+@pytest.mark.parametrize("op", ["0000000000000000", "0", "zz", "-1"])
+def test_garbage_load_marker_never_deletes_rows(tmp_path: Path, ns: str, op: str) -> None:
+    """A load marker whose tag mqueue never writes (0, not hex) is never taken
+    as applied: the rows are loaded, not deleted unloaded; the marker goes."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'mq.db'}"
+    mq = mqueue.create(ns, ["name=q;dbmode=1"], db_url=url)
+    mq["q"].add_many(items(5))
+    mq.close()
+    mqueue.destroy(ns)
+    conn = sqlite3.connect(tmp_path / "mq.db")
+    try:
+        conn.execute(
+            'INSERT INTO "mqueue_ops" VALUES (?, ?, ?, ?, ?)',
+            (op, "load", "q", f"{socket.gethostname()}:{ns}", 10**9),
+        )
+        conn.commit()
+        mq = mqueue.create(ns, ["name=q;dbmode=1"], db_url=url)
+        try:
+            assert drain(mq["q"]) == items(5)
+        finally:
+            mq.close()
+        assert conn.execute('SELECT COUNT(*) FROM "q"').fetchone()[0] == 0
+        assert conn.execute('SELECT COUNT(*) FROM "mqueue_ops"').fetchone()[0] == 0
+    finally:
+        conn.close()
