@@ -1101,3 +1101,29 @@ def test_garbage_load_marker_never_deletes_rows(tmp_path: Path, ns: str, op: str
         assert conn.execute('SELECT COUNT(*) FROM "mqueue_ops"').fetchone()[0] == 0
     finally:
         conn.close()
+
+
+# ------------------------------------------- addmode 1 and a put-back reservation
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: addmode=1 accepts a key again while an item of that key is reserved "
+    "(a save, a `mqueue fetch`), and the put-back of a failed save or dead fetch brings the "
+    "reserved one back: the key is queued twice; addmode=2 replaces reserved items instead "
+    "(so after a put-back its keys stay unique)",
+)
+def test_addmode1_put_back_keeps_keys_unique(ns: str) -> None:
+    mq = mqueue.create(ns, ["name=q;addmode=1"])
+    try:
+        q: Any = mq["q"]
+        q.add("K", "old")
+        q.add("A", "a")
+        tag = _persist.new_op_tag()
+        assert len(q._reserve(10, tag, 4096)) == 2
+        q.add("K", "new")  # a producer while the save is in its transaction
+        assert q._settle(tag, False)  # the save failed: put back
+        keys = [key for key, _value in drain(q)]
+        assert sorted(keys) == sorted(set(keys)), keys
+    finally:
+        mq.close()
