@@ -1127,3 +1127,28 @@ def test_addmode1_put_back_keeps_keys_unique(ns: str) -> None:
         assert sorted(keys) == sorted(set(keys)), keys
     finally:
         mq.close()
+
+
+def test_cli_fetch_behind_a_dead_savers_reservation_says_recover(tmp_path: Path, ns: str) -> None:
+    """A save killed with its items reserved: `mqueue fetch` cannot reserve until
+    the database is asked; it must say so (run `mqueue recover --db-url`), not
+    "a save in progress; try again" (which stays true forever)."""
+    import sqlite3
+
+    path = tmp_path / "mq.db"
+    conn = sqlite3.connect(path)
+    raw = Raw("sqlite", f"sqlite:///{path}", conn)
+    try:
+        raw.create_kamailio_table("q")
+        run_save_and_kill(raw, ns, 10, "reserved")
+        r = _cli("fetch", ns, "q", capture_output=True)
+        assert r.returncode == 1
+        err = json.loads(r.stderr)["error"]
+        assert err["code"] == 500
+        assert "mqueue recover" in err["message"] and "--db-url" in err["message"], err
+        r = _cli("recover", ns, "--db-url", raw.url, capture_output=True)
+        assert r.returncode == 0, r.stderr
+        r = _cli("fetch", ns, "q", capture_output=True)
+        assert r.returncode == 0 and json.loads(r.stdout)["key"] == "i0", r.stderr
+    finally:
+        conn.close()
