@@ -38,7 +38,9 @@ import os
 import secrets
 import socket
 import sqlite3
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -385,9 +387,7 @@ class _DB:
         with suppress(Exception):
             self._conn.close()
         if self._lockfd is not None:
-            with suppress(OSError):
-                os.close(self._lockfd)  # drops the flock
-            self._lockfd = None
+            self._close_lockfd()  # drops the flock
             self._lockdepth = 0
 
     def reconnect(self) -> None:
@@ -412,10 +412,15 @@ class _DB:
         if self.engine == "sqlite":
             if self._lockdepth == 0:
                 path = self.target.where + ".mqueue-lock"
-                try:
-                    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                except OSError as exc:
-                    raise PersistenceError(f"cannot open the lock file {path!r}: {exc}") from exc
+                with _lock_files_guard:  # a fork never sees an fd that is not listed
+                    try:
+                        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                    except OSError as exc:
+                        raise PersistenceError(
+                            f"cannot open the lock file {path!r}: {exc}"
+                        ) from exc
+                    self._lockfd = fd
+                    _lock_files.add(self)
                 give_up = time.monotonic() + _LOCK_TIMEOUT_S
                 while True:
                     try:
@@ -423,16 +428,24 @@ class _DB:
                         break
                     except BlockingIOError:
                         if time.monotonic() > give_up:
-                            os.close(fd)
+                            self._close_lockfd()
                             raise PersistenceError(
                                 f"another process holds {path!r} (a save or load of "
                                 f"this database) for more than {_LOCK_TIMEOUT_S:g} s"
                             ) from None
                         time.sleep(0.01)
-                self._lockfd = fd
             self._lockdepth += 1
             return
         self._pg_lock(_pg_lock_key(table))
+
+    def _close_lockfd(self) -> None:
+        """Close the SQLite lock file (dropping its flock) if open.  Never fails."""
+        with _lock_files_guard:
+            fd, self._lockfd = self._lockfd, None
+            _lock_files.discard(self)
+        if fd is not None:
+            with suppress(OSError):
+                os.close(fd)
 
     def _pg_lock(self, key: int) -> None:
         with _db_errors(f"taking the persistence lock of {self.target.shown}"):
@@ -446,10 +459,8 @@ class _DB:
         """Release lock_table's lock (best effort: a lost session has none)."""
         if self.engine == "sqlite":
             self._lockdepth -= 1
-            if self._lockdepth == 0 and self._lockfd is not None:
-                with suppress(OSError):
-                    os.close(self._lockfd)
-                self._lockfd = None
+            if self._lockdepth == 0:
+                self._close_lockfd()
             return
         key = _pg_lock_key(table)
         if key in self._pg_locks:
@@ -504,6 +515,31 @@ class _DB:
         rows that were read (SQLite's BEGIN IMMEDIATE already locks the file)."""
         if self.engine == "postgresql":
             self.execute("LOCK TABLE {t} IN SHARE ROW EXCLUSIVE MODE", table)
+
+
+# The _DB objects with an open SQLite lock file.  A flock belongs to the open file
+# description, which fork() shares: a child would hold the parent's lock for as
+# long as it lives (every later save or load of that database then waited and
+# failed).  The child closes its copies at once; the parent's lock is untouched.
+_lock_files: weakref.WeakSet[_DB] = weakref.WeakSet()
+_lock_files_guard = threading.Lock()
+
+
+def _close_inherited_lock_files() -> None:
+    _lock_files_guard.release()
+    for db in list(_lock_files):
+        fd, db._lockfd = db._lockfd, None
+        if fd is not None:
+            with suppress(OSError):
+                os.close(fd)
+    _lock_files.clear()
+
+
+os.register_at_fork(
+    before=_lock_files_guard.acquire,
+    after_in_parent=_lock_files_guard.release,
+    after_in_child=_close_inherited_lock_files,
+)
 
 
 @contextmanager
@@ -967,8 +1003,13 @@ def _resolve(db: _DB, mq: Any, name: str, q: Any) -> list[str]:
                     continue  # another namespace's save: its own to resolve
                 # ours, and no save of ours is pending any more
             elif kind == "load":
-                tag = int(op, 16)
-                if ns_id == me:
+                try:
+                    tag = int(op, 16)
+                except (TypeError, ValueError):
+                    tag = 0
+                if tag <= 0:  # never a tag of ours (a queue that never loaded has 0)
+                    applied = False
+                elif ns_id == me:
                     applied = q._reservation().load_tag == tag
                 else:
                     applied = _other_load_applied(ns_id, name, tag)

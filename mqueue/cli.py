@@ -195,6 +195,13 @@ def _cmd_fetch(args: argparse.Namespace) -> Any:
                 items = q._reserve(1, tag, 64 * 1024)
                 break
             except ReservationBusy:
+                info = q._reservation()
+                if info.tag and not info.tag & _persist.CLI_TAG_BIT and not info.owner_alive:
+                    raise MQueueError(
+                        f"queue {args.queue!r}: its oldest {info.size} item(s) are reserved by "
+                        "a save whose process died; only its database can tell whether "
+                        f"it committed: run `mqueue recover {args.namespace} --db-url URL`"
+                    ) from None
                 if time.monotonic() > give_up:
                     raise MQueueError(
                         f"queue {args.queue!r}: another process holds its oldest items "
