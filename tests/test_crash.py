@@ -130,9 +130,14 @@ ns, seconds, mode = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 NP, NC, CAP = 3, 3, 1 << 20
 mq = mqueue.attach(ns)
 qs = [mq["bounded"], mq["unbounded"]]
-# shared region: [stop, progress, produced per producer slot x 2 queues]
-#                + one delivery log per consumer slot: [count, ids...]
-HDR = 8 * (2 + 2 * NP)
+# shared region: [stop, unused, produced per producer slot x 2 queues,
+#                 progress per consumer slot] + one delivery log per consumer slot
+# Each progress word has one writer at a time (a killed consumer is reaped before its
+# slot's successor starts), so their sum only grows: one shared counter updated by
+# read-modify-write from three consumers could go back and fake a stall.
+HDR = 8 * (2 + 2 * NP + NC)
+PROG = lambda c: 8 * (2 + 2 * NP + c)
+def progress(): return sum(get(PROG(c)) for c in range(NC))
 shm = mmap.mmap(-1, HDR + NC * 8 * (CAP + 1))
 def get(off): return struct.unpack_from("q", shm, off)[0]
 def put(off, v): struct.pack_into("q", shm, off, v)
@@ -181,7 +186,7 @@ def consumer(c):
             if n < CAP:
                 put(base + 8 * (n + 1), int(k))
                 put(base, n + 1)
-        put(8, get(8) + len(got))
+        put(PROG(c), get(PROG(c)) + len(got))
 
 def spawn(i, inc):
     pid = os.fork()
@@ -202,7 +207,7 @@ end = time.monotonic() + seconds
 while time.monotonic() < end:
     time.sleep(rnd.uniform(0.002, 0.010))
     i = rnd.randrange(NP + NC)
-    p0 = get(8)
+    p0 = progress()
     t0 = time.monotonic()
     if mode == "stop":
         os.kill(kids[i], signal.SIGSTOP); time.sleep(0.1); os.kill(kids[i], signal.SIGCONT)
@@ -211,11 +216,13 @@ while time.monotonic() < end:
         kills[i] += 1
         kids[i] = spawn(i, inc); inc += 1
     events += 1
-    while get(8) == p0 and time.monotonic() - t0 < 2.0:
-        time.sleep(0.0005)
+    moved = False
+    while not moved and time.monotonic() - t0 < 2.0:
+        moved = progress() != p0
+        time.sleep(0 if moved else 0.0005)
     pause = time.monotonic() - t0 - (0.1 if mode == "stop" else 0)
     longest = max(longest, pause)
-    if get(8) == p0:
+    if not moved:
         stalls += 1
         break
 put(0, 1)
