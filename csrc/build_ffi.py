@@ -87,8 +87,9 @@ int mq_creator_lock(int);
 #define MQ_ENOSTEP ...
 struct mq_rsvinfo {
     uint64_t tag; uint64_t count; uint64_t load_tag; uint32_t owner_alive; uint32_t mine;
+    uint64_t db;
 };
-int64_t mq_reserve(struct mq_fetchbuf *, uint32_t, uint64_t);
+int64_t mq_reserve(struct mq_fetchbuf *, uint32_t, uint64_t, uint64_t);
 int mq_settle(mq_ns *, uint32_t, uint64_t, int);
 int mq_reservation(mq_ns *, uint32_t, struct mq_rsvinfo *);
 int64_t mq_load(mq_ns *, uint32_t, uint64_t, const char *, size_t, const uint32_t *, size_t);

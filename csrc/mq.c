@@ -372,7 +372,7 @@ static inline uint64_t q_start(const struct q_state *s) { return s->rsv_n ? s->r
 /* Forgets the pending reservation in the working copy (not published).
  * Never fails. */
 static void rsv_clear(struct q_state *s) {
-    s->rsv = s->rsv_end = s->rsv_n = s->rsv_tag = s->rsv_owner = 0;
+    s->rsv = s->rsv_end = s->rsv_n = s->rsv_tag = s->rsv_owner = s->rsv_db = 0;
     s->cold_dirty = 1;
 }
 
@@ -420,6 +420,32 @@ static int idx_find(const struct mq_q *q, uint64_t hash, const char *key, size_t
     return 0;
 }
 
+/* addmode 1 ("the first item of a key wins"): looks for a live record with
+ * this key among the pending reservation's records [s->rsv, s->rsv_end).  A
+ * reserved item is not queued, but it is not gone either: its save or fetch
+ * may still put it back, and then it must be the only item of its key, so
+ * while it is reserved a later add of its key is refused as a duplicate.
+ * The chains hold reserved records (linked when added, and by q_rebuild);
+ * records in [rsv_end, head) were fetched or evicted meanwhile and are
+ * skipped, as are records at or above head (idx_find's part).  Returns 1
+ * (found), 0 (not found, or no reservation) or MQ_ECORRUPT. */
+static int idx_find_reserved(const struct mq_q *q, const struct q_state *s, uint64_t hash,
+                             const char *key, size_t klen) {
+    if (s->rsv_n == 0) return 0;
+    uint64_t e = atomic_load_explicit(&q->buckets[hash & (q->nbuckets - 1)], memory_order_relaxed);
+    while (e) {
+        uint64_t p = e - 1;
+        if (p < s->rsv || p >= s->tail) return 0;      /* older than the reservation (or damage) */
+        struct rec_hdr r;
+        if (rec_read(q, p, s->tail, &r)) return MQ_ECORRUPT;
+        if (p < s->rsv_end && !r.dead && r.klen == klen && ring_eq(q, p + MQ_REC_HDR, key, klen))
+            return 1;
+        if (r.next == 0 || r.next - 1 >= p) return 0;  /* chains strictly descend: no loops */
+        e = r.next;
+    }
+    return 0;
+}
+
 /* Rebuilds the index chains, the dead marks and the count from the records
  * in [s->head, s->tail) (the committed state).  Used by recovery and to undo
  * an aborted operation.  Returns 0 with s->count set, or MQ_ECORRUPT. */
@@ -428,6 +454,21 @@ static int q_rebuild(const struct mq_q *q, struct q_state *s) {
     if (q->buckets)
         for (uint64_t b = 0; b < q->nbuckets; b++)
             atomic_store_explicit(&q->buckets[b], 0, memory_order_relaxed);
+    if (q->buckets && q->addmode == 1 && s->rsv_n) {
+        /* addmode 1: the reserved records stay in the index (idx_find_reserved
+         * refuses their keys); not counted: they are not queued */
+        for (uint64_t p = s->rsv; p < s->rsv_end;) {
+            struct rec_hdr r;
+            if (rec_read(q, p, s->rsv_end, &r)) return MQ_ECORRUPT;
+            if (!(r.gone & REC_GONE) && !r.dead) {
+                uint64_t b = ring_hash(q, p + MQ_REC_HDR, r.klen) & (q->nbuckets - 1);
+                uint64_t next = atomic_load_explicit(&q->buckets[b], memory_order_relaxed);
+                copy_in(q, p + offsetof(struct rec_hdr, next), &next, sizeof next);
+                atomic_store_explicit(&q->buckets[b], p + 1, memory_order_relaxed);
+            }
+            p += r.len;
+        }
+    }
     for (uint64_t p = s->head; p < s->tail;) {
         struct rec_hdr r;
         if (rec_read(q, p, s->tail, &r)) return MQ_ECORRUPT;
@@ -1268,6 +1309,8 @@ static int add_one(const struct mq_q *q, struct q_state *s, const char *key, siz
         uint64_t found;
         hash = fnv1a(key, klen);
         int rc = idx_find(q, hash, key, klen, s->head, s->tail, &found);
+        if (rc == 0 && q->addmode == 1 && s->rsv_n)   /* reserved, not gone: refused too */
+            rc = idx_find_reserved(q, s, hash, key, klen);
         if (rc < 0) return rc;
         if (rc == 1) {
             s->duplicates++;
@@ -1396,6 +1439,10 @@ static int sim_batch(const struct mq_q *q, const struct q_state *s0, const char 
             if (tab[slot] >= 0 && !recs[tab[slot]].dead) {
                 if (q->addmode == 1) { p += kl + vl; continue; }   /* dropped */
                 recs[tab[slot]].dead = 1;                            /* replaced */
+            } else if (q->addmode == 1 && s0->rsv_n) {
+                int found = idx_find_reserved(q, s0, hash, p, kl);   /* as add_one */
+                if (found < 0) { rc = found; goto out; }
+                if (found) { p += kl + vl; continue; }               /* dropped */
             }
         }
         while (h < nr && recs[h].dead) {
@@ -1766,11 +1813,13 @@ int mq_stats(mq_ns *ns, uint32_t qi, struct mq_stats *out) {
 /* Reserves up to max items, packed as mq_fetch_batch packs them (every key
  * and value followed by a NUL; fb->total and fb->info describe the batch).
  * Replaced records between them (addmode 2) fall inside the reservation and
- * are marked REC_GONE if it is put back.  Returns the number
+ * are marked REC_GONE if it is put back.  `db` (the fingerprint of the
+ * database a save writes to, 0: none) is recorded with the tag, in the same
+ * commit.  Returns the number
  * reserved (0: the queue is empty; no reservation is made), MQ_EBUSY when a
  * reservation is already pending, MQ_EBUF (meta[0] = bytes the first item
  * needs), other negative codes; nothing changes on failure. */
-static int64_t reserve_impl(struct mq_fetchbuf *fb, uint32_t max, uint64_t tag) {
+static int64_t reserve_impl(struct mq_fetchbuf *fb, uint32_t max, uint64_t tag, uint64_t db) {
     const struct mq_q *q;
     mq_ns *ns = fb->ns;
     int rc = q_index(ns, fb->q, &q);
@@ -1822,6 +1871,7 @@ static int64_t reserve_impl(struct mq_fetchbuf *fb, uint32_t max, uint64_t tag) 
         s.rsv_n = (uint64_t)n;
         s.rsv_tag = tag;
         s.rsv_owner = ns->map->me;
+        s.rsv_db = db;                           /* in the same commit as the reservation */
         s.cold_dirty = 1;
         KILLPOINT("reserve_before_commit");
         state_commit(q, &s);
@@ -1833,12 +1883,12 @@ static int64_t reserve_impl(struct mq_fetchbuf *fb, uint32_t max, uint64_t tag) 
     return n;
 }
 
-int64_t mq_reserve(struct mq_fetchbuf *fb, uint32_t max, uint64_t tag) {
+int64_t mq_reserve(struct mq_fetchbuf *fb, uint32_t max, uint64_t tag, uint64_t db) {
     if (!fb) return MQ_EINVAL;
     fb->taken = 0;
     int rc = ns_enter(fb->ns);
     if (rc) return rc;
-    int64_t n = reserve_impl(fb, max, tag);
+    int64_t n = reserve_impl(fb, max, tag, db);
     ns_leave(fb->ns);
     return n;
 }
@@ -1861,6 +1911,9 @@ static int mark_gone(const struct mq_q *q, uint64_t from, uint64_t to) {
 /* Puts the reservation's records back before the head (working copy *s;
  * head is the committed head).  addmode 2: a put-back item whose key was
  * queued again meanwhile is the older one, so it is dropped as a duplicate.
+ * addmode 1: no key of the reservation was queued again (add_one refused
+ * them as duplicates while they were reserved: the first item wins), so
+ * every item comes back and the keys stay unique.
  * Returns the number of items back in the queue, or a negative code (marks
  * outside the committed records may then be set; abort_op restores the rest). */
 static int64_t put_back(const struct mq_q *q, struct q_state *s) {
@@ -1968,6 +2021,7 @@ static int reservation_impl(mq_ns *ns, uint32_t qi, struct mq_rsvinfo *out) {
     out->tag = s.rsv_tag;
     out->count = s.rsv_n;
     out->load_tag = s.load_tag;
+    out->db = s.rsv_db;
     out->owner_alive = s.rsv_n ? (uint32_t)owner_alive(ns, s.rsv_owner) : 0;
     out->mine = s.rsv_n && s.rsv_owner == ns->map->me;
     return s.rsv_n ? 1 : 0;

@@ -246,14 +246,21 @@ int mq_stats(mq_ns *ns, uint32_t q, struct mq_stats *out);
  * While a reservation is pending, its bytes still count against the queue's
  * capacity; a bounded queue that must drop items for bytes drops the whole
  * reservation first (its items are the oldest), counted as evicted, and a
- * later mq_settle with its tag gets MQ_ENORSV. */
-int64_t mq_reserve(struct mq_fetchbuf *fb, uint32_t max, uint64_t tag);
+ * later mq_settle with its tag gets MQ_ENORSV.
+ *
+ * `db` is stored with the reservation, in the same commit, and read back by
+ * mq_reservation: the persistence layer puts the fingerprint of the database
+ * its save writes to there (0: none or unknown).
+ *
+ * addmode 1: while an item is reserved, an add of its key is refused as a
+ * duplicate (the first item wins: a put-back brings it back). */
+int64_t mq_reserve(struct mq_fetchbuf *fb, uint32_t max, uint64_t tag, uint64_t db);
 
 /* Settles the reservation tagged `tag`: commit != 0 drops it (its items stay
  * counted as fetched); commit == 0 puts its items back at the head in their
  * order, counted as neither added nor fetched (addmode 2: an item whose key
- * was queued again meanwhile is dropped as a duplicate; addmode 1: both are
- * kept).  Any process may settle any reservation.  Returns 0; MQ_ENORSV when
+ * was queued again meanwhile is dropped as a duplicate; addmode 1: its keys
+ * were refused meanwhile, so every item comes back, keys unique).  Any process may settle any reservation.  Returns 0; MQ_ENORSV when
  * no reservation with that tag is pending; other negative codes with nothing
  * changed. */
 int mq_settle(mq_ns *ns, uint32_t q, uint64_t tag, int commit);
@@ -264,6 +271,7 @@ struct mq_rsvinfo {
     uint64_t load_tag;       /* the tag of the last mq_load applied, 0 = none */
     uint32_t owner_alive;    /* 1: the reserving process may still be running */
     uint32_t mine;           /* 1: reserved through this handle's slot */
+    uint64_t db;             /* the reservation's `db` (mq_reserve), 0 = none/unknown */
 };
 /* Reads the queue's reservation and load tag.  Returns 1 when a reservation
  * is pending, 0 when not, or a negative code. */

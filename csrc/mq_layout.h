@@ -51,7 +51,10 @@
  * reservation is pending the ring's used bytes are [rsv, tail), else
  * [head, tail): always at most capacity, so (as without reservations) a new
  * record is always written where no committed record lies.  When rsv_n == 0
- * rsv, rsv_end, rsv_tag and rsv_owner are 0.  load_tag: the tag of the last
+ * rsv, rsv_end, rsv_tag, rsv_owner and rsv_db are 0.  rsv_db: which database
+ * the reservation's save writes to (the caller's 64-bit fingerprint, written
+ * in the reservation's commit; 0: unknown, as in reservations made before it
+ * existed, or none: a command-line fetch).  load_tag: the tag of the last
  * mq_load applied (0: none). */
 struct q_pstate {
     /* first line: what every operation changes */
@@ -64,7 +67,8 @@ struct q_pstate {
      * is followed by a repair, which does it), so an operation that leaves it
      * alone commits by writing the first line only. */
     uint64_t rsv, rsv_end, rsv_n, rsv_tag, rsv_owner, load_tag;
-    uint64_t spare[2];
+    uint64_t rsv_db;            /* was spare[0] (always 0 before): see above */
+    uint64_t spare[1];
 };
 
 /* The process-local working copy: a q_pstate (same layout, copied whole),
@@ -73,7 +77,8 @@ struct q_state {
     uint64_t head, tail;
     uint64_t added, fetched, evicted, duplicates, high_water, recoveries;
     uint64_t rsv, rsv_end, rsv_n, rsv_tag, rsv_owner, load_tag;
-    uint64_t spare[2];
+    uint64_t rsv_db;
+    uint64_t spare[1];
     uint64_t count;             /* live records in [head, tail) */
     int cold_dirty;             /* the second line changed: commit both lines */
 };

@@ -122,6 +122,7 @@ class Reservation(NamedTuple):
     owner_alive: bool
     mine: bool
     load_tag: int
+    db: int = 0  # the fingerprint of the database its save writes to (0: none/unknown)
 
 
 def shm_name(namespace: str) -> str:
@@ -568,18 +569,23 @@ class ShmQueue(Queue):
 
     # -- reserve / settle / load (persistence and the CLI's fetch; issue 9) --
 
-    def _reserve(self, n: int, tag: int, max_bytes: int = _INITIAL_BUF) -> list[Item]:
+    def _reserve(
+        self, n: int, tag: int, max_bytes: int = _INITIAL_BUF, db: int = 0
+    ) -> list[Item]:
         """Take up to ``n`` of the oldest items into this queue's reservation
         tagged ``tag`` (1..2**64-1), as many as ``max_bytes`` bytes of keys and
         values hold (at least one; each key and value takes one byte more).
         The items are no longer queued, and not lost: until :meth:`_settle`
         they stay in the segment, and another process can settle them after
-        this one died.  Returns them ([] when the queue is empty).
+        this one died.  ``db`` (0..2**64-1) is recorded with the reservation in
+        the same commit: the fingerprint of the database a save writes to (0:
+        none, the command line's fetch).  Returns them ([] when the queue is
+        empty).
         Raises ReservationBusy when a reservation is already pending."""
         b = _Buffers(self._ns, self._index, max(64, max_bytes), max(1, min(n, 1 << 26)))
         want = max(1, min(n, b.nmeta))
         while True:
-            rc: int = lib.mq_reserve(b.fb, want, tag)
+            rc: int = lib.mq_reserve(b.fb, want, tag, db)
             if rc >= 0:
                 break
             if rc == _EBUF:
@@ -622,6 +628,7 @@ class ShmQueue(Queue):
             bool(info.owner_alive),
             bool(info.mine),
             int(info.load_tag),
+            int(info.db),
         )
 
     def _load(self, tag: int, items: Sequence[tuple[Data, Data]]) -> int | None:

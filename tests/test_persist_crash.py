@@ -829,12 +829,15 @@ def test_reserve_settle_semantics(ns: str) -> None:
         st = q.stats()
         assert (st.added, st.fetched) == (4, 4)
 
-        first: Any = mq["first"]  # addmode 1: the put-back one and the new one both stay
+        first: Any = mq["first"]  # addmode 1: the reserved one is still the first
         first.add_many([("k", "old"), ("j", "1")])
         first._reserve(1, 21)
-        first.add("k", "new")
+        assert first.add("k", "new") is False  # refused while "k" is reserved
         first._settle(21, False)
-        assert drain(first) == [("k", "old"), ("j", "1"), ("k", "new")]
+        assert drain(first) == [("k", "old"), ("j", "1")]
+        st = first.stats()
+        assert (st.added, st.duplicates) == (3, 1)
+        assert st.added == st.fetched + st.evicted + st.duplicates + st.length
 
         last: Any = mq["last"]  # addmode 2: the newer one wins, the put-back one goes
         last.add_many([("k", "old"), ("j", "1")])
@@ -1106,14 +1109,11 @@ def test_garbage_load_marker_never_deletes_rows(tmp_path: Path, ns: str, op: str
 # ------------------------------------------- addmode 1 and a put-back reservation
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: addmode=1 accepts a key again while an item of that key is reserved "
-    "(a save, a `mqueue fetch`), and the put-back of a failed save or dead fetch brings the "
-    "reserved one back: the key is queued twice; addmode=2 replaces reserved items instead "
-    "(so after a put-back its keys stay unique)",
-)
 def test_addmode1_put_back_keeps_keys_unique(ns: str) -> None:
+    """addmode=1 (the first item of a key wins): a key whose item is reserved (a
+    save in its transaction, a `mqueue fetch` printing) is refused as a
+    duplicate, so a put-back never queues a key twice (it did: the reserved item
+    came back beside the new one)."""
     mq = mqueue.create(ns, ["name=q;addmode=1"])
     try:
         q: Any = mq["q"]
@@ -1123,8 +1123,46 @@ def test_addmode1_put_back_keeps_keys_unique(ns: str) -> None:
         assert len(q._reserve(10, tag, 4096)) == 2
         q.add("K", "new")  # a producer while the save is in its transaction
         assert q._settle(tag, False)  # the save failed: put back
-        keys = [key for key, _value in drain(q)]
+        got = drain(q)
+        keys = [key for key, _value in got]
         assert sorted(keys) == sorted(set(keys)), keys
+        assert got == [("K", "old"), ("A", "a")]  # the first one won
+        st = q.stats()
+        assert st.added == st.fetched + st.evicted + st.duplicates + st.length
+        assert st.duplicates == 1
+    finally:
+        mq.close()
+
+
+def test_addmode1_reserved_keys_every_path(ns: str) -> None:
+    """The rule on every way in (add, add_many, load), and after the reservation:
+    committed, its keys are free again; put back, they are not."""
+    mq = mqueue.create(ns, ["name=q;addmode=1;bytes=4096", "name=u;addmode=1;bytes=512"])
+    try:
+        q: Any = mq["q"]
+        q.add_many([("K", "old"), ("L", "l")])
+        tag = _persist.new_op_tag()
+        q._reserve(1, tag)  # "K"
+        assert q.add_many([("K", "x"), ("M", "m"), ("K", "y"), ("L", "z")]) == 1  # only M
+        assert q._load(_persist.new_op_tag(), [("K", "load"), ("N", "n")]) == 1  # only N
+        assert q._settle(tag, True)  # saved: "K" is gone, so it may come again
+        assert q.add("K", "again") is True
+        assert drain(q) == [("L", "l"), ("M", "m"), ("N", "n"), ("K", "again")]
+        st = q.stats()
+        assert st.added == st.fetched + st.evicted + st.duplicates + st.length
+        assert st.duplicates == 4
+
+        # a repair while reserved (an add that fails rebuilds the index) keeps
+        # the reserved keys in the index
+        u: Any = mq["u"]
+        u.add_many([("K", "old"), ("J", "j")])
+        tag = _persist.new_op_tag()
+        u._reserve(1, tag)
+        with pytest.raises(mqueue.QueueFullError):
+            u._load(_persist.new_op_tag(), [(f"x{i}", "y" * 20) for i in range(12)])
+        assert u.add("K", "new") is False
+        assert u._settle(tag, False)
+        assert drain(u) == [("K", "old"), ("J", "j")]
     finally:
         mq.close()
 

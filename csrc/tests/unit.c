@@ -684,7 +684,7 @@ static int64_t reserve_nums(mq_ns *ns, uint32_t q, uint32_t max, uint64_t tag, i
     struct mq_fetchbuf fb;
     memset(&fb, 0, sizeof fb);
     fb.ns = ns; fb.q = q; fb.buf = buf; fb.size = sizeof buf; fb.meta = meta;
-    int64_t n = mq_reserve(&fb, max, tag);
+    int64_t n = mq_reserve(&fb, max, tag, 0);
     size_t off = 0;
     for (int64_t i = 0; i < n; i++) {
         got[i] = atoi(buf + off + 1);          /* "k00012" */
@@ -702,12 +702,15 @@ static int fetch_num(mq_ns *ns, uint32_t q) {
     return atoi(buf + 1);
 }
 
+/* Keys of the items t_reserve adds and loads: "k%05d" of (number % rm_keymod). */
+static int rm_keymod = 100000;
+
 static int64_t load_nums(mq_ns *ns, uint32_t q, uint64_t tag, int first, int n) {
     char data[64 * 64];
     uint32_t lens[3 * 64];
     size_t off = 0;
     for (int i = 0; i < n && i < 64; i++) {
-        int x = (first + i) % 100000;
+        int x = (first + i) % rm_keymod;
         off += (size_t)snprintf(data + off, 16, "k%05dv%05d", x, x);
         lens[3 * i] = 6; lens[3 * i + 1] = 6; lens[3 * i + 2] = MQ_KEY_STR | MQ_VAL_STR;
     }
@@ -724,6 +727,7 @@ struct rmodel {
     int ring[256], nring;
     int rsv[256], nrsv, rsv_ids[256], nids;
     int gap, pending, limit;
+    int addmode1;       /* keys unique: a key queued or reserved is refused */
     uint64_t tag;
 };
 static int rm_live(const struct rmodel *m) {
@@ -739,8 +743,16 @@ static int rm_pop(struct rmodel *m) {
     return e;
 }
 static void rm_skip_dead(struct rmodel *m) { while (m->nring && m->ring[0] < 0) rm_pop(m); }
-/* add_one: returns 1, or -1 for MQ_EFULL (caller restores the model). */
+/* addmode 1: whether key `id` is queued or (pending) reserved. */
+static int rm_has(const struct rmodel *m, int id) {
+    for (int i = 0; i < m->nring; i++) if (m->ring[i] == id) return 1;
+    if (m->pending) for (int i = 0; i < m->nids; i++) if (m->rsv_ids[i] == id) return 1;
+    return 0;
+}
+/* add_one: returns 1, 0 (addmode 1: a duplicate, refused before anything
+ * else), or -1 for MQ_EFULL (caller restores the model). */
 static int rm_add(struct rmodel *m, int id) {
+    if (m->addmode1 && rm_has(m, id)) return 0;
     rm_skip_dead(m);
     if (!m->limit) {
         if ((rm_usage(m) + 1) * RM_R > RM_CAP) return -1;
@@ -797,8 +809,13 @@ static int rm_load(struct rmodel *m, int first, int n) {
     } else if ((rm_usage(m) + n) * RM_R > 2 * RM_CAP) {
         return -1;
     }
-    for (int i = skip; i < n; i++) if (rm_add(m, first + i) < 0) return -1;
-    return n - skip;
+    int stored = 0;
+    for (int i = skip; i < n; i++) {
+        int r = rm_add(m, (first + i) % rm_keymod);
+        if (r < 0) return -1;
+        stored += r;
+    }
+    return stored;
 }
 
 static void t_reserve(void) {
@@ -849,27 +866,31 @@ static void t_reserve(void) {
     mq_free(a);
     close(fd);
 
-    /* random operations against an exact model of the records, both queues,
-     * wrapping the ring: entries >= 0 are items, -1 records that are not items
-     * any more (tombstones of a put-back) */
-    for (uint32_t qi = 0; qi < 2; qi++) {
-        fd = seg_new(2, p, 0, NULL);
-        CHECK_EQ(mq_create(fd, 2, p, NULL, 0, &a), 0);
+    /* random operations against an exact model of the records, unbounded and
+     * bounded, addmode 0 and addmode 1 (12 keys: many duplicates, also of
+     * reserved items), wrapping the ring: entries >= 0 are items, -1 records
+     * that are not items any more (tombstones of a put-back) */
+    struct mq_qparam p4[4] = {{1024, 0, 0}, {1024, 10, 0}, {1024, 0, 1}, {1024, 10, 1}};
+    for (uint32_t qi = 0; qi < 4; qi++) {
+        fd = seg_new(4, p4, 0, NULL);
+        CHECK_EQ(mq_create(fd, 4, p4, NULL, 0, &a), 0);
         int bad = 0, next = 0;
         uint64_t tags = 1000;
         struct rmodel m, saved;
         memset(&m, 0, sizeof m);
-        m.limit = qi ? 10 : 0;
+        m.limit = qi % 2 ? 10 : 0;
+        m.addmode1 = qi >= 2;
+        rm_keymod = m.addmode1 ? 12 : 100000;
         for (int step = 0; step < 20000 && !bad; step++) {
             int op = (int)(rnd() % 10);
             saved = m;
             if (op < 4) {                                    /* add */
                 char k[16], v[16];
-                sprintf(k, "k%05d", next % 100000); sprintf(v, "v%05d", next % 100000);
+                sprintf(k, "k%05d", next % rm_keymod); sprintf(v, "v%05d", next % rm_keymod);
                 int rc = add_s(a, qi, k, v);
-                int want = rm_add(&m, next);
+                int want = rm_add(&m, next % rm_keymod);
                 if (want < 0) m = saved;
-                if (rc != (want < 0 ? MQ_EFULL : 1)) bad = 1;
+                if (rc != (want < 0 ? MQ_EFULL : want)) bad = 1;
                 next++;
             } else if (op < 6) {                             /* fetch */
                 int x = fetch_num(a, qi);
@@ -905,6 +926,59 @@ static void t_reserve(void) {
         mq_free(a);
         close(fd);
     }
+    rm_keymod = 100000;
+}
+
+/* addmode 1 and reservations: the first item of a key wins.  While an item
+ * is reserved its key is refused (add, add_many, load), also after a repair
+ * of the index; a put-back brings it back with its key unique; a commit
+ * frees the key.  Counters balance (a refused add counts as a duplicate). */
+static void t_reserve_addmode1(void) {
+    current = "reserve-addmode1";
+    struct mq_qparam p[1] = {{1024, 0, 1}};
+    int fd = seg_new(1, p, 0, NULL);
+    mq_ns *a = NULL;
+    CHECK_EQ(mq_create(fd, 1, p, NULL, 0, &a), 0);
+    int got[8];
+    struct mq_stats st;
+    struct mq_rsvinfo ri;
+    CHECK_EQ(add_s(a, 0, "k00001", "old"), 1);
+    CHECK_EQ(add_s(a, 0, "k00002", "two"), 1);
+    CHECK_EQ(reserve_nums(a, 0, 1, 41, got), 1);            /* k00001 reserved */
+    CHECK_EQ(got[0], 1);
+    CHECK_EQ(add_s(a, 0, "k00001", "new"), 0);              /* refused: reserved */
+    CHECK_EQ(load_nums(a, 0, 42, 1, 3), 1);                 /* k00001, k00002 refused */
+    CHECK_EQ(load_nums(a, 0, 43, 10, 30), MQ_EFULL);        /* fails: abort_op rebuilds */
+    CHECK_EQ(add_s(a, 0, "k00001", "new"), 0);              /* still refused */
+    CHECK_EQ(mq_reservation(a, 0, &ri), 1);
+    CHECK(ri.tag == 41 && ri.db == 0);
+    CHECK_EQ(mq_settle(a, 0, 41, 0), 0);                    /* put back: once */
+    CHECK_EQ(fetch_is(a, 0, "k00001", "old"), 1);
+    CHECK_EQ(fetch_num(a, 0), 2);
+    CHECK_EQ(fetch_num(a, 0), 3);
+    CHECK_EQ(fetch_num(a, 0), -1);
+    CHECK_EQ(mq_stats(a, 0, &st), 0);
+    CHECK_EQ(st.duplicates, 4);
+    balance(a, 0);
+    /* committed: the key is free again */
+    CHECK_EQ(add_s(a, 0, "k00001", "old"), 1);
+    struct mq_fetchbuf fb;
+    static char buf[256];
+    static uint32_t meta[3];
+    memset(&fb, 0, sizeof fb);
+    fb.ns = a; fb.q = 0; fb.buf = buf; fb.size = sizeof buf; fb.meta = meta;
+    CHECK_EQ(mq_reserve(&fb, 1, 44, 0xfeedULL), 1);         /* and its db word */
+    CHECK_EQ(mq_reservation(a, 0, &ri), 1);
+    CHECK(ri.tag == 44 && ri.db == 0xfeedULL);
+    CHECK_EQ(add_s(a, 0, "k00001", "new"), 0);
+    CHECK_EQ(mq_settle(a, 0, 44, 1), 0);
+    CHECK_EQ(mq_reservation(a, 0, &ri), 0);
+    CHECK(ri.db == 0);                                      /* cleared with the reservation */
+    CHECK_EQ(add_s(a, 0, "k00001", "newer"), 1);
+    CHECK_EQ(fetch_is(a, 0, "k00001", "newer"), 1);
+    balance(a, 0);
+    mq_free(a);
+    close(fd);
 }
 
 int main(int argc, char **argv) {
@@ -930,6 +1004,7 @@ int main(int argc, char **argv) {
     t_many();
     t_wrap();
     t_reserve();
+    t_reserve_addmode1();
     t_bad_segments();
     t_lifecycle();
     t_fuzz(iterations);
