@@ -71,6 +71,10 @@ SAVE_DBMODES = frozenset({1, 3})
 MARKER_TABLE = "mqueue_ops"
 """Our table of save and load markers (one row per save or load in progress)."""
 
+DBID_TABLE = "mqueue_dbid"
+"""Our table holding the database's id (one row, made at the first save): a save's
+reservation records it, so that it is resolved only against that database."""
+
 PG_MAX_IDENTIFIER_BYTES = 63
 """PostgreSQL silently truncates longer identifiers (NAMEDATALEN - 1); we refuse them."""
 
@@ -222,6 +226,8 @@ def _name_problem(name: object, engine: str | None) -> str | None:
         return "SQLite reserves table names that begin with 'sqlite_'"
     if name.lower() == MARKER_TABLE:
         return f"{MARKER_TABLE!r} is mqueue's own table of save and load markers"
+    if name.lower() == DBID_TABLE:
+        return f"{DBID_TABLE!r} is mqueue's own table holding the database's id"
     return None
 
 
@@ -486,6 +492,70 @@ class _DB:
             # (a unique violation in its catalog); the table exists by now.
             self.rollback()
             self.execute(ddl, MARKER_TABLE)
+
+    def database_id(self) -> int:
+        """This database's id (see DBID_TABLE), made at first use: a random
+        63-bit number that every URL naming this database reads alike.  Its own
+        transaction.  PersistenceError if the stored id is not one we write."""
+        ddl = 'CREATE TABLE IF NOT EXISTS {t} ("k" TEXT PRIMARY KEY, "id" TEXT NOT NULL)'
+        with _db_errors(f"reading the mqueue id of {self.target.shown}"):
+            self.begin()
+            try:
+                try:
+                    self.execute(ddl, DBID_TABLE)
+                except Exception:
+                    if self.engine != "postgresql":
+                        raise
+                    self.rollback()  # created by another session meanwhile (as above)
+                    self.execute(ddl, DBID_TABLE)
+                self.execute(
+                    'INSERT INTO {t} ("k", "id") VALUES (?, ?) ON CONFLICT DO NOTHING',
+                    DBID_TABLE,
+                    ("id", _op_text(new_op_tag())),
+                )
+                raw = self._read_id()
+                self.commit()
+            except BaseException:
+                self.rollback()
+                raise
+        dbid = _parse_dbid(raw)
+        if dbid is None:
+            raise PersistenceError(
+                f"{self.target.shown}: table {DBID_TABLE!r} holds a damaged database id "
+                f"{raw!r} (mqueue writes 16 hexadecimal digits); nothing was saved.  Resolve "
+                "the saves still pending against this database first (`mqueue recover NS "
+                f"--db-url URL`), then delete that row: the next save makes a new id"
+            )
+        return dbid
+
+    def _read_id(self) -> object:
+        """The raw id of the caller's transaction (None: no row)."""
+        cur = self.execute('SELECT "id" FROM {t} WHERE "k" = ?', DBID_TABLE, ("id",))
+        row = cur.fetchone()
+        cur.close()
+        return None if row is None else row[0]
+
+    def peek_database_id(self) -> tuple[bool, object]:
+        """(whether the id table exists, the raw id or None), written nowhere:
+        for a resolution, which must change nothing in a database that is not
+        the one a pending save wrote to."""
+        with _db_errors(f"reading the mqueue id of {self.target.shown}"):
+            try:
+                if self.engine == "sqlite":
+                    cur = self.execute(
+                        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                        None,
+                        (DBID_TABLE,),
+                    )
+                else:
+                    cur = self.execute("SELECT to_regclass(?)", None, (_quote_ident(DBID_TABLE),))
+                row = cur.fetchone()
+                cur.close()
+                exists = row is not None and row[0] is not None
+                raw = self._read_id() if exists else None
+            finally:
+                self.rollback()
+        return exists, raw
 
     # -- schema
     def ensure_table(self, table: str) -> None:
@@ -899,6 +969,60 @@ def _op_text(tag: int) -> str:
     return f"{tag:016x}"
 
 
+def _parse_dbid(raw: object) -> int | None:
+    """A database id as DB.database_id writes it (16 lowercase hexadecimal
+    digits, not 0), else None (garbage)."""
+    if not isinstance(raw, str) or len(raw) != 16 or raw.strip("0123456789abcdef"):
+        return None
+    return int(raw, 16) or None
+
+
+def _sqlite_where(target: _Target) -> str:
+    """Where a SQLite URL points, for messages (a relative path is resolved from
+    the current directory)."""
+    path = os.path.abspath(target.where)
+    if os.path.isabs(target.where):
+        return repr(path)
+    return f"{path!r} (the relative path {target.where!r} from the current directory)"
+
+
+def _check_database(db: _DB | None, target: _Target, mq: Any, name: str, info: Any) -> None:
+    """A pending save reservation may be settled by asking this database only if
+    it is the one the save wrote to (the id the reservation recorded; 0: made
+    before ids existed, then the marker decides, as it did).  ``db`` None: the
+    SQLite file does not exist.  Raises PersistenceError, having written nothing."""
+    if not info.db:
+        _log.warning(
+            "queue %r: resolving a save reservation made without a database id "
+            "(by an older mqueue) against %s by its marker alone",
+            name,
+            target.shown,
+        )
+        return
+    if db is None:
+        here = f"there is no database file at {_sqlite_where(target)}"
+    else:
+        exists, raw = db.peek_database_id()
+        found = _parse_dbid(raw) if exists else None
+        if found == info.db:
+            return
+        where = _sqlite_where(target) if target.engine == "sqlite" else repr(target.shown)
+        if not exists or raw is None:
+            here = f"{where} has no mqueue database id (mqueue never saved into it)"
+        elif found is None:
+            here = f"{where} holds a damaged database id {raw!r} in table {DBID_TABLE!r}"
+        else:
+            here = f"{where} is database id {found:016x}"
+    ns = getattr(mq, "namespace", "NAMESPACE")
+    raise PersistenceError(
+        f"queue {name!r}: {info.size} item(s) are reserved by an unfinished save into "
+        f"another database, mqueue database id {info.db:016x}; {here}.  Only that "
+        "database can tell whether the save committed: nothing was changed.  Run "
+        f"`mqueue recover {ns} --db-url URL` with the URL of the database the save "
+        f"wrote to (its id is in its table {DBID_TABLE!r})"
+    )
+
+
 def _pg_lock_key(table: str) -> int:
     digest = hashlib.blake2b(b"mqueue-table:" + table.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
@@ -947,10 +1071,6 @@ def _resolve(db: _DB, mq: Any, name: str, q: Any) -> list[str]:
     (the caller holds the table's lock).  Returns what was done, for messages."""
     done: list[str] = []
     shown = db.target.shown
-    with _db_errors(f"resolving queue {name!r} in {shown}"):
-        db.begin()
-        db.ensure_markers()
-        db.commit()
     info = q._reservation()
     if info.tag:
         if info.tag & CLI_TAG_BIT:
@@ -973,14 +1093,20 @@ def _resolve(db: _DB, mq: Any, name: str, q: Any) -> list[str]:
                     f"queue {name!r}: {info.size} item(s) are reserved by a save of another "
                     "live process (to another database?); resolve it there"
                 )
-            with _db_errors(f"resolving a save of queue {name!r} in {shown}"):
-                cur = db.execute(
-                    'SELECT 1 FROM {t} WHERE "op" = ?', MARKER_TABLE, (_op_text(info.tag),)
-                )
-                committed = cur.fetchone() is not None
-                cur.close()
-                db.rollback()
-            q._settle(info.tag, committed)
+            _check_database(db, db.target, mq, name, info)
+    with _db_errors(f"resolving queue {name!r} in {shown}"):
+        db.begin()
+        db.ensure_markers()
+        db.commit()
+    if info.tag:
+        with _db_errors(f"resolving a save of queue {name!r} in {shown}"):
+            cur = db.execute(
+                'SELECT 1 FROM {t} WHERE "op" = ?', MARKER_TABLE, (_op_text(info.tag),)
+            )
+            committed = cur.fetchone() is not None
+            cur.close()
+            db.rollback()
+        if q._settle(info.tag, committed):
             done.append(
                 f"queue {name!r}: an unfinished save of {info.size} item(s) "
                 + (
@@ -1027,25 +1153,44 @@ def resolve_queues(mq: _MQLike, db_url: str, *, queues: Iterable[str] | None = N
     """Resolve every save or load of the namespace's persisted queues that a
     dead or failed process left unfinished (see docs/persistence.md); also puts
     back an item a dead ``mqueue fetch`` reserved.  Returns what was done.
-    Raises PersistenceError when the database cannot be asked (nothing is then
-    guessed: the reservation stays)."""
+    Raises PersistenceError when the database cannot be asked, or is not the one
+    a pending save wrote to (nothing is then guessed: the reservation stays; the
+    other queues are still resolved).  A SQLite database file that does not exist
+    is not created."""
     target = _parse_db_url(db_url)
     _check_tables(_all_persisted(mq), target)
     names = _selected(mq, frozenset({1, 2, 3}), queues)
     names = [n for n in names if _reservable(mq[n])]
     if not names:
         return []
+    if target.engine == "sqlite" and not os.path.exists(target.where):
+        # nothing of a save or load can be in it: only a pending save matters
+        for name in names:
+            q: Any = mq[name]
+            info = q._reservation()
+            if info.tag and not info.tag & CLI_TAG_BIT:
+                _check_database(None, target, mq, name, info)
+        return []
     db = _DB(target)
     done: list[str] = []
+    errors: list[PersistenceError] = []
     try:
         for name in names:
             db.lock_table(name)
             try:
                 done += _resolve(db, mq, name, mq[name])
+            except PersistenceError as exc:
+                errors.append(exc)
             finally:
                 db.unlock_table(name)
     finally:
         db.close()
+    if errors:
+        also = f" (resolved meanwhile: {'; '.join(done)})" if done else ""
+        first = errors[0]
+        if len(errors) == 1 and not done:
+            raise first
+        raise PersistenceError("; ".join(str(e) for e in errors) + also) from first
     return done
 
 
@@ -1077,9 +1222,10 @@ def _save_reserved(db: _DB, target: _Target, mq: Any, name: str, q: Any) -> int:
         n = len(q)
         if n == 0:
             return 0
+        dbid = db.database_id()  # recorded with the reservation: resolved only here
         tag = new_op_tag()
         # Everything queued now, in one reservation (bytes_used bounds the copy).
-        items = q._reserve(n, tag, q.stats().bytes_used + 64)
+        items = q._reserve(n, tag, q.stats().bytes_used + 64, dbid)
         if not items:
             return 0
         try:
