@@ -1096,6 +1096,12 @@ def test_killed_resolver_then_concurrent_recovers(
     check_exactly_once(db, ns, 300, [])
 
 
+@pytest.mark.parametrize("name", ["mqueue_dbid", "MQueue_DBID", "mqueue_ops"])
+def test_own_tables_are_not_queue_names(name: str) -> None:
+    with pytest.raises(mqueue.DefinitionError, match="mqueue's own table"):
+        _persist.validate_table_name(name)
+
+
 def test_reservation_without_database_id_keeps_the_marker_rule(tmp_path: Path, ns: str) -> None:
     """A reservation made by an mqueue that did not record database ids
     (its id word is 0): resolved by the marker, as before: present, done;
