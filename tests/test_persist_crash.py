@@ -1310,6 +1310,73 @@ def test_engine_killpoint_during_save(
         conn.close()
 
 
+def test_engine_killpoint_during_recover(testing_site: Path, tmp_path: Path, ns: str) -> None:
+    """`mqueue recover` killed inside the engine's settle, before its commit:
+    the reservation is still pending (with its database id), and the next
+    recover settles it; every item once."""
+    import sqlite3
+
+    from ctools import py_env
+
+    path = tmp_path / "mq.db"
+    conn = sqlite3.connect(path)
+    raw = Raw("sqlite", f"sqlite:///{path}", conn)
+    try:
+        raw.create_kamailio_table("q")
+        run_save_and_kill(raw, ns, 100, "committed")
+        tag = _pending(ns)
+        r = subprocess.run(
+            [sys.executable, "-m", "mqueue", "recover", ns, "--db-url", raw.url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd="/",
+            env=py_env(testing_site, MQ_KILLPOINT="settle_before_commit"),
+        )
+        assert r.returncode == 77, r.stdout + r.stderr
+        assert _pending(ns) == tag
+        r = _cli("recover", ns, "--db-url", raw.url, capture_output=True)
+        assert r.returncode == 0, r.stderr
+        check_exactly_once(raw, ns, 100, [])
+    finally:
+        conn.close()
+
+
+def test_addmode1_reserved_key_refused_after_a_crash_repair(
+    testing_site: Path, ns: str
+) -> None:
+    """A process dies inside an add (holding the lock) while a reservation is
+    pending on an addmode 1 queue: the repair (q_recover, q_rebuild) keeps the
+    reserved key in the index, so it is still refused, and a put-back leaves
+    every key once."""
+    from ctools import py_env
+
+    mq = mqueue.create(ns, ["name=q;addmode=1"])
+    try:
+        q: Any = mq["q"]
+        q.add_many([("K", "old"), ("J", "j")])
+        tag = _persist.new_op_tag()
+        q._reserve(1, tag)
+        code = "import sys, mqueue; mqueue.attach(sys.argv[1])['q'].add('N', 'n')"
+        r = subprocess.run(
+            [sys.executable, "-c", code, ns],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd="/",
+            env=py_env(testing_site, MQ_KILLPOINT="add_before_commit"),
+        )
+        assert r.returncode == 77, r.stdout + r.stderr
+        assert q.add("K", "new") is False  # the lock's dead owner: repaired first
+        assert q.stats().recoveries == 1
+        assert q._settle(tag, False)
+        assert drain(q) == [("K", "old"), ("J", "j")]
+        st = q.stats()
+        assert st.added == st.fetched + st.evicted + st.duplicates + st.length
+    finally:
+        mq.close()
+
+
 ENGINE_KILL_LOAD = textwrap.dedent(
     """
     import sys
