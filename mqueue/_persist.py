@@ -991,7 +991,9 @@ def _check_database(db: _DB | None, target: _Target, mq: Any, name: str, info: A
     it is the one the save wrote to (the id the reservation recorded; 0: made
     before ids existed, then the marker decides, as it did).  ``db`` None: the
     SQLite file does not exist.  Raises PersistenceError, having written nothing."""
-    if not info.db:
+    if db is None:  # not where any save wrote, whatever its id
+        here = f"there is no database file at {_sqlite_where(target)}"
+    elif not info.db:
         _log.warning(
             "queue %r: resolving a save reservation made without a database id "
             "(by an older mqueue) against %s by its marker alone",
@@ -999,8 +1001,6 @@ def _check_database(db: _DB | None, target: _Target, mq: Any, name: str, info: A
             target.shown,
         )
         return
-    if db is None:
-        here = f"there is no database file at {_sqlite_where(target)}"
     else:
         exists, raw = db.peek_database_id()
         found = _parse_dbid(raw) if exists else None
@@ -1014,9 +1014,10 @@ def _check_database(db: _DB | None, target: _Target, mq: Any, name: str, info: A
         else:
             here = f"{where} is database id {found:016x}"
     ns = getattr(mq, "namespace", "NAMESPACE")
+    which = f"mqueue database id {info.db:016x}" if info.db else "id unknown (an older mqueue)"
     raise PersistenceError(
         f"queue {name!r}: {info.size} item(s) are reserved by an unfinished save into "
-        f"another database, mqueue database id {info.db:016x}; {here}.  Only that "
+        f"another database, {which}; {here}.  Only that "
         "database can tell whether the save committed: nothing was changed.  Run "
         f"`mqueue recover {ns} --db-url URL` with the URL of the database the save "
         f"wrote to (its id is in its table {DBID_TABLE!r})"

@@ -1133,6 +1133,13 @@ def test_reservation_without_database_id_keeps_the_marker_rule(tmp_path: Path, n
         done = _persist.resolve_queues(mq, url)
         assert any("had not committed" in d for d in done), done
         assert drain(q) == items(2)
+        q.add_many(items(2))
+        tag = _persist.new_op_tag()
+        q._reserve(2, tag, 4096, 0)  # no database file there: not where it wrote
+        with pytest.raises(PersistenceError, match="id unknown .* there is no database file"):
+            _persist.resolve_queues(mq, f"sqlite:///{tmp_path / 'none.db'}")
+        assert q._reservation().tag == tag
+        assert q._settle(tag, False)
     finally:
         mq.close()
 
