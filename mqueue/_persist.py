@@ -508,11 +508,14 @@ class _DB:
                         raise
                     self.rollback()  # created by another session meanwhile (as above)
                     self.execute(ddl, DBID_TABLE)
-                self.execute(
-                    'INSERT INTO {t} ("k", "id") VALUES (?, ?) ON CONFLICT DO NOTHING',
-                    DBID_TABLE,
-                    ("id", _op_text(new_op_tag())),
+                # one id, also when two first saves race (SQLite before 3.24 has
+                # no ON CONFLICT clause: OR IGNORE is the same there)
+                insert = (
+                    'INSERT OR IGNORE INTO {t} ("k", "id") VALUES (?, ?)'
+                    if self.engine == "sqlite"
+                    else 'INSERT INTO {t} ("k", "id") VALUES (?, ?) ON CONFLICT DO NOTHING'
                 )
+                self.execute(insert, DBID_TABLE, ("id", _op_text(new_op_tag())))
                 raw = self._read_id()
                 self.commit()
             except BaseException:

@@ -1096,6 +1096,35 @@ def test_killed_resolver_then_concurrent_recovers(
     check_exactly_once(db, ns, 300, [])
 
 
+def _ask_id(target: Any, barrier: threading.Barrier, got: list[object]) -> None:
+    conn = _persist._DB(target)  # its own connection, in its own thread
+    try:
+        barrier.wait()
+        got.append(conn.database_id())
+    except Exception as exc:  # noqa: BLE001 - reported by the caller
+        got.append(exc)
+    finally:
+        conn.close()
+
+
+def test_first_saves_at_once_agree_on_one_id(db: Raw) -> None:
+    """Four connections asking for the id of a database that has none, at once
+    (two first saves racing): one id, no error; ten rounds."""
+    target = _persist._parse_db_url(db.url)
+    for _round in range(10):
+        db.sql('DROP TABLE IF EXISTS "mqueue_dbid"')
+        barrier = threading.Barrier(4)
+        got: list[object] = []
+        threads = [threading.Thread(target=_ask_id, args=(target, barrier, got)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert len(got) == 4 and len(set(map(repr, got))) == 1, got
+        assert isinstance(got[0], int) and got[0] > 0
+        assert db.sql('SELECT "id" FROM "mqueue_dbid"') == [(f"{got[0]:016x}",)]
+
+
 @pytest.mark.parametrize("name", ["mqueue_dbid", "MQueue_DBID", "mqueue_ops"])
 def test_own_tables_are_not_queue_names(name: str) -> None:
     with pytest.raises(mqueue.DefinitionError, match="mqueue's own table"):
