@@ -548,7 +548,12 @@ def build_parser() -> argparse.ArgumentParser:
         'committed); prints {"resolved": [...]}',
         _cmd_recover,
     )
-    p.add_argument("--db-url", default=None, help="the database of the dbmode queues")
+    p.add_argument(
+        "--db-url",
+        default=None,
+        help="the database of the dbmode queues (an unfinished save is settled only by "
+        "the database it wrote to: another one is refused, nothing changed)",
+    )
 
     p = add_ns(
         "save",
