@@ -432,6 +432,7 @@ static int idx_find(const struct mq_q *q, uint64_t hash, const char *key, size_t
 static int idx_find_reserved(const struct mq_q *q, const struct q_state *s, uint64_t hash,
                              const char *key, size_t klen) {
     if (s->rsv_n == 0) return 0;
+    /* relaxed: the index is read and written under the queue's lock only */
     uint64_t e = atomic_load_explicit(&q->buckets[hash & (q->nbuckets - 1)], memory_order_relaxed);
     while (e) {
         uint64_t p = e - 1;
@@ -462,6 +463,7 @@ static int q_rebuild(const struct mq_q *q, struct q_state *s) {
             if (rec_read(q, p, s->rsv_end, &r)) return MQ_ECORRUPT;
             if (!(r.gone & REC_GONE) && !r.dead) {
                 uint64_t b = ring_hash(q, p + MQ_REC_HDR, r.klen) & (q->nbuckets - 1);
+                /* relaxed: under the lock; derived data, rebuilt again after a crash */
                 uint64_t next = atomic_load_explicit(&q->buckets[b], memory_order_relaxed);
                 copy_in(q, p + offsetof(struct rec_hdr, next), &next, sizeof next);
                 atomic_store_explicit(&q->buckets[b], p + 1, memory_order_relaxed);
