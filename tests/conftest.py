@@ -185,6 +185,28 @@ def ns() -> Iterator[str]:
 MakeMQ = Callable[..., mqueue.MQueue]
 
 
+class NamespaceFactory:
+    """``make(defs, namespace=None, **create_kwargs)``: ``mqueue.create`` on
+    one backend (``url``) in the test's namespace ``ns`` unless ``namespace``
+    is given; remembers each namespace and handle for the teardown."""
+
+    def __init__(self, ns: str, url: str | None) -> None:
+        self.ns, self.url = ns, url
+        self.names: dict[str, None] = {}  # every namespace asked for, in order
+        self.handles: list[mqueue.MQueue] = []
+
+    def __call__(
+        self, defs: Iterable[str] | str, namespace: str | None = None, **kw: object
+    ) -> mqueue.MQueue:
+        name = self.ns if namespace is None else namespace
+        if isinstance(defs, str):
+            defs = [defs]
+        self.names[name] = None  # destroyed even if create fails half-way
+        mq = mqueue.create(name, list(defs), url=self.url, **kw)  # type: ignore[arg-type]
+        self.handles.append(mq)
+        return mq
+
+
 @pytest.fixture
 def make_mq(ns: str) -> Iterator[MakeMQ]:
     """Factory: ``make_mq(defs, namespace=None, **create_kwargs)``.
@@ -192,54 +214,27 @@ def make_mq(ns: str) -> Iterator[MakeMQ]:
     Creates the namespace (the test's ``ns`` by default) with ``mqueue.create``;
     every handle made is closed and every namespace destroyed at teardown.
     """
-    made: list[tuple[mqueue.MQueue | None, str]] = []
-
-    def make(
-        defs: Iterable[str] | str, namespace: str | None = None, **kw: object
-    ) -> mqueue.MQueue:
-        name = ns if namespace is None else namespace
-        if isinstance(defs, str):
-            defs = [defs]
-        made.append((None, name))  # destroyed even if create fails half-way
-        mq = mqueue.create(name, list(defs), **kw)  # type: ignore[arg-type]
-        made.append((mq, name))
-        return mq
-
+    make = NamespaceFactory(ns, None)
     try:
         yield make
     finally:
-        for mq, _ in reversed(made):
-            if mq is not None:
-                with contextlib.suppress(Exception):
-                    mq.close()
-        for name in {name for _, name in made}:
+        for mq in reversed(make.handles):
+            with contextlib.suppress(Exception):
+                mq.close()
+        for name in make.names:
             destroy_quietly(name)
 
 
 @pytest.fixture
 def make_on_backend(backend: Backend, ns: str) -> Iterator[MakeMQ]:
-    """``make_mq`` on the test's ``backend``: ``make(defs, namespace=None,
-    **create_kwargs)``.  At teardown every handle is closed (a Redis queue's
-    keys checked for consistency first), every namespace made is destroyed,
-    and the test fails if one left a segment or a key behind."""
-    made: list[tuple[mqueue.MQueue | None, str]] = []
-
-    def make(
-        defs: Iterable[str] | str, namespace: str | None = None, **kw: object
-    ) -> mqueue.MQueue:
-        name = ns if namespace is None else namespace
-        if isinstance(defs, str):
-            defs = [defs]
-        made.append((None, name))  # destroyed even if create fails half-way
-        mq = mqueue.create(name, list(defs), url=backend.url, **kw)  # type: ignore[arg-type]
-        made.append((mq, name))
-        return mq
-
+    """``make_mq`` on the test's ``backend``.  At teardown every handle is
+    closed (a Redis queue's keys checked for consistency first), every
+    namespace made is destroyed, and the test fails if one left a segment or a
+    key behind."""
+    make = NamespaceFactory(ns, backend.url)
     yield make
     problems: list[str] = []
-    for mq, _ in reversed(made):
-        if mq is None:
-            continue
+    for mq in reversed(make.handles):
         if backend.url is not None and not mq.closed:
             for q in mq.queues():
                 try:
@@ -251,7 +246,7 @@ def make_on_backend(backend: Backend, ns: str) -> Iterator[MakeMQ]:
                     problems.append(f"{mq.namespace}/{q.name}: {e!r}")
         with contextlib.suppress(Exception):
             mq.close()
-    for name in dict.fromkeys(name for _, name in made):
+    for name in make.names:
         with contextlib.suppress(mqueue.NamespaceNotFoundError, FileNotFoundError):
             mqueue.destroy(name, url=backend.url)
         left = backend.leftovers(name)

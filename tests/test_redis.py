@@ -143,20 +143,8 @@ def test_unbounded_batch_is_simulated_exactly(make: Make, url: str) -> None:
         ("add_many", [("c", "5" * 50)] * 5),
     ]
     for d in ("name=q;addmode=2;bytes=256", "name=q;addmode=2;size=3;bytes=256"):
-        ns = new_namespace()
-        shm = mqueue.create(ns, [d])
-        try:
-            want = _apply(ops, shm["q"], None)
-        finally:
-            shm.close()
-            mqueue.destroy(ns)
-        rq = mqueue.create(ns, [d], url=url)
-        try:
-            got = _apply(ops, rq["q"], None)
-            rq["q"]._check()  # type: ignore[attr-defined]
-        finally:
-            rq.close()
-            mqueue.destroy(ns, url=url)
+        want = _apply_on(ops, d, None)
+        got = _apply_on(ops, d, url)
         assert got == want, d
         assert got == _apply(ops, None, Model(*_model_args(d))), d
 
@@ -349,6 +337,21 @@ def _apply(ops: list[tuple[Any, ...]], q: Any, m: Model | None) -> list[Any]:
     return out
 
 
+def _apply_on(ops: list[tuple[Any, ...]], d: str, url: str | None) -> list[Any]:
+    """``_apply`` on queue ``q`` of a namespace of its own, definition ``d``,
+    on shared memory (``url`` None) or Redis; the Redis keys are checked after."""
+    ns = new_namespace()
+    mq = mqueue.create(ns, [d], url=url)
+    try:
+        got = _apply(ops, mq["q"], None)
+        if url is not None:
+            mq["q"]._check()  # type: ignore[attr-defined]
+        return got
+    finally:
+        mq.close()
+        mqueue.destroy(ns, url=url)
+
+
 def _ops_strategy() -> Any:
     from hypothesis import strategies as st
 
@@ -407,19 +410,8 @@ def test_same_results_as_shared_memory(url: str) -> None:
                 else:
                     ops.append(("fetch_many", rnd.randint(1, 3)))
             d = f"name=q;size={size};bytes=300;addmode={mode}"
-            ns = new_namespace()
-            shm = mqueue.create(ns, [d])
-            try:
-                want = _apply(ops, shm["q"], None)
-            finally:
-                shm.close()
-                mqueue.destroy(ns)
-            rq = mqueue.create(ns, [d], url=url)
-            try:
-                got = _apply(ops, rq["q"], None)
-            finally:
-                rq.close()
-                mqueue.destroy(ns, url=url)
+            want = _apply_on(ops, d, None)
+            got = _apply_on(ops, d, url)
             assert got == want, (mode, size)
 
 
