@@ -50,10 +50,10 @@ def new_namespace() -> str:
     return f"t{os.getpid()}_{uuid.uuid4().hex[:8]}"
 
 
-def destroy_quietly(namespace: str) -> None:
+def destroy_quietly(namespace: str, url: str | None = None) -> None:
     """Destroy a namespace if it still exists."""
     with contextlib.suppress(mqueue.NamespaceNotFoundError, FileNotFoundError):
-        mqueue.destroy(namespace)
+        mqueue.destroy(namespace, url=url)
 
 
 def redis_problem(url: str = REDIS_URL) -> str | None:
@@ -187,12 +187,13 @@ MakeMQ = Callable[..., mqueue.MQueue]
 
 class NamespaceFactory:
     """``make(defs, namespace=None, **create_kwargs)``: ``mqueue.create`` on
-    one backend (``url``) in the test's namespace ``ns`` unless ``namespace``
-    is given; remembers each namespace and handle for the teardown."""
+    one backend (``url``, unless ``url=`` is given) in the test's namespace
+    ``ns`` unless ``namespace`` is given; remembers each namespace (with its
+    url) and handle for the teardown."""
 
     def __init__(self, ns: str, url: str | None) -> None:
         self.ns, self.url = ns, url
-        self.names: dict[str, None] = {}  # every namespace asked for, in order
+        self.names: dict[str, str | None] = {}  # every namespace asked for -> its url
         self.handles: list[mqueue.MQueue] = []
 
     def __call__(
@@ -201,8 +202,9 @@ class NamespaceFactory:
         name = self.ns if namespace is None else namespace
         if isinstance(defs, str):
             defs = [defs]
-        self.names[name] = None  # destroyed even if create fails half-way
-        mq = mqueue.create(name, list(defs), url=self.url, **kw)  # type: ignore[arg-type]
+        url = kw.pop("url", self.url)
+        self.names[name] = url  # type: ignore[assignment]  # destroyed even if create fails
+        mq = mqueue.create(name, list(defs), url=url, **kw)  # type: ignore[arg-type]
         self.handles.append(mq)
         return mq
 
@@ -221,8 +223,8 @@ def make_mq(ns: str) -> Iterator[MakeMQ]:
         for mq in reversed(make.handles):
             with contextlib.suppress(Exception):
                 mq.close()
-        for name in make.names:
-            destroy_quietly(name)
+        for name, url in make.names.items():
+            destroy_quietly(name, url)
 
 
 @pytest.fixture
@@ -246,9 +248,8 @@ def make_on_backend(backend: Backend, ns: str) -> Iterator[MakeMQ]:
                     problems.append(f"{mq.namespace}/{q.name}: {e!r}")
         with contextlib.suppress(Exception):
             mq.close()
-    for name in make.names:
-        with contextlib.suppress(mqueue.NamespaceNotFoundError, FileNotFoundError):
-            mqueue.destroy(name, url=backend.url)
+    for name, url in make.names.items():
+        destroy_quietly(name, url)
         left = backend.leftovers(name)
         if left:
             backend.remove_leftovers(name)
