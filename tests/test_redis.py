@@ -47,6 +47,8 @@ except ImportError:
         "redis-py is not installed (pip install mqueue-shm[redis])", allow_module_level=True
     )
 
+from test_semantics import Model, _apply, _model_args, rec  # noqa: E402
+
 from mqueue import _redis as R  # noqa: E402
 
 
@@ -99,19 +101,13 @@ def make(rns: str, url: str) -> Iterator[Make]:
         mq.close()
 
 
-def rs(k: bytes | str, v: bytes | str) -> int:
-    kb = k.encode() if isinstance(k, str) else k
-    vb = v.encode() if isinstance(v, str) else v
-    return (24 + len(kb) + len(vb) + 7) // 8 * 8
-
-
 # ------------------------------------------------------------ compared with shared memory
 def test_unbounded_batch_is_simulated_exactly(make: Make, url: str) -> None:
     """An unbounded add_many fails exactly when shared memory does, and then
     changes nothing (tombstones of earlier items of the batch included)."""
     mq = make(["name=q;addmode=2;bytes=256", "name=b;addmode=2;size=5;bytes=256"])
     q = mq["q"]
-    r = rs("x", "v" * 5)  # 32: eight fill the queue
+    r = rec("x", "v" * 5)  # 32: eight fill the queue
     q.add("x", "v" * 5)  # a live item at the head: the tombstones behind it stay
     before = q.stats()
     with pytest.raises(mqueue.QueueFullError):
@@ -126,11 +122,11 @@ def test_unbounded_batch_is_simulated_exactly(make: Make, url: str) -> None:
     # a bounded queue reclaims tombstones at its head on add too (nothing evicted)
     b = mq["b"]
     b.add_many([("a", "1"), ("b", "2"), ("a", "3")])  # "a" 1 was the head: reclaimed
-    assert b.stats().bytes_used == 2 * rs("a", "1")
+    assert b.stats().bytes_used == 2 * rec("a", "1")
     b.fetch()  # takes "b": the head is now the new "a", nothing dead before it
     b.add_many([("c", "4"), ("a", "5")])
     st = b.stats()
-    assert (st.length, st.bytes_used, st.evicted) == (2, 2 * rs("a", "1"), 0)
+    assert (st.length, st.bytes_used, st.evicted) == (2, 2 * rec("a", "1"), 0)
     # and the same operations give the same results on shared memory
     ops: list[tuple[Any, ...]] = [
         ("add", "x", "v" * 5),
@@ -218,125 +214,6 @@ def test_persistence_dbmode(url: str, tmp_path: Any) -> None:
         mqueue.destroy(ns, url=url)
 
 
-# ------------------------------------------------------------ model test
-class Model:
-    """The queue semantics of SPEC.md section 2, with shared memory's byte accounting."""
-
-    def __init__(self, size: int, cap: int, mode: int) -> None:
-        self.limit, self.cap, self.mode = size, (cap + 7) // 8 * 8, mode
-        self.recs: collections.deque[list[Any]] = collections.deque()  # [kb, item, R, dead]
-        self.count = self.bytes = 0
-        self.added = self.fetched = self.evicted = self.dups = self.hw = 0
-
-    def _live_key(self, kb: bytes) -> list[Any] | None:
-        for r in self.recs:
-            if not r[3] and r[0] == kb:
-                return r
-        return None
-
-    def _pop_head(self) -> list[Any]:
-        r = self.recs.popleft()
-        self.bytes -= r[2]
-        return r
-
-    def _skip_dead(self) -> None:
-        while self.recs and self.recs[0][3]:
-            self._pop_head()
-
-    def _add_one(self, k: Any, v: Any, s: int) -> int:
-        """One item, as csrc/mq.c add_one: dedup, reclaim dead records at the
-        head, refuse (unbounded) or evict (bounded), store."""
-        kb = k.encode("utf-8", "surrogatepass") if isinstance(k, str) else k
-        if self.mode:
-            old = self._live_key(kb)
-            if old is not None:
-                self.dups += 1
-                if self.mode == 1:
-                    self.added += 1
-                    return 0
-                old[3] = True
-                self.count -= 1
-        self._skip_dead()  # replaced records at the head hold no item
-        if not self.limit and self.bytes + s > self.cap:
-            raise mqueue.QueueFullError  # add_many restores its snapshot
-        while (self.limit and self.count + 1 > self.limit) or self.bytes + s > self.cap:
-            r = self._pop_head()
-            if not r[3]:
-                self.count -= 1
-                self.evicted += 1
-        self.recs.append([kb, mqueue.Item(k, v), s, False])
-        self.bytes += s
-        self.count += 1
-        self.added += 1
-        self.hw = max(self.hw, self.count)
-        return 1
-
-    def add_many(self, items: list[tuple[Any, Any]]) -> int:
-        sizes = [rs(k, v) for k, v in items]
-        if any(s > self.cap for s in sizes):
-            raise mqueue.ItemTooLargeError
-        snap = ([list(r) for r in self.recs], self.stats())
-        try:
-            return sum(self._add_one(k, v, s) for (k, v), s in zip(items, sizes, strict=True))
-        except mqueue.QueueFullError:  # all or nothing: the batch leaves no trace
-            recs, st = snap
-            self.recs = collections.deque(recs)
-            (self.count, self.added, self.fetched, self.evicted, self.dups, self.hw,
-             self.bytes) = st
-            raise
-
-    def take(self, n: int) -> list[mqueue.Item]:
-        out: list[mqueue.Item] = []
-        while self.recs:
-            if not self.recs[0][3]:
-                if len(out) >= n:
-                    break
-                out.append(self.recs[0][1])
-                self.count -= 1
-                self.fetched += 1
-            self._pop_head()
-        return out
-
-    def stats(self) -> tuple[int, ...]:
-        return (self.count, self.added, self.fetched, self.evicted, self.dups, self.hw,
-                self.bytes)
-
-
-def _model_args(d: str) -> tuple[int, int, int]:
-    """(size, bytes, addmode) of a definition string, for Model."""
-    kv = dict(p.split("=", 1) for p in d.split(";") if p)
-    return int(kv.get("size", 0)), int(kv.get("bytes", 0)), int(kv.get("addmode", 0))
-
-
-def _stats_tuple(st: mqueue.QueueStats) -> tuple[int, ...]:
-    return (st.length, st.added, st.fetched, st.evicted, st.duplicates, st.high_water,
-            st.bytes_used)
-
-
-def _apply(ops: list[tuple[Any, ...]], q: Any, m: Model | None) -> list[Any]:
-    out: list[Any] = []
-    for op in ops:
-        try:
-            if op[0] == "add":
-                r: Any = q.add(op[1], op[2]) if m is None else m.add_many([(op[1], op[2])]) == 1
-            elif op[0] == "add_many":
-                r = q.add_many(op[1]) if m is None else m.add_many(op[1])
-            elif op[0] == "fetch":
-                if m is None:
-                    it = q.fetch()
-                    r = None if it is None else tuple(it)
-                else:
-                    got = m.take(1)
-                    r = tuple(got[0]) if got else None
-            else:
-                r = [tuple(i) for i in (q.fetch_many(op[1]) if m is None else m.take(op[1]))]
-        except (mqueue.QueueFullError, mqueue.ItemTooLargeError) as e:
-            r = type(e).__name__
-        st = _stats_tuple(q.stats()) if m is None else m.stats()
-        out.append((r, st))
-    return out
-
-
 def _apply_on(ops: list[tuple[Any, ...]], d: str, url: str | None) -> list[Any]:
     """``_apply`` on queue ``q`` of a namespace of its own, definition ``d``,
     on shared memory (``url`` None) or Redis; the Redis keys are checked after."""
@@ -350,45 +227,6 @@ def _apply_on(ops: list[tuple[Any, ...]], d: str, url: str | None) -> list[Any]:
     finally:
         mq.close()
         mqueue.destroy(ns, url=url)
-
-
-def _ops_strategy() -> Any:
-    from hypothesis import strategies as st
-
-    key = st.sampled_from(["a", "b", "c", b"a", b"b", "é", ""])
-    val = st.one_of(st.text(max_size=12), st.binary(max_size=60))
-    add = st.tuples(st.just("add"), key, val)
-    add_many = st.tuples(st.just("add_many"), st.lists(st.tuples(key, val), max_size=6))
-    fetch = st.tuples(st.just("fetch"))
-    fetch_many = st.tuples(st.just("fetch_many"), st.integers(1, 5))
-    return st.lists(st.one_of(add, add, add_many, fetch, fetch_many), max_size=40)
-
-
-def test_model_random_ops_vs_deque(url: str) -> None:
-    hyp = pytest.importorskip("hypothesis")
-    from hypothesis import strategies as st
-
-    @hyp.settings(max_examples=60, deadline=None, database=None)
-    @hyp.given(
-        size=st.sampled_from([0, 1, 3]),
-        cap=st.sampled_from([256, 400]),
-        mode=st.sampled_from([0, 1, 2]),
-        ops=_ops_strategy(),
-    )
-    def run(size: int, cap: int, mode: int, ops: list[tuple[Any, ...]]) -> None:
-        ns = new_namespace()
-        mq = mqueue.create(ns, [f"name=q;size={size};bytes={cap};addmode={mode}"], url=url)
-        try:
-            q = mq["q"]
-            got = _apply(ops, q, None)
-            want = _apply(ops, q, Model(size, cap, mode))
-            assert got == want
-            q._check()  # type: ignore[attr-defined]
-        finally:
-            mq.close()
-            mqueue.destroy(ns, url=url)
-
-    run()
 
 
 def test_same_results_as_shared_memory(url: str) -> None:
