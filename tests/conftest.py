@@ -112,6 +112,14 @@ def backend_url(kind: str) -> str | None:
     return REDIS_URL if kind == "redis" else REDIS_CLUSTER_URL
 
 
+def service_url(kind: str) -> str:
+    """``backend_url`` of ``redis`` or ``cluster``: a URL, or the test skips (fails)."""
+    url = backend_url(kind)
+    if url is None:
+        raise ValueError(f"{kind!r} is not a Redis backend")
+    return url
+
+
 def redis_admin(url: str) -> Any:
     """A redis-py client for ``url``: a RedisCluster on a cluster node."""
     import redis

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import SHM_DIR, MakeMQ, backend_url, destroy_quietly, new_namespace
+from conftest import SHM_DIR, MakeMQ, destroy_quietly, new_namespace, service_url
 
 import mqueue
 from mqueue import QueueDef, _metrics, cli
@@ -213,9 +213,7 @@ def test_cli_stats_other_formats_unchanged(
 @pytest.fixture
 def redis_url() -> str:
     """Skips, or fails under MQUEUE_REQUIRE_SERVICES, without Redis."""
-    url = backend_url("redis")
-    assert url is not None
-    return url
+    return service_url("redis")
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import backend_url, new_namespace, redis_admin, redis_keys_of, redis_problem
+from conftest import new_namespace, redis_admin, redis_keys_of, redis_problem, service_url
 
 import mqueue
 
@@ -55,9 +55,7 @@ from mqueue import _redis as R  # noqa: E402
 @pytest.fixture(params=["redis", "cluster"])
 def url(request: pytest.FixtureRequest) -> str:
     """Every test that takes this runs on one redis-server and on a 3-master cluster."""
-    u = backend_url(request.param)
-    assert u is not None
-    return u
+    return service_url(request.param)
 
 
 @pytest.fixture

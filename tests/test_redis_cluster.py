@@ -28,16 +28,14 @@ import mqueue
 
 redis = pytest.importorskip("redis")
 
-from conftest import backend_url, new_namespace, redis_admin  # noqa: E402
+from conftest import new_namespace, redis_admin, service_url  # noqa: E402
 
 from mqueue import _redis as R  # noqa: E402
 
 
 @pytest.fixture
 def curl() -> str:
-    u = backend_url("cluster")
-    assert u is not None
-    return u
+    return service_url("cluster")
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ import mqueue
 redis = pytest.importorskip("redis")
 
 import test_redis  # noqa: E402
-from conftest import backend_url, new_namespace, redis_admin  # noqa: E402
+from conftest import new_namespace, redis_admin, service_url  # noqa: E402
 
 from mqueue import _redis as R  # noqa: E402
 
@@ -146,9 +146,7 @@ class DropProxy:
 
 @pytest.fixture
 def single() -> str:
-    u = backend_url("redis")
-    assert u is not None
-    return u
+    return service_url("redis")
 
 
 url = test_redis.url  # the same fixture: one redis-server, and a 3-master cluster

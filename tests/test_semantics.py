@@ -596,19 +596,8 @@ def test_stats_attributes_and_balance_addmode0(make_on_backend: MakeMQ) -> None:
     mq = make_on_backend(["name=q;size=4;bytes=1K"])
     q = mq["q"]
     st = q.stats()
-    for attr in (
-        "length",
-        "added",
-        "fetched",
-        "evicted",
-        "duplicates",
-        "high_water",
-        "recoveries",
-        "bytes_used",
-        "capacity",
-        "size_limit",
-        "addmode",
-    ):
+    fields = "length added fetched evicted duplicates high_water recoveries bytes_used capacity"
+    for attr in (*fields.split(), "size_limit", "addmode"):
         assert isinstance(getattr(st, attr), int), attr
     assert st.capacity == 1024 and st.bytes_used == 0 and st.recoveries == 0
     for i in range(10):
