@@ -235,6 +235,32 @@ def chart(
     return path
 
 
+def save(
+    name: str,
+    args: argparse.Namespace,
+    data: dict[str, Any],
+    draw: Callable[[Any], None] | None,
+    title: str,
+) -> None:
+    """Write ``results/NAME.json`` (unless ``--no-json``) and draw
+    ``results/NAME.png`` with ``draw`` (unless ``--no-chart`` or ``draw`` is
+    None); say on stdout what was written."""
+    if not args.no_json:
+        print(f"wrote {write_json(name, data)}")
+    if not args.no_chart and draw is not None:
+        path = chart(name, draw, title)
+        if path:
+            print(f"wrote {path}")
+
+
+def print_problems(skipped: dict[str, str], errors: dict[str, str]) -> None:
+    """The peers skipped and the runs that failed, one line each, after a table."""
+    for k, why in skipped.items():
+        print(f"skipped: {k}: {why}")
+    for k, why in errors.items():
+        print(f"failed: {k}: {why}")
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain-text (Markdown-compatible) table."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
@@ -336,6 +362,74 @@ def mq_namespace(mqueue: Any, defs: list[str], tag: str = "") -> Iterator[tuple[
             mqueue.destroy(ns)
 
 
+def add_many_retrying(add_many: Callable[[Any], int], chunk: Sequence[Item], full: Any) -> None:
+    """``add_many(chunk)``, retried every 0.2 ms while the queue is full in bytes
+    (a producer never drops); raises if it stored fewer than all."""
+    while True:
+        try:
+            stored = add_many(chunk)
+            break
+        except full:
+            time.sleep(0.0002)
+    if stored != len(chunk):
+        raise RuntimeError(f"add_many stored {stored} of {len(chunk)}")
+
+
+# ---------------------------------------------------------------- peers
+
+
+def missing(module: str, install: str) -> str | None:
+    """Why a peer cannot run: ``module`` does not import (None when it does)."""
+    try:
+        __import__(module)
+    except ImportError:
+        return f"{install} is not installed (pip install {install})"
+    return None
+
+
+def available(peers: Sequence[Any]) -> tuple[list[Any], dict[str, str]]:
+    """The peers (objects with ``name`` and ``unavailable()``) that can run, and
+    {name: why} for the others, each noted on stderr."""
+    ok: list[Any] = []
+    skipped: dict[str, str] = {}
+    for peer in peers:
+        why = peer.unavailable()
+        if why:
+            note(f"{peer.name}: skipped: {why}")
+            skipped[peer.name] = why
+        else:
+            ok.append(peer)
+    return ok, skipped
+
+
+@contextlib.contextmanager
+def mp_queue() -> Iterator[Any]:
+    """A ``multiprocessing.Queue``, closed without waiting for its feeder thread."""
+    q = CTX.Queue()
+    try:
+        yield q
+    finally:
+        q.close()
+        q.cancel_join_thread()
+
+
+@contextlib.contextmanager
+def posix_mq(tag: str, depth: int) -> Iterator[Any]:
+    """A new ``posix_ipc.MessageQueue`` of ``depth`` messages of 256 bytes at most,
+    unlinked and closed afterwards."""
+    import posix_ipc
+
+    mq = posix_ipc.MessageQueue(
+        f"/{namespace(tag)}", posix_ipc.O_CREX, max_messages=depth, max_message_size=256
+    )
+    try:
+        yield mq
+    finally:
+        with contextlib.suppress(Exception):
+            mq.unlink()
+        mq.close()
+
+
 # ---------------------------------------------------------------- processes
 
 Role = Callable[..., Any]
@@ -417,6 +511,15 @@ def run_roles(
             p.join()
         for c in conns:
             c.close()
+
+
+def start_together(ready: Any, go: Any) -> int:
+    """A role's last step before its timed section: tell :func:`run_roles` it is
+    set up, wait for every other role.  Returns ``time.monotonic_ns()`` then (a
+    producer's start time)."""
+    ready.release()
+    go.wait()
+    return time.monotonic_ns()
 
 
 def sync_objects() -> tuple[Any, Any]:

@@ -25,12 +25,15 @@ STOP = "STOP"
 class LPeer:
     name = "?"
 
-    def unavailable(self) -> str | None:
-        return None
+    requires: tuple[str, str] | None = None  # (module, what to pip install)
 
-    @contextlib.contextmanager
-    def channel(self) -> Iterator[Any]:
-        yield None
+    def unavailable(self) -> str | None:
+        """Why this peer cannot run here (None: it can)."""
+        return common.missing(*self.requires) if self.requires else None
+
+    def channel(self) -> contextlib.AbstractContextManager[Any]:
+        """What the producer and the consumer share, set up in the parent."""
+        return contextlib.nullcontext()
 
     def sender(self, chan: Any) -> tuple[Callable[[str, str], Any], Callable[[], None]]:
         raise NotImplementedError
@@ -42,14 +45,8 @@ class LPeer:
 class MPQueueL(LPeer):
     name = "multiprocessing.Queue get()"
 
-    @contextlib.contextmanager
-    def channel(self) -> Iterator[Any]:
-        q = common.CTX.Queue()
-        try:
-            yield q
-        finally:
-            q.close()
-            q.cancel_join_thread()
+    def channel(self) -> contextlib.AbstractContextManager[Any]:
+        return common.mp_queue()
 
     def sender(self, q: Any) -> tuple[Callable[[str, str], Any], Callable[[], None]]:
         def close() -> None:
@@ -65,26 +62,10 @@ class MPQueueL(LPeer):
 class PosixMQL(LPeer):
     name = "posix_ipc.MessageQueue receive()"
 
-    def unavailable(self) -> str | None:
-        try:
-            import posix_ipc  # noqa: F401
-        except ImportError:
-            return "posix_ipc is not installed"
-        return None
+    requires = ("posix_ipc", "posix_ipc")
 
-    @contextlib.contextmanager
-    def channel(self) -> Iterator[Any]:
-        import posix_ipc
-
-        mq = posix_ipc.MessageQueue(
-            f"/{common.namespace('lpmq')}", posix_ipc.O_CREX, max_messages=10, max_message_size=256
-        )
-        try:
-            yield mq
-        finally:
-            with contextlib.suppress(Exception):
-                mq.unlink()
-            mq.close()
+    def channel(self) -> contextlib.AbstractContextManager[Any]:
+        return common.posix_mq("lpmq", 10)
 
     def sender(self, mq: Any) -> tuple[Callable[[str, str], Any], Callable[[], None]]:
         return (lambda k, v: mq.send(f"{k}\0{v}".encode())), (lambda: None)
@@ -100,12 +81,7 @@ class PosixMQL(LPeer):
 class FasterFifoL(LPeer):
     name = "faster-fifo get()"
 
-    def unavailable(self) -> str | None:
-        try:
-            import faster_fifo  # noqa: F401
-        except ImportError:
-            return "faster-fifo is not installed"
-        return None
+    requires = ("faster_fifo", "faster-fifo")
 
     @contextlib.contextmanager
     def channel(self) -> Iterator[Any]:
@@ -163,8 +139,7 @@ def produce(peer: LPeer, chan: Any, samples: int, gap: float, ready: Any, go: An
     send, close = peer.sender(chan)
     rnd = random.Random(1)
     try:
-        ready.release()
-        go.wait()
+        common.start_together(ready, go)
         time.sleep(0.05)  # the consumer is blocked by now
         for i in range(samples):
             time.sleep(gap * (0.5 + rnd.random()))
@@ -180,8 +155,7 @@ def consume(peer: LPeer, chan: Any, samples: int, ready: Any, go: Any) -> bytes:
     lat = array.array("q")
     now = time.monotonic_ns
     try:
-        ready.release()
-        go.wait()
+        common.start_together(ready, go)
         expect = 0
         while True:
             k, v = recv()
@@ -213,15 +187,9 @@ def main() -> int:
     samples = args.samples or (1000 if args.quick else 5000)
 
     out: dict[str, dict[str, float]] = {}
-    skipped: dict[str, str] = {}
     errors: dict[str, str] = {}
-    for cls in PEERS:
-        peer = cls()
-        why = peer.unavailable()
-        if why:
-            skipped[peer.name] = why
-            common.note(f"{peer.name}: skipped: {why}")
-            continue
+    peers, skipped = common.available([cls() for cls in PEERS])
+    for peer in peers:
         common.progress(f"latency: {peer.name} ({samples} samples)")
         try:
             with peer.channel() as chan:
@@ -268,44 +236,33 @@ def main() -> int:
         for k, v in out.items()
     ]
     print(common.table(["peer", "min µs", "p50 µs", "p90 µs", "p99 µs", "max µs"], rows))
-    for k, why in skipped.items():
-        print(f"skipped: {k}: {why}")
-    for k, why in errors.items():
-        print(f"failed: {k}: {why}")
-    if not args.no_json:
-        path = common.write_json(
-            "latency",
-            {
-                "samples": samples,
-                "gap_s": args.gap,
-                "results": out,
-                "skipped": skipped,
-                "errors": errors,
-            },
-        )
-        print(f"wrote {path}")
-    if not args.no_chart and out:
+    common.print_problems(skipped, errors)
 
-        def draw(ax: Any) -> None:
-            names = list(out)
-            x = range(len(names))
-            w = 0.27
-            for j, key in enumerate(("p50_us", "p90_us", "p99_us")):
-                ax.bar(
-                    [i + (j - 1) * w for i in x],
-                    [out[nm][key] for nm in names],
-                    w,
-                    label=key.split("_")[0],
-                )
-            ax.set_xticks(list(x))
-            ax.set_xticklabels(names, fontsize=7)
-            ax.set_yscale("log")
-            ax.set_ylabel("µs from add to return (log)")
-            ax.legend(fontsize=8)
+    def draw(ax: Any) -> None:
+        names = list(out)
+        x = range(len(names))
+        w = 0.27
+        for j, key in enumerate(("p50_us", "p90_us", "p99_us")):
+            ax.bar(
+                [i + (j - 1) * w for i in x],
+                [out[nm][key] for nm in names],
+                w,
+                label=key.split("_")[0],
+            )
+        ax.set_xticks(list(x))
+        ax.set_xticklabels(names, fontsize=7)
+        ax.set_yscale("log")
+        ax.set_ylabel("µs from add to return (log)")
+        ax.legend(fontsize=8)
 
-        path = common.chart("latency", draw, f"wake-up latency, {samples} samples")
-        if path:
-            print(f"wrote {path}")
+    common.save(
+        "latency",
+        args,
+        {"samples": samples, "gap_s": args.gap, "results": out, "skipped": skipped,
+         "errors": errors},
+        draw if out else None,
+        f"wake-up latency, {samples} samples",
+    )
     return 1 if errors else 0
 
 

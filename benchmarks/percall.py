@@ -286,34 +286,25 @@ def main() -> int:
     print(common.table(["call", "ns/call", "min..max", "ratio", "to"], rows))
     for n_ in notes:
         print(f"note: {n_}")
-    if not args.no_json:
-        path = common.write_json(
-            "percall",
-            {
-                "calls": m,
-                "rounds": rounds,
-                "depth": depth,
-                "keys": nkeys,
-                "results": results,
-                "notes": notes,
-            },
-        )
-        print(f"wrote {path}")
-    if not args.no_chart and results:
 
-        def draw(ax: Any) -> None:
-            names = list(results)
-            vals = [results[nm]["ns_per_call"] for nm in names]
-            colors = ["tab:red" if ("mqueue" in nm or "add" in nm) else "tab:gray" for nm in names]
-            ax.barh(names[::-1], vals[::-1], color=colors[::-1])
-            ax.set_xlabel("ns per call (median, Python loop included)")
-            for i, v in enumerate(vals[::-1]):
-                ax.text(v, i, f" {v:.0f}", va="center", fontsize=8)
-            ax.tick_params(axis="y", labelsize=7)
+    def draw(ax: Any) -> None:
+        names = list(results)
+        vals = [results[nm]["ns_per_call"] for nm in names]
+        colors = ["tab:red" if ("mqueue" in nm or "add" in nm) else "tab:gray" for nm in names]
+        ax.barh(names[::-1], vals[::-1], color=colors[::-1])
+        ax.set_xlabel("ns per call (median, Python loop included)")
+        for i, v in enumerate(vals[::-1]):
+            ax.text(v, i, f" {v:.0f}", va="center", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
 
-        path = common.chart("percall", draw, "per-call cost, one process")
-        if path:
-            print(f"wrote {path}")
+    common.save(
+        "percall",
+        args,
+        {"calls": m, "rounds": rounds, "depth": depth, "keys": nkeys, "results": results,
+         "notes": notes},
+        draw if results else None,
+        "per-call cost, one process",
+    )
     return 1 if any("failed" in n_ for n_ in notes) else 0
 
 

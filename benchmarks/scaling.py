@@ -32,21 +32,11 @@ def producer(
     mq = mqueue.attach(ns)
     try:
         q = mq[qname]
-        ready.release()
-        go.wait()
-        t0 = time.monotonic_ns()
+        t0 = common.start_together(ready, go)
         if batch > 1:
             add_many = q.add_many
             for i in range(0, len(items), batch):
-                chunk = items[i : i + batch]
-                while True:
-                    try:
-                        stored = add_many(chunk)
-                        break
-                    except full:
-                        time.sleep(0.0002)
-                if stored != len(chunk):
-                    raise RuntimeError(f"add_many stored {stored} of {len(chunk)}")
+                common.add_many_retrying(add_many, items[i : i + batch], full)
         else:
             add = q.add
             for k, v in items:
@@ -72,8 +62,7 @@ def worker(
         q = mq[qname]
         got: list[Any] = []
         t_last = 0
-        ready.release()
-        go.wait()
+        common.start_together(ready, go)
         end = time.monotonic() + limit
         if batch > 1:
             fetch_many = q.fetch_many
@@ -161,7 +150,7 @@ def main() -> int:
     modes = {"single": 1, "batch": args.batch}
     curves: dict[str, dict[int, float]] = {}
     runs: dict[str, dict[int, list[float]]] = {}
-    errors: list[str] = []
+    errors: dict[str, str] = {}
     plan: list[tuple[str, int, int, int]] = []
     for mode, b in modes.items():
         for w in range(1, args.max_workers + 1):
@@ -178,7 +167,7 @@ def main() -> int:
             try:
                 r = run_point(mqueue, items, k, w, b, args.timeout)
             except (common.ProcessFailed, mqueue.MQueueError, OSError) as e:
-                errors.append(f"{name} at {x}: {e}")
+                errors[f"{name} at {x}"] = str(e)
                 common.note(f"{name} at {x}: FAILED: {e}")
                 continue
             runs[name].setdefault(x, []).append(r)
@@ -199,37 +188,33 @@ def main() -> int:
         ]
         print(f"\n{name}")
         print(common.table([label, "total items/s", f"vs {min(pts)}"], rows))
-    for e in errors:
-        print(f"failed: {e}")
-    if not args.no_json:
-        path = common.write_json(
-            "scaling",
-            {
-                "items_per_producer": n,
-                "reps": reps,
-                "batch": args.batch,
-                "curves": {k: {str(x): v for x, v in c.items()} for k, c in curves.items()},
-                "runs": {k: {str(x): v for x, v in c.items()} for k, c in runs.items()},
-                "errors": errors,
-            },
-        )
-        print(f"wrote {path}")
-    if not args.no_chart and any(curves.values()):
+    common.print_problems({}, errors)
 
-        def draw(ax: Any) -> None:
-            for name, pts in curves.items():
-                if pts:
-                    xs = sorted(pts)
-                    style = "-o" if name.startswith("1 producer") else "--s"
-                    ax.plot(xs, [pts[x] for x in xs], style, label=name)
-            ax.set_yscale("log")
-            ax.set_xlabel("workers (W) or queues (K)")
-            ax.set_ylabel("total items/s (log)")
-            ax.legend(fontsize=7)
+    def draw(ax: Any) -> None:
+        for name, pts in curves.items():
+            if pts:
+                xs = sorted(pts)
+                style = "-o" if name.startswith("1 producer") else "--s"
+                ax.plot(xs, [pts[x] for x in xs], style, label=name)
+        ax.set_yscale("log")
+        ax.set_xlabel("workers (W) or queues (K)")
+        ax.set_ylabel("total items/s (log)")
+        ax.legend(fontsize=7)
 
-        path = common.chart("scaling", draw, f"mqueue scaling, {n} items per producer")
-        if path:
-            print(f"wrote {path}")
+    common.save(
+        "scaling",
+        args,
+        {
+            "items_per_producer": n,
+            "reps": reps,
+            "batch": args.batch,
+            "curves": {k: {str(x): v for x, v in c.items()} for k, c in curves.items()},
+            "runs": {k: {str(x): v for x, v in c.items()} for k, c in runs.items()},
+            "errors": errors,
+        },
+        draw if any(curves.values()) else None,
+        f"mqueue scaling, {n} items per producer",
+    )
     return 1 if errors else 0
 
 

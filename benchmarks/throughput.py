@@ -44,12 +44,15 @@ class Peer:
     def __init__(self, batch: int) -> None:
         self.batch = batch
 
-    def unavailable(self) -> str | None:
-        return None
+    requires: tuple[str, str] | None = None  # (module, what to pip install)
 
-    @contextlib.contextmanager
-    def channel(self) -> Iterator[Any]:
-        yield None
+    def unavailable(self) -> str | None:
+        """Why this peer cannot run here (None: it can)."""
+        return common.missing(*self.requires) if self.requires else None
+
+    def channel(self) -> contextlib.AbstractContextManager[Any]:
+        """What the producer and the consumer share, set up in the parent."""
+        return contextlib.nullcontext()
 
     def producer(self, chan: Any, items: list[Item], ready: Any, go: Any) -> int:
         raise NotImplementedError
@@ -58,7 +61,11 @@ class Peer:
         raise NotImplementedError
 
 
-def _finish(items: list[Item], received: list[Any], t1: int) -> dict[str, Any]:
+def _finish(items: list[Item], received: list[Any], t1: int | None = None) -> dict[str, Any]:
+    """A consumer's result: its end time (now, unless ``t1`` is given) and the
+    check of what it received (after the clock stopped)."""
+    if t1 is None:
+        t1 = time.monotonic_ns()
     ok, in_order, msg = common.check_items(items, received)
     return {"t_end": t1, "ok": ok, "in_order": in_order, "msg": msg}
 
@@ -67,20 +74,12 @@ class MPQueue(Peer):
     name = "multiprocessing.Queue"
     family = "single"
 
-    @contextlib.contextmanager
-    def channel(self) -> Iterator[Any]:
-        q = common.CTX.Queue()
-        try:
-            yield q
-        finally:
-            q.close()
-            q.cancel_join_thread()
+    def channel(self) -> contextlib.AbstractContextManager[Any]:
+        return common.mp_queue()
 
     def producer(self, q: Any, items: list[Item], ready: Any, go: Any) -> int:
         put = q.put
-        ready.release()
-        go.wait()
-        t0 = time.monotonic_ns()
+        t0 = common.start_together(ready, go)
         for kv in items:
             put(kv)
         q.close()
@@ -91,12 +90,10 @@ class MPQueue(Peer):
         get = q.get
         out: list[Any] = []
         app = out.append
-        ready.release()
-        go.wait()
+        common.start_together(ready, go)
         for _ in range(len(items)):
             app(get(timeout=STALL))
-        t1 = time.monotonic_ns()
-        return _finish(items, out, t1)
+        return _finish(items, out)
 
 
 class MPSimpleQueue(Peer):
@@ -113,9 +110,7 @@ class MPSimpleQueue(Peer):
 
     def producer(self, q: Any, items: list[Item], ready: Any, go: Any) -> int:
         put = q.put
-        ready.release()
-        go.wait()
-        t0 = time.monotonic_ns()
+        t0 = common.start_together(ready, go)
         for kv in items:
             put(kv)
         return t0
@@ -124,24 +119,17 @@ class MPSimpleQueue(Peer):
         get = q.get  # no timeout: the harness's deadline covers a stall
         out: list[Any] = []
         app = out.append
-        ready.release()
-        go.wait()
+        common.start_together(ready, go)
         for _ in range(len(items)):
             app(get())
-        t1 = time.monotonic_ns()
-        return _finish(items, out, t1)
+        return _finish(items, out)
 
 
 class FasterFifo(Peer):
     name = "faster-fifo put/get (raw bytes)"
     family = "single"
 
-    def unavailable(self) -> str | None:
-        try:
-            import faster_fifo  # noqa: F401
-        except ImportError:
-            return "faster-fifo is not installed (pip install faster-fifo)"
-        return None
+    requires = ("faster_fifo", "faster-fifo")
 
     @contextlib.contextmanager
     def channel(self) -> Iterator[Any]:
@@ -151,9 +139,7 @@ class FasterFifo(Peer):
 
     def producer(self, q: Any, items: list[Item], ready: Any, go: Any) -> int:
         put = q.put
-        ready.release()
-        go.wait()
-        t0 = time.monotonic_ns()
+        t0 = common.start_together(ready, go)
         for kv in items:
             put(kv, True, STALL)
         return t0
@@ -162,12 +148,10 @@ class FasterFifo(Peer):
         get = q.get
         out: list[Any] = []
         app = out.append
-        ready.release()
-        go.wait()
+        common.start_together(ready, go)
         for _ in range(len(items)):
             app(get(True, STALL))
-        t1 = time.monotonic_ns()
-        return _finish(items, out, t1)
+        return _finish(items, out)
 
 
 class FasterFifoBatch(FasterFifo):
@@ -178,9 +162,7 @@ class FasterFifoBatch(FasterFifo):
         b = self.batch
         batches = [items[i : i + b] for i in range(0, len(items), b)]
         put_many = q.put_many
-        ready.release()
-        go.wait()
-        t0 = time.monotonic_ns()
+        t0 = common.start_together(ready, go)
         for chunk in batches:
             put_many(chunk, True, STALL)
         return t0
@@ -191,48 +173,27 @@ class FasterFifoBatch(FasterFifo):
         n = len(items)
         out: list[Any] = []
         ext = out.extend
-        ready.release()
-        go.wait()
+        common.start_together(ready, go)
         while len(out) < n:
             ext(get_many(True, STALL, b))
-        t1 = time.monotonic_ns()
-        return _finish(items, out, t1)
+        return _finish(items, out)
 
 
 class PosixMQ(Peer):
     name = "posix_ipc.MessageQueue"
     family = "single"
 
-    def unavailable(self) -> str | None:
-        try:
-            import posix_ipc  # noqa: F401
-        except ImportError:
-            return "posix_ipc is not installed (pip install posix_ipc)"
-        return None
+    requires = ("posix_ipc", "posix_ipc")
 
-    @contextlib.contextmanager
-    def channel(self) -> Iterator[Any]:
-        import posix_ipc
-
+    def channel(self) -> contextlib.AbstractContextManager[Any]:
         depth = 10
         with contextlib.suppress(OSError, ValueError):
             depth = int(Path("/proc/sys/fs/mqueue/msg_max").read_text())
-        name = f"/{common.namespace('pmq')}"
-        mq = posix_ipc.MessageQueue(
-            name, posix_ipc.O_CREX, max_messages=depth, max_message_size=256
-        )
-        try:
-            yield mq
-        finally:
-            with contextlib.suppress(Exception):
-                mq.unlink()
-            mq.close()
+        return common.posix_mq("pmq", depth)
 
     def producer(self, mq: Any, items: list[Item], ready: Any, go: Any) -> int:
         send = mq.send
-        ready.release()
-        go.wait()
-        t0 = time.monotonic_ns()
+        t0 = common.start_together(ready, go)
         for k, v in items:
             send((k + SEP + v).encode(), STALL)
         return t0
@@ -241,25 +202,18 @@ class PosixMQ(Peer):
         recv = mq.receive
         out: list[Any] = []
         app = out.append
-        ready.release()
-        go.wait()
+        common.start_together(ready, go)
         for _ in range(len(items)):
             k, v = recv(STALL)[0].decode().split(SEP, 1)
             app((k, v))
-        t1 = time.monotonic_ns()
-        return _finish(items, out, t1)
+        return _finish(items, out)
 
 
 class ZmqPushPull(Peer):
     name = "zmq PUSH/PULL ipc://"
     family = "single"
 
-    def unavailable(self) -> str | None:
-        try:
-            import zmq  # noqa: F401
-        except ImportError:
-            return "pyzmq is not installed (pip install pyzmq)"
-        return None
+    requires = ("zmq", "pyzmq")
 
     @contextlib.contextmanager
     def channel(self) -> Iterator[Any]:
@@ -286,8 +240,7 @@ class ZmqPushPull(Peer):
         s.setsockopt(zmq.SNDTIMEO, int(STALL * 1000))
         send = s.send
         try:
-            ready.release()
-            go.wait()
+            common.start_together(ready, go)
             s.connect(addr)  # after go: the consumer has bound by then
             t0 = time.monotonic_ns()
             for k, v in items:
@@ -311,8 +264,7 @@ class ZmqPushPull(Peer):
         out: list[Any] = []
         app = out.append
         try:
-            ready.release()
-            go.wait()
+            common.start_together(ready, go)
             for _ in range(len(items)):
                 try:
                     msg = recv()
@@ -356,9 +308,7 @@ class MQueueSingle(Peer):
         try:
             q = mq["bench"]
             add = q.add
-            ready.release()
-            go.wait()
-            t0 = time.monotonic_ns()
+            t0 = common.start_together(ready, go)
             for k, v in items:
                 while True:
                     try:
@@ -379,8 +329,7 @@ class MQueueSingle(Peer):
             fetch = q.fetch
             out: list[Any] = []
             app = out.append
-            ready.release()
-            go.wait()
+            common.start_together(ready, go)
             for _ in range(len(items)):
                 it = fetch(timeout=STALL)
                 if it is None:
@@ -406,18 +355,9 @@ class MQueueBatch(MQueueSingle):
         try:
             q = mq["bench"]
             add_many = q.add_many
-            ready.release()
-            go.wait()
-            t0 = time.monotonic_ns()
+            t0 = common.start_together(ready, go)
             for chunk in batches:
-                while True:
-                    try:
-                        stored = add_many(chunk)
-                        break
-                    except full:
-                        time.sleep(0.0002)
-                if stored != len(chunk):
-                    raise RuntimeError(f"add_many stored {stored} of {len(chunk)}")
+                common.add_many_retrying(add_many, chunk, full)
             return t0
         finally:
             mq.close()
@@ -433,8 +373,7 @@ class MQueueBatch(MQueueSingle):
             fetch_many = q.fetch_many
             out: list[Any] = []
             ext = out.extend
-            ready.release()
-            go.wait()
+            common.start_together(ready, go)
             while len(out) < n:
                 got = fetch_many(b, timeout=STALL)
                 if not got:
@@ -488,18 +427,12 @@ def main() -> int:
     n = args.items or (50_000 if args.quick else 300_000)
     reps = args.reps or (3 if args.quick else 5)
 
-    peers: list[Peer] = []
-    skipped: dict[str, str] = {}
-    for cls in PEERS:
-        peer = cls(args.batch)
-        if args.only and not any(s.strip() in peer.name for s in args.only.split(",")):
-            continue
-        why = peer.unavailable()
-        if why:
-            common.note(f"{peer.name}: skipped: {why}")
-            skipped[peer.name] = why
-        else:
-            peers.append(peer)
+    wanted = [
+        peer
+        for peer in (cls(args.batch) for cls in PEERS)
+        if not args.only or any(s.strip() in peer.name for s in args.only.split(","))
+    ]
+    peers, skipped = common.available(wanted)
 
     items = common.make_items(n)
     rates: dict[str, list[float]] = {pe.name: [] for pe in peers}
@@ -585,38 +518,25 @@ def main() -> int:
             rows,
         )
     )
-    for k, why in skipped.items():
-        print(f"skipped: {k}: {why}")
-    for k, why in errors.items():
-        print(f"failed: {k}: {why}")
+    common.print_problems(skipped, errors)
+    names = [pe.name for pe in peers if med.get(pe.name)]
 
-    if not args.no_json:
-        path = common.write_json(
-            "throughput",
-            {
-                "items": n,
-                "reps": reps,
-                "batch": args.batch,
-                "rows": out_rows,
-                "skipped": skipped,
-            },
-        )
-        print(f"wrote {path}")
-    if not args.no_chart and med:
-        names = [pe.name for pe in peers if med.get(pe.name)]
+    def draw(ax: Any) -> None:
+        vals = [med[nm] for nm in names]
+        colors = ["tab:red" if "mqueue" in nm else "tab:gray" for nm in names]
+        ax.barh(names[::-1], vals[::-1], color=colors[::-1])
+        ax.set_xscale("log")
+        ax.set_xlabel("items/s (median, log scale)")
+        for i, v in enumerate(vals[::-1]):
+            ax.text(v, i, " " + common.fmt_rate(v), va="center", fontsize=8)
 
-        def draw(ax: Any) -> None:
-            vals = [med[nm] for nm in names]
-            colors = ["tab:red" if "mqueue" in nm else "tab:gray" for nm in names]
-            ax.barh(names[::-1], vals[::-1], color=colors[::-1])
-            ax.set_xscale("log")
-            ax.set_xlabel("items/s (median, log scale)")
-            for i, v in enumerate(vals[::-1]):
-                ax.text(v, i, " " + common.fmt_rate(v), va="center", fontsize=8)
-
-        path = common.chart("throughput", draw, f"1 -> 1 throughput, {n} items (16+64 chars)")
-        if path:
-            print(f"wrote {path}")
+    common.save(
+        "throughput",
+        args,
+        {"items": n, "reps": reps, "batch": args.batch, "rows": out_rows, "skipped": skipped},
+        draw if med else None,
+        f"1 -> 1 throughput, {n} items (16+64 chars)",
+    )
     return 1 if errors else 0
 
 

@@ -5,6 +5,15 @@
 - ``make_mq``: a factory ``make_mq(defs, **kw)`` creating a namespace (in the
   test's ``ns`` unless ``namespace=`` is given) that is closed and destroyed at
   teardown.
+- ``backend``: the backend a shared semantic test runs on, one of ``shm``
+  (shared memory), ``redis`` (``MQUEUE_TEST_REDIS_URL``, default
+  ``redis://127.0.0.1:6399/0``) and ``cluster`` (``MQUEUE_TEST_REDIS_CLUSTER_URL``,
+  a Redis Cluster; unset: none).  A test that takes it runs once per backend;
+  without redis-py or a server that answers, the Redis variants skip, saying
+  why, unless ``MQUEUE_REQUIRE_SERVICES=1`` (CI), where they fail.
+- ``make_on_backend``: ``make_mq`` on the test's ``backend``; at teardown it
+  also checks that the namespace left nothing behind (no ``/dev/shm``
+  segment, no Redis key).
 - A session check: when the whole run (all xdist workers included) is over,
   no ``/dev/shm/mqueue.t<pid>_*`` segment made by one of this run's pytest
   processes may remain.  Leftovers are reported, removed, and fail the run.
@@ -21,6 +30,8 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -29,6 +40,9 @@ import mqueue
 SHM_DIR = "/dev/shm"
 _SEG_RE = re.compile(r"^mqueue\.t(\d+)_")
 REDIS_URL = os.environ.get("MQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6399/0")
+REDIS_CLUSTER_URL = os.environ.get("MQUEUE_TEST_REDIS_CLUSTER_URL", "")
+REQUIRE_SERVICES = bool(os.environ.get("MQUEUE_REQUIRE_SERVICES"))
+BACKENDS = ("shm", "redis", "cluster")
 
 
 def new_namespace() -> str:
@@ -36,10 +50,10 @@ def new_namespace() -> str:
     return f"t{os.getpid()}_{uuid.uuid4().hex[:8]}"
 
 
-def destroy_quietly(namespace: str) -> None:
+def destroy_quietly(namespace: str, url: str | None = None) -> None:
     """Destroy a namespace if it still exists."""
     with contextlib.suppress(mqueue.NamespaceNotFoundError, FileNotFoundError):
-        mqueue.destroy(namespace)
+        mqueue.destroy(namespace, url=url)
 
 
 def redis_problem(url: str = REDIS_URL) -> str | None:
@@ -60,6 +74,112 @@ def redis_problem(url: str = REDIS_URL) -> str | None:
     return None
 
 
+def cluster_problem(url: str = REDIS_CLUSTER_URL) -> str | None:
+    """Why ``url`` cannot be used as a Redis Cluster, or None when it can."""
+    if not url:
+        return "MQUEUE_TEST_REDIS_CLUSTER_URL is not set (bash .ci/services-redis-cluster.sh)"
+    problem = redis_problem(url)
+    if problem is not None:
+        return problem
+    import redis
+
+    c = redis.Redis.from_url(url)
+    try:
+        if not int(c.info("cluster").get("cluster_enabled", 0)):
+            return f"{url} is not a cluster node"
+    finally:
+        c.close()
+    return None
+
+
+_PROBLEMS: dict[str, str | None] = {}  # backend -> why it cannot be used (asked once)
+
+
+def backend_url(kind: str) -> str | None:
+    """The URL of backend ``kind`` (None for ``shm``).  A Redis backend that
+    cannot be used skips the test, saying why, or fails it when
+    ``MQUEUE_REQUIRE_SERVICES`` is set."""
+    if kind == "shm":
+        return None
+    if kind not in _PROBLEMS:
+        _PROBLEMS[kind] = redis_problem(REDIS_URL) if kind == "redis" else cluster_problem()
+    problem = _PROBLEMS[kind]
+    if problem is not None:
+        what = f"Redis at {REDIS_URL}" if kind == "redis" else "a Redis Cluster"
+        if REQUIRE_SERVICES:
+            pytest.fail(f"{what} is required (MQUEUE_REQUIRE_SERVICES) but: {problem}")
+        pytest.skip(f"{what} is not available: {problem}")
+    return REDIS_URL if kind == "redis" else REDIS_CLUSTER_URL
+
+
+def service_url(kind: str) -> str:
+    """``backend_url`` of ``redis`` or ``cluster``: a URL, or the test skips (fails)."""
+    url = backend_url(kind)
+    if url is None:
+        raise ValueError(f"{kind!r} is not a Redis backend")
+    return url
+
+
+def redis_admin(url: str) -> Any:
+    """A redis-py client for ``url``: a RedisCluster on a cluster node."""
+    import redis
+
+    c = redis.Redis.from_url(url)
+    try:
+        cluster = int(c.info("cluster").get("cluster_enabled", 0))
+    finally:
+        c.close()
+    return redis.RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url)
+
+
+def redis_keys_of(client: Any, namespace: str) -> list[bytes]:
+    """The Redis keys of ``namespace`` (all of them share its hash tag)."""
+    from mqueue import _redis
+
+    pat = _redis._glob_esc(f"mqueue:{{{_redis._esc(namespace)}") + "[:}]*"
+    return list(client.scan_iter(match=pat, count=1000))
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where a shared semantic test runs: ``name`` is ``shm``, ``redis`` or
+    ``cluster``; ``url`` goes to ``mqueue.create/attach/destroy``."""
+
+    name: str
+    url: str | None
+
+    def leftovers(self, namespace: str) -> list[str]:
+        """What ``namespace`` still has on this backend: its /dev/shm segment
+        or its Redis keys (empty once it is destroyed)."""
+        if self.url is None:
+            path = os.path.join(SHM_DIR, f"mqueue.{namespace}")
+            return [path] if os.path.exists(path) else []
+        c = redis_admin(self.url)
+        try:
+            return [k.decode("utf-8", "replace") for k in redis_keys_of(c, namespace)]
+        finally:
+            c.close()
+
+    def remove_leftovers(self, namespace: str) -> None:
+        """Delete what ``leftovers`` lists."""
+        if self.url is None:
+            destroy_quietly(namespace)
+            return
+        c = redis_admin(self.url)
+        try:
+            for k in redis_keys_of(c, namespace):
+                c.delete(k)
+        finally:
+            c.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Each test that takes this runs on shared memory, one redis-server and a
+    3-master Redis Cluster (the Redis ones skip or fail as ``backend_url``)."""
+    return Backend(request.param, backend_url(request.param))
+
+
 @pytest.fixture
 def ns() -> Iterator[str]:
     """A unique namespace name, destroyed at teardown if it still exists."""
@@ -73,6 +193,30 @@ def ns() -> Iterator[str]:
 MakeMQ = Callable[..., mqueue.MQueue]
 
 
+class NamespaceFactory:
+    """``make(defs, namespace=None, **create_kwargs)``: ``mqueue.create`` on
+    one backend (``url``, unless ``url=`` is given) in the test's namespace
+    ``ns`` unless ``namespace`` is given; remembers each namespace (with its
+    url) and handle for the teardown."""
+
+    def __init__(self, ns: str, url: str | None) -> None:
+        self.ns, self.url = ns, url
+        self.names: dict[str, str | None] = {}  # every namespace asked for -> its url
+        self.handles: list[mqueue.MQueue] = []
+
+    def __call__(
+        self, defs: Iterable[str] | str, namespace: str | None = None, **kw: object
+    ) -> mqueue.MQueue:
+        name = self.ns if namespace is None else namespace
+        if isinstance(defs, str):
+            defs = [defs]
+        url = kw.pop("url", self.url)
+        self.names[name] = url  # type: ignore[assignment]  # destroyed even if create fails
+        mq = mqueue.create(name, list(defs), url=url, **kw)  # type: ignore[arg-type]
+        self.handles.append(mq)
+        return mq
+
+
 @pytest.fixture
 def make_mq(ns: str) -> Iterator[MakeMQ]:
     """Factory: ``make_mq(defs, namespace=None, **create_kwargs)``.
@@ -80,28 +224,45 @@ def make_mq(ns: str) -> Iterator[MakeMQ]:
     Creates the namespace (the test's ``ns`` by default) with ``mqueue.create``;
     every handle made is closed and every namespace destroyed at teardown.
     """
-    made: list[tuple[mqueue.MQueue | None, str]] = []
-
-    def make(
-        defs: Iterable[str] | str, namespace: str | None = None, **kw: object
-    ) -> mqueue.MQueue:
-        name = ns if namespace is None else namespace
-        if isinstance(defs, str):
-            defs = [defs]
-        made.append((None, name))  # destroyed even if create fails half-way
-        mq = mqueue.create(name, list(defs), **kw)  # type: ignore[arg-type]
-        made.append((mq, name))
-        return mq
-
+    make = NamespaceFactory(ns, None)
     try:
         yield make
     finally:
-        for mq, _ in reversed(made):
-            if mq is not None:
-                with contextlib.suppress(Exception):
-                    mq.close()
-        for name in {name for _, name in made}:
-            destroy_quietly(name)
+        for mq in reversed(make.handles):
+            with contextlib.suppress(Exception):
+                mq.close()
+        for name, url in make.names.items():
+            destroy_quietly(name, url)
+
+
+@pytest.fixture
+def make_on_backend(backend: Backend, ns: str) -> Iterator[MakeMQ]:
+    """``make_mq`` on the test's ``backend``.  At teardown every handle is
+    closed (a Redis queue's keys checked for consistency first), every
+    namespace made is destroyed, and the test fails if one left a segment or a
+    key behind."""
+    make = NamespaceFactory(ns, backend.url)
+    yield make
+    problems: list[str] = []
+    for mq in reversed(make.handles):
+        if backend.url is not None and not mq.closed:
+            for q in mq.queues():
+                try:
+                    len(q)  # NamespaceLostError: a handle of a namespace destroyed since
+                    q._check()  # type: ignore[attr-defined]
+                except mqueue.NamespaceLostError:
+                    pass
+                except Exception as e:  # noqa: BLE001
+                    problems.append(f"{mq.namespace}/{q.name}: {e!r}")
+        with contextlib.suppress(Exception):
+            mq.close()
+    for name, url in make.names.items():
+        destroy_quietly(name, url)
+        left = backend.leftovers(name)
+        if left:
+            backend.remove_leftovers(name)
+            problems.append(f"{name} left {left}")
+    assert not problems, problems
 
 
 # ---------------------------------------------------------------- session check

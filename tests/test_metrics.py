@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import REDIS_URL, SHM_DIR, MakeMQ, destroy_quietly, new_namespace, redis_problem
+from conftest import SHM_DIR, MakeMQ, destroy_quietly, new_namespace, service_url
 
 import mqueue
 from mqueue import QueueDef, _metrics, cli
@@ -212,13 +212,8 @@ def test_cli_stats_other_formats_unchanged(
 
 @pytest.fixture
 def redis_url() -> str:
-    problem = redis_problem(REDIS_URL)
-    if problem is not None:
-        problem = f"Redis at {REDIS_URL} cannot be used: {problem}"
-        if os.environ.get("MQUEUE_REQUIRE_SERVICES"):
-            pytest.fail(f"Redis is required (MQUEUE_REQUIRE_SERVICES) but: {problem}")
-        pytest.skip(problem)
-    return REDIS_URL
+    """Skips, or fails under MQUEUE_REQUIRE_SERVICES, without Redis."""
+    return service_url("redis")
 
 
 @pytest.fixture

@@ -15,13 +15,12 @@ import multiprocessing as mp
 import os
 import pickle
 import sqlite3
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REDIS_URL, MakeMQ, destroy_quietly, redis_problem
+from conftest import REDIS_URL, MakeMQ, backend_url, destroy_quietly, new_namespace
 
 import mqueue
 from mqueue import kamailio
@@ -229,12 +228,8 @@ def test_uninitialised_kamailio_module_pickles() -> None:
 
 @pytest.fixture
 def redis_ns() -> Iterator[str]:
-    problem = redis_problem(REDIS_URL)
-    if problem is not None:
-        if os.environ.get("MQUEUE_REQUIRE_SERVICES"):
-            raise RuntimeError(f"Redis at {REDIS_URL} is required but: {problem}")
-        pytest.skip(f"no Redis server at {REDIS_URL}: {problem}")
-    name = f"t{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    backend_url("redis")  # skips, or fails under MQUEUE_REQUIRE_SERVICES, without Redis
+    name = new_namespace()
     try:
         yield name
     finally:

@@ -1,7 +1,8 @@
 """The Redis backend on a Redis Cluster: what only a cluster has.
 
-The semantic tests of tests/test_redis.py and tests/test_redis_faults.py run
-on the cluster too (their ``url`` fixture has a cluster variant).  Here: the
+The semantic tests of tests/test_semantics.py, tests/test_redis.py and
+tests/test_redis_faults.py run on the cluster too (their ``backend`` and
+``url`` fixtures have a cluster variant).  Here: the
 same URL form reaches a cluster, queues spread over the masters, namespaces
 are listed across masters, persistence, and a queue's slot migrated to another
 master while a producer and a consumer run.
@@ -27,19 +28,19 @@ import mqueue
 
 redis = pytest.importorskip("redis")
 
-from test_redis import admin_client, backend_url, new_ns  # noqa: E402
+from conftest import new_namespace, redis_admin, service_url  # noqa: E402
 
 from mqueue import _redis as R  # noqa: E402
 
 
 @pytest.fixture
 def curl() -> str:
-    return backend_url("cluster")
+    return service_url("cluster")
 
 
 @pytest.fixture
 def cadmin(curl: str) -> Iterator[Any]:
-    c = admin_client(curl)
+    c = redis_admin(curl)
     assert type(c).__name__ == "RedisCluster"
     yield c
     c.close()
@@ -50,7 +51,7 @@ def _node_of(cadmin: Any, key: str) -> str:
 
 
 def test_same_url_reaches_a_cluster_and_queues_spread(curl: str, cadmin: Any) -> None:
-    ns = new_ns()
+    ns = new_namespace()
     defs = [f"name=q{i}" for i in range(12)]
     mq = mqueue.create(ns, defs, url=curl)
     try:
@@ -73,7 +74,7 @@ def test_same_url_reaches_a_cluster_and_queues_spread(curl: str, cadmin: Any) ->
 
 
 def test_list_namespaces_across_masters(curl: str, cadmin: Any) -> None:
-    names = [new_ns() for _ in range(12)]
+    names = [new_namespace() for _ in range(12)]
     made = [mqueue.create(n, ["name=q"], url=curl) for n in names]
     try:
         assert len({_node_of(cadmin, R.defs_key(n)) for n in names}) >= 2
@@ -119,7 +120,7 @@ def test_slot_migration_under_load_exactly_once(
     """A queue's slot moves to another master (CLUSTER SETSLOT + MIGRATE) while
     a producer and a consumer run: every item arrives exactly once, in order."""
     caplog.set_level(logging.DEBUG, logger="mqueue._redis")
-    ns = new_ns()
+    ns = new_namespace()
     mq = mqueue.create(ns, ["name=q;addmode=2"], url=curl)
     keys = R.queue_keys(ns, "q")
     slot = cadmin.keyslot(keys[0])
@@ -194,7 +195,7 @@ def test_cli_on_a_cluster(curl: str, capsys: pytest.CaptureFixture[str]) -> None
 
     from mqueue.cli import main
 
-    ns = new_ns()
+    ns = new_namespace()
     mq = mqueue.create(ns, ["name=a", "name=b", "name=c"], url=curl)
     try:
         mq["b"].add_many([("k", "v")] * 3)

@@ -7,7 +7,7 @@ server and before forwarding the server's reply: the server has run the
 operation, the client never hears of it.  Operation ids make the client's
 retry return the recorded reply instead of running the operation again.
 
-Same servers and skip rules as tests/test_redis.py.
+Same servers and skip rules as tests/test_redis.py (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import mqueue
 redis = pytest.importorskip("redis")
 
 import test_redis  # noqa: E402
-from test_redis import admin_client, backend_url, new_ns  # noqa: E402
+from conftest import new_namespace, redis_admin, service_url  # noqa: E402
 
 from mqueue import _redis as R  # noqa: E402
 
@@ -146,13 +146,10 @@ class DropProxy:
 
 @pytest.fixture
 def single() -> str:
-    return backend_url("single")
+    return service_url("redis")
 
 
-@pytest.fixture(params=["single", "cluster"])
-def url(request: pytest.FixtureRequest) -> str:
-    """One redis-server, and a 3-master cluster."""
-    return backend_url(request.param)
+url = test_redis.url  # the same fixture: one redis-server, and a 3-master cluster
 
 
 def _key(i: int) -> str:
@@ -165,7 +162,7 @@ def _lost_replies_run(server_url: str, n: int, mode: str, seed: int) -> dict[str
     fetch_many.  Returns counts; asserts exactly once and FIFO order."""
     host, port = server_url.split("//")[1].split("/")[0].split(":")
     proxy = DropProxy(host, int(port), mode=mode, seed=seed)
-    ns = new_ns()
+    ns = new_namespace()
     owner = mqueue.create(ns, ["name=q;bytes=256M"], url=server_url)
     errors: list[BaseException] = []
     got: list[str] = []
@@ -251,7 +248,7 @@ def test_fetch_reply_lost_returns_same_items(single: str) -> None:
     """A fetch whose reply was lost: the retry returns the items the server took."""
     host, port = single.split("//")[1].split("/")[0].split(":")
     proxy = DropProxy(host, int(port), mode="once")
-    ns = new_ns()
+    ns = new_namespace()
     owner = mqueue.create(ns, ["name=q"], url=single)
     try:
         owner["q"].add_many([(str(i), "v") for i in range(10)])
@@ -273,7 +270,7 @@ def test_fetch_reply_lost_returns_same_items(single: str) -> None:
 
 # ---------------------------------------------------- close() under threads
 def _close_round(url: str, rnd: random.Random, rnd_no: int) -> None:
-    ns = new_ns()
+    ns = new_namespace()
     owner = mqueue.create(ns, ["name=q", "name=empty"], url=url)
     h = mqueue.attach(ns, url=url)
     acked: list[list[str]] = [[], []]
@@ -362,8 +359,8 @@ def test_close_under_threads_loses_nothing(url: str) -> None:
 
 # ------------------------------------------------ keys the server dropped
 def test_deleted_records_reported_lost(url: str) -> None:
-    admin = admin_client(url)
-    ns = new_ns()
+    admin = redis_admin(url)
+    ns = new_namespace()
     mq = mqueue.create(ns, ["name=q", "name=d;addmode=1", "name=e"], url=url)
     try:
         q, d = mq["q"], mq["d"]
@@ -439,7 +436,7 @@ def test_exception_after_the_server_took_items_loses_nothing(
     before the caller has them: while the reply is read, while it is decoded,
     or while the cut-short take is being settled.  The items come back, in
     order, exactly once, at the next fetch of the thread."""
-    ns = new_ns()
+    ns = new_namespace()
     mq = mqueue.create(ns, ["name=q"], url=url)
     q = mq["q"]
     try:
@@ -551,7 +548,7 @@ def _random_booms(url: str) -> None:
     import signal
 
     n = 3000
-    ns = new_ns()
+    ns = new_namespace()
     mq = mqueue.create(ns, ["name=q"], url=url)
     rnd = random.Random(9)
     booms = 0
