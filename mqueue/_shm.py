@@ -32,8 +32,9 @@ from ._core import (
     MQueue,
     Queue,
     QueueStats,
-    check_count,
+    check_mode,
     check_namespace,
+    check_timeout,
     encode,
 )
 from ._defs import QueueDef
@@ -49,7 +50,6 @@ from ._errors import (
     NamespaceIncompleteError,
     NamespaceNotFoundError,
     QueueFullError,
-    raise_for_code,
 )
 
 ffi, lib = ll.ffi, ll.lib
@@ -65,28 +65,14 @@ _INITIAL_BUF = 256 * 1024
 _mq_add = lib.mq_add
 _mq_fetch_into = lib.mq_fetch_into
 _mq_fetch_batch = lib.mq_fetch_batch
-_tnew = tuple.__new__
-_mkitem = partial(tuple.__new__, Item)
+_new_tuple = tuple.__new__  # _new_tuple(Item, (k, v)): an Item without Item.__new__'s call
+_item_of_pair = partial(tuple.__new__, Item)  # for map() over (key, value) pairs
+_BOTH_STR = FLAG_KEY_STR | FLAG_VAL_STR  # a record whose key and value are both str
 _UNIFORM_NONUL = lib.MQ_BATCH_UNIFORM | lib.MQ_BATCH_NONUL
 _BYTES = {bytes}
 _MAX_BATCH = 65536
 _MAX_BUF = 64 << 20
 _KEPT_STEP = 16  # items decoded per step when handing out kept items
-
-
-def _timeout_s(timeout: object) -> float:
-    """A fetch timeout in seconds for C: -1.0 forever, 0 no wait, t > 0."""
-    if timeout is None:
-        return -1.0
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise ArgumentTypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-    try:
-        t = float(timeout)
-    except OverflowError:  # an int too large for a float: forever
-        t = float("inf") if timeout > 0 else float("-inf")
-    if t != t or t < 0:
-        raise ArgumentError(f"timeout must be >= 0 or None, not {timeout!r}")
-    return -1.0 if t >= 1e9 else t  # beyond 30 years: forever, as C has it
 
 
 def _encode_pair(key: object, value: object) -> tuple[bytes, bytes, int]:
@@ -105,9 +91,9 @@ def _dec(raw: bytes) -> str:
         return raw.decode("utf-8", "surrogatepass")
 
 
-_AGAIN = (ll.MQ_EINTR, ll.MQ_EAGAIN)  # nothing done: run signal handlers, call again
+_AGAIN = (lib.MQ_EINTR, lib.MQ_EAGAIN)  # nothing done: run signal handlers, call again
 _UNTAKEN = 0xFFFFFFFF  # a flags word no item has: "the engine took nothing"
-_EBUF = ll.MQ_EBUF
+_EBUF = lib.MQ_EBUF
 
 
 class ReservationBusy(MQueueError):
@@ -129,25 +115,14 @@ def shm_name(namespace: str) -> str:
     return "/" + PREFIX + check_namespace(namespace)
 
 
-def list_namespaces() -> list[str]:
-    """Namespaces present on this machine (segments named ``mqueue.*``), sorted."""
+def list_namespaces(url: None = None) -> list[str]:
+    """Namespaces present on this machine (segments named ``mqueue.*``), sorted.
+    (``url`` is always None: the backend interface of :func:`mqueue._backend`.)"""
     try:
         names = os.listdir(SHM_DIR)
     except OSError:
         return []
     return sorted(n[len(PREFIX) :] for n in names if n.startswith(PREFIX) and len(n) > len(PREFIX))
-
-
-def _err(rc: int, what: str) -> MQueueError:
-    """The exception for a C return code (raised by the caller)."""
-    try:
-        raise_for_code(rc, what, lib.mq_last_errno())
-    except CorruptSegmentError as e:
-        from . import _log
-
-        return _log.fault(e)  # logged (ERROR) on the mqueue logger: a damaged segment
-    except MQueueError as e:
-        return e
 
 
 class _Buffers:
@@ -183,11 +158,11 @@ class ShmQueue(Queue):
         self._what = f"queue {definition.name!r}"
 
     def _fail(self, rc: int) -> MQueueError:
-        if rc == ll.MQ_ECLOSED or self._ns == ffi.NULL:
+        if rc == lib.MQ_ECLOSED or self._ns == ffi.NULL:
             return self._mq._closed_error(
                 MQueueError(f"{self._what}: the namespace handle is closed")
             )
-        return _err(rc, self._what)
+        return ll.error_for(rc, self._what)
 
     def add(self, key: Data, value: Data) -> bool:
         # The hot path: the two common cases inline, then one C call.
@@ -249,7 +224,7 @@ class ShmQueue(Queue):
             rc = lib.mq_add_many_sep(self._ns, self._index, data, len(data), n, flags)
         if rc >= 0:
             return rc
-        if rc == ll.MQ_EINVAL:
+        if rc == lib.MQ_EINVAL:
             return self._add_many_general(zip(keys, values, strict=True))
         raise self._fail(rc)
 
@@ -282,7 +257,7 @@ class ShmQueue(Queue):
         try:
             lens3 = array("I", lens)
         except OverflowError:
-            raise _err(ll.MQ_ETOOBIG, self._what) from None
+            raise ll.error_for(lib.MQ_ETOOBIG, self._what) from None
         return self._add_many_raw(b"".join(parts), lens3, n)
 
     # Items the engine took are the caller's: they must reach it or stay
@@ -305,7 +280,7 @@ class ShmQueue(Queue):
         elif (timeout.__class__ is int or timeout.__class__ is float) and 0 <= timeout < 1e9:
             t = timeout
         else:
-            t = _timeout_s(timeout)
+            t = check_timeout(timeout)
         if self._undelivered:  # taken by a call an exception cut short
             kept = self._deliver()
             if kept is not None:
@@ -323,19 +298,19 @@ class ShmQueue(Queue):
                 kl = arr[0]
                 raw = b.view[0 : kl + arr[1]]
                 fl = arr[2]
-                if fl == 3:
+                if fl == _BOTH_STR:
                     try:
                         text = raw.decode()
                     except UnicodeDecodeError:
                         text = ""
                     if len(text) == len(raw):  # ASCII: byte offsets are char offsets
-                        item = _tnew(Item, (text[:kl], text[kl:]))
+                        item = _new_tuple(Item, (text[:kl], text[kl:]))
                     else:
-                        item = self._item(raw, kl, fl)
+                        item = self._decode_item(raw, kl, fl)
                 elif fl == 0:
-                    item = _tnew(Item, (raw[:kl], raw[kl:]))
+                    item = _new_tuple(Item, (raw[:kl], raw[kl:]))
                 else:
-                    item = self._item(raw, kl, fl)
+                    item = self._decode_item(raw, kl, fl)
                 self._bufs = b  # the hand-over: no call from here to the return
                 self._held = item
                 return item
@@ -354,22 +329,12 @@ class ShmQueue(Queue):
         self._bufs = b
         if rc == 0:
             return None
-        items = self._take_s(1, t, b.fb.deadline if rc in _AGAIN else None)
+        items = self._take(1, t, b.fb.deadline if rc in _AGAIN else None)
         if not items:
             return None
         item = items[0]
         self._held = item
         return item
-
-    def fetch_many(self, n: int, timeout: float | None = 0) -> list[Item]:
-        t = -1.0 if timeout is None else _timeout_s(timeout)
-        if check_count(n) == 0:
-            return []
-        if self._undelivered:
-            out = self._deliver_many(n)
-            if out:
-                return out
-        return self._take_s(n, t)
 
     def _expand_kept(self, upto: int) -> None:
         """Decode kept buffers into their Items, in place, until the first
@@ -415,53 +380,59 @@ class ShmQueue(Queue):
         arr = b.arr
         if not batch:  # mq_fetch_into: one item, key and value back to back
             kl = arr[0]
-            return [self._item(b.view[0 : kl + arr[1]], kl, arr[2])], 0
+            return [self._decode_item(b.view[0 : kl + arr[1]], kl, arr[2])], 0
         stop = min(b.fb.taken, start + _KEPT_STEP)
         meta = arr[3 * start : 3 * stop].tolist()
         end = off + sum(meta[0::3]) + sum(meta[1::3]) + 2 * (stop - start)
-        raw = b.view[off:end]
+        return self._decode_records(b.view[off:end], meta), end
+
+    def _decode_records(self, raw: bytes, meta: list[int]) -> list[Item]:
+        """The Items of records packed in raw as mq_fetch_batch packs them
+        (every key and value followed by a NUL), with their metadata words
+        (klen, vlen, flags per item)."""
         out: list[Item] = []
-        o = 0
-        for j in range(0, len(meta), 3):
-            kl, vl, fl = meta[j], meta[j + 1], meta[j + 2]
-            k = raw[o : o + kl]
-            o += kl + 1
-            v = raw[o : o + vl]
-            o += vl + 1
-            try:
-                out.append(
-                    _tnew(
+        append = out.append
+        off = 0
+        try:
+            for i in range(0, len(meta), 3):
+                kl, vl, fl = meta[i], meta[i + 1], meta[i + 2]
+                k = raw[off : off + kl]
+                off += kl + 1
+                v = raw[off : off + vl]
+                off += vl + 1
+                append(
+                    _new_tuple(
                         Item,
-                        (_dec(k) if fl & FLAG_KEY_STR else k, _dec(v) if fl & FLAG_VAL_STR else v),
+                        (
+                            _dec(k) if fl & FLAG_KEY_STR else k,
+                            _dec(v) if fl & FLAG_VAL_STR else v,
+                        ),
                     )
                 )
-            except UnicodeDecodeError:
-                raise _err(ll.MQ_ECORRUPT, self._what) from None
-        return out, end
+        except UnicodeDecodeError:
+            raise ll.error_for(lib.MQ_ECORRUPT, self._what) from None
+        return out
 
-    def _item(self, raw: bytes, kl: int, fl: int) -> Item:
+    def _decode_item(self, raw: bytes, kl: int, fl: int) -> Item:
         """The Item of a record whose key and value are back to back in raw."""
         k = raw[:kl]
         v = raw[kl:]
         try:
-            return _tnew(
+            return _new_tuple(
                 Item,
                 (_dec(k) if fl & FLAG_KEY_STR else k, _dec(v) if fl & FLAG_VAL_STR else v),
             )
         except UnicodeDecodeError:
-            raise _err(ll.MQ_ECORRUPT, self._what) from None
+            raise ll.error_for(lib.MQ_ECORRUPT, self._what) from None
 
-    def _take(self, n: int, deadline: int) -> list[Item]:
-        # the base class's hook, with a CLOCK_MONOTONIC deadline (0 / -1 / ns)
-        return self._take_s(n, 0.0 if deadline == 0 else -1.0, None if deadline == 0 else deadline)
-
-    def _take_s(self, n: int, timeout: float, deadline: int | None = None) -> list[Item]:
+    def _take(self, n: int, timeout: float, deadline: int | None = None) -> list[Item]:
         """Take up to n items, waiting up to ``timeout`` seconds (< 0: forever)
         while the queue is empty, or until ``deadline`` (CLOCK_MONOTONIC ns,
         -1 forever) when a wait cut into slices (MQ_EAGAIN) or interrupted by a
         signal (MQ_EINTR) goes on: Python runs its signal handlers between two
         calls, and a handler that raises ends the wait.  (See fetch for how
-        taken items survive an exception.)"""
+        taken items survive an exception.)  The slow path of ``fetch`` and
+        the whole of ``fetch_many`` (through :meth:`Queue.fetch_many`)."""
         cap = n if n < _MAX_BATCH else _MAX_BATCH
         b = self._bufs
         self._bufs = None
@@ -498,7 +469,7 @@ class ShmQueue(Queue):
             if rc > 0:
                 if want == 1:  # mq_fetch_into: key and value back to back
                     kl = b.arr[0]
-                    out = [self._item(b.view[0 : kl + b.arr[1]], kl, b.arr[2])]
+                    out = [self._decode_item(b.view[0 : kl + b.arr[1]], kl, b.arr[2])]
                 else:
                     out = self._decode_batch(b, rc)
                     if rc < want:
@@ -526,7 +497,7 @@ class ShmQueue(Queue):
         info = fb.info
         raw = b.view[0 : fb.total]
         try:
-            if info & _UNIFORM_NONUL == _UNIFORM_NONUL and (info >> 8) in (0, 3):
+            if info & _UNIFORM_NONUL == _UNIFORM_NONUL and (info >> 8) in (0, _BOTH_STR):
                 # Fast path: one split in C, Items made by C-level map().
                 if info >> 8:
                     try:
@@ -537,29 +508,10 @@ class ShmQueue(Queue):
                     parts = raw.split(b"\0")
                 parts.pop()  # after the last NUL
                 it = iter(parts)
-                return list(map(_mkitem, zip(it, it, strict=False)))  # 2n pieces
-            meta = b.arr[: 3 * n].tolist()
-            out: list[Item] = []
-            append = out.append
-            off = 0
-            for i in range(0, 3 * n, 3):
-                kl, vl, fl = meta[i], meta[i + 1], meta[i + 2]
-                k = raw[off : off + kl]
-                off += kl + 1
-                v = raw[off : off + vl]
-                off += vl + 1
-                append(
-                    _tnew(
-                        Item,
-                        (
-                            _dec(k) if fl & FLAG_KEY_STR else k,
-                            _dec(v) if fl & FLAG_VAL_STR else v,
-                        ),
-                    )
-                )
-            return out
+                return list(map(_item_of_pair, zip(it, it, strict=False)))  # 2n pieces
+            return self._decode_records(raw, b.arr[: 3 * n].tolist())
         except UnicodeDecodeError:
-            raise _err(ll.MQ_ECORRUPT, self._what) from None
+            raise ll.error_for(lib.MQ_ECORRUPT, self._what) from None
 
     def _grow_if_needed(self, b: _Buffers, got: int, want: int, used: int) -> None:
         """Next time, a larger buffer when this one limited a batch."""
@@ -585,7 +537,7 @@ class ShmQueue(Queue):
             if rc == _EBUF:
                 b = _Buffers(self._ns, self._index, int(b.arr[0]) + 64, b.nmeta)
                 continue
-            if rc == ll.MQ_EBUSY:
+            if rc == lib.MQ_EBUSY:
                 raise ReservationBusy(f"{self._what}: {ll.strerror(rc)}")
             if rc not in _AGAIN:
                 raise self._fail(rc)
@@ -602,7 +554,7 @@ class ShmQueue(Queue):
             rc: int = lib.mq_settle(self._ns, self._index, tag, 1 if commit else 0)
             if rc == 0:
                 return True
-            if rc == ll.MQ_ENORSV:
+            if rc == lib.MQ_ENORSV:
                 return False
             if rc not in _AGAIN:
                 raise self._fail(rc)
@@ -639,16 +591,16 @@ class ShmQueue(Queue):
         try:
             lens3 = array("I", lens)
         except OverflowError:
-            raise _err(ll.MQ_ETOOBIG, self._what) from None
+            raise ll.error_for(lib.MQ_ETOOBIG, self._what) from None
         data = b"".join(parts)
         clens = ffi.from_buffer("uint32_t[]", lens3) if lens else ffi.NULL
         while True:
             rc: int = lib.mq_load(self._ns, self._index, tag, data, len(data), clens, len(items))
             if rc >= 0:
                 return rc
-            if rc == ll.MQ_EAPPLIED:
+            if rc == lib.MQ_EAPPLIED:
                 return None
-            if rc == ll.MQ_ENOSTEP:
+            if rc == lib.MQ_ENOSTEP:
                 raise QueueFullError(
                     f"{self._what}: the load does not fit the queue in one step "
                     "(no count bound and not enough free bytes); nothing added"
@@ -836,7 +788,7 @@ def _read_meta(ns: Any, namespace: str) -> list[QueueDef]:
         while rc in _AGAIN:
             rc = lib.mq_stats(ns, i, st)
         if rc != 0:
-            raise _err(rc, f"namespace {namespace!r}, queue {d.name!r}")
+            raise ll.error_for(rc, f"namespace {namespace!r}, queue {d.name!r}")
         if (
             st.addmode != d.addmode
             or st.size_limit != d.size
@@ -948,7 +900,7 @@ def _attach(
             _check_trust(namespace, st, owners, world_ok, creating=creating)
             key = (st.st_dev, st.st_ino)
             if st.st_nlink == 0:  # destroyed between our open and now: look again
-                rc = ll.MQ_ENOTREADY
+                rc = lib.MQ_ENOTREADY
             elif (shared := _clone_of(key)) is not None:
                 return ShmNamespace(
                     namespace, shared[0], shared[1], key=key, db_url=None, creator=False
@@ -959,16 +911,16 @@ def _attach(
             shm.close_fd()  # the engine keeps its own duplicate
         if rc == 0:
             break
-        if rc == ll.MQ_ENOTREADY and time.monotonic() < give_up:
+        if rc == lib.MQ_ENOTREADY and time.monotonic() < give_up:
             time.sleep(0.005)
             continue
-        if rc == ll.MQ_ENOTREADY:
+        if rc == lib.MQ_ENOTREADY:
             raise NamespaceIncompleteError(
                 f"namespace {namespace!r} is still being created by a live process "
                 f"after {wait_s:g} s; try again later",
                 creator_alive=True,
             )
-        raise _err(rc, f"namespace {namespace!r}")
+        raise ll.error_for(rc, f"namespace {namespace!r}")
     try:
         defs = _read_meta(out[0], namespace)
     except BaseException:
@@ -978,7 +930,11 @@ def _attach(
 
 
 def attach(
-    namespace: str, *, allow_owners: Owners = (), allow_world_writable: bool = False
+    namespace: str,
+    *,
+    url: None = None,
+    allow_owners: Owners = (),
+    allow_world_writable: bool = False,
 ) -> ShmNamespace:
     """Attach to an existing shared-memory namespace.
 
@@ -1010,7 +966,7 @@ def _remove_half_made(namespace: str, owners: frozenset[int], world_ok: bool) ->
         if rc == 0:
             lib.mq_free(out[0])
             return  # finished after all
-        if rc != ll.MQ_EHALFMADE:
+        if rc != lib.MQ_EHALFMADE:
             return
         try:
             now = os.stat(os.path.join(SHM_DIR, name[1:]))
@@ -1036,6 +992,7 @@ def create(
     mode: int = 0o600,
     exist_ok: bool = False,
     db_url: str | None = None,
+    url: None = None,
     allow_owners: Owners = (),
     allow_world_writable: bool = False,
 ) -> ShmNamespace:
@@ -1047,8 +1004,7 @@ def create(
     ``allow_world_writable``); one its creator left half-made (killed during
     create) is removed and created afresh."""
     name = shm_name(namespace)
-    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
-        raise ArgumentError(f"mode must be an int in 0..0o777, not {mode!r}")
+    check_mode(mode)
     if len(defs) > lib.MQ_MAX_QUEUES:
         raise DefinitionError(
             f"namespace {namespace!r}: {len(defs)} queues defined; a namespace holds at most "
@@ -1061,7 +1017,7 @@ def create(
     size_out = ffi.new("uint64_t *")
     rc = lib.mq_segment_size(len(defs), params, len(meta), size_out)
     if rc != 0:
-        raise _err(rc, f"namespace {namespace!r}")
+        raise ll.error_for(rc, f"namespace {namespace!r}")
     size = int(size_out[0])
     give_up = time.monotonic() + ATTACH_WAIT_S
     for _round in range(1000):  # each round: the name changed under us
@@ -1107,7 +1063,7 @@ def create(
     try:
         rc = lib.mq_creator_lock(shm.fd)  # held until the segment is ready
         if rc != 0:
-            raise _err(rc, f"namespace {namespace!r}")
+            raise ll.error_for(rc, f"namespace {namespace!r}")
         os.fchmod(shm.fd, mode)  # exactly `mode`, whatever the umask
         os.ftruncate(shm.fd, size)
         try:
@@ -1122,11 +1078,11 @@ def create(
                 raise
         rc = lib.mq_create(shm.fd, len(defs), params, meta, len(meta), out)
         if rc != 0:
-            raise _err(rc, f"namespace {namespace!r}")
+            raise ll.error_for(rc, f"namespace {namespace!r}")
         st = os.fstat(shm.fd)
         if st.st_nlink == 0:  # destroyed while we were making it
             lib.mq_free(out[0])
-            raise _err(ll.MQ_ELOST, f"namespace {namespace!r}")
+            raise ll.error_for(lib.MQ_ELOST, f"namespace {namespace!r}")
     except BaseException:
         try:
             _unlink_if_ours(name, shm.fd)
@@ -1149,7 +1105,7 @@ def _unlink_if_ours(name: str, fd: int) -> None:
             posix_ipc.unlink_shared_memory(name)
 
 
-def destroy(namespace: str) -> None:
+def destroy(namespace: str, *, url: None = None) -> None:
     """Remove a namespace's segment.  Every process still attached gets
     NamespaceLostError on its next call (a blocked fetch at once)."""
     name = shm_name(namespace)  # a bad name is a DefinitionError (ValueError)
