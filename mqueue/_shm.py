@@ -32,6 +32,7 @@ from ._core import (
     MQueue,
     Queue,
     QueueStats,
+    align8,
     check_mode,
     check_namespace,
     check_timeout,
@@ -92,6 +93,16 @@ def _dec(raw: bytes) -> str:
 
 
 _AGAIN = (lib.MQ_EINTR, lib.MQ_EAGAIN)  # nothing done: run signal handlers, call again
+
+
+def _again(fn: Any, *args: Any) -> int:
+    """``fn(*args)``, called again while it returns MQ_EINTR or MQ_EAGAIN
+    (nothing done: a signal, or a lock wait cut into slices; Python runs the
+    signal handlers between the calls, and a handler that raises ends it)."""
+    rc: int = fn(*args)
+    while rc in _AGAIN:
+        rc = fn(*args)
+    return rc
 _UNTAKEN = 0xFFFFFFFF  # a flags word no item has: "the engine took nothing"
 _EBUF = lib.MQ_EBUF
 
@@ -182,8 +193,8 @@ class ShmQueue(Queue):
         rc: int = _mq_add(self._ns, self._index, kb, len(kb), vb, len(vb), flags)
         if rc >= 0:
             return rc == 1
-        while rc in _AGAIN:  # a signal or a long lock wait: handlers ran, try again
-            rc = _mq_add(self._ns, self._index, kb, len(kb), vb, len(vb), flags)
+        if rc in _AGAIN:  # a signal or a long lock wait: handlers ran, try again
+            rc = _again(_mq_add, self._ns, self._index, kb, len(kb), vb, len(vb), flags)
         if rc < 0:
             raise self._fail(rc)
         return rc == 1
@@ -219,9 +230,7 @@ class ShmQueue(Queue):
             except UnicodeEncodeError:
                 data = joined.encode("utf-8", "surrogatepass")
             flags = FLAG_KEY_STR | FLAG_VAL_STR
-        rc: int = lib.mq_add_many_sep(self._ns, self._index, data, len(data), n, flags)
-        while rc in _AGAIN:
-            rc = lib.mq_add_many_sep(self._ns, self._index, data, len(data), n, flags)
+        rc = _again(lib.mq_add_many_sep, self._ns, self._index, data, len(data), n, flags)
         if rc >= 0:
             return rc
         if rc == lib.MQ_EINVAL:
@@ -230,9 +239,7 @@ class ShmQueue(Queue):
 
     def _add_many_raw(self, data: bytes, lens3: array[int], n: int) -> int:
         clens = ffi.from_buffer("uint32_t[]", lens3)
-        rc: int = lib.mq_add_many(self._ns, self._index, data, len(data), clens, n)
-        while rc in _AGAIN:
-            rc = lib.mq_add_many(self._ns, self._index, data, len(data), clens, n)
+        rc = _again(lib.mq_add_many, self._ns, self._index, data, len(data), clens, n)
         if rc < 0:
             raise self._fail(rc)
         return rc
@@ -550,24 +557,19 @@ class ShmQueue(Queue):
         are done), otherwise its items go back to the head in their order.
         Returns False when no such reservation is pending (settled already, or
         dropped as the oldest items by a bounded queue short of bytes)."""
-        while True:
-            rc: int = lib.mq_settle(self._ns, self._index, tag, 1 if commit else 0)
-            if rc == 0:
-                return True
-            if rc == lib.MQ_ENORSV:
-                return False
-            if rc not in _AGAIN:
-                raise self._fail(rc)
+        rc = _again(lib.mq_settle, self._ns, self._index, tag, 1 if commit else 0)
+        if rc == 0:
+            return True
+        if rc == lib.MQ_ENORSV:
+            return False
+        raise self._fail(rc)
 
     def _reservation(self) -> Reservation:
         """The pending reservation (tag 0: none) and the last load tag."""
         info = ffi.new("struct mq_rsvinfo *")
-        while True:
-            rc: int = lib.mq_reservation(self._ns, self._index, info)
-            if rc >= 0:
-                break
-            if rc not in _AGAIN:
-                raise self._fail(rc)
+        rc = _again(lib.mq_reservation, self._ns, self._index, info)
+        if rc < 0:
+            raise self._fail(rc)
         return Reservation(
             int(info.tag),
             int(info.count),
@@ -594,36 +596,30 @@ class ShmQueue(Queue):
             raise ll.error_for(lib.MQ_ETOOBIG, self._what) from None
         data = b"".join(parts)
         clens = ffi.from_buffer("uint32_t[]", lens3) if lens else ffi.NULL
-        while True:
-            rc: int = lib.mq_load(self._ns, self._index, tag, data, len(data), clens, len(items))
-            if rc >= 0:
-                return rc
-            if rc == lib.MQ_EAPPLIED:
-                return None
-            if rc == lib.MQ_ENOSTEP:
-                raise QueueFullError(
-                    f"{self._what}: the load does not fit the queue in one step "
-                    "(no count bound and not enough free bytes); nothing added"
-                )
-            if rc not in _AGAIN:
-                raise self._fail(rc)
+        rc = _again(lib.mq_load, self._ns, self._index, tag, data, len(data), clens, len(items))
+        if rc >= 0:
+            return rc
+        if rc == lib.MQ_EAPPLIED:
+            return None
+        if rc == lib.MQ_ENOSTEP:
+            raise QueueFullError(
+                f"{self._what}: the load does not fit the queue in one step "
+                "(no count bound and not enough free bytes); nothing added"
+            )
+        raise self._fail(rc)
 
     def _stats_raw(self) -> Any:
         st = ffi.new("struct mq_stats *")
-        rc = lib.mq_stats(self._ns, self._index, st)
-        while rc < 0:
-            if rc not in _AGAIN:
-                raise self._fail(rc)
-            rc = lib.mq_stats(self._ns, self._index, st)
+        rc = _again(lib.mq_stats, self._ns, self._index, st)
+        if rc < 0:
+            raise self._fail(rc)
         return st
 
     def __len__(self) -> int:
         out = ffi.new("uint64_t *")
-        rc = lib.mq_count(self._ns, self._index, out)
-        while rc < 0:
-            if rc not in _AGAIN:
-                raise self._fail(rc)
-            rc = lib.mq_count(self._ns, self._index, out)
+        rc = _again(lib.mq_count, self._ns, self._index, out)
+        if rc < 0:
+            raise self._fail(rc)
         return int(out[0])
 
     def stats(self) -> QueueStats:
@@ -784,15 +780,13 @@ def _read_meta(ns: Any, namespace: str) -> list[QueueDef]:
         )
     st = ffi.new("struct mq_stats *")
     for i, d in enumerate(defs):
-        rc = lib.mq_stats(ns, i, st)
-        while rc in _AGAIN:
-            rc = lib.mq_stats(ns, i, st)
+        rc = _again(lib.mq_stats, ns, i, st)
         if rc != 0:
             raise ll.error_for(rc, f"namespace {namespace!r}, queue {d.name!r}")
         if (
             st.addmode != d.addmode
             or st.size_limit != d.size
-            or st.capacity != (d.nbytes + 7) // 8 * 8
+            or st.capacity != align8(d.nbytes)
         ):
             raise CorruptSegmentError(
                 f"namespace {namespace!r}: queue {d.name!r} does not match its definition"
