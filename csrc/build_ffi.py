@@ -87,6 +87,13 @@ int64_t mq_reserve(struct mq_fetchbuf *, uint32_t, uint64_t);
 int mq_settle(mq_ns *, uint32_t, uint64_t, int);
 int mq_reservation(mq_ns *, uint32_t, struct mq_rsvinfo *);
 int64_t mq_load(mq_ns *, uint32_t, uint64_t, const char *, size_t, const uint32_t *, size_t);
+/* Python fast-path entry points (the last block of mq.c / mq.h) */
+struct mq_addctx { mq_ns *ns; uint32_t q; uint32_t reserved; };
+int mq_add_to(const struct mq_addctx *, const char *, size_t, const char *, size_t, uint32_t);
+struct mq_fetch1 { struct mq_fetchbuf fb; double timeout_s; };
+#define MQ_ONE_KEYNUL ...
+#define MQ_ONE_SHIFT ...
+int64_t mq_fetch_one(struct mq_fetch1 *);
 """
 
 # ---- asyncio notifier (mqueue.asyncio): the last block of mq.c / mq.h ----

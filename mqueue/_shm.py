@@ -19,6 +19,7 @@ import weakref
 from array import array
 from collections.abc import Iterable, Sequence
 from functools import partial
+from itertools import repeat, starmap
 from typing import Any, NamedTuple
 
 import posix_ipc
@@ -63,12 +64,15 @@ ATTACH_WAIT_S = 10.0
 """How long attach (and create with exist_ok) waits for a live creator to finish."""
 _INITIAL_BUF = 256 * 1024
 
-_mq_add = lib.mq_add
+_mq_add_to = lib.mq_add_to
+_mq_fetch_one = lib.mq_fetch_one
 _mq_fetch_into = lib.mq_fetch_into
 _mq_fetch_batch = lib.mq_fetch_batch
 _new_tuple = tuple.__new__  # _new_tuple(Item, (k, v)): an Item without Item.__new__'s call
-_item_of_pair = partial(tuple.__new__, Item)  # for map() over (key, value) pairs
+_ITEMS = repeat(Item)  # starmap(_new_tuple, zip(_ITEMS, pairs)): Items, no call per item
 _BOTH_STR = FLAG_KEY_STR | FLAG_VAL_STR  # a record whose key and value are both str
+_ONE_SHIFT = lib.MQ_ONE_SHIFT  # mq_fetch_one's result >> this: bytes of key NUL value
+_ONE_LOW = (1 << _ONE_SHIFT) - 1  # its low bits: MQ_ONE_KEYNUL | flags
 _UNIFORM_NONUL = lib.MQ_BATCH_UNIFORM | lib.MQ_BATCH_NONUL
 _BYTES = {bytes}
 _MAX_BATCH = 65536
@@ -103,6 +107,8 @@ def _again(fn: Any, *args: Any) -> int:
     while rc in _AGAIN:
         rc = fn(*args)
     return rc
+
+
 _UNTAKEN = 0xFFFFFFFF  # a flags word no item has: "the engine took nothing"
 _EBUF = lib.MQ_EBUF
 
@@ -139,9 +145,11 @@ def list_namespaces(url: None = None) -> list[str]:
 class _Buffers:
     """A queue handle's fetch buffer, its metadata words (klen, vlen, flags per
     item, in an ``array`` Python reads natively) and the ``mq_fetchbuf`` that
-    hands both to C in one argument.  Replaced by a larger one on demand."""
+    hands both to C in one argument (``fb``, inside the ``mq_fetch1`` of
+    ``fetch``'s fast path, ``one``, whose timeout is set only when it changes:
+    ``timeout`` mirrors it).  Replaced by a larger one on demand."""
 
-    __slots__ = ("size", "buf", "view", "nmeta", "arr", "meta", "fb")
+    __slots__ = ("size", "buf", "view", "nmeta", "arr", "meta", "one", "fb", "timeout")
 
     def __init__(self, ns: Any, index: int, size: int, nmeta: int = 1) -> None:
         self.size = size
@@ -151,7 +159,9 @@ class _Buffers:
         self.arr = array("I", bytes(12 * nmeta))
         self.arr[2] = _UNTAKEN  # the engine writes this word only when it commits a take
         self.meta = ffi.from_buffer("uint32_t[]", self.arr)
-        fb = self.fb = ffi.new("struct mq_fetchbuf *")
+        self.one = ffi.new("struct mq_fetch1 *")
+        self.timeout = self.one.timeout_s = 0.0
+        fb = self.fb = ffi.addressof(self.one, "fb")
         fb.ns = ns
         fb.q = index
         fb.buf = self.buf
@@ -166,6 +176,9 @@ class ShmQueue(Queue):
         super().__init__(mq, index, definition)
         self._ns: Any = mq._ns  # type: ignore[attr-defined]
         self._bufs: _Buffers | None = _Buffers(self._ns, index, _INITIAL_BUF)
+        self._ctx = ffi.new("struct mq_addctx *")  # (ns, index) for mq_add_to
+        self._ctx.ns = self._ns
+        self._ctx.q = index
         self._what = f"queue {definition.name!r}"
 
     def _fail(self, rc: int) -> MQueueError:
@@ -190,11 +203,11 @@ class ShmQueue(Queue):
             flags = 0
         else:
             kb, vb, flags = _encode_pair(key, value)
-        rc: int = _mq_add(self._ns, self._index, kb, len(kb), vb, len(vb), flags)
+        rc: int = _mq_add_to(self._ctx, kb, len(kb), vb, len(vb), flags)
         if rc >= 0:
             return rc == 1
         if rc in _AGAIN:  # a signal or a long lock wait: handlers ran, try again
-            rc = _again(_mq_add, self._ns, self._index, kb, len(kb), vb, len(vb), flags)
+            rc = _again(_mq_add_to, self._ctx, kb, len(kb), vb, len(vb), flags)
         if rc < 0:
             raise self._fail(rc)
         return rc == 1
@@ -270,14 +283,15 @@ class ShmQueue(Queue):
     # Items the engine took are the caller's: they must reach it or stay
     # where the next fetch of this handle finds them, whatever exception (a
     # signal handler's, Ctrl-C) lands at whatever call boundary.  The record of
-    # a take is the buffer itself: the engine writes the first item's flags
-    # word (arr[2], set to _UNTAKEN before each call) only once the take is
-    # committed.  Until the items are handed over, the buffer is referenced
+    # a take is in the buffer's struct: the engine sets fb.taken (0 on entry)
+    # only once the take is committed (and the slow path's calls write the
+    # first item's flags word, arr[2], set to _UNTAKEN before each call, only
+    # then too).  Until the items are handed over, the buffer is referenced
     # only by this call; an exception that leaves the call runs the handler,
     # whose first steps (no call among them, so no second exception can land
-    # before they are done) keep the buffer in _undelivered when arr[2] says
-    # it holds a take.  The hand-over itself (buffer back to the handle, held
-    # item set, return) has no call in it either.
+    # before they are done) keep the buffer in _undelivered when it holds a
+    # take.  The hand-over itself (buffer back to the handle, held item set,
+    # return) has no call in it either.
 
     def fetch(self, timeout: float | None = 0) -> Item | None:
         # the timeout goes to C in seconds (C computes the deadline); checked
@@ -297,38 +311,37 @@ class ShmQueue(Queue):
         self._bufs = None  # another thread using this handle meanwhile gets its own
         if b is None:
             b = _Buffers(self._ns, self._index, _INITIAL_BUF)
-        arr = b.arr
-        arr[2] = _UNTAKEN
+        if b.timeout != t:
+            b.one.timeout_s = b.timeout = t
         try:
-            rc: int = _mq_fetch_into(b.fb, t)
-            if rc == 1:  # the hot path: one copy out of the buffer, one decode
-                kl = arr[0]
-                raw = b.view[0 : kl + arr[1]]
-                fl = arr[2]
-                if fl == _BOTH_STR:
+            # The hot path: one call with one argument; its result is the
+            # length of "key NUL value" in the buffer << 3 | KEYNUL | flags.
+            rc: int = _mq_fetch_one(b.one)
+            if rc > 0:
+                fl = rc & _ONE_LOW
+                raw = b.view[0 : rc >> _ONE_SHIFT]
+                if fl == _BOTH_STR:  # no NUL in the key: the first NUL ends it
                     try:
-                        text = raw.decode()
-                    except UnicodeDecodeError:
-                        text = ""
-                    if len(text) == len(raw):  # ASCII: byte offsets are char offsets
-                        item = _new_tuple(Item, (text[:kl], text[kl:]))
-                    else:
-                        item = self._decode_item(raw, kl, fl)
+                        k, _, v = raw.decode().partition("\0")
+                        item = _new_tuple(Item, (k, v))
+                    except UnicodeDecodeError:  # lone surrogates, as add encoded them
+                        item = self._decode_records(raw, b.arr[0:3].tolist())[0]
                 elif fl == 0:
-                    item = _new_tuple(Item, (raw[:kl], raw[kl:]))
-                else:
-                    item = self._decode_item(raw, kl, fl)
+                    k, _, v = raw.partition(b"\0")
+                    item = _new_tuple(Item, (k, v))
+                else:  # mixed str/bytes, or a NUL in the key
+                    item = self._decode_records(raw, b.arr[0:3].tolist())[0]
                 self._bufs = b  # the hand-over: no call from here to the return
                 self._held = item
                 return item
         except CorruptSegmentError:
-            arr[2] = _UNTAKEN  # a damaged record: it cannot be handed out
+            b.fb.taken = 0  # a damaged record: it cannot be handed out
             if self._bufs is None:
                 self._bufs = b
             raise
         except BaseException:
-            if arr[2] != _UNTAKEN:  # taken, not handed over: for the next fetch
-                self._undelivered += ((b, False, 0, 0),)
+            if b.fb.taken:  # taken, not handed over: for the next fetch
+                self._undelivered += ((b, True, 0, 0),)
                 self._kept_raw += 1
             elif self._bufs is None:
                 self._bufs = b
@@ -505,7 +518,7 @@ class ShmQueue(Queue):
         raw = b.view[0 : fb.total]
         try:
             if info & _UNIFORM_NONUL == _UNIFORM_NONUL and (info >> 8) in (0, _BOTH_STR):
-                # Fast path: one split in C, Items made by C-level map().
+                # Fast path: one split in C, Items made by C-level starmap().
                 if info >> 8:
                     try:
                         parts: list[Any] = raw.decode().split("\0")
@@ -515,7 +528,8 @@ class ShmQueue(Queue):
                     parts = raw.split(b"\0")
                 parts.pop()  # after the last NUL
                 it = iter(parts)
-                return list(map(_item_of_pair, zip(it, it, strict=False)))  # 2n pieces
+                pairs = zip(it, it, strict=False)  # 2n pieces
+                return list(starmap(_new_tuple, zip(_ITEMS, pairs, strict=False)))
             return self._decode_records(raw, b.arr[: 3 * n].tolist())
         except UnicodeDecodeError:
             raise ll.error_for(lib.MQ_ECORRUPT, self._what) from None
@@ -671,6 +685,7 @@ class ShmNamespace(MQueue):
     def _release(self) -> None:
         for q in self._queues.values():
             q._ns = ffi.NULL  # type: ignore[attr-defined]
+            q._ctx.ns = ffi.NULL  # type: ignore[attr-defined]
         # Detach now (after calls other threads have in flight through this
         # handle); the last handle of this process on the segment unmaps it.
         # The small C struct is freed by the finalizer once nothing refers to it.
