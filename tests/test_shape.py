@@ -174,3 +174,56 @@ def test_demo_restores_sigterm_handler_when_clean_up_of_leftovers_fails(
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+# ---- the fetch fast path (issue 10): one C call, "key NUL value" split once
+
+ODD_ITEMS: list[tuple[Any, Any]] = [
+    ("k", "v"),
+    ("", ""),
+    (b"", b""),
+    ("k\0", "v"),  # a NUL in a str key: not split at it
+    ("\0", "\0"),
+    ("k", "v\0w\0"),  # NULs in the value are kept
+    (b"k\0x", b"v\0"),
+    (b"\0", b""),
+    ("ké€😀", "vé\0€"),  # non-ASCII text
+    ("k\ud800", "v\udfff"),  # lone surrogates, as str can hold them
+    ("k", b"\xff\0"),
+    (b"\xff", "v"),
+    ("x" * 300_000, "y"),  # larger than the handle's first buffer
+]
+
+
+def test_fetch_returns_every_kind_of_item_exactly(make_mq: Any) -> None:
+    q = make_mq(["name=q;bytes=4M"])["q"]
+    for key, value in ODD_ITEMS:
+        assert q.add(key, value)
+    for key, value in ODD_ITEMS:
+        item = q.fetch()
+        assert item == (key, value)
+        assert type(item.key) is type(key) and type(item.value) is type(value)
+        assert (q.key, q.value) == (key, value)
+    assert q.fetch() is None
+    q.add_many(ODD_ITEMS)
+    assert q.fetch_many(100) == ODD_ITEMS
+
+
+def test_fetch_timeout_is_the_one_of_this_call(make_mq: Any) -> None:
+    """The fast path keeps the timeout in the C struct and rewrites it only
+    when it changes: a fetch() after a long fetch(timeout=...) must not wait."""
+    import threading
+    import time
+
+    q = make_mq(["name=q"])["q"]
+    threading.Timer(0.2, q.add, ("k", "v")).start()
+    assert q.fetch(timeout=30) == ("k", "v")  # waits for the add
+    t0 = time.monotonic()
+    assert q.fetch() is None  # timeout=0: at once, not 30 s
+    assert q.fetch(0) is None
+    assert time.monotonic() - t0 < 10
+    threading.Timer(0.2, q.add, ("k2", "v2")).start()
+    assert q.fetch(None) == ("k2", "v2")
+    t0 = time.monotonic()
+    assert q.fetch(0.0) is None
+    assert time.monotonic() - t0 < 10
