@@ -69,7 +69,6 @@ struct mq_fetchbuf {
     mq_ns *ns; uint32_t q; uint32_t info; char *buf; size_t size; uint32_t *meta; uint64_t total;
     int64_t deadline; uint32_t taken; uint32_t reserved2;
 };
-int mq_fetch_into(struct mq_fetchbuf *, double);
 int64_t mq_fetch_batch(struct mq_fetchbuf *, uint32_t, double);
 int64_t mq_add_many_sep(mq_ns *, uint32_t, const char *, size_t, size_t, uint32_t);
 int mq_count(mq_ns *, uint32_t, uint64_t *);

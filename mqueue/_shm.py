@@ -66,7 +66,6 @@ _INITIAL_BUF = 256 * 1024
 
 _mq_add_to = lib.mq_add_to
 _mq_fetch_one = lib.mq_fetch_one
-_mq_fetch_into = lib.mq_fetch_into
 _mq_fetch_batch = lib.mq_fetch_batch
 _new_tuple = tuple.__new__  # _new_tuple(Item, (k, v)): an Item without Item.__new__'s call
 _ITEMS = repeat(Item)  # starmap(_new_tuple, zip(_ITEMS, pairs)): Items, no call per item
@@ -341,7 +340,7 @@ class ShmQueue(Queue):
             raise
         except BaseException:
             if b.fb.taken:  # taken, not handed over: for the next fetch
-                self._undelivered += ((b, True, 0, 0),)
+                self._undelivered += ((b, 0, 0),)
                 self._kept_raw += 1
             elif self._bufs is None:
                 self._bufs = b
@@ -359,7 +358,7 @@ class ShmQueue(Queue):
     def _expand_kept(self, upto: int) -> None:
         """Decode kept buffers into their Items, in place, until the first
         ``upto`` entries of _undelivered are Items.  An entry is (buffer,
-        batch layout, first item not decoded, its byte offset); each step
+        first item not decoded, its byte offset); each step
         decodes at most _KEPT_STEP items and replaces the entry by them (and
         by what is left of it) in one slice assignment, only if the entry is
         still where it was: repeating a step, or a step cut short, or two
@@ -377,32 +376,26 @@ class ShmQueue(Queue):
             if i >= upto:
                 return
             x = u[i]
-            b, batch, start, off = x
+            b, start, off = x
             try:
-                items, off2 = self._decode_kept(b, batch, start, off)
+                items, off2 = self._decode_kept(b, start, off)
             except MQueueError:  # damaged records: the rest of this take is dropped
                 if u[i : i + 1] == [x]:
                     del u[i]
                     self._kept_raw -= 1
                 raise
-            done = start + len(items) >= (b.fb.taken if batch else 1)
-            new = items if done else items + [(b, batch, start + len(items), off2)]
+            done = start + len(items) >= b.fb.taken
+            new = items if done else items + [(b, start + len(items), off2)]
             if u[i : i + 1] == [x]:  # no call from this check to the count's update
                 u[i : i + 1] = new
                 if done:
                     self._kept_raw -= 1
 
-    def _decode_kept(
-        self, b: _Buffers, batch: bool, start: int, off: int
-    ) -> tuple[list[Item], int]:
-        """Up to _KEPT_STEP Items of a kept buffer from item ``start`` (at byte
-        ``off``), and the byte offset after them."""
-        arr = b.arr
-        if not batch:  # mq_fetch_into: one item, key and value back to back
-            kl = arr[0]
-            return [self._decode_item(b.view[0 : kl + arr[1]], kl, arr[2])], 0
+    def _decode_kept(self, b: _Buffers, start: int, off: int) -> tuple[list[Item], int]:
+        """Up to _KEPT_STEP Items of a kept buffer (as mq_fetch_batch left it)
+        from item ``start`` (at byte ``off``), and the byte offset after them."""
         stop = min(b.fb.taken, start + _KEPT_STEP)
-        meta = arr[3 * start : 3 * stop].tolist()
+        meta = b.arr[3 * start : 3 * stop].tolist()
         end = off + sum(meta[0::3]) + sum(meta[1::3]) + 2 * (stop - start)
         return self._decode_records(b.view[off:end], meta), end
 
@@ -433,18 +426,6 @@ class ShmQueue(Queue):
             raise ll.error_for(lib.MQ_ECORRUPT, self._what) from None
         return out
 
-    def _decode_item(self, raw: bytes, kl: int, fl: int) -> Item:
-        """The Item of a record whose key and value are back to back in raw."""
-        k = raw[:kl]
-        v = raw[kl:]
-        try:
-            return _new_tuple(
-                Item,
-                (_dec(k) if fl & FLAG_KEY_STR else k, _dec(v) if fl & FLAG_VAL_STR else v),
-            )
-        except UnicodeDecodeError:
-            raise ll.error_for(lib.MQ_ECORRUPT, self._what) from None
-
     def _take(self, n: int, timeout: float, deadline: int | None = None) -> list[Item]:
         """Take up to n items, waiting up to ``timeout`` seconds (< 0: forever)
         while the queue is empty, or until ``deadline`` (CLOCK_MONOTONIC ns,
@@ -467,10 +448,7 @@ class ShmQueue(Queue):
                         timeout = -1.0
                     else:  # past the deadline: one last look, without waiting
                         timeout = max(0.0, (deadline - time.monotonic_ns()) / 1e9)
-                if want == 1:
-                    rc: int = _mq_fetch_into(b.fb, timeout)
-                else:
-                    rc = _mq_fetch_batch(b.fb, want, timeout)
+                rc: int = _mq_fetch_batch(b.fb, want, timeout)
                 if rc > 0:
                     break
                 if rc == 0:
@@ -487,13 +465,9 @@ class ShmQueue(Queue):
                     out = []  # that was the last look
                     break
             if rc > 0:
-                if want == 1:  # mq_fetch_into: key and value back to back
-                    kl = b.arr[0]
-                    out = [self._decode_item(b.view[0 : kl + b.arr[1]], kl, b.arr[2])]
-                else:
-                    out = self._decode_batch(b, rc)
-                    if rc < want:
-                        self._grow_if_needed(b, rc, want, b.fb.total)
+                out = self._decode_batch(b, rc)
+                if rc < want:
+                    self._grow_if_needed(b, rc, want, b.fb.total)
             if self._bufs is None:  # the hand-over: no call from here to the return
                 self._bufs = b
             return out
@@ -504,7 +478,7 @@ class ShmQueue(Queue):
             raise
         except BaseException:
             if b.arr[2] != _UNTAKEN:  # taken, not handed over: for the next fetch
-                self._undelivered += ((b, want > 1, 0, 0),)
+                self._undelivered += ((b, 0, 0),)
                 self._kept_raw += 1
             elif self._bufs is None:
                 self._bufs = b
