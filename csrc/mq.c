@@ -2392,6 +2392,7 @@ int64_t mq_fetch_one(struct mq_fetch1 *f) {
     uint32_t klen = fb->meta[0], vlen = fb->meta[1], flags = fb->meta[2] & MQ_FLAGS_MASK;
     /* klen + 1 + vlen <= fb->size, which is far below 2**60: the shift is exact */
     int64_t out = (int64_t)(((uint64_t)klen + 1 + vlen) << MQ_ONE_SHIFT) | flags;
-    if (memchr(fb->buf, 0, klen)) out |= MQ_ONE_KEYNUL;
+    /* the take found no NUL in key or value (the common case): none to look for */
+    if (!(fb->info & MQ_BATCH_NONUL) && memchr(fb->buf, 0, klen)) out |= MQ_ONE_KEYNUL;
     return out;
 }
