@@ -159,7 +159,8 @@ class _Buffers:
         self.arr[2] = _UNTAKEN  # the engine writes this word only when it commits a take
         self.meta = ffi.from_buffer("uint32_t[]", self.arr)
         self.one = ffi.new("struct mq_fetch1 *")
-        self.timeout = self.one.timeout_s = 0.0
+        self.one.timeout_s = 0.0
+        self.timeout: float = 0  # an int, as fetch()'s default: compared at C speed
         fb = self.fb = ffi.addressof(self.one, "fb")
         fb.ns = ns
         fb.q = index
@@ -193,7 +194,7 @@ class ShmQueue(Queue):
             try:
                 kb = key.encode()
                 vb = value.encode()
-                flags = FLAG_KEY_STR | FLAG_VAL_STR
+                flags = _BOTH_STR
             except UnicodeEncodeError:
                 kb, vb, flags = _encode_pair(key, value)
         elif type(key) is bytes and type(value) is bytes:
