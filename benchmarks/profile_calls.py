@@ -81,10 +81,10 @@ ffi.compile()
 
 # what -> (the engine function, the cffi wrapper) whose inclusive cost is split out
 ENGINE = {
-    "add-str": ("mq_add", "_cffi_f_mq_add"),
-    "add-bytes": ("mq_add", "_cffi_f_mq_add"),
-    "fetch-str": ("mq_fetch_into", "_cffi_f_mq_fetch_into"),
-    "fetch-bytes": ("mq_fetch_into", "_cffi_f_mq_fetch_into"),
+    "add-str": ("mq_add_to", "_cffi_f_mq_add_to"),
+    "add-bytes": ("mq_add_to", "_cffi_f_mq_add_to"),
+    "fetch-str": ("mq_fetch_one", "_cffi_f_mq_fetch_one"),
+    "fetch-bytes": ("mq_fetch_one", "_cffi_f_mq_fetch_one"),
     "add_many": ("mq_add_many_sep", "_cffi_f_mq_add_many_sep"),
     "fetch_many": ("mq_fetch_batch", "_cffi_f_mq_fetch_batch"),
 }

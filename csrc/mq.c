@@ -2431,3 +2431,24 @@ void mq_ws_free(mq_waitset *ws) {
     pthread_mutex_destroy(&ws->mu);
     free(ws);
 }
+
+/* ---- Python fast-path entry points (coordinator: move to csrc/adapters.c) ---- */
+
+int mq_add_to(const struct mq_addctx *c, const char *key, size_t klen,
+              const char *val, size_t vlen, uint32_t flags) {
+    if (!c) return MQ_EINVAL;
+    return mq_add(c->ns, c->q, key, klen, val, vlen, flags);
+}
+
+int64_t mq_fetch_one(struct mq_fetch1 *f) {
+    if (!f) return MQ_EINVAL;
+    struct mq_fetchbuf *fb = &f->fb;
+    int64_t n = mq_fetch_batch(fb, 1, f->timeout_s);
+    if (n <= 0) return n;
+    uint32_t klen = fb->meta[0], vlen = fb->meta[1], flags = fb->meta[2] & MQ_FLAGS_MASK;
+    /* klen + 1 + vlen <= fb->size, which is far below 2**60: the shift is exact */
+    int64_t out = (int64_t)(((uint64_t)klen + 1 + vlen) << MQ_ONE_SHIFT) | flags;
+    /* the take found no NUL in key or value (the common case): none to look for */
+    if (!(fb->info & MQ_BATCH_NONUL) && memchr(fb->buf, 0, klen)) out |= MQ_ONE_KEYNUL;
+    return out;
+}

@@ -341,3 +341,36 @@ int mq_ws_collect(mq_waitset *ws, int efd, uint64_t *cookies, int max);
 int mq_ws_forget_ns(mq_waitset *ws, mq_ns *ns);
 /* Armed watches (tests, diagnostics); MQ_EINVAL, MQ_ESYS. */
 int mq_ws_armed(mq_waitset *ws);
+
+/* ---- Python fast-path entry points (coordinator: move to csrc/adapters.c) ---- */
+#ifndef MQUEUE_MQ_FASTPATH_H
+#define MQUEUE_MQ_FASTPATH_H
+
+/* A queue handle's context for mq_add_to, built once per handle: the call
+ * then converts one pointer instead of the handle and the queue index. */
+struct mq_addctx {
+    mq_ns *ns;
+    uint32_t q;
+    uint32_t reserved;
+};
+/* mq_add(c->ns, c->q, ...).  Returns as mq_add; MQ_EINVAL for a NULL c. */
+int mq_add_to(const struct mq_addctx *c, const char *key, size_t klen,
+              const char *val, size_t vlen, uint32_t flags);
+
+/* mq_fetch_batch of one item with the timeout in the struct, so that the
+ * call has a single pointer argument (cffi then builds no argument tuple). */
+struct mq_fetch1 {
+    struct mq_fetchbuf fb;   /* as for mq_fetch_batch; its results likewise */
+    double timeout_s;        /* in: as mq_fetch_batch's timeout_s */
+};
+#define MQ_ONE_KEYNUL 4u     /* in mq_fetch_one's result: the key holds a NUL byte */
+#define MQ_ONE_SHIFT 3       /* mq_fetch_one's result >> this = bytes of key NUL value */
+/* Takes the oldest item as mq_fetch_batch(&f->fb, 1, f->timeout_s) does (key,
+ * NUL, value, NUL in fb.buf; meta, taken, deadline, total and info set as it
+ * sets them).  Returns (klen + 1 + vlen) << MQ_ONE_SHIFT | MQ_ONE_KEYNUL when
+ * the key holds a NUL | the item's flags: one integer a binding splits with
+ * two operations, and whose low bits say whether splitting the buffer at its
+ * first NUL separates key and value; 0 when the queue is (still) empty;
+ * otherwise the negative code of mq_fetch_batch, nothing taken. */
+int64_t mq_fetch_one(struct mq_fetch1 *f);
+#endif

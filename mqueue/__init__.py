@@ -13,6 +13,7 @@ on, persistence saves and loads, backend faults.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from ._core import Item, MQueue, Queue, QueueStats
 from ._defs import QueueDef, parse_definition, parse_definitions
@@ -52,7 +53,10 @@ DEFAULT_MODE: int = _Mode(0o600)
 """The default ``mode`` of :func:`create`: 0o600, read and write for the owner only."""
 
 
-def _backend(url: str | None):  # type: ignore[no-untyped-def]
+def _backend(url: str | None) -> Any:
+    """The backend module of ``url``: :mod:`mqueue._shm` for None, else
+    :mod:`mqueue._redis`.  Every backend has the same ``create``, ``attach``,
+    ``destroy`` and ``list_namespaces`` (each taking ``url=``)."""
     if url is None:
         from . import _shm
 
@@ -109,21 +113,15 @@ def create(
         from . import _persist
 
         _persist.validate_queue_tables(defs, db_url)  # type: ignore[arg-type]
-    if url is None:
-        extra: dict[str, object] = {
-            "allow_owners": allow_owners,
-            "allow_world_writable": allow_world_writable,
-        }
-    else:
-        _shm_only(allow_owners, allow_world_writable)
-        extra = {"url": url}
     mq: MQueue = _backend(url).create(
         namespace,
         defs,
         mode=mode,
         exist_ok=exist_ok,
         db_url=db_url if persist else None,
-        **extra,
+        url=url,
+        allow_owners=allow_owners,
+        allow_world_writable=allow_world_writable,
     )
     if persist and mq.is_creator:
         from . import _persist
@@ -148,13 +146,6 @@ def create(
     return mq
 
 
-def _shm_only(allow_owners: Iterable[int | str], allow_world_writable: bool) -> None:
-    if allow_owners != () or allow_world_writable:
-        raise ArgumentError(
-            "allow_owners and allow_world_writable apply to shared memory (url=None) only"
-        )
-
-
 def attach(
     namespace: str,
     *,
@@ -174,25 +165,18 @@ def attach(
     or foreign segment, NamespaceIncompleteError for one whose creator died
     before finishing it (or is still creating it after a wait).
     """
-    if url is None:
-        from . import _shm
-
-        return _shm.attach(
-            namespace, allow_owners=allow_owners, allow_world_writable=allow_world_writable
-        )
-    _shm_only(allow_owners, allow_world_writable)
-    return _backend(url).attach(namespace, url=url)  # type: ignore[no-any-return]
+    return _backend(url).attach(  # type: ignore[no-any-return]
+        namespace,
+        url=url,
+        allow_owners=allow_owners,
+        allow_world_writable=allow_world_writable,
+    )
 
 
 def destroy(namespace: str, *, url: str | None = None) -> None:
     """Remove a namespace for good.  New ``attach`` calls fail; processes
     still attached get :class:`NamespaceLostError` on their next call (one
     blocked in ``fetch`` within about 100 ms)."""
-    if url is None:
-        from . import _shm
-
-        _shm.destroy(namespace)
-        return
     _backend(url).destroy(namespace, url=url)
 
 

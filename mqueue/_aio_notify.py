@@ -90,9 +90,9 @@ class _Registry:
                 rc = int(lib.mq_ws_watch(n.ws, ns, index, seq0, efd, cookie))
                 if rc >= 0:
                     return n.ws, rc
-                if rc == ll.MQ_EAGAIN:
+                if rc == lib.MQ_EAGAIN:
                     return None
-                if rc != ll.MQ_ESLOTS:
+                if rc != lib.MQ_ESLOTS:
                     raise _EngineError(rc)
             if any(n.done and n.rc < 0 for n in self.notifiers):
                 self.use_waitv = False  # futex_waitv refused at run time: one queue per thread
@@ -102,7 +102,7 @@ class _Registry:
             rc = int(lib.mq_ws_watch(n.ws, ns, index, seq0, efd, cookie))
             if rc >= 0:
                 return n.ws, rc
-            if rc == ll.MQ_EAGAIN:
+            if rc == lib.MQ_EAGAIN:
                 return None
             raise _EngineError(rc)
 

@@ -30,9 +30,48 @@ from ._errors import (
 )
 
 Data = str | bytes
+"""A key or a value: ``str`` or ``bytes``, handed back as it was added."""
 
-FLAG_KEY_STR = 1
-FLAG_VAL_STR = 2
+FLAG_KEY_STR = 1  # a record's flags: the key was a str (csrc/mq.h MQ_KEY_STR)
+FLAG_VAL_STR = 2  # the value was a str (MQ_VAL_STR)
+
+REC_HDR = 24
+"""Bytes of capacity a record costs besides its key and value (csrc/mq.h
+MQ_REC_HDR; the Redis backend counts capacity the same way)."""
+
+
+def align8(n: int) -> int:
+    """``n`` rounded up to a multiple of 8 (records and capacities are 8-aligned)."""
+    return (n + 7) // 8 * 8
+
+
+def record_size(klen: int, vlen: int) -> int:
+    """Bytes of capacity one item takes: ``align8(24 + len(key) + len(value))``."""
+    return align8(REC_HDR + klen + vlen)
+
+
+def check_mode(mode: object) -> int:
+    """Validate ``create``'s ``mode`` (file permission bits, 0..0o777) for every
+    backend; ArgumentError (a ValueError) otherwise."""
+    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+        raise ArgumentError(f"mode must be an int in 0..0o777, not {mode!r}")
+    return mode
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its authority part replaced by ``***``,
+    for messages and logs (``<unparsable url>`` when it cannot be split)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.netloc.rpartition("@")[2]
+        user = parts.username or ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    except ValueError:
+        return "<unparsable url>"
 
 
 class Item(NamedTuple):
@@ -83,23 +122,32 @@ def encode(x: object) -> tuple[bytes, bool]:
     raise ItemTypeError(f"keys and values must be str or bytes, not {type(x).__name__}")
 
 
-def decode(raw: bytes, is_str: int) -> Data:
-    """Inverse of :func:`encode`."""
-    return raw.decode("utf-8", "surrogatepass") if is_str else raw
+def check_timeout(timeout: object) -> float:
+    """Validate a fetch timeout (the one check of every backend and facade).
 
-
-def deadline_ns(timeout: float | None) -> int:
-    """CLOCK_MONOTONIC deadline in ns for a timeout: 0 = now, -1 = forever."""
+    Returns seconds: ``-1.0`` to wait forever (``None``, or 1e9 s and more:
+    beyond 30 years), ``0.0`` not to wait, ``t > 0`` to wait up to t seconds.
+    Raises ArgumentTypeError for a non-number, ArgumentError for a negative or
+    NaN timeout.
+    """
     if timeout is None:
-        return -1
+        return -1.0
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise ArgumentTypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-    if (isinstance(timeout, float) and math.isnan(timeout)) or timeout < 0:
+    try:
+        t = float(timeout)
+    except OverflowError:  # an int too large for a float: forever
+        t = math.inf if timeout > 0 else -math.inf
+    if math.isnan(t) or t < 0:
         raise ArgumentError(f"timeout must be >= 0 or None, not {timeout!r}")
-    if timeout == 0:
-        return 0
-    if timeout >= 1e9:  # infinite, or beyond 30 years: forever
-        return -1
+    return -1.0 if t >= 1e9 else t
+
+
+def deadline_after(timeout: float) -> int:
+    """CLOCK_MONOTONIC deadline in ns for a :func:`check_timeout` result:
+    0 = now, -1 = forever."""
+    if timeout <= 0:
+        return -1 if timeout < 0 else 0
     return time.monotonic_ns() + max(1, int(timeout * 1e9))
 
 
@@ -118,7 +166,9 @@ class Queue:
     ``key``/``value`` are this process's held item: the item its last
     :meth:`fetch` took (Kamailio's ``$mqk``/``$mqv``), ``None`` when none.
     Backends implement ``add``, ``add_many``, ``_take``, ``__len__`` and
-    ``stats``; a backend may override ``fetch`` with a faster path.
+    ``stats``; ``fetch`` and ``fetch_many`` check their arguments here and
+    call ``_take`` (shared memory overrides ``fetch`` with an inline fast
+    path that falls back on its ``_take``).
     """
 
     def __init_subclass__(cls, **kwargs: object) -> None:
@@ -184,7 +234,11 @@ class Queue:
         """
         raise NotImplementedError
 
-    def _take(self, n: int, deadline: int) -> list[Item]:
+    def _take(self, n: int, timeout: float) -> list[Item]:
+        """Backend hook: take up to ``n`` (>= 1) oldest items, waiting up to
+        ``timeout`` seconds (a :func:`check_timeout` result: -1 forever, 0 not
+        at all) while the queue is empty; [] when it stays empty.  Items it
+        took that an exception kept from the caller go to ``_undelivered``."""
         raise NotImplementedError
 
     def fetch(self, timeout: float | None = 0) -> Item | None:
@@ -195,13 +249,13 @@ class Queue:
         Ctrl-C interrupts the wait).  Returns the :class:`Item`, or None when
         the queue is (still) empty; the held item is then cleared.
         """
-        deadline = deadline_ns(timeout)  # a refused call changes nothing
+        t = check_timeout(timeout)  # a refused call changes nothing
         if self._undelivered:
             kept = self._deliver()
             if kept is not None:
                 return kept
         self._held = None
-        items = self._take(1, deadline)
+        items = self._take(1, t)
         if not items:
             return None
         self._held = items[0]
@@ -213,14 +267,14 @@ class Queue:
         Waits (as :meth:`fetch`) only while the queue is empty; returns an
         empty list when it stays empty.  Does not change the held item.
         """
-        deadline = deadline_ns(timeout)
+        t = check_timeout(timeout)
         if check_count(n) == 0:
             return []
         if self._undelivered:
             out = self._deliver_many(n)
             if out:
                 return out
-        return self._take(n, deadline)
+        return self._take(n, t)
 
     # -- items kept by a call an exception cut short ---------------------------
     #
@@ -572,8 +626,14 @@ __all__ = [
     "MQueueError",
     "Queue",
     "QueueStats",
+    "REC_HDR",
+    "align8",
+    "check_count",
+    "check_mode",
     "check_namespace",
-    "deadline_ns",
-    "decode",
+    "check_timeout",
+    "deadline_after",
     "encode",
+    "record_size",
+    "redact_url",
 ]

@@ -378,11 +378,22 @@ def parse_definition(text: str, *, db_url: str | None = None) -> QueueDef:
         DefinitionError: anything malformed; the message quotes ``text`` and
             gives the reason.
     """
+    have_db = _check_db_url(db_url)
+    qdef = parse_syntax(text)
+    if qdef.dbmode != 0 and not have_db:
+        raise _fail(text, f"dbmode {qdef.dbmode} needs a db_url, and none is set")
+    return qdef
+
+
+def parse_syntax(text: str) -> QueueDef:
+    """:func:`parse_definition` without the check that a ``dbmode`` has a
+    ``db_url``: for a caller that checks it later (Kamailio's modparams come
+    in any order, ``db_url`` possibly after the queues; ``MQueueModule.init``
+    checks)."""
     if not isinstance(text, str):
         raise DefinitionError(
             f"queue definition must be a str, not {type(text).__name__}: {_show(text)}"
         )
-    have_db = _check_db_url(db_url)
     seen: dict[str, str] = {}
     for attr, value, pos in _tokenize(text):
         key = attr.lower() if attr.isascii() else attr
@@ -405,8 +416,6 @@ def parse_definition(text: str, *, db_url: str | None = None) -> QueueDef:
     size = max(0, _int_attr(text, seen, "size", -_CLAMP, MAX_SIZE))
     addmode = _int_attr(text, seen, "addmode", 0, 2)
     dbmode = _int_attr(text, seen, "dbmode", 0, 3)
-    if dbmode != 0 and not have_db:
-        raise _fail(text, f"dbmode {dbmode} needs a db_url, and none is set")
     nbytes = DEFAULT_BYTES
     if "bytes" in seen:
         raw = seen["bytes"]

@@ -32,6 +32,8 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import mqueue
@@ -42,8 +44,6 @@ DEFINITION = f"name={QUEUE};size={QUEUE_SIZE}"
 DOMAINS = ("pc33.example.com", "atlanta.example.com", "biloxi.example.org", "ua1.example.net")
 USERS = ("alice", "bob", "carol", "dave", "erin", "frank")
 
-# slots of the shared counters array: [0] listener's adds, [1 + i] worker i's fetches,
-# [1 + workers + i] worker i's order errors
 _STARTUP_TIMEOUT = 60.0
 _DRAIN_TIMEOUT = 3.0
 _WORK_SECONDS = 0.0001  # a worker's "slow work" per event
@@ -233,6 +233,25 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+@dataclass
+class _Run:
+    """One demo run: its settings, its namespace and the children's shared state."""
+
+    workers: int
+    seconds: float
+    rate: float
+    ctx: Any
+    namespace: str = field(default_factory=lambda: f"demo{os.getpid()}")
+    parent: int = field(default_factory=os.getpid)
+    procs: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # [0] listener's adds, [1 + i] worker i's fetches, [1 + workers + i] its order errors
+        self.counts = self.ctx.Array("q", 1 + 2 * self.workers, lock=False)
+        self.ready = self.ctx.Semaphore(0)
+        self.go, self.stop = self.ctx.Event(), self.ctx.Event()
+
+
 def run(workers: int = 3, seconds: float = 10.0, rate: float = DEFAULT_RATE) -> dict[str, Any]:
     """Run the demo and return its summary (a JSON-able dict).
 
@@ -241,161 +260,194 @@ def run(workers: int = 3, seconds: float = 10.0, rate: float = DEFAULT_RATE) -> 
     means as fast as it can, all along.  Live figures go to standard error once
     a second.  The summary's ``"balanced"`` is true when the books check out.
     """
-    ctx = mp.get_context("spawn")
-    namespace = f"demo{os.getpid()}"
-    parent = os.getpid()
-    counts = ctx.Array("q", 1 + 2 * workers, lock=False)
-    ready = ctx.Semaphore(0)
-    go, stop = ctx.Event(), ctx.Event()
-    procs: list[Any] = []
-    interrupted = False
-    old_term = signal.getsignal(signal.SIGTERM)
+    r = _Run(workers, seconds, rate, mp.get_context("spawn"))
+    with _sigterm_interrupts():
+        for note in clean_leftovers():
+            _say(note)
+        mq = mqueue.create(r.namespace, [DEFINITION])
+        interrupted = False
+        try:
+            q = mq[QUEUE]
+            _start(r)
+            start, adding_seconds = _watch(r, q)
+            _drain(r, q)
+            return _summary(r, q, start, adding_seconds)
+        except KeyboardInterrupt:
+            interrupted = True
+            _say("mqueue demo: interrupted, cleaning up")
+            raise
+        finally:
+            _stop_children(r)
+            try:
+                mq.close()
+            finally:
+                mqueue.destroy(r.namespace)
+            if interrupted:
+                _say(f"mqueue demo: namespace {r.namespace!r} removed")
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt (so the demo cleans up as on Ctrl-C)
+    while the block runs; the previous handler is back afterwards, whatever
+    happens in the block (only the main thread can set handlers)."""
+    if not _is_main_thread():
+        yield
+        return
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    in_main_thread = _is_main_thread()
-    if in_main_thread:
-        signal.signal(signal.SIGTERM, on_term)
-    for note in clean_leftovers():
-        _say(note)
-    mq = mqueue.create(namespace, [DEFINITION])
+    old = signal.signal(signal.SIGTERM, on_term)
     try:
-        q = mq[QUEUE]
-        _say(f"mqueue demo: namespace {namespace!r}, queue {DEFINITION!r}")
-        _say(
-            f"1 listener, {workers} worker(s), {seconds:g} s, "
-            f"rate {'unpaced' if rate <= 0 else f'{rate:g}/s'}"
-        )
-        if rate > 0:
-            f0, f1 = flood_window(seconds)
-            _say(f"an INVITE flood ({FLOOD_FACTOR}x the rate) from {f0:g} s to {f1:g} s:")
-            _say("the queue fills and its oldest events are dropped; the listener never waits")
-        listener = ctx.Process(
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _start(r: _Run) -> None:
+    """Say what runs, start the listener and the workers, and wait until every
+    child has attached (the clock starts once they all have)."""
+    _say(f"mqueue demo: namespace {r.namespace!r}, queue {DEFINITION!r}")
+    _say(
+        f"1 listener, {r.workers} worker(s), {r.seconds:g} s, "
+        f"rate {'unpaced' if r.rate <= 0 else f'{r.rate:g}/s'}"
+    )
+    if r.rate > 0:
+        f0, f1 = flood_window(r.seconds)
+        _say(f"an INVITE flood ({FLOOD_FACTOR}x the rate) from {f0:g} s to {f1:g} s:")
+        _say("the queue fills and its oldest events are dropped; the listener never waits")
+    r.procs.append(
+        r.ctx.Process(
             target=_listener,
             name="mqueue-demo-listener",
-            args=(namespace, counts, ready, go, stop, seconds, rate, parent),
+            args=(r.namespace, r.counts, r.ready, r.go, r.stop, r.seconds, r.rate, r.parent),
         )
-        procs.append(listener)
-        for i in range(workers):
-            procs.append(
-                ctx.Process(
-                    target=_worker,
-                    name=f"mqueue-demo-worker-{i}",
-                    args=(i, workers, namespace, counts, ready, stop, parent),
-                )
+    )
+    for i in range(r.workers):
+        r.procs.append(
+            r.ctx.Process(
+                target=_worker,
+                name=f"mqueue-demo-worker-{i}",
+                args=(i, r.workers, r.namespace, r.counts, r.ready, r.stop, r.parent),
             )
-        for p in procs:
-            p.daemon = True
-            p.start()
-        t_end = time.monotonic() + _STARTUP_TIMEOUT
-        started = 0
-        while started < len(procs):  # every child attached before the clock starts
-            if ready.acquire(timeout=0.2):
-                started += 1
-                continue
-            dead = [p.name for p in procs if p.exitcode is not None]
-            if dead:
-                raise mqueue.MQueueError(f"demo: child process(es) died at start: {dead}")
-            if time.monotonic() > t_end:
-                raise mqueue.MQueueError("demo: child processes did not start in time")
-        go.set()
-        start = time.monotonic()
-        prev = q.stats()
-        prev_t = start
-        _say(
-            f"{'time':>6}  {'added/s':>9}  {'fetched/s':>9}  {'queued':>6}  "
-            f"{'evicted':>9}  {'added':>9}  {'fetched':>9}"
         )
-        phase_end = start + seconds + _DRAIN_TIMEOUT
-        while True:
-            listener.join(timeout=max(0.0, min(1.0, prev_t + 1.0 - time.monotonic())))
-            now = time.monotonic()
-            if now - prev_t >= 0.999 or listener.exitcode is not None:
-                st = q.stats()
-                dt = max(now - prev_t, 1e-6)
-                _say(
-                    f"{now - start:5.1f}s  {(st.added - prev.added) / dt:9.0f}  "
-                    f"{(st.fetched - prev.fetched) / dt:9.0f}  {len(q):6d}  "
-                    f"{st.evicted:9d}  {st.added:9d}  {st.fetched:9d}"
-                )
-                prev, prev_t = st, now
-            if listener.exitcode is not None:
-                break
-            if now > phase_end:
-                raise mqueue.MQueueError("demo: the listener did not stop in time")
-            dead = [p.name for p in procs[1:] if p.exitcode is not None]
-            if dead:
-                raise mqueue.MQueueError(f"demo: worker(s) died: {dead}")
-        if listener.exitcode != 0:
-            raise mqueue.MQueueError(f"demo: the listener failed (exit {listener.exitcode})")
-        added_time = time.monotonic() - start
-        _say(f"listener stopped; the workers drain the {len(q)} queued event(s)")
-        # let the workers drain what is left, for a bounded time
-        drain_end = time.monotonic() + _DRAIN_TIMEOUT
-        while len(q) > 0 and time.monotonic() < drain_end:
-            time.sleep(0.02)
-        stop.set()
-        for p in procs[1:]:
-            p.join(timeout=5.0)
-        failed = [p.name for p in procs[1:] if p.exitcode != 0]
-        if failed:
-            raise mqueue.MQueueError(f"demo: worker(s) failed: {failed}")
-        elapsed = time.monotonic() - start
-        st = q.stats()
-        left = len(q)
-        per_worker = [int(counts[1 + i]) for i in range(workers)]
-        order_errors = sum(int(counts[1 + workers + i]) for i in range(workers))
-        summary: dict[str, Any] = {
-            "namespace": namespace,
-            "queue": DEFINITION,
-            "workers": workers,
-            "seconds": round(elapsed, 3),
-            "adding_seconds": round(added_time, 3),
-            "added": st.added,
-            "fetched": st.fetched,
-            "evicted": st.evicted,
-            "left": left,
-            "high_water": st.high_water,
-            "recoveries": st.recoveries,
-            "listener_added": int(counts[0]),
-            "worker_fetched": per_worker,
-            "order_errors": order_errors,
-            "added_per_second": round(st.added / max(added_time, 1e-6)),
-            "fetched_per_second": round(st.fetched / max(elapsed, 1e-6)),
-        }
-        summary["balanced"] = (
-            st.added == st.fetched + st.evicted + left
-            and int(counts[0]) == st.added
-            and sum(per_worker) == st.fetched
-            and order_errors == 0
-        )
-        return summary
-    except KeyboardInterrupt:
-        interrupted = True
-        _say("mqueue demo: interrupted, cleaning up")
-        raise
-    finally:
-        stop.set()
-        go.set()
-        for p in procs:
-            if p.pid is not None:
-                p.join(timeout=3.0)
-        for p in procs:
-            if p.pid is not None and p.exitcode is None:
-                p.terminate()
-                p.join(timeout=2.0)
-            if p.pid is not None and p.exitcode is None:
-                p.kill()
-                p.join()
-        try:
-            mq.close()
-        finally:
-            mqueue.destroy(namespace)
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, old_term)
-        if interrupted:
-            _say(f"mqueue demo: namespace {namespace!r} removed")
+    for p in r.procs:
+        p.daemon = True
+        p.start()
+    t_end = time.monotonic() + _STARTUP_TIMEOUT
+    started = 0
+    while started < len(r.procs):
+        if r.ready.acquire(timeout=0.2):
+            started += 1
+            continue
+        dead = [p.name for p in r.procs if p.exitcode is not None]
+        if dead:
+            raise mqueue.MQueueError(f"demo: child process(es) died at start: {dead}")
+        if time.monotonic() > t_end:
+            raise mqueue.MQueueError("demo: child processes did not start in time")
+
+
+def _watch(r: _Run, q: mqueue.Queue) -> tuple[float, float]:
+    """Start the clock and print the figures once a second until the listener
+    stops.  Returns (start time, seconds the listener added for)."""
+    listener = r.procs[0]
+    r.go.set()
+    start = time.monotonic()
+    prev = q.stats()
+    prev_t = start
+    _say(
+        f"{'time':>6}  {'added/s':>9}  {'fetched/s':>9}  {'queued':>6}  "
+        f"{'evicted':>9}  {'added':>9}  {'fetched':>9}"
+    )
+    phase_end = start + r.seconds + _DRAIN_TIMEOUT
+    while True:
+        listener.join(timeout=max(0.0, min(1.0, prev_t + 1.0 - time.monotonic())))
+        now = time.monotonic()
+        if now - prev_t >= 0.999 or listener.exitcode is not None:
+            st = q.stats()
+            dt = max(now - prev_t, 1e-6)
+            _say(
+                f"{now - start:5.1f}s  {(st.added - prev.added) / dt:9.0f}  "
+                f"{(st.fetched - prev.fetched) / dt:9.0f}  {len(q):6d}  "
+                f"{st.evicted:9d}  {st.added:9d}  {st.fetched:9d}"
+            )
+            prev, prev_t = st, now
+        if listener.exitcode is not None:
+            break
+        if now > phase_end:
+            raise mqueue.MQueueError("demo: the listener did not stop in time")
+        dead = [p.name for p in r.procs[1:] if p.exitcode is not None]
+        if dead:
+            raise mqueue.MQueueError(f"demo: worker(s) died: {dead}")
+    if listener.exitcode != 0:
+        raise mqueue.MQueueError(f"demo: the listener failed (exit {listener.exitcode})")
+    return start, time.monotonic() - start
+
+
+def _drain(r: _Run, q: mqueue.Queue) -> None:
+    """Let the workers drain what is left (for a bounded time), then stop them."""
+    _say(f"listener stopped; the workers drain the {len(q)} queued event(s)")
+    drain_end = time.monotonic() + _DRAIN_TIMEOUT
+    while len(q) > 0 and time.monotonic() < drain_end:
+        time.sleep(0.02)
+    r.stop.set()
+    for p in r.procs[1:]:
+        p.join(timeout=5.0)
+    failed = [p.name for p in r.procs[1:] if p.exitcode != 0]
+    if failed:
+        raise mqueue.MQueueError(f"demo: worker(s) failed: {failed}")
+
+
+def _summary(r: _Run, q: mqueue.Queue, start: float, adding_seconds: float) -> dict[str, Any]:
+    """The run's figures, and whether the queue's books balance."""
+    elapsed = time.monotonic() - start
+    st = q.stats()
+    left = len(q)
+    workers = r.workers
+    per_worker = [int(r.counts[1 + i]) for i in range(workers)]
+    order_errors = sum(int(r.counts[1 + workers + i]) for i in range(workers))
+    summary: dict[str, Any] = {
+        "namespace": r.namespace,
+        "queue": DEFINITION,
+        "workers": workers,
+        "seconds": round(elapsed, 3),
+        "adding_seconds": round(adding_seconds, 3),
+        "added": st.added,
+        "fetched": st.fetched,
+        "evicted": st.evicted,
+        "left": left,
+        "high_water": st.high_water,
+        "recoveries": st.recoveries,
+        "listener_added": int(r.counts[0]),
+        "worker_fetched": per_worker,
+        "order_errors": order_errors,
+        "added_per_second": round(st.added / max(adding_seconds, 1e-6)),
+        "fetched_per_second": round(st.fetched / max(elapsed, 1e-6)),
+    }
+    summary["balanced"] = (
+        st.added == st.fetched + st.evicted + left
+        and int(r.counts[0]) == st.added
+        and sum(per_worker) == st.fetched
+        and order_errors == 0
+    )
+    return summary
+
+
+def _stop_children(r: _Run) -> None:
+    """Stop every child: asked first, then terminated, then killed."""
+    r.stop.set()
+    r.go.set()
+    started = [p for p in r.procs if p.pid is not None]
+    for p in started:
+        p.join(timeout=3.0)
+    for p in started:
+        if p.exitcode is None:
+            p.terminate()
+            p.join(timeout=2.0)
+        if p.exitcode is None:
+            p.kill()
+            p.join()
 
 
 def _is_main_thread() -> bool:

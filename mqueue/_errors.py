@@ -1,4 +1,5 @@
-"""Exceptions, and the one place that turns C engine error codes into them.
+"""The exception classes (only them: the C engine's codes are mapped to them
+by the table in :mod:`mqueue._lowlevel`).
 
 Every exception derives from :class:`MQueueError` and, where one fits, from the
 builtin a caller would naturally catch (``ValueError``, ``KeyError``, ...), in
@@ -8,7 +9,6 @@ the style of pynacl.
 from __future__ import annotations
 
 import builtins
-from typing import NoReturn
 
 
 class MQueueError(Exception):
@@ -112,44 +112,3 @@ class RPCError(MQueueError):
 
     def __str__(self) -> str:
         return f"{self.code} {self.message}"
-
-
-def raise_for_code(rc: int, what: str, errno_value: int = 0) -> NoReturn:
-    """Raise the exception that matches a negative C engine return code.
-
-    ``what`` names the object the call was about (queue or namespace), so that
-    messages say where things went wrong.  Must be called with ``rc < 0``.
-    """
-    from . import _lowlevel as ll  # deferred: keeps this module importable alone
-
-    exc: MQueueError
-    if rc == ll.MQ_ETOOBIG:
-        exc = ItemTooLargeError(f"{what}: item is larger than the queue's byte capacity")
-    elif rc == ll.MQ_EFULL:
-        exc = QueueFullError(
-            f"{what}: queue is full (no count bound and no room left in bytes); nothing added"
-        )
-    elif rc in (ll.MQ_ECORRUPT, ll.MQ_EVERSION, ll.MQ_EMAGIC):
-        exc = CorruptSegmentError(f"{what}: {ll.strerror(rc)}")
-    elif rc == ll.MQ_ELOST:
-        exc = NamespaceLostError(
-            f"{what}: the namespace was destroyed (mqueue.destroy, `mqueue destroy`, or its "
-            "file removed from /dev/shm; it may have been created again since): "
-            "attach or create it again"
-        )
-    elif rc == ll.MQ_EHALFMADE:
-        exc = NamespaceIncompleteError(
-            f"{what}: the namespace was left half-made by a creator that died; create it "
-            "again with exist_ok=True, or remove it with `mqueue destroy`",
-            creator_alive=False,
-        )
-    elif rc == ll.MQ_ESLOTS:
-        exc = TooManyProcessesError(f"{what}: {ll.strerror(rc)}")
-    elif rc == ll.MQ_ESYS:
-        import os
-
-        err = OSError(errno_value, os.strerror(errno_value))
-        exc = MQueueError(f"{what}: system call failed: {err}")
-    else:
-        exc = MQueueError(f"{what}: {ll.strerror(rc)} (code {rc})")
-    raise exc

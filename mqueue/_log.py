@@ -30,6 +30,8 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._core import redact_url
+
 if TYPE_CHECKING:
     from ._core import Queue, QueueStats
 
@@ -41,21 +43,6 @@ ENV_EVICTIONS = "MQUEUE_LOG_EVICTIONS"
 _evictions = False
 _classes: list[type[Queue]] = []  # every backend's Queue class (see register)
 _WRAPPED = ("add", "add_many")
-
-
-def _redact(url: str) -> str:
-    """A URL without its password, for messages."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rsplit("@", 1)[1]
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-    except ValueError:
-        return "<url>"
 
 
 def observe(q: Queue, st: QueueStats) -> None:
@@ -170,7 +157,7 @@ def persisted(action: str, namespace: str, queue: str, count: int, db_url: str) 
         action,
         count,
         "to" if action == "saved" else "from",
-        _redact(db_url),
+        redact_url(db_url),
     )
 
 

@@ -151,13 +151,9 @@ class NamespaceSample:
 
 def list_namespaces(url: str | None = None) -> list[str]:
     """The namespaces in shared memory on this machine, or on the Redis server ``url``."""
-    if url is None:
-        from . import _shm
+    import mqueue
 
-        return _shm.list_namespaces()
-    from . import _redis
-
-    return _redis.list_namespaces(url)
+    return mqueue._backend(url).list_namespaces(url=url)  # type: ignore[no-any-return]
 
 
 def _read(namespace: str, url: str | None) -> NamespaceSample | None:

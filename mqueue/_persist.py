@@ -45,9 +45,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 from . import _log as _mqlog
+from ._core import Data, record_size
+from ._core import redact_url as _redact
 from ._dist import install_hint
 from ._errors import DefinitionError, PersistenceError
 from ._pathcheck import sqlite_path_problem
@@ -100,7 +101,6 @@ _load_hook: Callable[[str], None] | None = None
 
 _log = logging.getLogger(__name__)
 
-Data = str | bytes
 
 
 class _QueueLike(Protocol):
@@ -134,19 +134,6 @@ class _Target:
     engine: str  # "sqlite" or "postgresql"
     where: str  # sqlite: the file path; postgresql: the URL for libpq
     shown: str  # the URL with any password hidden, for messages
-
-
-def _redact(url: str) -> str:
-    """Return ``url`` with the password of its authority part replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable db_url>"
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _parse_db_url(db_url: object) -> _Target:
@@ -1287,7 +1274,7 @@ def _save_reserved(db: _DB, target: _Target, mq: Any, name: str, q: Any) -> int:
 def _record_size(key: Data, value: Data) -> int:
     kb = key if isinstance(key, bytes) else key.encode("utf-8", "surrogatepass")
     vb = value if isinstance(value, bytes) else value.encode("utf-8", "surrogatepass")
-    return (24 + len(kb) + len(vb) + 7) // 8 * 8
+    return record_size(len(kb), len(vb))
 
 
 def _precheck(name: str, q: Any, items: Sequence[tuple[Data, Data]], ids: Sequence[object]) -> None:

@@ -60,12 +60,18 @@ from ._core import (
     MQueue,
     Queue,
     QueueStats,
+    align8,
+    check_mode,
     check_namespace,
+    deadline_after,
     encode,
+    record_size,
+    redact_url,
 )
 from ._defs import QueueDef
 from ._errors import (
     AccessDeniedError,
+    ArgumentError,
     BackendError,
     CorruptSegmentError,
     DefinitionError,
@@ -77,9 +83,6 @@ from ._errors import (
     NamespaceNotFoundError,
     QueueFullError,
 )
-
-REC_HDR = 24
-"""Bytes of capacity a record costs besides its key and value (as in shared memory)."""
 
 WAIT_SLICE_S = 1.0
 """Longest single BLPOP of a blocking fetch; the take is re-run after each slice."""
@@ -133,15 +136,6 @@ def _glob_esc(s: str) -> str:
     for c in s:
         out.append("\\" + c if c in "*?[]\\" else c)
     return "".join(out)
-
-
-def _align8(n: int) -> int:
-    return (n + 7) & ~7
-
-
-def record_size(klen: int, vlen: int) -> int:
-    """Bytes of capacity one item takes: ``align8(24 + len(key) + len(value))``."""
-    return _align8(REC_HDR + klen + vlen)
 
 
 # ------------------------------------------------------------------ scripts
@@ -483,23 +477,6 @@ def _redis_module() -> Any:
     return redis
 
 
-def _redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-    except ValueError:
-        return "<unparsable url>"
-
-
 def _client_options() -> dict[str, Any]:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
@@ -524,7 +501,7 @@ def connect(url: str) -> Any:
         client = redis.Redis.from_url(url, retry_on_error=[], retry_on_timeout=False,
                                       **_client_options())
     except ValueError as e:
-        raise DefinitionError(f"bad Redis url {_redact(url)!r}: {e}") from None
+        raise DefinitionError(f"bad Redis url {redact_url(url)!r}: {e}") from None
     if url.startswith("unix://"):
         return client
     try:
@@ -534,7 +511,7 @@ def connect(url: str) -> Any:
     except Exception as e:
         client.close()
         if _is_redis_error(e):
-            raise _connect_error(e, f"Redis at {_redact(url)}", url) from e
+            raise _connect_error(e, f"Redis at {redact_url(url)}", url) from e
         raise
     if not int(info.get("cluster_enabled", 0) or 0):
         return client
@@ -542,10 +519,10 @@ def connect(url: str) -> Any:
     try:
         return redis.RedisCluster.from_url(url, **_client_options())
     except ValueError as e:
-        raise DefinitionError(f"bad Redis Cluster url {_redact(url)!r}: {e}") from None
+        raise DefinitionError(f"bad Redis Cluster url {redact_url(url)!r}: {e}") from None
     except Exception as e:
         if _is_redis_error(e):
-            raise _connect_error(e, f"Redis Cluster at {_redact(url)}", url) from e
+            raise _connect_error(e, f"Redis Cluster at {redact_url(url)}", url) from e
         raise
 
 
@@ -574,9 +551,11 @@ def _connect_error(e: Exception, where: str, url: str) -> MQueueError:
     redis = _redis_module()
     ex = redis.exceptions
     if isinstance(e, ex.AuthenticationError | ex.NoPermissionError):
-        return AccessDeniedError(f"{where}: Redis at {_redact(url)} refused access: {e}")
+        return AccessDeniedError(f"{where}: Redis at {redact_url(url)} refused access: {e}")
     if _is_connect_failure(e):
-        return _backend_error(f"{where}: could not connect to Redis at {_redact(url)} ({e})", True)
+        return _backend_error(
+            f"{where}: could not connect to Redis at {redact_url(url)} ({e})", True
+        )
     return _translate(e, where, url, unsure=False)
 
 
@@ -595,7 +574,7 @@ def _translate_exc(e: Exception, where: str, url: str, *, unsure: bool) -> MQueu
     """The mqueue exception for a redis-py exception (no retry was possible)."""
     redis = _redis_module()
     ex = redis.exceptions
-    target = _redact(url)
+    target = redact_url(url)
     if isinstance(e, ex.AuthenticationError | ex.NoPermissionError):
         return AccessDeniedError(f"{where}: Redis at {target} refused access: {e}")
     if isinstance(e, ex.ConnectionError | ex.TimeoutError | OSError):
@@ -688,7 +667,7 @@ class RedisQueue(Queue):
         self._rns = rns
         self._keys = queue_keys(mq.namespace, definition.name)
         self._tag = self._keys[0][: -len(":meta")]
-        self._cap = _align8(definition.nbytes)
+        self._cap = align8(definition.nbytes)
         self._what = f"queue {definition.name!r} of namespace {mq.namespace!r}"
         # the last take left the queue empty: the next blocking fetch waits first
         self._emptied = False
@@ -700,7 +679,7 @@ class RedisQueue(Queue):
         return self._rns._client
 
     def _lost(self, code: int = -1) -> NamespaceLostError:
-        url = _redact(self._rns.url or "")
+        url = redact_url(self._rns.url or "")
         if code == -4:
             return NamespaceLostError(
                 f"{self._what}: some of its keys were dropped by Redis at {url} (evicted "
@@ -825,7 +804,7 @@ class RedisQueue(Queue):
     def _give_up(
         self, last: BaseException | None, kinds: set[str], maybe_ran: bool, op: bool
     ) -> BackendError:
-        url = _redact(self._rns.url or "")
+        url = redact_url(self._rns.url or "")
         w = self._rns.retry_window
         if maybe_ran:
             return _backend_error(
@@ -930,7 +909,8 @@ class RedisQueue(Queue):
             items = [_decode_record(r) for r in res[1][1:]]
         st.pending[self._index] = items
 
-    def _take(self, n: int, deadline: int) -> list[Item]:
+    def _take(self, n: int, timeout: float) -> list[Item]:
+        deadline = deadline_after(timeout)
         st = self._rns._state
         if isinstance(st.pending.get(self._index), tuple):
             self._settle_pending()
@@ -1264,7 +1244,9 @@ def _attach(namespace: str, url: str, client: Any) -> RedisNamespace:
     while True:
         raw = _call(lambda: client.get(key), where, url)
         if raw is None:
-            raise NamespaceNotFoundError(f"no namespace {namespace!r} on Redis at {_redact(url)}")
+            raise NamespaceNotFoundError(
+                f"no namespace {namespace!r} on Redis at {redact_url(url)}"
+            )
         defs, gen, state = _parse_doc(raw, namespace)
         if state == "ready":
             break
@@ -1284,16 +1266,32 @@ def _attach(namespace: str, url: str, client: Any) -> RedisNamespace:
                 f"{where}: queue {d.name!r} is missing from Redis or belongs to another "
                 "incarnation of the namespace"
             )
-        if (int(m[1]), int(m[2]), int(m[3])) != (_align8(d.nbytes), max(0, d.size), d.addmode):
+        if (int(m[1]), int(m[2]), int(m[3])) != (align8(d.nbytes), max(0, d.size), d.addmode):
             raise CorruptSegmentError(f"{where}: queue {d.name!r} does not match its definition")
     return RedisNamespace(
         namespace, defs, client=client, gen=gen, url=url, db_url=None, creator=False
     )
 
 
-def attach(namespace: str, *, url: str) -> RedisNamespace:
+def _no_owner_checks(allow_owners: Iterable[int | str], allow_world_writable: bool) -> None:
+    """Refuse the shared-memory trust options: a Redis server's own users and
+    ACLs govern access to it."""
+    if allow_owners != () or allow_world_writable:
+        raise ArgumentError(
+            "allow_owners and allow_world_writable apply to shared memory (url=None) only"
+        )
+
+
+def attach(
+    namespace: str,
+    *,
+    url: str,
+    allow_owners: Iterable[int | str] = (),
+    allow_world_writable: bool = False,
+) -> RedisNamespace:
     """Attach to an existing namespace on the Redis server at ``url``."""
     check_namespace(namespace)
+    _no_owner_checks(allow_owners, allow_world_writable)
     client = connect(_check_url(url))
     try:
         return _attach(namespace, url, client)
@@ -1310,16 +1308,19 @@ def create(
     exist_ok: bool = False,
     db_url: str | None = None,
     url: str,
+    allow_owners: Iterable[int | str] = (),
+    allow_world_writable: bool = False,
 ) -> RedisNamespace:
     """Create a namespace holding these queues on the Redis server at ``url``.
 
     ``mode`` is checked as for shared memory but has no effect: access to a
-    Redis server is governed by its own users and ACLs.
+    Redis server is governed by its own users and ACLs (``allow_owners`` and
+    ``allow_world_writable`` are refused: ArgumentError).
     """
     check_namespace(namespace)
     _check_url(url)
-    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
-        raise ValueError(f"mode must be an int in 0..0o777, not {mode!r}")
+    _no_owner_checks(allow_owners, allow_world_writable)
+    check_mode(mode)
     defs = list(defs)
     where = f"namespace {namespace!r}"
     client = connect(url)
@@ -1330,7 +1331,7 @@ def create(
         if not _call(lambda: client.set(key, creating, nx=True), where, url, unsure=True):
             if not exist_ok:
                 raise NamespaceExistsError(
-                    f"namespace {namespace!r} already exists on Redis at {_redact(url)}"
+                    f"namespace {namespace!r} already exists on Redis at {redact_url(url)}"
                 )
             mq = _attach(namespace, url, client)
             if mq.definitions != defs:
@@ -1342,7 +1343,7 @@ def create(
         scripts = _Scripts(client)
         try:
             for d in defs:
-                args = [gen, _align8(d.nbytes), max(0, d.size), d.addmode]
+                args = [gen, align8(d.nbytes), max(0, d.size), d.addmode]
                 _call(
                     lambda d=d, args=args: scripts.init(
                         keys=queue_keys(namespace, d.name), args=args, client=client
@@ -1403,7 +1404,9 @@ def destroy(namespace: str, *, url: str) -> None:
         for k in found:
             _call(lambda k=k: client.delete(k), where, url)
         if raw is None and not found:
-            raise NamespaceNotFoundError(f"no namespace {namespace!r} on Redis at {_redact(url)}")
+            raise NamespaceNotFoundError(
+                f"no namespace {namespace!r} on Redis at {redact_url(url)}"
+            )
     finally:
         client.close()
 

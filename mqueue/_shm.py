@@ -19,6 +19,7 @@ import weakref
 from array import array
 from collections.abc import Iterable, Sequence
 from functools import partial
+from itertools import repeat, starmap
 from typing import Any, NamedTuple
 
 import posix_ipc
@@ -32,8 +33,10 @@ from ._core import (
     MQueue,
     Queue,
     QueueStats,
-    check_count,
+    align8,
+    check_mode,
     check_namespace,
+    check_timeout,
     encode,
 )
 from ._defs import QueueDef
@@ -49,7 +52,6 @@ from ._errors import (
     NamespaceIncompleteError,
     NamespaceNotFoundError,
     QueueFullError,
-    raise_for_code,
 )
 
 ffi, lib = ll.ffi, ll.lib
@@ -62,31 +64,19 @@ ATTACH_WAIT_S = 10.0
 """How long attach (and create with exist_ok) waits for a live creator to finish."""
 _INITIAL_BUF = 256 * 1024
 
-_mq_add = lib.mq_add
-_mq_fetch_into = lib.mq_fetch_into
+_mq_add_to = lib.mq_add_to
+_mq_fetch_one = lib.mq_fetch_one
 _mq_fetch_batch = lib.mq_fetch_batch
-_tnew = tuple.__new__
-_mkitem = partial(tuple.__new__, Item)
+_new_tuple = tuple.__new__  # _new_tuple(Item, (k, v)): an Item without Item.__new__'s call
+_ITEMS = repeat(Item)  # starmap(_new_tuple, zip(_ITEMS, pairs)): Items, no call per item
+_BOTH_STR = FLAG_KEY_STR | FLAG_VAL_STR  # a record whose key and value are both str
+_ONE_SHIFT = lib.MQ_ONE_SHIFT  # mq_fetch_one's result >> this: bytes of key NUL value
+_ONE_LOW = (1 << _ONE_SHIFT) - 1  # its low bits: MQ_ONE_KEYNUL | flags
 _UNIFORM_NONUL = lib.MQ_BATCH_UNIFORM | lib.MQ_BATCH_NONUL
 _BYTES = {bytes}
 _MAX_BATCH = 65536
 _MAX_BUF = 64 << 20
 _KEPT_STEP = 16  # items decoded per step when handing out kept items
-
-
-def _timeout_s(timeout: object) -> float:
-    """A fetch timeout in seconds for C: -1.0 forever, 0 no wait, t > 0."""
-    if timeout is None:
-        return -1.0
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise ArgumentTypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-    try:
-        t = float(timeout)
-    except OverflowError:  # an int too large for a float: forever
-        t = float("inf") if timeout > 0 else float("-inf")
-    if t != t or t < 0:
-        raise ArgumentError(f"timeout must be >= 0 or None, not {timeout!r}")
-    return -1.0 if t >= 1e9 else t  # beyond 30 years: forever, as C has it
 
 
 def _encode_pair(key: object, value: object) -> tuple[bytes, bytes, int]:
@@ -105,9 +95,21 @@ def _dec(raw: bytes) -> str:
         return raw.decode("utf-8", "surrogatepass")
 
 
-_AGAIN = (ll.MQ_EINTR, ll.MQ_EAGAIN)  # nothing done: run signal handlers, call again
+_AGAIN = (lib.MQ_EINTR, lib.MQ_EAGAIN)  # nothing done: run signal handlers, call again
+
+
+def _again(fn: Any, *args: Any) -> int:
+    """``fn(*args)``, called again while it returns MQ_EINTR or MQ_EAGAIN
+    (nothing done: a signal, or a lock wait cut into slices; Python runs the
+    signal handlers between the calls, and a handler that raises ends it)."""
+    rc: int = fn(*args)
+    while rc in _AGAIN:
+        rc = fn(*args)
+    return rc
+
+
 _UNTAKEN = 0xFFFFFFFF  # a flags word no item has: "the engine took nothing"
-_EBUF = ll.MQ_EBUF
+_EBUF = lib.MQ_EBUF
 
 
 class ReservationBusy(MQueueError):
@@ -130,8 +132,9 @@ def shm_name(namespace: str) -> str:
     return "/" + PREFIX + check_namespace(namespace)
 
 
-def list_namespaces() -> list[str]:
-    """Namespaces present on this machine (segments named ``mqueue.*``), sorted."""
+def list_namespaces(url: None = None) -> list[str]:
+    """Namespaces present on this machine (segments named ``mqueue.*``), sorted.
+    (``url`` is always None: the backend interface of :func:`mqueue._backend`.)"""
     try:
         names = os.listdir(SHM_DIR)
     except OSError:
@@ -139,24 +142,14 @@ def list_namespaces() -> list[str]:
     return sorted(n[len(PREFIX) :] for n in names if n.startswith(PREFIX) and len(n) > len(PREFIX))
 
 
-def _err(rc: int, what: str) -> MQueueError:
-    """The exception for a C return code (raised by the caller)."""
-    try:
-        raise_for_code(rc, what, lib.mq_last_errno())
-    except CorruptSegmentError as e:
-        from . import _log
-
-        return _log.fault(e)  # logged (ERROR) on the mqueue logger: a damaged segment
-    except MQueueError as e:
-        return e
-
-
 class _Buffers:
     """A queue handle's fetch buffer, its metadata words (klen, vlen, flags per
     item, in an ``array`` Python reads natively) and the ``mq_fetchbuf`` that
-    hands both to C in one argument.  Replaced by a larger one on demand."""
+    hands both to C in one argument (``fb``, inside the ``mq_fetch1`` of
+    ``fetch``'s fast path, ``one``, whose timeout is set only when it changes:
+    ``timeout`` mirrors it).  Replaced by a larger one on demand."""
 
-    __slots__ = ("size", "buf", "view", "nmeta", "arr", "meta", "fb")
+    __slots__ = ("size", "buf", "view", "nmeta", "arr", "meta", "one", "fb", "timeout")
 
     def __init__(self, ns: Any, index: int, size: int, nmeta: int = 1) -> None:
         self.size = size
@@ -166,7 +159,10 @@ class _Buffers:
         self.arr = array("I", bytes(12 * nmeta))
         self.arr[2] = _UNTAKEN  # the engine writes this word only when it commits a take
         self.meta = ffi.from_buffer("uint32_t[]", self.arr)
-        fb = self.fb = ffi.new("struct mq_fetchbuf *")
+        self.one = ffi.new("struct mq_fetch1 *")
+        self.one.timeout_s = 0.0
+        self.timeout: float = 0  # an int, as fetch()'s default: compared at C speed
+        fb = self.fb = ffi.addressof(self.one, "fb")
         fb.ns = ns
         fb.q = index
         fb.buf = self.buf
@@ -181,14 +177,17 @@ class ShmQueue(Queue):
         super().__init__(mq, index, definition)
         self._ns: Any = mq._ns  # type: ignore[attr-defined]
         self._bufs: _Buffers | None = _Buffers(self._ns, index, _INITIAL_BUF)
+        self._ctx = ffi.new("struct mq_addctx *")  # (ns, index) for mq_add_to
+        self._ctx.ns = self._ns
+        self._ctx.q = index
         self._what = f"queue {definition.name!r}"
 
     def _fail(self, rc: int) -> MQueueError:
-        if rc == ll.MQ_ECLOSED or self._ns == ffi.NULL:
+        if rc == lib.MQ_ECLOSED or self._ns == ffi.NULL:
             return self._mq._closed_error(
                 MQueueError(f"{self._what}: the namespace handle is closed")
             )
-        return _err(rc, self._what)
+        return ll.error_for(rc, self._what)
 
     def add(self, key: Data, value: Data) -> bool:
         # The hot path: the two common cases inline, then one C call.
@@ -196,7 +195,7 @@ class ShmQueue(Queue):
             try:
                 kb = key.encode()
                 vb = value.encode()
-                flags = FLAG_KEY_STR | FLAG_VAL_STR
+                flags = _BOTH_STR
             except UnicodeEncodeError:
                 kb, vb, flags = _encode_pair(key, value)
         elif type(key) is bytes and type(value) is bytes:
@@ -205,11 +204,11 @@ class ShmQueue(Queue):
             flags = 0
         else:
             kb, vb, flags = _encode_pair(key, value)
-        rc: int = _mq_add(self._ns, self._index, kb, len(kb), vb, len(vb), flags)
+        rc: int = _mq_add_to(self._ctx, kb, len(kb), vb, len(vb), flags)
         if rc >= 0:
             return rc == 1
-        while rc in _AGAIN:  # a signal or a long lock wait: handlers ran, try again
-            rc = _mq_add(self._ns, self._index, kb, len(kb), vb, len(vb), flags)
+        if rc in _AGAIN:  # a signal or a long lock wait: handlers ran, try again
+            rc = _again(_mq_add_to, self._ctx, kb, len(kb), vb, len(vb), flags)
         if rc < 0:
             raise self._fail(rc)
         return rc == 1
@@ -245,20 +244,16 @@ class ShmQueue(Queue):
             except UnicodeEncodeError:
                 data = joined.encode("utf-8", "surrogatepass")
             flags = FLAG_KEY_STR | FLAG_VAL_STR
-        rc: int = lib.mq_add_many_sep(self._ns, self._index, data, len(data), n, flags)
-        while rc in _AGAIN:
-            rc = lib.mq_add_many_sep(self._ns, self._index, data, len(data), n, flags)
+        rc = _again(lib.mq_add_many_sep, self._ns, self._index, data, len(data), n, flags)
         if rc >= 0:
             return rc
-        if rc == ll.MQ_EINVAL:
+        if rc == lib.MQ_EINVAL:
             return self._add_many_general(zip(keys, values, strict=True))
         raise self._fail(rc)
 
     def _add_many_raw(self, data: bytes, lens3: array[int], n: int) -> int:
         clens = ffi.from_buffer("uint32_t[]", lens3)
-        rc: int = lib.mq_add_many(self._ns, self._index, data, len(data), clens, n)
-        while rc in _AGAIN:
-            rc = lib.mq_add_many(self._ns, self._index, data, len(data), clens, n)
+        rc = _again(lib.mq_add_many, self._ns, self._index, data, len(data), clens, n)
         if rc < 0:
             raise self._fail(rc)
         return rc
@@ -283,20 +278,21 @@ class ShmQueue(Queue):
         try:
             lens3 = array("I", lens)
         except OverflowError:
-            raise _err(ll.MQ_ETOOBIG, self._what) from None
+            raise ll.error_for(lib.MQ_ETOOBIG, self._what) from None
         return self._add_many_raw(b"".join(parts), lens3, n)
 
     # Items the engine took are the caller's: they must reach it or stay
     # where the next fetch of this handle finds them, whatever exception (a
     # signal handler's, Ctrl-C) lands at whatever call boundary.  The record of
-    # a take is the buffer itself: the engine writes the first item's flags
-    # word (arr[2], set to _UNTAKEN before each call) only once the take is
-    # committed.  Until the items are handed over, the buffer is referenced
+    # a take is in the buffer's struct: the engine sets fb.taken (0 on entry)
+    # only once the take is committed (and the slow path's calls write the
+    # first item's flags word, arr[2], set to _UNTAKEN before each call, only
+    # then too).  Until the items are handed over, the buffer is referenced
     # only by this call; an exception that leaves the call runs the handler,
     # whose first steps (no call among them, so no second exception can land
-    # before they are done) keep the buffer in _undelivered when arr[2] says
-    # it holds a take.  The hand-over itself (buffer back to the handle, held
-    # item set, return) has no call in it either.
+    # before they are done) keep the buffer in _undelivered when it holds a
+    # take.  The hand-over itself (buffer back to the handle, held item set,
+    # return) has no call in it either.
 
     def fetch(self, timeout: float | None = 0) -> Item | None:
         # the timeout goes to C in seconds (C computes the deadline); checked
@@ -306,7 +302,7 @@ class ShmQueue(Queue):
         elif (timeout.__class__ is int or timeout.__class__ is float) and 0 <= timeout < 1e9:
             t = timeout
         else:
-            t = _timeout_s(timeout)
+            t = check_timeout(timeout)
         if self._undelivered:  # taken by a call an exception cut short
             kept = self._deliver()
             if kept is not None:
@@ -316,38 +312,37 @@ class ShmQueue(Queue):
         self._bufs = None  # another thread using this handle meanwhile gets its own
         if b is None:
             b = _Buffers(self._ns, self._index, _INITIAL_BUF)
-        arr = b.arr
-        arr[2] = _UNTAKEN
+        if b.timeout != t:
+            b.one.timeout_s = b.timeout = t
         try:
-            rc: int = _mq_fetch_into(b.fb, t)
-            if rc == 1:  # the hot path: one copy out of the buffer, one decode
-                kl = arr[0]
-                raw = b.view[0 : kl + arr[1]]
-                fl = arr[2]
-                if fl == 3:
+            # The hot path: one call with one argument; its result is the
+            # length of "key NUL value" in the buffer << 3 | KEYNUL | flags.
+            rc: int = _mq_fetch_one(b.one)
+            if rc > 0:
+                fl = rc & _ONE_LOW
+                raw = b.view[0 : rc >> _ONE_SHIFT]
+                if fl == _BOTH_STR:  # no NUL in the key: the first NUL ends it
                     try:
-                        text = raw.decode()
-                    except UnicodeDecodeError:
-                        text = ""
-                    if len(text) == len(raw):  # ASCII: byte offsets are char offsets
-                        item = _tnew(Item, (text[:kl], text[kl:]))
-                    else:
-                        item = self._item(raw, kl, fl)
+                        k, _, v = raw.decode().partition("\0")
+                        item = _new_tuple(Item, (k, v))
+                    except UnicodeDecodeError:  # lone surrogates, as add encoded them
+                        item = self._decode_records(raw, b.arr[0:3].tolist())[0]
                 elif fl == 0:
-                    item = _tnew(Item, (raw[:kl], raw[kl:]))
-                else:
-                    item = self._item(raw, kl, fl)
+                    k, _, v = raw.partition(b"\0")
+                    item = _new_tuple(Item, (k, v))
+                else:  # mixed str/bytes, or a NUL in the key
+                    item = self._decode_records(raw, b.arr[0:3].tolist())[0]
                 self._bufs = b  # the hand-over: no call from here to the return
                 self._held = item
                 return item
         except CorruptSegmentError:
-            arr[2] = _UNTAKEN  # a damaged record: it cannot be handed out
+            b.fb.taken = 0  # a damaged record: it cannot be handed out
             if self._bufs is None:
                 self._bufs = b
             raise
         except BaseException:
-            if arr[2] != _UNTAKEN:  # taken, not handed over: for the next fetch
-                self._undelivered += ((b, False, 0, 0),)
+            if b.fb.taken:  # taken, not handed over: for the next fetch
+                self._undelivered += ((b, 0, 0),)
                 self._kept_raw += 1
             elif self._bufs is None:
                 self._bufs = b
@@ -355,27 +350,17 @@ class ShmQueue(Queue):
         self._bufs = b
         if rc == 0:
             return None
-        items = self._take_s(1, t, b.fb.deadline if rc in _AGAIN else None)
+        items = self._take(1, t, b.fb.deadline if rc in _AGAIN else None)
         if not items:
             return None
         item = items[0]
         self._held = item
         return item
 
-    def fetch_many(self, n: int, timeout: float | None = 0) -> list[Item]:
-        t = -1.0 if timeout is None else _timeout_s(timeout)
-        if check_count(n) == 0:
-            return []
-        if self._undelivered:
-            out = self._deliver_many(n)
-            if out:
-                return out
-        return self._take_s(n, t)
-
     def _expand_kept(self, upto: int) -> None:
         """Decode kept buffers into their Items, in place, until the first
         ``upto`` entries of _undelivered are Items.  An entry is (buffer,
-        batch layout, first item not decoded, its byte offset); each step
+        first item not decoded, its byte offset); each step
         decodes at most _KEPT_STEP items and replaces the entry by them (and
         by what is left of it) in one slice assignment, only if the entry is
         still where it was: repeating a step, or a step cut short, or two
@@ -393,76 +378,64 @@ class ShmQueue(Queue):
             if i >= upto:
                 return
             x = u[i]
-            b, batch, start, off = x
+            b, start, off = x
             try:
-                items, off2 = self._decode_kept(b, batch, start, off)
+                items, off2 = self._decode_kept(b, start, off)
             except MQueueError:  # damaged records: the rest of this take is dropped
                 if u[i : i + 1] == [x]:
                     del u[i]
                     self._kept_raw -= 1
                 raise
-            done = start + len(items) >= (b.fb.taken if batch else 1)
-            new = items if done else items + [(b, batch, start + len(items), off2)]
+            done = start + len(items) >= b.fb.taken
+            new = items if done else items + [(b, start + len(items), off2)]
             if u[i : i + 1] == [x]:  # no call from this check to the count's update
                 u[i : i + 1] = new
                 if done:
                     self._kept_raw -= 1
 
-    def _decode_kept(
-        self, b: _Buffers, batch: bool, start: int, off: int
-    ) -> tuple[list[Item], int]:
-        """Up to _KEPT_STEP Items of a kept buffer from item ``start`` (at byte
-        ``off``), and the byte offset after them."""
-        arr = b.arr
-        if not batch:  # mq_fetch_into: one item, key and value back to back
-            kl = arr[0]
-            return [self._item(b.view[0 : kl + arr[1]], kl, arr[2])], 0
+    def _decode_kept(self, b: _Buffers, start: int, off: int) -> tuple[list[Item], int]:
+        """Up to _KEPT_STEP Items of a kept buffer (as mq_fetch_batch left it)
+        from item ``start`` (at byte ``off``), and the byte offset after them."""
         stop = min(b.fb.taken, start + _KEPT_STEP)
-        meta = arr[3 * start : 3 * stop].tolist()
+        meta = b.arr[3 * start : 3 * stop].tolist()
         end = off + sum(meta[0::3]) + sum(meta[1::3]) + 2 * (stop - start)
-        raw = b.view[off:end]
+        return self._decode_records(b.view[off:end], meta), end
+
+    def _decode_records(self, raw: bytes, meta: list[int]) -> list[Item]:
+        """The Items of records packed in raw as mq_fetch_batch packs them
+        (every key and value followed by a NUL), with their metadata words
+        (klen, vlen, flags per item)."""
         out: list[Item] = []
-        o = 0
-        for j in range(0, len(meta), 3):
-            kl, vl, fl = meta[j], meta[j + 1], meta[j + 2]
-            k = raw[o : o + kl]
-            o += kl + 1
-            v = raw[o : o + vl]
-            o += vl + 1
-            try:
-                out.append(
-                    _tnew(
+        append = out.append
+        off = 0
+        try:
+            for i in range(0, len(meta), 3):
+                kl, vl, fl = meta[i], meta[i + 1], meta[i + 2]
+                k = raw[off : off + kl]
+                off += kl + 1
+                v = raw[off : off + vl]
+                off += vl + 1
+                append(
+                    _new_tuple(
                         Item,
-                        (_dec(k) if fl & FLAG_KEY_STR else k, _dec(v) if fl & FLAG_VAL_STR else v),
+                        (
+                            _dec(k) if fl & FLAG_KEY_STR else k,
+                            _dec(v) if fl & FLAG_VAL_STR else v,
+                        ),
                     )
                 )
-            except UnicodeDecodeError:
-                raise _err(ll.MQ_ECORRUPT, self._what) from None
-        return out, end
-
-    def _item(self, raw: bytes, kl: int, fl: int) -> Item:
-        """The Item of a record whose key and value are back to back in raw."""
-        k = raw[:kl]
-        v = raw[kl:]
-        try:
-            return _tnew(
-                Item,
-                (_dec(k) if fl & FLAG_KEY_STR else k, _dec(v) if fl & FLAG_VAL_STR else v),
-            )
         except UnicodeDecodeError:
-            raise _err(ll.MQ_ECORRUPT, self._what) from None
+            raise ll.error_for(lib.MQ_ECORRUPT, self._what) from None
+        return out
 
-    def _take(self, n: int, deadline: int) -> list[Item]:
-        # the base class's hook, with a CLOCK_MONOTONIC deadline (0 / -1 / ns)
-        return self._take_s(n, 0.0 if deadline == 0 else -1.0, None if deadline == 0 else deadline)
-
-    def _take_s(self, n: int, timeout: float, deadline: int | None = None) -> list[Item]:
+    def _take(self, n: int, timeout: float, deadline: int | None = None) -> list[Item]:
         """Take up to n items, waiting up to ``timeout`` seconds (< 0: forever)
         while the queue is empty, or until ``deadline`` (CLOCK_MONOTONIC ns,
         -1 forever) when a wait cut into slices (MQ_EAGAIN) or interrupted by a
         signal (MQ_EINTR) goes on: Python runs its signal handlers between two
         calls, and a handler that raises ends the wait.  (See fetch for how
-        taken items survive an exception.)"""
+        taken items survive an exception.)  The slow path of ``fetch`` and
+        the whole of ``fetch_many`` (through :meth:`Queue.fetch_many`)."""
         cap = n if n < _MAX_BATCH else _MAX_BATCH
         b = self._bufs
         self._bufs = None
@@ -477,10 +450,7 @@ class ShmQueue(Queue):
                         timeout = -1.0
                     else:  # past the deadline: one last look, without waiting
                         timeout = max(0.0, (deadline - time.monotonic_ns()) / 1e9)
-                if want == 1:
-                    rc: int = _mq_fetch_into(b.fb, timeout)
-                else:
-                    rc = _mq_fetch_batch(b.fb, want, timeout)
+                rc: int = _mq_fetch_batch(b.fb, want, timeout)
                 if rc > 0:
                     break
                 if rc == 0:
@@ -497,13 +467,9 @@ class ShmQueue(Queue):
                     out = []  # that was the last look
                     break
             if rc > 0:
-                if want == 1:  # mq_fetch_into: key and value back to back
-                    kl = b.arr[0]
-                    out = [self._item(b.view[0 : kl + b.arr[1]], kl, b.arr[2])]
-                else:
-                    out = self._decode_batch(b, rc)
-                    if rc < want:
-                        self._grow_if_needed(b, rc, want, b.fb.total)
+                out = self._decode_batch(b, rc)
+                if rc < want:
+                    self._grow_if_needed(b, rc, want, b.fb.total)
             if self._bufs is None:  # the hand-over: no call from here to the return
                 self._bufs = b
             return out
@@ -514,7 +480,7 @@ class ShmQueue(Queue):
             raise
         except BaseException:
             if b.arr[2] != _UNTAKEN:  # taken, not handed over: for the next fetch
-                self._undelivered += ((b, want > 1, 0, 0),)
+                self._undelivered += ((b, 0, 0),)
                 self._kept_raw += 1
             elif self._bufs is None:
                 self._bufs = b
@@ -527,8 +493,8 @@ class ShmQueue(Queue):
         info = fb.info
         raw = b.view[0 : fb.total]
         try:
-            if info & _UNIFORM_NONUL == _UNIFORM_NONUL and (info >> 8) in (0, 3):
-                # Fast path: one split in C, Items made by C-level map().
+            if info & _UNIFORM_NONUL == _UNIFORM_NONUL and (info >> 8) in (0, _BOTH_STR):
+                # Fast path: one split in C, Items made by C-level starmap().
                 if info >> 8:
                     try:
                         parts: list[Any] = raw.decode().split("\0")
@@ -538,29 +504,11 @@ class ShmQueue(Queue):
                     parts = raw.split(b"\0")
                 parts.pop()  # after the last NUL
                 it = iter(parts)
-                return list(map(_mkitem, zip(it, it, strict=False)))  # 2n pieces
-            meta = b.arr[: 3 * n].tolist()
-            out: list[Item] = []
-            append = out.append
-            off = 0
-            for i in range(0, 3 * n, 3):
-                kl, vl, fl = meta[i], meta[i + 1], meta[i + 2]
-                k = raw[off : off + kl]
-                off += kl + 1
-                v = raw[off : off + vl]
-                off += vl + 1
-                append(
-                    _tnew(
-                        Item,
-                        (
-                            _dec(k) if fl & FLAG_KEY_STR else k,
-                            _dec(v) if fl & FLAG_VAL_STR else v,
-                        ),
-                    )
-                )
-            return out
+                pairs = zip(it, it, strict=False)  # 2n pieces
+                return list(starmap(_new_tuple, zip(_ITEMS, pairs, strict=False)))
+            return self._decode_records(raw, b.arr[: 3 * n].tolist())
         except UnicodeDecodeError:
-            raise _err(ll.MQ_ECORRUPT, self._what) from None
+            raise ll.error_for(lib.MQ_ECORRUPT, self._what) from None
 
     def _grow_if_needed(self, b: _Buffers, got: int, want: int, used: int) -> None:
         """Next time, a larger buffer when this one limited a batch."""
@@ -591,7 +539,7 @@ class ShmQueue(Queue):
             if rc == _EBUF:
                 b = _Buffers(self._ns, self._index, int(b.arr[0]) + 64, b.nmeta)
                 continue
-            if rc == ll.MQ_EBUSY:
+            if rc == lib.MQ_EBUSY:
                 raise ReservationBusy(f"{self._what}: {ll.strerror(rc)}")
             if rc not in _AGAIN:
                 raise self._fail(rc)
@@ -604,24 +552,19 @@ class ShmQueue(Queue):
         are done), otherwise its items go back to the head in their order.
         Returns False when no such reservation is pending (settled already, or
         dropped as the oldest items by a bounded queue short of bytes)."""
-        while True:
-            rc: int = lib.mq_settle(self._ns, self._index, tag, 1 if commit else 0)
-            if rc == 0:
-                return True
-            if rc == ll.MQ_ENORSV:
-                return False
-            if rc not in _AGAIN:
-                raise self._fail(rc)
+        rc = _again(lib.mq_settle, self._ns, self._index, tag, 1 if commit else 0)
+        if rc == 0:
+            return True
+        if rc == lib.MQ_ENORSV:
+            return False
+        raise self._fail(rc)
 
     def _reservation(self) -> Reservation:
         """The pending reservation (tag 0: none) and the last load tag."""
         info = ffi.new("struct mq_rsvinfo *")
-        while True:
-            rc: int = lib.mq_reservation(self._ns, self._index, info)
-            if rc >= 0:
-                break
-            if rc not in _AGAIN:
-                raise self._fail(rc)
+        rc = _again(lib.mq_reservation, self._ns, self._index, info)
+        if rc < 0:
+            raise self._fail(rc)
         return Reservation(
             int(info.tag),
             int(info.count),
@@ -646,39 +589,33 @@ class ShmQueue(Queue):
         try:
             lens3 = array("I", lens)
         except OverflowError:
-            raise _err(ll.MQ_ETOOBIG, self._what) from None
+            raise ll.error_for(lib.MQ_ETOOBIG, self._what) from None
         data = b"".join(parts)
         clens = ffi.from_buffer("uint32_t[]", lens3) if lens else ffi.NULL
-        while True:
-            rc: int = lib.mq_load(self._ns, self._index, tag, data, len(data), clens, len(items))
-            if rc >= 0:
-                return rc
-            if rc == ll.MQ_EAPPLIED:
-                return None
-            if rc == ll.MQ_ENOSTEP:
-                raise QueueFullError(
-                    f"{self._what}: the load does not fit the queue in one step "
-                    "(no count bound and not enough free bytes); nothing added"
-                )
-            if rc not in _AGAIN:
-                raise self._fail(rc)
+        rc = _again(lib.mq_load, self._ns, self._index, tag, data, len(data), clens, len(items))
+        if rc >= 0:
+            return rc
+        if rc == lib.MQ_EAPPLIED:
+            return None
+        if rc == lib.MQ_ENOSTEP:
+            raise QueueFullError(
+                f"{self._what}: the load does not fit the queue in one step "
+                "(no count bound and not enough free bytes); nothing added"
+            )
+        raise self._fail(rc)
 
     def _stats_raw(self) -> Any:
         st = ffi.new("struct mq_stats *")
-        rc = lib.mq_stats(self._ns, self._index, st)
-        while rc < 0:
-            if rc not in _AGAIN:
-                raise self._fail(rc)
-            rc = lib.mq_stats(self._ns, self._index, st)
+        rc = _again(lib.mq_stats, self._ns, self._index, st)
+        if rc < 0:
+            raise self._fail(rc)
         return st
 
     def __len__(self) -> int:
         out = ffi.new("uint64_t *")
-        rc = lib.mq_count(self._ns, self._index, out)
-        while rc < 0:
-            if rc not in _AGAIN:
-                raise self._fail(rc)
-            rc = lib.mq_count(self._ns, self._index, out)
+        rc = _again(lib.mq_count, self._ns, self._index, out)
+        if rc < 0:
+            raise self._fail(rc)
         return int(out[0])
 
     def stats(self) -> QueueStats:
@@ -730,6 +667,7 @@ class ShmNamespace(MQueue):
     def _release(self) -> None:
         for q in self._queues.values():
             q._ns = ffi.NULL  # type: ignore[attr-defined]
+            q._ctx.ns = ffi.NULL  # type: ignore[attr-defined]
         # Detach now (after calls other threads have in flight through this
         # handle); the last handle of this process on the segment unmaps it.
         # The small C struct is freed by the finalizer once nothing refers to it.
@@ -839,15 +777,13 @@ def _read_meta(ns: Any, namespace: str) -> list[QueueDef]:
         )
     st = ffi.new("struct mq_stats *")
     for i, d in enumerate(defs):
-        rc = lib.mq_stats(ns, i, st)
-        while rc in _AGAIN:
-            rc = lib.mq_stats(ns, i, st)
+        rc = _again(lib.mq_stats, ns, i, st)
         if rc != 0:
-            raise _err(rc, f"namespace {namespace!r}, queue {d.name!r}")
+            raise ll.error_for(rc, f"namespace {namespace!r}, queue {d.name!r}")
         if (
             st.addmode != d.addmode
             or st.size_limit != d.size
-            or st.capacity != (d.nbytes + 7) // 8 * 8
+            or st.capacity != align8(d.nbytes)
         ):
             raise CorruptSegmentError(
                 f"namespace {namespace!r}: queue {d.name!r} does not match its definition"
@@ -955,7 +891,7 @@ def _attach(
             _check_trust(namespace, st, owners, world_ok, creating=creating)
             key = (st.st_dev, st.st_ino)
             if st.st_nlink == 0:  # destroyed between our open and now: look again
-                rc = ll.MQ_ENOTREADY
+                rc = lib.MQ_ENOTREADY
             elif (shared := _clone_of(key)) is not None:
                 return ShmNamespace(
                     namespace, shared[0], shared[1], key=key, db_url=None, creator=False
@@ -966,16 +902,16 @@ def _attach(
             shm.close_fd()  # the engine keeps its own duplicate
         if rc == 0:
             break
-        if rc == ll.MQ_ENOTREADY and time.monotonic() < give_up:
+        if rc == lib.MQ_ENOTREADY and time.monotonic() < give_up:
             time.sleep(0.005)
             continue
-        if rc == ll.MQ_ENOTREADY:
+        if rc == lib.MQ_ENOTREADY:
             raise NamespaceIncompleteError(
                 f"namespace {namespace!r} is still being created by a live process "
                 f"after {wait_s:g} s; try again later",
                 creator_alive=True,
             )
-        raise _err(rc, f"namespace {namespace!r}")
+        raise ll.error_for(rc, f"namespace {namespace!r}")
     try:
         defs = _read_meta(out[0], namespace)
     except BaseException:
@@ -985,7 +921,11 @@ def _attach(
 
 
 def attach(
-    namespace: str, *, allow_owners: Owners = (), allow_world_writable: bool = False
+    namespace: str,
+    *,
+    url: None = None,
+    allow_owners: Owners = (),
+    allow_world_writable: bool = False,
 ) -> ShmNamespace:
     """Attach to an existing shared-memory namespace.
 
@@ -1017,7 +957,7 @@ def _remove_half_made(namespace: str, owners: frozenset[int], world_ok: bool) ->
         if rc == 0:
             lib.mq_free(out[0])
             return  # finished after all
-        if rc != ll.MQ_EHALFMADE:
+        if rc != lib.MQ_EHALFMADE:
             return
         try:
             now = os.stat(os.path.join(SHM_DIR, name[1:]))
@@ -1043,6 +983,7 @@ def create(
     mode: int = 0o600,
     exist_ok: bool = False,
     db_url: str | None = None,
+    url: None = None,
     allow_owners: Owners = (),
     allow_world_writable: bool = False,
 ) -> ShmNamespace:
@@ -1054,8 +995,7 @@ def create(
     ``allow_world_writable``); one its creator left half-made (killed during
     create) is removed and created afresh."""
     name = shm_name(namespace)
-    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
-        raise ArgumentError(f"mode must be an int in 0..0o777, not {mode!r}")
+    check_mode(mode)
     if len(defs) > lib.MQ_MAX_QUEUES:
         raise DefinitionError(
             f"namespace {namespace!r}: {len(defs)} queues defined; a namespace holds at most "
@@ -1068,7 +1008,7 @@ def create(
     size_out = ffi.new("uint64_t *")
     rc = lib.mq_segment_size(len(defs), params, len(meta), size_out)
     if rc != 0:
-        raise _err(rc, f"namespace {namespace!r}")
+        raise ll.error_for(rc, f"namespace {namespace!r}")
     size = int(size_out[0])
     give_up = time.monotonic() + ATTACH_WAIT_S
     for _round in range(1000):  # each round: the name changed under us
@@ -1114,7 +1054,7 @@ def create(
     try:
         rc = lib.mq_creator_lock(shm.fd)  # held until the segment is ready
         if rc != 0:
-            raise _err(rc, f"namespace {namespace!r}")
+            raise ll.error_for(rc, f"namespace {namespace!r}")
         os.fchmod(shm.fd, mode)  # exactly `mode`, whatever the umask
         os.ftruncate(shm.fd, size)
         try:
@@ -1129,11 +1069,11 @@ def create(
                 raise
         rc = lib.mq_create(shm.fd, len(defs), params, meta, len(meta), out)
         if rc != 0:
-            raise _err(rc, f"namespace {namespace!r}")
+            raise ll.error_for(rc, f"namespace {namespace!r}")
         st = os.fstat(shm.fd)
         if st.st_nlink == 0:  # destroyed while we were making it
             lib.mq_free(out[0])
-            raise _err(ll.MQ_ELOST, f"namespace {namespace!r}")
+            raise ll.error_for(lib.MQ_ELOST, f"namespace {namespace!r}")
     except BaseException:
         try:
             _unlink_if_ours(name, shm.fd)
@@ -1156,7 +1096,7 @@ def _unlink_if_ours(name: str, fd: int) -> None:
             posix_ipc.unlink_shared_memory(name)
 
 
-def destroy(namespace: str) -> None:
+def destroy(namespace: str, *, url: None = None) -> None:
     """Remove a namespace's segment.  Every process still attached gets
     NamespaceLostError on its next call (a blocked fetch at once)."""
     name = shm_name(namespace)  # a bad name is a DefinitionError (ValueError)

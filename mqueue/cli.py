@@ -107,10 +107,6 @@ def _url_arg(text: str) -> str:
     return text
 
 
-def _backend_missing(url: str | None, exc: ImportError) -> MQueueError:
-    return MQueueError(f"the backend for url {url!r} is not available: {exc}")
-
-
 def _attach(args: argparse.Namespace) -> MQueue:
     import mqueue
 
@@ -119,24 +115,13 @@ def _attach(args: argparse.Namespace) -> MQueue:
         trust["allow_owners"] = tuple(args.allow_owner)
     if getattr(args, "allow_world_writable", False):
         trust["allow_world_writable"] = True
-    try:
-        return mqueue.attach(args.namespace, url=args.url, **trust)
-    except ImportError as exc:
-        if args.url is None:
-            raise
-        raise _backend_missing(args.url, exc) from None
+    return mqueue.attach(args.namespace, url=args.url, **trust)
 
 
 def _cmd_ls(args: argparse.Namespace) -> Any:
-    if args.url is None:
-        from mqueue import _shm
+    import mqueue
 
-        return list(_shm.list_namespaces())
-    try:
-        from mqueue import _redis
-    except ImportError as exc:
-        raise _backend_missing(args.url, exc) from None
-    return list(_redis.list_namespaces(args.url))
+    return list(mqueue._backend(args.url).list_namespaces(url=args.url))
 
 
 def _cmd_get_size(args: argparse.Namespace) -> Any:
@@ -310,12 +295,7 @@ def _cmd_stats(args: argparse.Namespace) -> Any:
 def _cmd_destroy(args: argparse.Namespace) -> Any:
     import mqueue
 
-    try:
-        mqueue.destroy(args.namespace, url=args.url)
-    except ImportError as exc:
-        if args.url is None:
-            raise
-        raise _backend_missing(args.url, exc) from None
+    mqueue.destroy(args.namespace, url=args.url)
     return {"namespace": args.namespace, "destroyed": True}
 
 
@@ -382,11 +362,6 @@ def _cmd_serve_metrics(args: argparse.Namespace) -> Any:
 
     if not 0 <= args.port <= 65535:
         raise _UsageError("serve-metrics: --port must be 0..65535")
-    if args.url is not None:
-        try:
-            importlib.import_module("mqueue._redis")
-        except ImportError as exc:
-            raise _backend_missing(args.url, exc) from None
     scrapes = _metrics.serve(args.namespaces or None, bind=args.bind, port=args.port, url=args.url)
     return {"stopped": True, "scrapes": scrapes}
 

@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import mqueue
 
-from ._defs import QueueDef, parse_definition
+from ._core import Data
+from ._defs import QueueDef, parse_syntax
 from ._errors import (
     DefinitionError,
     ItemTypeError,
@@ -51,13 +52,6 @@ if TYPE_CHECKING:
     from ._core import MQueue, Queue
 
 __all__ = ["MQueueModule"]
-
-Data = str | bytes
-
-# A placeholder ``db_url`` used only while parsing a ``mqueue`` modparam that comes
-# before the ``db_url`` modparam (Kamailio accepts modparams in any order); the real
-# check that a dbmode queue has a db_url is done by ``init``.
-_DEFERRED_DB_URL = "sqlite:///deferred-until-init.db"
 
 _PV_RE = re.compile(r"^\$(mqk|mqv|mq_size)\((.*)\)$", re.DOTALL)
 
@@ -100,7 +94,6 @@ class MQueueModule:
         self._addmode = 0
         self._db_url: str | None = None
         self._mq: MQueue | None = None
-        self._queues: dict[str, Queue] = {}
 
     # ------------------------------------------------------------------ config
 
@@ -130,8 +123,9 @@ class MQueueModule:
         if name == "mqueue":
             if not isinstance(value, str):
                 raise DefinitionError(f"modparam 'mqueue': expected a string, got {value!r}")
-            db_url = self._db_url if self._db_url is not None else _DEFERRED_DB_URL
-            self._add_def(parse_definition(value, db_url=db_url), value)
+            # db_url may come later (modparams come in any order): init checks
+            # that every dbmode queue has one
+            self._add_def(parse_syntax(value), value)
         elif name == "mqueue_name":
             if not isinstance(value, str):
                 raise DefinitionError(f"modparam 'mqueue_name': expected a string, got {value!r}")
@@ -216,7 +210,6 @@ class MQueueModule:
             allow_owners=allow_owners,
             allow_world_writable=allow_world_writable,
         )
-        self._queues = {}
 
     def attach(
         self,
@@ -240,7 +233,6 @@ class MQueueModule:
             allow_owners=allow_owners,
             allow_world_writable=allow_world_writable,
         )
-        self._queues = {}
 
     def close(self) -> None:
         """Detach (Kamailio's ``mod_destroy``).
@@ -249,7 +241,6 @@ class MQueueModule:
         Calling it again does nothing.
         """
         mq, self._mq = self._mq, None
-        self._queues = {}
         if mq is not None:
             mq.close()
 
@@ -279,12 +270,9 @@ class MQueueModule:
         return self._mq
 
     def _queue(self, queue: str) -> Queue:
-        """The handle of ``queue`` (cached, so held items stay with it); KeyError kind."""
-        q = self._queues.get(queue)
-        if q is None:
-            q = self._require()[queue]
-            self._queues[queue] = q
-        return q
+        """The handle of ``queue`` (the namespace's own, so held items stay
+        with it); KeyError kind."""
+        return self._require()[queue]
 
     # -------------------------------------------------------- script functions
 

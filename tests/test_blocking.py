@@ -351,20 +351,20 @@ def test_item_taken_when_a_handler_raises_is_not_lost(make_mq, monkeypatch) -> N
 
     q = make_mq(["name=q"])["q"]
     q.add_many([("k1", "v1"), ("k2", b"v2"), ("k3", "v3"), ("k4", "v4")])
-    real_one, real_batch = _shm._mq_fetch_into, _shm._mq_fetch_batch
+    real_one, real_batch = _shm._mq_fetch_one, _shm._mq_fetch_batch
 
-    def one(fb, t):
-        real_one(fb, t)
+    def one(f):
+        real_one(f)
         raise Boom
 
     def batch(fb, n, t):
         real_batch(fb, n, t)
         raise Boom
 
-    monkeypatch.setattr(_shm, "_mq_fetch_into", one)
+    monkeypatch.setattr(_shm, "_mq_fetch_one", one)
     with pytest.raises(Boom):
         q.fetch(timeout=1)
-    monkeypatch.setattr(_shm, "_mq_fetch_into", real_one)
+    monkeypatch.setattr(_shm, "_mq_fetch_one", real_one)
     assert q.fetch() == ("k1", "v1") and q.key == "k1"
     monkeypatch.setattr(_shm, "_mq_fetch_batch", batch)
     with pytest.raises(Boom):
@@ -431,16 +431,16 @@ def test_forked_child_does_not_deliver_the_parents_kept_items(make_mq, monkeypat
 
     q = make_mq(["name=q"])["q"]
     q.add_many([("k1", "v1"), ("k2", "v2")])
-    real_one = _shm._mq_fetch_into
+    real_one = _shm._mq_fetch_one
 
-    def one(fb, t):
-        real_one(fb, t)
+    def one(f):
+        real_one(f)
         raise Boom
 
-    monkeypatch.setattr(_shm, "_mq_fetch_into", one)
+    monkeypatch.setattr(_shm, "_mq_fetch_one", one)
     with pytest.raises(Boom):
         q.fetch()
-    monkeypatch.setattr(_shm, "_mq_fetch_into", real_one)
+    monkeypatch.setattr(_shm, "_mq_fetch_one", real_one)
     pid = os.fork()
     if pid == 0:
         item = q.fetch()

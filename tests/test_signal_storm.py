@@ -311,7 +311,7 @@ def test_kept_take_then_items_appended_after_it(make_mq) -> None:
             break
         while q.fetch_many(1000):  # start again
             pass
-    later = q._take_s(100, 0.0)  # type: ignore[attr-defined]  # taken after the kept ones
+    later = q._take(100, 0.0)  # type: ignore[attr-defined]  # taken after the kept ones
     q._undelivered.extend(later)  # type: ignore[attr-defined]
     out = q.fetch_many(7) + q.fetch_many(1000)
     assert [int(kv[0]) for kv in out] == list(range(40))
