@@ -49,6 +49,17 @@ asyncio handle share; a queue with waiting tasks holds one more while they wait.
 log = logging.getLogger(__name__)
 
 _BLPOP = "BLPOP"
+WAIT_SLICE_S = R.WAIT_SLICE_S
+
+
+def _drop(c: Any) -> None:
+    """Close a connection at once, without awaiting anything (so that a
+    cancelled or closing task cannot stop half-way); it is not used again."""
+    w = getattr(c, "_writer", None)
+    if w is not None:
+        with contextlib.suppress(Exception):
+            w.close()
+        c._writer = c._reader = None
 
 
 def _expire(fut: asyncio.Future[bool]) -> None:
@@ -77,8 +88,7 @@ class _Conns:
             if c.is_connected and reader is not None and not reader.at_eof():
                 return c
             self.all.discard(c)
-            with contextlib.suppress(Exception):
-                await c.disconnect(nowait=True)
+            _drop(c)
         c = self.make()
         self.all.add(c)
         return c
@@ -88,14 +98,15 @@ class _Conns:
             self.idle.append(c)
         else:
             self.all.discard(c)
+            _drop(c)
         if self.sem is not None:
             self.sem.release()
 
-    async def close(self) -> None:
+    def close(self) -> None:
+        """Close every connection (one in use fails its operation at once)."""
         conns, self.all, self.idle = list(self.all), set(), []
         for c in conns:
-            with contextlib.suppress(Exception):
-                await c.disconnect(nowait=True)
+            _drop(c)
 
 
 class _Session:
@@ -145,6 +156,10 @@ class RedisLink:
         pools = self._waits if wait else self._ops
         p = pools.get(name)
         if p is None:
+            # no socket timeout of redis-py's own: it wraps writes in
+            # asyncio.wait_for, which (Python < 3.12) can swallow a
+            # cancellation; send() bounds each exchange itself
+            kw = {**kw, "socket_timeout": None}
             p = pools[name] = _Conns(lambda: cls(**kw), None if wait else POOL_SIZE)
         return p
 
@@ -158,6 +173,10 @@ class RedisLink:
         pool = await self._pool(key, ask, wait)
         conn = await pool.get()
         ok = False
+        # a silent server: the connection is dropped, the read fails ("lost")
+        timer = asyncio.get_running_loop().call_later(
+            R.SOCKET_TIMEOUT_S + (WAIT_SLICE_S if wait else 0.0), _drop, conn
+        )
         try:
             if not conn.is_connected:
                 await conn.connect()
@@ -173,9 +192,7 @@ class RedisLink:
                     out.append(e)
             ok = not self.closed
         finally:
-            if not ok:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(conn.disconnect(nowait=True))
+            timer.cancel()
             pool.put(conn, ok)
         return out[1:] if ask is not None else out
 
@@ -197,7 +214,7 @@ class RedisLink:
     async def close(self) -> None:
         self.closed = True
         for p in (*self._ops.values(), *self._waits.values()):
-            await p.close()
+            p.close()
         if self._client is not None:
             with contextlib.suppress(Exception):
                 await self._client.aclose()
@@ -522,12 +539,12 @@ class Ops:
                 if kept:
                     return kept
                 if deadline is None:
-                    w = R.WAIT_SLICE_S
+                    w = WAIT_SLICE_S
                 else:
                     left = deadline - loop.time()
                     if left <= 0:
                         return []
-                    w = max(min(left, R.WAIT_SLICE_S), 0.001)
+                    w = max(min(left, WAIT_SLICE_S), 0.001)
                 items = await self._take_once(n, w)
                 if items:
                     return items

@@ -285,9 +285,11 @@ def test_redis_killed_connections_exactly_once(url: str, rns: str) -> None:
                 for i in range(0, n_local, 10):
                     await q.add_many([(f"L{j}", "v") for j in range(i, i + 10)])
 
+            all_ends = asyncio.Event()
+
             async def consumer() -> None:
                 nonlocal ends
-                while ends < 100:
+                while True:
                     items = (
                         [await q.fetch(None)]
                         if rng.random() < 0.5
@@ -296,15 +298,20 @@ def test_redis_killed_connections_exactly_once(url: str, rns: str) -> None:
                     for k, _ in items:
                         if k == "END":
                             ends += 1
+                            if ends == 100:
+                                all_ends.set()
                         else:
                             got.append(k)
 
             kt = asyncio.create_task(killer())
             p = _producer(rns, url, n_proc)
             try:
-                await asyncio.wait_for(
-                    asyncio.gather(adder(), *(consumer() for _ in range(4))), 120
-                )
+                cs = [asyncio.create_task(consumer()) for _ in range(4)]
+                await asyncio.wait_for(adder(), 120)
+                await asyncio.wait_for(all_ends.wait(), 120)
+                for c in cs:  # the others wait for more: cancelled (items kept)
+                    c.cancel()
+                await asyncio.gather(*cs, return_exceptions=True)
                 assert p.wait(60) == 0
             finally:
                 stop.set()
