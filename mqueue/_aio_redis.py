@@ -152,7 +152,8 @@ class RedisLink:
             cls, kw = node.connection_class, node.connection_kwargs
         else:
             name = ""
-            cls, kw = client.connection_pool.connection_class, client.connection_pool.connection_kwargs
+            cp = client.connection_pool
+            cls, kw = cp.connection_class, cp.connection_kwargs
         pools = self._waits if wait else self._ops
         p = pools.get(name)
         if p is None:
@@ -163,7 +164,9 @@ class RedisLink:
             p = pools[name] = _Conns(lambda: cls(**kw), None if wait else POOL_SIZE)
         return p
 
-    async def send(self, key: str, cmds: list[bytes], ask: Any = None, *, wait: bool = False) -> list[Any]:
+    async def send(
+        self, key: str, cmds: list[bytes], ask: Any = None, *, wait: bool = False
+    ) -> list[Any]:
         """One attempt: ``cmds`` pipelined on one connection to the node that
         serves ``key`` (``ask``: that node, after ASKING); every reply read.
         Error replies are returned, not raised.  ``wait``: on a waiting
@@ -223,7 +226,7 @@ class RedisLink:
 async def _connect(url: str, cluster: bool) -> Any:
     """A redis.asyncio client for ``url`` (a cluster client when the sync
     handle found a cluster there), never retrying a command by itself."""
-    opts = {
+    opts: dict[str, Any] = {
         "socket_timeout": R.SOCKET_TIMEOUT_S,
         "socket_connect_timeout": R.CONNECT_TIMEOUT_S,
         "decode_responses": False,
@@ -253,7 +256,9 @@ class RedisRun:
         self.link = link
         self.sq = sq  # the sync RedisQueue: keys, messages, record encoding
 
-    def _cmd(self, script: Any, args: list[Any], sid: str | None) -> tuple[list[str], list[Any], bytes]:
+    def _cmd(
+        self, script: Any, args: list[Any], sid: str | None
+    ) -> tuple[list[str], list[Any], bytes]:
         keys = list(self.sq._keys)
         if sid is not None:
             keys.append(f"{self.sq._tag}:op:{sid}")
@@ -485,7 +490,7 @@ class Ops:
     # -- operations --------------------------------------------------------
     async def add(self, key: Data, value: Data) -> bool:
         rec = self.sq._record(key, value)
-        return self.sq._add_result(await self._op(R._ADD, [rec])) == 1
+        return bool(self.sq._add_result(await self._op(R._ADD, [rec])) == 1)
 
     async def add_many(self, items: Iterable[tuple[Data, Data]]) -> int:
         recs = _records(items, self.sq)

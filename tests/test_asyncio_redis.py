@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import random
 import subprocess
@@ -39,10 +40,8 @@ def url(request: pytest.FixtureRequest) -> str:
 def rns(url: str) -> Iterator[str]:
     name = new_ns()
     yield name
-    try:
+    with contextlib.suppress(mqueue.NamespaceNotFoundError):
         mqueue.destroy(name, url=url)
-    except mqueue.NamespaceNotFoundError:
-        pass
 
 
 def _conns(mq: amq.MQueue) -> tuple[int, int]:
