@@ -34,13 +34,12 @@ import collections
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import _redis as R
 from ._core import Data, Item, QueueStats
-from ._errors import BackendError, ItemTooLargeError, ItemTypeError, MQueueError
+from ._errors import BackendError, MQueueError
 
 POOL_SIZE = 16
 """Connections per Redis server (per cluster node) that the operations of one
@@ -279,7 +278,6 @@ class RedisRun:
         _RESOLVE settles.  ``wait``: BLPOP the wake list that long first, on
         the queue's waiting connection.  Returns the script's reply."""
         link, sq = self.link, self.sq
-        ex = R._redis_module().exceptions
         named = op or resolve
         if op is not None:
             args = [op[1], *args]
@@ -288,10 +286,7 @@ class RedisRun:
         keys, fixed, cmd = self._cmd(script, args, named[0] if named else None)
         cmds = [R._resp([_BLPOP, keys[3], f"{wait:.3f}"]), cmd] if wait else [cmd]
         ask: Any = None
-        deadline = delay = 0.0
-        maybe_ran = False
-        last: BaseException | None = None
-        kinds: set[str] = set()
+        att = R._Attempts(sq, op is not None)
         while True:
             try:
                 replies = await link.send(keys[0], cmds, ask, wait=bool(wait))
@@ -300,45 +295,28 @@ class RedisRun:
             except Exception as e:
                 if link.closed:
                     return await self.after_close(op)
-                if not R._is_redis_error(e):
-                    raise
-                kind = R._transient(e)
-                if kind is None:
-                    raise R._translate(e, sq._what, link.url, unsure=op is not None) from e
-                maybe_ran = maybe_ran or (op is not None and kind == "lost")
-                last = e
-                kinds.add(kind)
+                att.failed(e)
             else:
                 r = replies[-1]
                 ask = None
-                if isinstance(r, ex.NoScriptError):
+                what = att.reply(r)
+                if what == "ok":
+                    return r
+                if what == "noscript":
                     cmds = [R._resp(["EVAL", script.src, *fixed[1:], *args])]
                     continue
-                if isinstance(r, ex.AskError) and link.node(r.host, r.port) is not None:
+                if what == "ask":
                     ask = link.node(r.host, r.port)
-                    cmds = [cmd]
-                    continue
-                if isinstance(r, ex.MovedError | ex.AskError):
+                    if ask is not None:
+                        cmds = [cmd]
+                        continue
+                    att.refused(r)
+                if what in ("ask", "moved"):
                     await link.refresh_slots()
-                    kinds.add("refused")
-                elif isinstance(r, ex.ResponseError):
-                    kind = R._transient(r)
-                    if kind is None:
-                        raise R._translate(r, sq._what, link.url, unsure=False)
-                    kinds.add(kind)
-                else:
-                    return r
-                last = r
-            log.debug("%s: retrying after %r", sq._what, last)
-            now = time.monotonic()
-            if not deadline:
-                deadline = now + sq._mq.retry_window
-            elif now >= deadline:
-                raise sq._give_up(last, kinds, maybe_ran, op is not None)
             cmds = [cmd]  # a retry runs the script alone (a wait is not repeated)
-            if delay:
-                await asyncio.sleep(min(delay, max(0.0, deadline - now)))
-            delay = min(max(delay * 2, 0.02), 0.5)
+            pause = att.pause()
+            if pause:
+                await asyncio.sleep(pause)
 
     async def after_close(self, op: tuple[str, str] | None) -> Any:
         """The handle was closed while this operation was on the wire: settle
@@ -355,14 +333,8 @@ class RedisRun:
             finally:
                 await c.aclose()
         except Exception as e:
-            raise R._backend_error(
-                f"{self.sq._what}: the namespace handle was closed during the operation and "
-                f"its outcome could not be learnt ({e}); it may or may not have been applied",
-                False,
-            ) from None
-        if isinstance(res, list) and res and int(res[0]) == 1:
-            return res[1]
-        raise R._closed_error(self.sq._what)
+            raise self.sq._closed_unknown(e) from None
+        return self.sq._closed_result(res)
 
 
 class WaitTurn:
@@ -402,39 +374,6 @@ class WaitTurn:
                 f.set_result(True)
                 return
         self.busy = False
-
-
-def stats_of(name: str, res: Any, sq: Any) -> QueueStats:
-    """A QueueStats from the stats script's reply (the sync backend's fields)."""
-    if not isinstance(res, list):
-        raise sq._lost(int(res))
-    m = {f: int(v) for f, v in zip(R._STAT_FIELDS, res, strict=True)}
-    return QueueStats(
-        name=name,
-        length=m["count"],
-        added=m["added"],
-        fetched=m["fetched"],
-        evicted=m["evicted"],
-        duplicates=m["dups"],
-        high_water=m["hw"],
-        recoveries=m["recoveries"],
-        bytes_used=m["bytes"],
-        capacity=m["cap"],
-        size_limit=max(0, m["limit"]),
-        addmode=m["mode"],
-    )
-
-
-def _records(args: Iterable[tuple[Data, Data]], sq: Any) -> list[bytes]:
-    out: list[bytes] = []
-    try:
-        for key, value in args:
-            out.append(sq._record(key, value))
-    except (TypeError, ValueError) as e:
-        if isinstance(e, ItemTypeError | ItemTooLargeError):
-            raise
-        raise ItemTypeError(f"add_many takes an iterable of (key, value) pairs: {e}") from None
-    return out
 
 
 class Ops:
@@ -493,13 +432,13 @@ class Ops:
         return bool(self.sq._add_result(await self._op(R._ADD, [rec])) == 1)
 
     async def add_many(self, items: Iterable[tuple[Data, Data]]) -> int:
-        recs = _records(items, self.sq)
+        recs = self.sq._records(items)
         if not recs:
             return 0
         return int(self.sq._add_result(await self._op(R._ADD, recs)))
 
     async def stats(self) -> QueueStats:
-        return stats_of(self.sq.name, await self.runner.run(R._STATS, []), self.sq)
+        return self.sq.stats(await self.runner.run(R._STATS, []))  # type: ignore[no-any-return]
 
     async def size(self) -> int:
         return (await self.stats()).length
