@@ -438,7 +438,7 @@ class Ops:
         return int(self.sq._add_result(await self._op(R._ADD, recs)))
 
     async def stats(self) -> QueueStats:
-        return self.sq.stats(await self.runner.run(R._STATS, []))  # type: ignore[no-any-return]
+        return self.sq._stats_from(await self.runner.run(R._STATS, []))  # type: ignore[no-any-return]
 
     async def size(self) -> int:
         return (await self.stats()).length

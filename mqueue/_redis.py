@@ -1048,9 +1048,12 @@ class RedisQueue(Queue):
     def __len__(self) -> int:
         return self._meta()["count"]
 
-    def stats(self, res: Any = None) -> QueueStats:
-        """A snapshot of the queue's counters (from the stats script's reply
-        ``res`` when given, as mqueue._aio_redis does)."""
+    def stats(self) -> QueueStats:
+        return self._stats_from(None)
+
+    def _stats_from(self, res: Any) -> QueueStats:
+        """The queue's counters from the stats script's reply ``res`` (None:
+        run it now); mqueue._aio_redis runs it on its own connections."""
         m = self._meta(res)
         return QueueStats(
             name=self.name,
