@@ -395,8 +395,10 @@ class Ops:
         op = (s.sid, str(s.n))
         try:
             res = await self.runner.run(script, args, op=op, wait=wait)
-        except BaseException:
-            if script is R._TAKE and not self.link.closed:
+        except BaseException as e:
+            known = isinstance(e, MQueueError) and getattr(e, "outcome_known", None) is True
+            if script is R._TAKE and not self.link.closed and not known:
+                # it may have run: its items must reach the next fetch
                 t = asyncio.get_running_loop().create_task(self._settle(op))
                 self.settling.add(t)
                 t.add_done_callback(self._settled_one)
@@ -420,11 +422,14 @@ class Ops:
         while self.settling:
             ts = list(self.settling)
             await asyncio.shield(asyncio.gather(*ts, return_exceptions=True))
+            err: BaseException | None = None
             for t in ts:
-                self.settling.discard(t)
-            for t in ts:
-                if not t.cancelled() and t.exception() is not None:
-                    raise t.exception()  # type: ignore[misc]
+                if t in self.settling:  # not collected by a task that waited too
+                    self.settling.discard(t)
+                    if err is None and not t.cancelled():
+                        err = t.exception()
+            if err is not None:
+                raise err
 
     # -- operations --------------------------------------------------------
     async def add(self, key: Data, value: Data) -> bool:

@@ -372,3 +372,43 @@ def test_redis_under_uvloop(url: str, rns: str) -> None:
             assert await asyncio.wait_for(w, 10) == ("k", "v")
 
     uvloop.run(main())
+
+
+@pytest.fixture
+def one_url() -> str:
+    return backend_url("single")
+
+
+def test_redis_unreachable_then_back(one_url: str) -> None:
+    """The server unreachable (the handle's client pointed at a closed port):
+    each operation retries for the retry window, then raises BackendError with
+    ``outcome_known`` True and changes nothing; many fetches waiting at that
+    moment all fail the same way (no settlement error repeated to later
+    fetches); with the server back, everything works and nothing was lost."""
+    from redis.asyncio import Redis
+
+    async def main() -> None:
+        ns = new_ns()
+        mq = await amq.create(ns, ["name=q"], url=one_url)
+        try:
+            q = mq["q"]
+            await q.add("a", "1")
+            link: AR.RedisLink = mq._link  # type: ignore[attr-defined]
+            real = await link.client()
+            link._client = Redis.from_url("redis://127.0.0.1:1/0")
+            link._ops.clear()
+            mq.sync.retry_window = 0.3  # type: ignore[attr-defined]
+            for op in (q.add("b", "2"), q.fetch(0), q.size(), q.fetch_many(5, None)):
+                with pytest.raises(mqueue.BackendError) as ei:
+                    await op
+                assert ei.value.outcome_known is True
+            assert not q._ops.settling  # type: ignore[attr-defined]
+            link._client = real
+            link._ops.clear()
+            assert await q.size() == 1
+            assert await q.fetch_many(5) == [("a", "1")]
+        finally:
+            await mq.close()
+            mqueue.destroy(ns, url=one_url)
+
+    asyncio.run(main())
