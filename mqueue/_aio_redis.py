@@ -223,27 +223,27 @@ class RedisLink:
 
 
 async def _connect(url: str, cluster: bool) -> Any:
-    """A redis.asyncio client for ``url`` (a cluster client when the sync
-    handle found a cluster there), never retrying a command by itself."""
+    """A redis.asyncio client for ``url`` (a cluster client, its slots read,
+    when the sync handle found a cluster there); redis-py's errors propagate."""
     opts: dict[str, Any] = {
         "socket_timeout": R.SOCKET_TIMEOUT_S,
         "socket_connect_timeout": R.CONNECT_TIMEOUT_S,
         "decode_responses": False,
     }
+    if not cluster:
+        from redis.asyncio import Redis
+
+        return Redis.from_url(url, **opts)
+    from redis.asyncio.cluster import RedisCluster
+
+    c = RedisCluster.from_url(url, **opts)
     try:
-        if not cluster:
-            from redis.asyncio import Redis
-
-            return Redis.from_url(url, **opts)
-        from redis.asyncio.cluster import RedisCluster
-
-        c = RedisCluster.from_url(url, **opts)
-        await c.initialize()
-        return c
-    except Exception as e:
-        if R._is_redis_error(e):
-            raise R._translate(e, f"Redis at {R._redact(url)}", url, unsure=False) from e
+        await c.initialize()  # its errors are retried as any connection fault
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await c.aclose()
         raise
+    return c
 
 
 class RedisRun:
@@ -412,7 +412,12 @@ class Ops:
             self.settling.discard(t)
 
     async def _settle(self, op: tuple[str, str]) -> None:
-        res = await self.runner.run(R._RESOLVE, [], resolve=op)
+        try:
+            res = await self.runner.run(R._RESOLVE, [], resolve=op)
+        except MQueueError:
+            if self.link.closed:
+                return  # closed meanwhile: nobody to hand the items to
+            raise
         if isinstance(res, list) and res and int(res[0]) == 1 and isinstance(res[1], list):
             self.sq._undelivered.extend(R._decode_record(r) for r in res[1][1:])
 
