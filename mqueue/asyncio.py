@@ -500,7 +500,8 @@ async def create(
     url: str | None = None,
 ) -> MQueue:
     """:func:`mqueue.create`, awaitable.  Shared memory without ``db_url``
-    runs inline; with a database or on Redis it runs in a worker thread."""
+    runs inline; with a database or on Redis it runs once in the
+    loop's default executor (a thread of asyncio's own)."""
     import mqueue
 
     definitions = list(definitions)
@@ -516,7 +517,8 @@ async def create(
 
 
 async def attach(namespace: str, *, url: str | None = None) -> MQueue:
-    """:func:`mqueue.attach`, awaitable (shared memory inline, Redis in a worker thread)."""
+    """:func:`mqueue.attach`, awaitable (shared memory inline, Redis once in the
+    loop's default executor)."""
     import mqueue
 
     if url is None:
