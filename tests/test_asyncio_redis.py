@@ -413,3 +413,29 @@ def test_redis_unreachable_then_back(one_url: str) -> None:
             mqueue.destroy(ns, url=one_url)
 
     asyncio.run(main())
+
+
+def test_redis_pool_bounds_connections(url: str, rns: str) -> None:
+    """300 tasks adding and 300 fetching at once share at most POOL_SIZE
+    connections per server (the rest queue for one); every item once."""
+
+    async def main() -> None:
+        async with await amq.create(rns, ["name=q"], url=url) as mq:
+            q = mq["q"]
+            link: AR.RedisLink = mq._link  # type: ignore[attr-defined]
+            most = 0
+
+            async def watch() -> None:
+                nonlocal most
+                while True:
+                    most = max(most, *(len(p.all) for p in link._ops.values()), 0)
+                    await asyncio.sleep(0)
+
+            w = asyncio.create_task(watch())
+            assert all(await asyncio.gather(*(q.add(str(i), "v") for i in range(300))))
+            got = await asyncio.gather(*(q.fetch(5) for _ in range(300)))
+            w.cancel()
+            assert sorted(int(it.key) for it in got) == list(range(300))
+            assert 1 <= most <= AR.POOL_SIZE
+
+    asyncio.run(main())
