@@ -82,6 +82,12 @@ def sync_consumer(ns: str, n: int) -> tuple[float, dict[str, Any]]:
     return n / dt, {}
 
 
+def _preempted() -> int:
+    """Times the OS took the CPU from this (the loop's) thread while it could run."""
+    with open("/proc/thread-self/status") as f:
+        return next(int(x.split()[1]) for x in f if x.startswith("nonvoluntary_ctxt_switches"))
+
+
 def async_consumer(ns: str, n: int, tasks: int, batch: int) -> tuple[float, dict[str, Any]]:
     async def main() -> tuple[float, dict[str, Any]]:
         mq = await amq.attach(ns)
@@ -116,6 +122,7 @@ def async_consumer(ns: str, n: int, tasks: int, batch: int) -> tuple[float, dict
 
         tick = asyncio.create_task(ticker())
         await asyncio.sleep(0.01)
+        pre0 = _preempted()
         p = common.CTX.Process(target=_produce, args=(ns, n, batch > 1))
         t0 = time.perf_counter()
         p.start()
@@ -126,7 +133,11 @@ def async_consumer(ns: str, n: int, tasks: int, batch: int) -> tuple[float, dict
         p.join()
         await mq.close()
         _check(n, keys)
-        return n / dt, {"stall_ms": round(worst * 1e3, 2), "busy_ms": round(busy * 1e3, 2)}
+        return n / dt, {
+            "stall_ms": round(worst * 1e3, 2),
+            "busy_ms": round(busy * 1e3, 2),
+            "preempted": _preempted() - pre0,
+        }
 
     return asyncio.run(main())
 
@@ -172,9 +183,55 @@ def _lat_producer(ns: str, samples: int) -> None:
     mq.close()
 
 
+def _pipe_producer(w: int, samples: int) -> None:
+    rng = random.Random(3)
+    for _ in range(samples):
+        time.sleep(0.0005 + rng.random() * 0.001)
+        os.write(w, time.monotonic_ns().to_bytes(8, "little"))
+
+
+def pipe_floor(samples: int) -> list[int]:
+    """The floor of any asyncio wake-up from another process: the producer
+    writes its clock into a pipe the loop reads (``add_reader``), no mqueue."""
+    r, w = os.pipe()
+    lat: list[int] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        p = common.CTX.Process(target=_pipe_producer, args=(w, samples))
+        p.start()
+        for _ in range(samples):
+            fut: asyncio.Future[bytes] = loop.create_future()
+
+            def ready(fut: asyncio.Future[bytes] = fut) -> None:
+                if not fut.done():
+                    fut.set_result(os.read(r, 8))
+
+            loop.add_reader(r, ready)
+            b = await fut
+            loop.remove_reader(r)
+            lat.append(time.monotonic_ns() - int.from_bytes(b, "little"))
+        p.join()
+
+    try:
+        asyncio.run(main())
+    finally:
+        os.close(r)
+        os.close(w)
+    return lat
+
+
 def latency(samples: int) -> list[dict[str, Any]]:
     out = []
-    for name in ("sync fetch(timeout=None)", "asyncio await fetch(timeout=None)"):
+    for name in (
+        "sync fetch(timeout=None)",
+        "asyncio await fetch(timeout=None)",
+        "asyncio floor: loop woken by a pipe the producer writes (no mqueue)",
+    ):
+        if name.startswith("asyncio floor"):
+            lat = pipe_floor(samples)
+            out.append(_lat_row(name, lat))
+            continue
         ns = common.namespace("aiol")
         mq = mqueue.create(ns, ["name=q"])
         try:
@@ -202,20 +259,24 @@ def latency(samples: int) -> list[dict[str, Any]]:
         finally:
             mq.close()
             mqueue.destroy(ns)
-        lat.sort()
-        us = [x / 1000 for x in lat]
-        row = {
-            "case": name,
-            "min": us[0],
-            "p50": us[len(us) // 2],
-            "p90": us[int(len(us) * 0.9)],
-            "p99": us[int(len(us) * 0.99)],
-            "max": us[-1],
-        }
-        out.append(row)
-        common.progress(f"{name}: p50 {row['p50']:.1f} p99 {row['p99']:.1f} µs")
+        out.append(_lat_row(name, lat))
     common.progress_done()
     return out
+
+
+def _lat_row(name: str, lat: list[int]) -> dict[str, Any]:
+    lat.sort()
+    us = [x / 1000 for x in lat]
+    row = {
+        "case": name,
+        "min": us[0],
+        "p50": us[len(us) // 2],
+        "p90": us[int(len(us) * 0.9)],
+        "p99": us[int(len(us) * 0.99)],
+        "max": us[-1],
+    }
+    common.progress(f"{name}: p50 {row['p50']:.1f} p99 {row['p99']:.1f} µs")
+    return row
 
 
 def idle_threads() -> dict[str, Any]:
@@ -257,7 +318,22 @@ def idle_threads() -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--latency", type=int, metavar="RUNS", help="only the wake-up latency, RUNS times"
+    )
     args = ap.parse_args()
+    if args.latency:
+        print(common.machine_line())
+        for _ in range(args.latency):
+            lat = latency(1000 if args.quick else 5000)
+            print(
+                "  ".join(f"{r['case'][:24]}: p50 {r['p50']:.1f} p99 {r['p99']:.1f}" for r in lat)
+                + f"  | asyncio/sync p50 {lat[1]['p50'] / lat[0]['p50']:.2f}x"
+                f" p99 {lat[1]['p99'] / lat[0]['p99']:.2f}x; floor/sync p50"
+                f" {lat[2]['p50'] / lat[0]['p50']:.2f}x p99 {lat[2]['p99'] / lat[0]['p99']:.2f}x;"
+                f" load {os.getloadavg()[0]:.1f}"
+            )
+        return
     n = 200_000 if args.quick else 300_000
     runs = 1 if args.quick else 3
     samples = 1000 if args.quick else 5000
@@ -269,10 +345,12 @@ def main() -> None:
         f"\nthroughput, 1 producer process -> 1 consumer process, {n:,} items "
         f"(median of {runs}); * = producer uses add_many(1000)"
     )
-    print("| consumer | items/s | longest loop stall ms (loop busy ms) |")
+    print("| consumer | items/s | longest loop stall ms (loop busy ms, preemptions) |")
     print("|:--|--:|--:|")
     for r in tp:
-        stall = f"{r['stall_ms']} ({r['busy_ms']})" if "stall_ms" in r else "n/a"
+        stall = (
+            f"{r['stall_ms']} ({r['busy_ms']}, {r['preempted']})" if "stall_ms" in r else "n/a"
+        )
         print(f"| {r['case']} | {r['items_per_s'] / 1000:,.0f}k | {stall} |")
     print(f"\nwake-up latency, {samples} samples, gap 0.5..1.5 ms")
     print("| consumer | min µs | p50 µs | p90 µs | p99 µs | max µs |")
@@ -283,7 +361,11 @@ def main() -> None:
             f"| {r['p99']:.1f} | {r['max']:.0f} |"
         )
     ratio = lat[1]["p99"] / lat[0]["p99"]
-    print(f"p99 asyncio / sync: {ratio:.2f}x")
+    print(
+        f"asyncio / sync: p50 {lat[1]['p50'] / lat[0]['p50']:.2f}x, p99 {ratio:.2f}x; "
+        f"floor / sync: p50 {lat[2]['p50'] / lat[0]['p50']:.2f}x, "
+        f"p99 {lat[2]['p99'] / lat[0]['p99']:.2f}x; load average {os.getloadavg()[0]:.1f}"
+    )
     print(
         f"\n1,000 tasks awaiting fetch(timeout=None) on 8 queues: "
         f"+{idle['threads_added_python']} Python threads (+{idle['threads_added_os']} OS), "

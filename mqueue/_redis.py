@@ -657,6 +657,74 @@ def _closed_error(what: str) -> MQueueError:
     return MQueueError(f"{what}: the namespace handle is closed")
 
 
+class _Attempts:
+    """The retry state of one operation (``RedisQueue._run``, and the asyncio
+    backend's, mqueue._aio_redis): connection faults and "not now" answers
+    are retried, with backoff, for the handle's retry window."""
+
+    def __init__(self, q: RedisQueue, op: bool) -> None:
+        self.q = q
+        self.op = op
+        self.deadline = 0.0
+        self.delay = 0.0
+        self.maybe_ran = False
+        self.last: BaseException | None = None
+        self.kinds: set[str] = set()
+
+    def failed(self, e: Exception) -> None:
+        """An attempt raised ``e``: noted for a retry, or the final mqueue
+        error raised (``e`` itself when it is not a fault of the connection: a
+        signal handler's exception)."""
+        if not _is_redis_error(e):
+            raise e
+        kind = _transient(e)
+        if kind is None:
+            raise _translate(e, self.q._what, self.q._rns.url or "", unsure=self.op) from e
+        self.maybe_ran = self.maybe_ran or (self.op and kind == "lost")
+        self.last = e
+        self.kinds.add(kind)
+
+    def refused(self, r: BaseException) -> None:
+        """The server did not run it (a redirection that could not be followed)."""
+        self.last = r
+        self.kinds.add("refused")
+
+    def reply(self, r: Any) -> str:
+        """What the script's reply ``r`` means: "ok" (the result), "noscript"
+        (send it with EVAL), "ask" (to the node the AskError names, else as
+        "moved"), "moved" (refresh the slots, retry), "retry"; raises a final
+        error reply."""
+        ex = _redis_module().exceptions
+        if isinstance(r, ex.NoScriptError):
+            return "noscript"
+        if isinstance(r, ex.AskError):
+            return "ask"
+        if isinstance(r, ex.MovedError):
+            self.refused(r)
+            return "moved"
+        if isinstance(r, ex.ResponseError):
+            kind = _transient(r)
+            if kind is None:
+                raise _translate(r, self.q._what, self.q._rns.url or "", unsure=False)
+            self.last = r
+            self.kinds.add(kind)
+            return "retry"
+        return "ok"
+
+    def pause(self) -> float:
+        """Before a retry: how long to wait first; raises BackendError once
+        the retry window is over."""
+        log.debug("%s: retrying after %r", self.q._what, self.last)
+        now = time.monotonic()
+        if not self.deadline:
+            self.deadline = now + self.q._rns.retry_window
+        elif now >= self.deadline:
+            raise self.q._give_up(self.last, self.kinds, self.maybe_ran, self.op)
+        pause = min(self.delay, max(0.0, self.deadline - now)) if self.delay else 0.0
+        self.delay = min(max(self.delay * 2, 0.02), 0.5)
+        return pause
+
+
 # ------------------------------------------------------------------ classes
 class RedisQueue(Queue):
     """A queue of a namespace on Redis (see :class:`mqueue.Queue`)."""
@@ -742,64 +810,36 @@ class RedisQueue(Queue):
         cmd = b"*%d\r\n%s%s" % (nfix + len(args), body, _resp_args(args))
         cmds = [_resp(["BLPOP", keys[3], f"{wait:.3f}"]), cmd] if wait else [cmd]
         ask: Any = None
-        deadline = 0.0
-        delay = 0.0
-        maybe_ran = False
-        last: BaseException | None = None
-        kinds: set[str] = set()
-        ex = _redis_module().exceptions
+        att = _Attempts(self, op)
         while True:
             try:
                 replies = rns._send(keys[0], cmds, ask)
             except Exception as e:
                 if rns._closed:
                     return self._after_close(opkey, opid)
-                if not _is_redis_error(e):
-                    raise  # not a fault of the connection (a signal handler's exception)
-                kind = _transient(e)
-                if kind is None:
-                    raise _translate(e, self._what, rns.url or "", unsure=op) from e
-                maybe_ran = maybe_ran or (op and kind == "lost")
-                last = e
-                kinds.add(kind)
+                att.failed(e)
             else:
                 r = replies[-1]
                 ask = None
-                if isinstance(r, ex.NoScriptError):
-                    cmd = _resp(["EVAL", script.src, len(keys), *keys, rns._gen, *args])
-                    cmds = [cmd]
+                what = att.reply(r)
+                if what == "ok":
+                    return r
+                if what == "noscript":
+                    cmds = [_resp(["EVAL", script.src, len(keys), *keys, rns._gen, *args])]
                     continue
-                if isinstance(r, ex.MovedError):
-                    rns._refresh_slots()
-                    last = r
-                    kinds.add("refused")
-                elif isinstance(r, ex.AskError):
+                if what == "ask":
                     ask = rns._node(r.host, r.port)
                     if ask is not None:
                         log.debug("%s: asked to %s:%s", self._what, r.host, r.port)
                         cmds = [cmd]
                         continue
+                    att.refused(r)
+                if what in ("ask", "moved"):
                     rns._refresh_slots()
-                    last = r
-                    kinds.add("refused")
-                elif isinstance(r, ex.ResponseError):
-                    kind = _transient(r)
-                    if kind is None:
-                        raise _translate(r, self._what, rns.url or "", unsure=False)
-                    last = r
-                    kinds.add(kind)
-                else:
-                    return r
-            log.debug("%s: retrying after %r", self._what, last)
-            now = time.monotonic()
-            if not deadline:
-                deadline = now + rns.retry_window
-            elif now >= deadline:
-                raise self._give_up(last, kinds, maybe_ran, op)
             cmds = [cmd]  # a retry runs the script alone (a wait is not repeated)
-            if delay:
-                time.sleep(min(delay, max(0.0, deadline - now)))
-            delay = min(max(delay * 2, 0.02), 0.5)
+            pause = att.pause()
+            if pause:
+                time.sleep(pause)
 
     def _give_up(
         self, last: BaseException | None, kinds: set[str], maybe_ran: bool, op: bool
@@ -840,11 +880,20 @@ class RedisQueue(Queue):
             finally:
                 c.close()
         except Exception as e:
-            raise _backend_error(
-                f"{self._what}: the namespace handle was closed during the operation and "
-                f"its outcome could not be learnt ({e}); it may or may not have been applied",
-                False,
-            ) from None
+            raise self._closed_unknown(e) from None
+        return self._closed_result(res)
+
+    def _closed_unknown(self, e: BaseException) -> BackendError:
+        """The error when an operation cut short by close could not be settled."""
+        return _backend_error(
+            f"{self._what}: the namespace handle was closed during the operation and "
+            f"its outcome could not be learnt ({e}); it may or may not have been applied",
+            False,
+        )
+
+    def _closed_result(self, res: Any) -> Any:
+        """The reply of an operation cut short by close, from _RESOLVE's answer
+        ``res``; the closed error when it had not run."""
         if isinstance(res, list) and res and int(res[0]) == 1:
             return res[1]
         raise _closed_error(self._what)
@@ -879,8 +928,9 @@ class RedisQueue(Queue):
     def add(self, key: Data, value: Data) -> bool:
         return self._add_result(self._run(_ADD, [self._record(key, value)], op=True)) == 1
 
-    def add_many(self, items: Iterable[tuple[Data, Data]]) -> int:
-        args: list[Any] = []
+    def _records(self, items: Iterable[tuple[Data, Data]]) -> list[bytes]:
+        """The records of add_many's items (its argument errors)."""
+        args: list[bytes] = []
         try:
             for key, value in items:
                 args.append(self._record(key, value))
@@ -888,9 +938,13 @@ class RedisQueue(Queue):
             if isinstance(e, ItemTypeError | ItemTooLargeError):
                 raise
             raise ItemTypeError(f"add_many takes an iterable of (key, value) pairs: {e}") from None
+        return args
+
+    def add_many(self, items: Iterable[tuple[Data, Data]]) -> int:
+        args = self._records(items)
         if not args:
             return 0
-        return self._add_result(self._run(_ADD, args, op=True))
+        return self._add_result(self._run(_ADD, list(args), op=True))
 
     def _settle_pending(self) -> None:
         """Settle this thread's take that an exception cut short: the items it
@@ -963,8 +1017,10 @@ class RedisQueue(Queue):
             return 0.0
         return max(min(left, WAIT_SLICE_S), 0.001)
 
-    def _meta(self) -> dict[str, int]:
-        res = self._run(_STATS, [], op=False)
+    def _meta(self, res: Any = None) -> dict[str, int]:
+        """The stats script's reply (``res``, or run now) as a dict."""
+        if res is None:
+            res = self._run(_STATS, [], op=False)
         if not isinstance(res, list):
             raise self._lost(int(res))
         return {f: int(v) for f, v in zip(_STAT_FIELDS, res, strict=True)}
@@ -973,7 +1029,12 @@ class RedisQueue(Queue):
         return self._meta()["count"]
 
     def stats(self) -> QueueStats:
-        m = self._meta()
+        return self._stats_from(None)
+
+    def _stats_from(self, res: Any) -> QueueStats:
+        """The queue's counters from the stats script's reply ``res`` (None:
+        run it now); mqueue._aio_redis runs it on its own connections."""
+        m = self._meta(res)
         return QueueStats(
             name=self.name,
             length=m["count"],

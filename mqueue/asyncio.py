@@ -24,9 +24,10 @@ its own and without polling: one notifier thread per process (per 127 queues
 with waiting tasks; see :mod:`mqueue._aio_notify`) sleeps on every watched
 queue at once with ``futex_waitv`` and wakes the loop through an eventfd.
 
-Redis: every operation runs in a private pool of worker threads (at most
-:data:`REDIS_THREADS`), each call as the sync API makes it; a waiting fetch
-holds a worker for at most :data:`REDIS_SLICE_S` at a time.
+Redis: redis-py's asyncio client running the sync backend's scripts, with
+its operation ids and retries (:mod:`mqueue._aio_redis`); no thread.  The
+tasks of a handle waiting on one queue line up, and one at a time waits on
+the server (``BLPOP``), so waiting costs a connection per queue, not per task.
 
 Cancellation never loses an item: a cancelled fetch either took nothing, or
 the items it took are returned by the handle's next fetch (the mechanism the
@@ -36,15 +37,14 @@ sync API uses for signal handlers).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from functools import partial
 from typing import Any, TypeVar
 
 from . import _aio_notify as _an
+from . import _aio_redis as _ar
 from ._core import Data, Item, QueueMap, QueueStats, check_count
 from ._core import MQueue as _SyncMQueue
 from ._core import Queue as _SyncQueue
@@ -53,11 +53,10 @@ from ._errors import ArgumentError, ArgumentTypeError, MQueueError
 
 T = TypeVar("T")
 
-REDIS_THREADS = 32
-"""Worker threads the Redis backend's async calls share (created on demand)."""
-
-REDIS_SLICE_S = 1.0
-"""Longest single wait a Redis worker makes for one awaiting fetch."""
+REDIS_POOL_SIZE = _ar.POOL_SIZE
+"""Redis: connections per server (per cluster node) that the operations of
+one handle share (set ``mqueue._aio_redis.POOL_SIZE`` to change it); a queue
+with waiting tasks holds one more while they wait."""
 
 
 def _check_timeout(timeout: object) -> float | None:
@@ -409,31 +408,19 @@ class _ShmMQueue(MQueue):
             self.sync.close()
 
 
-# ------------------------------------------------------------ Redis (threads)
-_pool: concurrent.futures.ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _redis_pool() -> concurrent.futures.ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=REDIS_THREADS, thread_name_prefix="mqueue-aio-worker"
-            )
-        return _pool
-
-
+# ------------------------------------------------------------------- Redis
 async def _in_thread(fn: Callable[[], T], on_lost: Callable[[T], None] | None = None) -> T:
-    """Run fn in the pool; when the awaiting task is cancelled after fn
-    started, fn still completes and ``on_lost`` gets its result."""
-    cf = _redis_pool().submit(fn)
+    """Run a one-off blocking call (create, attach, destroy, a creator's close
+    that saves to a database) in the loop's default executor; when the
+    awaiting task is cancelled, fn still completes and ``on_lost`` gets its
+    result."""
+    cf = asyncio.get_running_loop().run_in_executor(None, fn)
     try:
-        return await asyncio.wrap_future(cf)
+        return await asyncio.shield(cf)
     except asyncio.CancelledError:
-        if on_lost is not None and not cf.cancelled():
+        if on_lost is not None:
 
-            def salvage(f: concurrent.futures.Future[T]) -> None:
+            def salvage(f: asyncio.Future[T]) -> None:
                 if not f.cancelled() and f.exception() is None:
                     on_lost(f.result())
 
@@ -441,26 +428,30 @@ async def _in_thread(fn: Callable[[], T], on_lost: Callable[[T], None] | None = 
         raise
 
 
-class _ThreadQueue(Queue):
-    """Redis: each call as the sync API makes it, in the worker pool."""
+class _RedisQueue(Queue):
+    """Redis: redis.asyncio, the sync backend's scripts (see mqueue._aio_redis)."""
+
+    def __init__(self, amq: MQueue, sync: _SyncQueue) -> None:
+        super().__init__(amq, sync)
+        assert isinstance(amq, _RedisMQueue)
+        self._ops = _ar.Ops(amq._link, sync)
 
     async def add(self, key: Data, value: Data) -> bool:
-        return await _in_thread(lambda: self.sync.add(key, value))
+        return await self._ops.add(key, value)
 
     async def add_many(self, items: Iterable[tuple[Data, Data]]) -> int:
-        items = list(items)
-        return await _in_thread(lambda: self.sync.add_many(items))
+        return await self._ops.add_many(items)
 
     async def size(self) -> int:
-        return await _in_thread(lambda: len(self.sync))
+        return await self._ops.size()
 
     async def stats(self) -> QueueStats:
-        return await _in_thread(self.sync.stats)
+        return await self._ops.stats()
 
     async def fetch(self, timeout: float | None = 0) -> Item | None:
         t = _check_timeout(timeout)
         self.sync._held = None
-        items = await self._take(1, t)
+        items = await self._ops.take(1, t)
         self.sync._held = items[0] if items else None
         return self.sync._held
 
@@ -468,39 +459,35 @@ class _ThreadQueue(Queue):
         t = _check_timeout(timeout)
         if check_count(n) == 0:
             return []
-        return await self._take(n, t)
-
-    def _keep(self, items: list[Item]) -> None:
-        self.sync._undelivered.extend(items)
-
-    async def _take(self, n: int, timeout: float | None) -> list[Item]:
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        sq = self.sync
-        while True:
-            if deadline is None:
-                wait = REDIS_SLICE_S
-            else:
-                wait = max(0.0, min(deadline - loop.time(), REDIS_SLICE_S))
-            items = await _in_thread(partial(sq.fetch_many, n, wait), self._keep)
-            if items or wait == 0.0 or (deadline is not None and loop.time() >= deadline):
-                return items
+        return await self._ops.take(n, t)
 
 
-class _ThreadMQueue(MQueue):
+class _RedisMQueue(MQueue):
+    def __init__(self, sync: _SyncMQueue) -> None:
+        self._link = _ar.RedisLink(sync)
+        super().__init__(sync, _RedisQueue)
+
     async def sizes(self) -> dict[str, int]:
-        return await _in_thread(self.sync.sizes)
+        out = {}
+        for name, q in self._queues.items():
+            out[name] = await q.size()
+        return out
 
     async def close(self) -> None:
-        if not self.sync.closed:
-            await _in_thread(self.sync.close)
+        if self.sync.closed:
+            return
+        await self._link.close()  # waiting fetches get the closed error
+        if self.sync.db_url and self.sync.is_creator:
+            await _in_thread(self.sync.close)  # saves to a database
+        else:
+            self.sync.close()
 
 
 # ------------------------------------------------------------------- entry
 def _wrap(sync: _SyncMQueue) -> MQueue:
     if sync.url is None:
         return _ShmMQueue(sync, _ShmQueue)
-    return _ThreadMQueue(sync, _ThreadQueue)
+    return _RedisMQueue(sync)
 
 
 async def create(
@@ -513,7 +500,8 @@ async def create(
     url: str | None = None,
 ) -> MQueue:
     """:func:`mqueue.create`, awaitable.  Shared memory without ``db_url``
-    runs inline; with a database or on Redis it runs in a worker thread."""
+    runs inline; with a database or on Redis it runs once in the
+    loop's default executor (a thread of asyncio's own)."""
     import mqueue
 
     definitions = list(definitions)
@@ -525,16 +513,17 @@ async def create(
 
     if url is None and db_url is None:
         return _wrap(make())
-    return _wrap(await _in_thread(make))
+    return _wrap(await _in_thread(make, _close_lost))
 
 
 async def attach(namespace: str, *, url: str | None = None) -> MQueue:
-    """:func:`mqueue.attach`, awaitable (shared memory inline, Redis in a worker thread)."""
+    """:func:`mqueue.attach`, awaitable (shared memory inline, Redis once in the
+    loop's default executor)."""
     import mqueue
 
     if url is None:
         return _wrap(mqueue.attach(namespace))
-    return _wrap(await _in_thread(lambda: mqueue.attach(namespace, url=url)))
+    return _wrap(await _in_thread(lambda: mqueue.attach(namespace, url=url), _close_lost))
 
 
 async def destroy(namespace: str, *, url: str | None = None) -> None:
@@ -547,14 +536,18 @@ async def destroy(namespace: str, *, url: str | None = None) -> None:
         await _in_thread(lambda: mqueue.destroy(namespace, url=url))
 
 
+def _close_lost(mq: _SyncMQueue) -> None:
+    # a handle whose create/attach was cancelled: nobody will close it
+    mq.close()
+
+
 def notifier_threads() -> int:
     """Notifier threads this process runs now for shared-memory waits (diagnostics)."""
     return _an.registry().threads()
 
 
 __all__ = [
-    "REDIS_SLICE_S",
-    "REDIS_THREADS",
+    "REDIS_POOL_SIZE",
     "YIELD_EVERY_S",
     "MQueue",
     "Queue",
