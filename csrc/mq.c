@@ -1,19 +1,9 @@
 /* mq.c - the mqueue engine: crash-safe named queues in one shared segment.
  *
- * The lock ("robust benaphore", after shared/reference/lock_poc.c):
- *   - the owner word is the lock; it is taken with one compare-and-swap, so
- *     an uncontended lock/unlock makes no system call;
- *   - a process-shared POSIX semaphore is the wait queue: waiters sleep on it
- *     with a short CLOCK_MONOTONIC timeout (LOCK_SLICE_NS);
- *   - liveness: each attached process holds an OFD lock on one byte (its
- *     slot) of the segment's file; the kernel drops it when the process dies,
- *     whatever pid namespace it lives in and whoever reuses its pid.  The
- *     owner word carries the slot and the generation of that slot's claim, so
- *     a new process reusing the slot never makes a dead owner look alive;
- *   - a waiter whose slice expires checks the owner; only a dead owner (slot
- *     generation moved on, or its OFD lock gone) is taken over, by CAS, and
- *     the taker repairs the queue (q_recover) and counts a recovery.  A slow
- *     or stopped owner is never robbed on a timeout alone.
+ * The lock, liveness and the wake-up word are in lock.c / live.c (lock.h);
+ * the Python-shaped entry points in adapters.c (mq_internal.h says which
+ * file holds what).  This file runs the repair when the lock reports that
+ * it was taken over from a dead owner (q_lock, q_recover).
  *
  * Crash consistency: every operation builds the new queue state (head, tail,
  * count, counters) in the inactive of two state copies and publishes it with
@@ -33,7 +23,6 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
-#include <semaphore.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -44,117 +33,32 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "mq.h"
-#include "mq_layout.h"
+#include "lock.h"
+#include "mq_internal.h"
 
-#define LOCK_SLICE_NS  10000000LL    /* 10 ms: bounds how long a dead owner blocks others */
-#define WAIT_SLICE_NS  100000000LL   /* 100 ms: bounds a wait whose waker died */
-#define SPIN_NS        20000LL       /* 20 us: how long an empty fetch watches before sleeping */
-#define LOCK_SPINS     500           /* pause loops a lock waiter spins before sleeping (a few us) */
-#define RETURN_SLICE_NS 100000000LL  /* 100 ms: a long wait returns MQ_EAGAIN this often */
-#define NS_PER_S       1000000000LL
 #define NLINK_CHECK_NS 100000000LL   /* 100 ms: how often a call checks the file was not removed */
 #define CREATE_GRACE_NS 1000000000LL /* 1 s: an empty, unlocked segment younger than this may be
                                       * a creator between its O_EXCL open and its creator lock */
 
-struct mq_q {                   /* process-local, validated copy of q_hdr's constants */
-    struct q_hdr *h;
-    uint8_t *data;
-    uint64_t phys, cap, nbuckets;
-    uint64_t mask;              /* phys - 1 when phys is a power of two, else 0 */
-    int64_t limit;
-    _Atomic uint64_t *buckets;  /* NULL for addmode 0 */
-    uint32_t addmode;
-};
+__thread int mq_errno;
 
-/* One per process and mapped segment, shared by every handle (mq_ns) on it
- * (mq_clone): the mapping, the descriptor and the liveness slot.  So the
- * slots count processes, not handles. */
-struct mq_map {
-    _Atomic uint32_t refs;      /* handles using this mapping; the last mq_detach releases it */
-    int fd;                     /* owned: a duplicate of the caller's descriptor */
-    int slot;
-    pid_t slot_pid;             /* the process that claimed `slot` through `fd` */
-    uint64_t me;                /* owner word value of this process */
-    int linked;                 /* the file had a name at attach (not a memfd): check nlink */
-    _Atomic int64_t next_check; /* CLOCK_MONOTONIC_COARSE ns of the next nlink check */
-};
-
-struct mq_ns {
-    uint8_t *base;
-    uint64_t size;
-    struct seg_hdr *h;
-    struct mq_map *map;         /* shared with the handle's clones */
-    uint32_t nq;
-    const char *meta;
-    size_t meta_len;
-    int broken;                 /* with closing == 2: the code every call returns (mq_reattach) */
-    _Atomic uint32_t inflight;  /* calls of this process's threads inside the engine */
-    _Atomic uint32_t closing;   /* 1: set by mq_detach, new calls get MQ_ECLOSED; 2: broken */
-    struct mq_q q[];
-};
-
-/* True once mq_detach began: long waits give up at their next slice. */
-static int ns_closing(const mq_ns *ns) {
-    return atomic_load_explicit(&ns->closing, memory_order_relaxed) != 0;  /* a hint, re-read each slice */
-}
-
-static __thread int last_errno;
-
-int mq_last_errno(void) { return last_errno; }
-
-/* Records errno for mq_last_errno().  Returns MQ_ESYS. */
-static int sys_fail(void) { last_errno = errno; return MQ_ESYS; }
+int mq_last_errno(void) { return mq_errno; }
 
 /* ------------------------------------------------------------ test kill points */
 #ifdef MQ_TESTING
-/* The kill point named by MQ_KILLPOINT (read once per process), or NULL. */
-static const char *kill_point(void) {
+const char *mq_kill_point(void) {
     static const char *kp;
     static int init;
     if (!init) { kp = getenv("MQ_KILLPOINT"); init = 1; }
     return kp;
 }
-/* Dies here (as a SIGKILL would) when MQ_KILLPOINT names this point. */
-#define KILLPOINT(name) do { const char *kp_ = kill_point(); \
-        if (kp_ && strcmp(kp_, name) == 0) _exit(77); } while (0)
-/* Creation kill points: the same mechanism, a separate name so that the
- * operation kill point tests (tests/test_c_engine.py, which find every
- * KILLPOINT) do not look for them; tests/test_lifecycle.py uses them. */
-#define DIE_IN_CREATE(name) KILLPOINT(name)
 int mq_testing(void) { return 1; }
 #else
-#define DIE_IN_CREATE(name) do { } while (0)
-#define KILLPOINT(name) do { } while (0)
 int mq_testing(void) { return 0; }
 #endif
 
 /* ------------------------------------------------------------ small helpers */
 static uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
-
-/* Decrements a waiter count without going below 0.  Counts may be reset by
- * q_notify/q_recover (healing increments left by killed processes), so a
- * plain decrement could wrap. */
-static void dec_sat_masked(_Atomic uint32_t *w, uint32_t mask) {
-    uint32_t v = atomic_load_explicit(w, memory_order_relaxed);
-    /* relaxed: the count is only a hint whether to wake; waits are timed */
-    while ((v & mask) && !atomic_compare_exchange_weak_explicit(w, &v, v - 1, memory_order_relaxed,
-                                                                 memory_order_relaxed)) { }
-}
-
-/* dec_sat_masked over the whole word.  Never fails. */
-__attribute__((unused)) static void dec_sat(_Atomic uint32_t *w) { dec_sat_masked(w, UINT32_MAX); }
-
-/* data_waiters: waiter count in the low 16 bits, an epoch above them. */
-#define WAITERS_MASK 0xffffu
-#define WAITER_ADD   0x10001u
-
-/* Returns CLOCK_MONOTONIC in ns (the clock Python's time.monotonic uses). */
-static int64_t mono_ns(void) {
-    struct timespec ts;
-    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) return 0;   /* cannot fail on Linux */
-    return (int64_t)ts.tv_sec * NS_PER_S + ts.tv_nsec;
-}
 
 /* FNV-1a hash of n bytes (the key index).  Returns the hash. */
 static uint64_t fnv1a(const char *p, size_t n) {
@@ -236,56 +140,6 @@ int mq_segment_size(uint32_t nq, const struct mq_qparam *params, size_t meta_len
     if (rc) return rc;
     *out = L.total;
     return 0;
-}
-
-/* ------------------------------------------------------------ liveness slots */
-/* Places, tests or drops an OFD lock on byte `slot`.  Returns 0 done (for
- * F_OFD_GETLK: 0 free, 1 held by another open file description), or -errno. */
-static int ofd(int fd, short type, int slot, int cmd) {
-    struct flock fl;
-    memset(&fl, 0, sizeof fl);
-    fl.l_type = type;
-    fl.l_whence = SEEK_SET;
-    fl.l_start = slot;
-    fl.l_len = 1;
-    if (fcntl(fd, cmd, &fl) == -1) return -errno;
-    if (cmd == F_OFD_GETLK) return fl.l_type != F_UNLCK;
-    return 0;
-}
-
-/* Claims the first free slot for this process's open file description fd.
- * Returns 0 and sets *slot and *me; MQ_ESLOTS when all are held; MQ_ESYS. */
-static int slot_claim(struct seg_hdr *h, int fd, int *slot, uint64_t *me) {
-    for (int i = 0; i < MQ_NSLOTS; i++) {
-        int rc = ofd(fd, F_WRLCK, i, F_OFD_SETLK);
-        if (rc == -EAGAIN || rc == -EACCES) continue;       /* a live process has it */
-        if (rc < 0) { last_errno = -rc; return MQ_ESYS; }
-        /* seq_cst RMW: any owner word naming the previous claim of slot i
-         * stops matching before this process can take a lock with it. */
-        uint64_t gen = (atomic_fetch_add(&h->slot_gen[i], 1) + 1) & 0xffffffffffffULL;
-        if (gen == 0) gen = atomic_fetch_add(&h->slot_gen[i], 1) + 1;   /* skip 0 on wrap */
-        atomic_store_explicit(&h->slot_pid[i], (uint32_t)getpid(), memory_order_relaxed); /* informational */
-        *slot = i;
-        *me = ((gen & 0xffffffffffffULL) << 16) | (uint64_t)(i + 1);
-        return 0;
-    }
-    return MQ_ESLOTS;
-}
-
-/* Returns 1 when the process named by owner word o may still be running,
- * 0 when it is certainly dead (or o is not a valid owner at all). */
-__attribute__((unused)) static int owner_alive(const mq_ns *ns, uint64_t o) {
-    uint64_t s1 = o & 0xffff, gen = o >> 16;
-    const struct mq_map *m = ns->map;
-    if (o == m->me) return 1;                        /* another thread of this process */
-    if (s1 == 0 || s1 > MQ_NSLOTS) return 0;         /* garbage: nobody can own with it */
-    int slot = (int)s1 - 1;
-    /* acquire: pairs with the seq_cst RMW in slot_claim */
-    if ((atomic_load_explicit(&ns->h->slot_gen[slot], memory_order_acquire) & 0xffffffffffffULL) != gen)
-        return 0;                                    /* slot reclaimed since: owner died */
-    if (slot == m->slot) return 1;                   /* our own slot, current gen: it is us */
-    int rc = ofd(m->fd, F_WRLCK, slot, F_OFD_GETLK);
-    return rc != 0;                                  /* error: assume alive, never steal */
 }
 
 /* ------------------------------------------------------------ ring access */
@@ -470,68 +324,12 @@ static int q_rebuild(const struct mq_q *q, struct q_state *s) {
     return 0;
 }
 
-/* ------------------------------------------------------------ the lock */
-/* Returns 1 when this machine has more than one CPU online (spinning makes
- * sense only then: the process we wait for can run meanwhile). */
-static int multi_cpu(void) {
-    static _Atomic int ncpu;
-    /* relaxed: idempotent initialisation, racing threads store the same value */
-    int nc = atomic_load_explicit(&ncpu, memory_order_relaxed);
-    if (nc == 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        nc = n > 0 ? (int)n : 1;
-        atomic_store_explicit(&ncpu, nc, memory_order_relaxed);
-    }
-    return nc > 1;
-}
-
-/* Tells the CPU we are spinning (cheaper for the sibling hyperthread). */
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
-/* glibc abort()s ("The futex facility returned an unexpected error code")
- * when a semaphore's private word is garbage, as it may be in a damaged
- * segment.  On 64-bit glibc a sem_t is {uint64 value+waiters; int private;
- * int pad}; what sem_init(pshared = 1) stores in `private` is learnt once
- * from a scratch semaphore, and any other value marks a semaphore damaged.
- * If the layout is not as expected the check is off (returns 0). */
-static int sem_damaged(sem_t *sem) {
-#if defined(__GLIBC__) && __SIZEOF_POINTER__ == 8
-    static _Atomic int expected = -2;    /* -2 unknown yet, -1 check off */
-    int e = atomic_load_explicit(&expected, memory_order_relaxed);   /* idempotent init */
-    if (e == -2) {
-        sem_t probe;
-        int priv = -1;
-        if (sem_init(&probe, 1, 0) == 0) {
-            memcpy(&priv, (const char *)&probe + 8, sizeof priv);
-            uint64_t v;
-            memcpy(&v, &probe, sizeof v);
-            if (v != 0 || priv < 0) priv = -1;
-            if (sem_destroy(&probe) != 0) priv = -1;
-        }
-        e = priv;
-        atomic_store_explicit(&expected, e, memory_order_relaxed);
-    }
-    if (e < 0) return 0;
-    int priv;
-    memcpy(&priv, (const char *)sem + 8, sizeof priv);
-    return priv != e;
-#else
-    (void)sem;
-    return 0;
-#endif
-}
-
+/* ------------------------------------------------------------ the lock (lock.c) */
 /* Repairs a queue whose lock owner died (caller now holds the lock):
  * re-derives the index, dead marks and count from the committed records,
  * heals the lock's wait accounting, counts a recovery and commits.  Returns
  * 0 or MQ_ECORRUPT (then nothing is committed and the caller must unlock). */
-__attribute__((unused)) static int q_recover(const struct mq_q *q) {
+static int q_recover(const struct mq_q *q) {
     /* full fence: the dead owner's last stores reached memory before the
      * kernel released its OFD lock, which we observed through a syscall;
      * this orders our reads after that observation */
@@ -545,131 +343,30 @@ __attribute__((unused)) static int q_recover(const struct mq_q *q) {
     s.recoveries++;
     if (s.count > s.high_water) s.high_water = s.count;
     s.cold_dirty = 1;   /* the dead owner may have died before copying the second line */
-    /* Heal the lock's wait accounting that the dead process may have left:
-     * live waiters time out within a slice and count themselves again. */
-    atomic_store_explicit(&q->h->lock_waiters, 0, memory_order_relaxed);
-    if (sem_damaged(&q->h->sem)) {
-        if (sem_init(&q->h->sem, 1, 0) != 0) return MQ_ECORRUPT;   /* waiters poll meanwhile */
-    } else {
-        for (int i = 0; i < 1024 && sem_trywait(&q->h->sem) == 0; i++) { }
-    }
+    if (lock_heal(q->h)) return MQ_ECORRUPT;   /* the wait accounting the dead process left */
     KILLPOINT("recover_before_commit");
     state_commit(q, &s);
     return 0;
 }
 
-#ifdef MQ_NAIVE_LOCK
-/* Negative control for the torture tests only: the semaphore used as a plain
- * mutex, as most IPC queues do.  A holder that dies leaves it taken forever;
- * the torture test must see that stall. */
-/* Releases the naive lock.  Never fails. */
-static void q_unlock(const struct mq_q *q) {
+/* Releases q's lock.  Never fails. */
+static inline void q_unlock(const struct mq_q *q) {
     KILLPOINT("unlock_before_release");
-    sem_post(&q->h->sem);
+    lock_release(q->h);
 }
 
-/* Takes the naive lock.  Returns 0, or MQ_EINTR (not held). */
-static int q_lock(const mq_ns *ns, const struct mq_q *q) {
-    (void)ns;
-    for (;;) {
-        if (sem_wait(&q->h->sem) == 0) return 0;
-        if (errno == EINTR) return MQ_EINTR;
+/* Takes q's lock, repairing the queue first when the lock was taken over
+ * from a dead owner.  Returns 0 when taken; lock_acquire's codes (MQ_EINTR,
+ * MQ_EAGAIN, MQ_ECLOSED), or MQ_ECORRUPT when a dead owner's queue could not
+ * be repaired; on failure the lock is not held. */
+static inline int q_lock(const mq_ns *ns, const struct mq_q *q) {
+    int rc = lock_acquire(ns, q->h);
+    if (__builtin_expect(rc == LOCK_DEAD_OWNER, 0)) {
+        if (q_recover(q)) { q_unlock(q); return MQ_ECORRUPT; }
+        return 0;
     }
+    return rc;
 }
-#define SEM_INITIAL 1
-#else
-#define SEM_INITIAL 0
-/* Releases q's lock and wakes one waiter if any sleeps.  Never fails. */
-static void q_unlock(const struct mq_q *q) {
-    KILLPOINT("unlock_before_release");
-    /* seq_cst (a release would do for the data): everything done under the
-     * lock happens-before the next owner's acquiring CAS, and the store is
-     * ordered before the lock_waiters load below (StoreLoad), the other half
-     * of the waiter's increment-then-recheck in q_lock */
-    atomic_store_explicit(&q->h->owner, 0, memory_order_seq_cst);
-    /* seq_cst load: pairs with the waiter's seq_cst increment + owner
-     * re-check in q_lock, so a waiter is either seen here or sees 0 there */
-    if (atomic_load_explicit(&q->h->lock_waiters, memory_order_seq_cst) && !sem_damaged(&q->h->sem)) {
-        int v = 0;
-        /* a pending post already wakes the next waiter; more would only pile
-         * up when the count is stale (a waiter was killed) */
-        if (sem_getvalue(&q->h->sem, &v) != 0 || v <= 0)
-            sem_post(&q->h->sem);   /* fails only on overflow; waiters time out anyway */
-    }
-}
-
-/* Takes q's lock.  Returns 0 when taken, MQ_EINTR when a signal arrived
- * while waiting, MQ_ECLOSED when the handle is being detached, MQ_ECORRUPT
- * when a dead owner's queue could not be repaired; on failure the lock is
- * not held. */
-static int q_lock(const mq_ns *ns, const struct mq_q *q) {
-    struct q_hdr *h = q->h;
-    int64_t slice_end = 0;   /* when the current owner is next checked for liveness */
-    int64_t started = 0;     /* when this call began to sleep (MQ_EAGAIN after a while) */
-    /* locks are held for well under a microsecond: spin first (multi-CPU only) */
-    int spins = multi_cpu() ? LOCK_SPINS : 0;
-    for (;;) {
-        uint64_t expected = 0;
-        /* acquire: pairs with the release in q_unlock */
-        if (atomic_compare_exchange_strong_explicit(&h->owner, &expected, ns->map->me,
-                                                    memory_order_acquire, memory_order_relaxed))
-            return 0;
-        if (spins > 0) {
-            /* relaxed: only a hint that the CAS above may now succeed */
-            while (--spins > 0 && atomic_load_explicit(&h->owner, memory_order_relaxed) != 0)
-                cpu_relax();
-            continue;
-        }
-        /* seq_cst: see q_unlock */
-        atomic_fetch_add_explicit(&h->lock_waiters, 1, memory_order_seq_cst);
-        if (atomic_load_explicit(&h->owner, memory_order_seq_cst) == 0) {
-            dec_sat(&h->lock_waiters);
-            continue;
-        }
-        int64_t now = mono_ns();
-        if (started == 0) started = now;
-        else if (now - started >= RETURN_SLICE_NS) {
-            /* a live owner holds the lock for long (stopped?): let the caller
-             * run its signal handlers, then call again */
-            dec_sat(&h->lock_waiters);
-            return MQ_EAGAIN;
-        }
-        if (slice_end == 0) slice_end = now + LOCK_SLICE_NS;
-        int err = ETIMEDOUT;
-        if (now < slice_end) {
-            if (sem_damaged(&h->sem)) {
-                /* never hand glibc a damaged semaphore (it abort()s): poll */
-                struct timespec z = {0, 1000000};
-                nanosleep(&z, NULL);
-                err = 0;
-            } else {
-                struct timespec ts = {(time_t)(slice_end / NS_PER_S), (long)(slice_end % NS_PER_S)};
-                err = sem_clockwait(&h->sem, CLOCK_MONOTONIC, &ts) ? errno : 0;
-            }
-        }
-        dec_sat(&h->lock_waiters);
-        if (err == EINTR) return MQ_EINTR;
-        if (ns_closing(ns)) return MQ_ECLOSED;        /* mq_detach is waiting for us */
-        /* Woken within the slice: try again.  Wake-ups alone never postpone
-         * the liveness check past the slice (stale posts cannot starve it). */
-        if (err == 0 && mono_ns() < slice_end) continue;
-        if (err != 0 && err != ETIMEDOUT) {           /* unexpected error: do not spin hot */
-            struct timespec z = {0, 1000000};
-            nanosleep(&z, NULL);
-        }
-        slice_end = 0;
-        uint64_t o = atomic_load_explicit(&h->owner, memory_order_acquire);
-        if (o == 0 || owner_alive(ns, o)) continue;   /* never steal from a live owner */
-        /* acquire: we take over the dead owner's lock; only one taker wins */
-        if (atomic_compare_exchange_strong_explicit(&h->owner, &o, ns->map->me,
-                                                    memory_order_acquire, memory_order_relaxed)) {
-            if (q_recover(q)) { q_unlock(q); return MQ_ECORRUPT; }
-            return 0;
-        }
-    }
-}
-
-#endif /* MQ_NAIVE_LOCK */
 
 /* Takes q's lock and loads its state into *s (for the calls off the hot
  * paths; mq_add and mq_fetch_* spell it out).  Returns 0 with the lock held;
@@ -680,69 +377,6 @@ static int q_lock_load(const mq_ns *ns, const struct mq_q *q, struct q_state *s)
     if (rc) return rc;
     if (state_load(q, s)) { q_unlock(q); return MQ_ECORRUPT; }
     return 0;
-}
-
-/* Wakes up to n processes blocked in fetch on q. */
-static void q_notify(const struct mq_q *q, int64_t n) {
-    /* seq_cst: the bump is ordered before the waiter-count load, pairing
-     * with q_wait's increment before FUTEX_WAIT (no lost wake-up) */
-    atomic_fetch_add_explicit(&q->h->seq, 1, memory_order_seq_cst);
-    uint32_t w = atomic_load_explicit(&q->h->data_waiters, memory_order_seq_cst);
-    if (w & WAITERS_MASK) {
-        int cnt = n > INT_MAX ? INT_MAX : (int)n;
-        /* shared futex (no FUTEX_PRIVATE_FLAG): waiters are other processes */
-        long woken = syscall(SYS_futex, &q->h->seq, FUTEX_WAKE, cnt, NULL, NULL, 0);
-        if (woken == 0) {
-            /* Nobody was asleep: the count is stale (a waiter was killed) or
-             * every counted waiter is between its increment and FUTEX_WAIT;
-             * those read seq before our bump, so their FUTEX_WAIT returns at
-             * once.  Resetting stops a stale count costing every add a
-             * syscall.  relaxed CAS: the count is only a hint. */
-            atomic_compare_exchange_strong_explicit(&q->h->data_waiters, &w, w & ~WAITERS_MASK,
-                                                    memory_order_relaxed, memory_order_relaxed);
-        }
-    }
-}
-
-
-/* Watches q's seq for up to SPIN_NS before a fetch goes to sleep: a producer
- * that is streaming adds again within microseconds, while a sleep and its
- * wake-up cost two system calls and a context switch on each side.  Only on
- * machines with more than one CPU.  Returns 1 when seq moved. */
-static int q_spin(const struct mq_q *q, uint32_t seq0, int64_t deadline) {
-    if (!multi_cpu()) return 0;
-    int64_t end = mono_ns() + SPIN_NS;
-    if (deadline > 0 && deadline < end) end = deadline;
-    do {
-        for (int i = 0; i < 64; i++) {
-            /* relaxed: only a hint to look again; take() reads under the lock */
-            if (atomic_load_explicit(&q->h->seq, memory_order_relaxed) != seq0) return 1;
-            cpu_relax();
-        }
-    } while (mono_ns() < end);
-    return 0;
-}
-
-/* Sleeps until q's seq moves away from seq0, a slice passes or the deadline.
- * Returns 0 (check again), 2 (a whole slice passed: check again), 1
- * (deadline reached), MQ_EINTR. */
-static int q_wait(const struct mq_q *q, uint32_t seq0, int64_t deadline) {
-    int64_t now = mono_ns(), slice = WAIT_SLICE_NS;
-    if (deadline >= 0) {
-        if (now >= deadline) return 1;
-        if (deadline - now < slice) slice = deadline - now;
-    }
-    struct timespec rel = {(time_t)(slice / NS_PER_S), (long)(slice % NS_PER_S)};
-    /* seq_cst: see q_notify.  The count is the low 16 bits; every waiter
-     * also bumps the epoch above them, so q_notify's reset (a CAS from the
-     * value it read) fails if a waiter came and went meanwhile (no ABA). */
-    atomic_fetch_add_explicit(&q->h->data_waiters, WAITER_ADD, memory_order_seq_cst);
-    long rc = syscall(SYS_futex, &q->h->seq, FUTEX_WAIT, seq0, &rel, NULL, 0);
-    int err = rc ? errno : 0;
-    dec_sat_masked(&q->h->data_waiters, WAITERS_MASK);
-    if (rc && err == EINTR) return MQ_EINTR;
-    if (rc && err == ETIMEDOUT) return 2;   /* a whole slice passed: the caller checks more */
-    return 0;   /* woken, EAGAIN (seq moved): re-check */
 }
 
 /* ------------------------------------------------------------ attach */
@@ -912,7 +546,7 @@ static int ns_build(uint8_t *base, uint64_t size, mq_ns **out) {
  * when the lock cannot be tested. */
 static int not_ready(int fd, const struct stat *st) {
     int held = ofd(fd, F_WRLCK, MQ_CREATOR_BYTE, F_OFD_GETLK);
-    if (held < 0) { last_errno = -held; return MQ_ESYS; }
+    if (held < 0) { mq_errno = -held; return MQ_ESYS; }
     if (held) return MQ_ENOTREADY;                   /* a live creator is formatting */
     if (st->st_size == 0) {
         struct timespec now;
@@ -969,7 +603,7 @@ int mq_creator_lock(int fd) {
     if (fd < 0) return MQ_EINVAL;
     int rc = ofd(fd, F_WRLCK, MQ_CREATOR_BYTE, F_OFD_SETLK);
     if (rc == -EAGAIN || rc == -EACCES) return MQ_ENOTREADY;
-    if (rc < 0) { last_errno = -rc; return MQ_ESYS; }
+    if (rc < 0) { mq_errno = -rc; return MQ_ESYS; }
     return 0;
 }
 
@@ -1020,10 +654,8 @@ int mq_create(int fd, uint32_t nq, const struct mq_qparam *params,
         qh->index_off = L.index_off[i];
         qh->nbuckets = L.nbuckets[i];
         qh->addmode = am[i];
-        if (sem_init(&qh->sem, 1, SEM_INITIAL) != 0) {   /* pshared = 1: across processes */
-            rc = sys_fail();
-            goto out;
-        }
+        rc = lock_init(qh);
+        if (rc) goto out;
     }
     /* release: the whole formatted header, tables and semaphores before the
      * magic that tells attachers the segment is ready */
@@ -1496,49 +1128,6 @@ int64_t mq_add_many(mq_ns *ns, uint32_t qi, const char *data, size_t data_len,
     return r;
 }
 
-int64_t mq_add_many_sep(mq_ns *ns, uint32_t qi, const char *data, size_t data_len, size_t n,
-                        uint32_t flags) {
-    if (n == 0) return 0;
-    if (!data || n > ((size_t)1 << 32) || (flags & ~MQ_FLAGS_MASK)) return MQ_EINVAL;
-    /* Split at the NULs into the (lens, packed data) form of mq_add_many:
-     * piece i < n is key i, piece n + i is value i. */
-    uint32_t *lens = malloc(3 * n * sizeof *lens);
-    const char **at = malloc(2 * n * sizeof *at);
-    char *packed = malloc(data_len ? data_len : 1);
-    int64_t r = MQ_ENOMEM;
-    if (!lens || !at || !packed) goto out;
-    const char *p = data, *end = data + data_len;
-    size_t pieces = 0;
-    r = MQ_EINVAL;
-    for (;;) {
-        const char *z = memchr(p, 0, (size_t)(end - p));
-        size_t l = (size_t)((z ? z : end) - p);
-        if (pieces == 2 * n) goto out;                  /* more pieces than items */
-        if (l > UINT32_MAX) { r = MQ_ETOOBIG; goto out; }
-        size_t item = pieces < n ? pieces : pieces - n;
-        lens[3 * item + (pieces < n ? 0 : 1)] = (uint32_t)l;
-        lens[3 * item + 2] = flags;
-        at[pieces] = p;
-        pieces++;
-        if (!z) break;
-        p = z + 1;
-    }
-    if (pieces != 2 * n) goto out;
-    size_t off = 0;
-    for (size_t i = 0; i < n; i++) {                    /* key i, value i, ... */
-        memcpy(packed + off, at[i], lens[3 * i]);
-        off += lens[3 * i];
-        memcpy(packed + off, at[n + i], lens[3 * i + 1]);
-        off += lens[3 * i + 1];
-    }
-    r = mq_add_many(ns, qi, packed, off, lens, n);
-out:
-    free(packed);
-    free(at);
-    free(lens);
-    return r;
-}
-
 /* ------------------------------------------------------------ fetch */
 /* Skips dead records at s->head.  Returns 0 or MQ_ECORRUPT. */
 static int skip_dead(const struct mq_q *q, struct q_state *s) {
@@ -1551,12 +1140,6 @@ static int skip_dead(const struct mq_q *q, struct q_state *s) {
     if (s->count) return MQ_ECORRUPT;
     return 0;
 }
-
-/* What a batch fetch reports besides the items (see mq_fetch_batch). */
-struct batch_out {
-    uint64_t total;
-    uint32_t info;
-};
 
 /* Takes up to max items under one lock hold.  With bo, every key and value
  * is followed by a NUL byte and bo describes the batch.  Returns the number
@@ -1620,7 +1203,7 @@ static int64_t take(const struct mq_q *q, uint32_t max, char *buf, size_t bufsiz
 /* The fetch loop: take, or spin, or sleep on the futex word until the
  * deadline.  Returns as mq_fetch_many; nothing is taken on failure. */
 static int64_t fetch_impl(mq_ns *ns, uint32_t qi, uint32_t max, int64_t deadline,
-                          char *buf, size_t bufsize, uint32_t *meta, struct batch_out *bo) {
+                      char *buf, size_t bufsize, uint32_t *meta, struct batch_out *bo) {
     const struct mq_q *q;
     int rc = q_index(ns, qi, &q);
     if (rc) return rc;
@@ -1649,9 +1232,9 @@ static int64_t fetch_impl(mq_ns *ns, uint32_t qi, uint32_t max, int64_t deadline
     }
 }
 
-/* fetch_impl inside the in-flight accounting.  Returns as fetch_impl. */
-static int64_t fetch_loop(mq_ns *ns, uint32_t qi, uint32_t max, int64_t deadline,
-                          char *buf, size_t bufsize, uint32_t *meta, struct batch_out *bo) {
+/* See mq_internal.h (fetch_impl inside the in-flight accounting). */
+int64_t mq_fetch_loop(mq_ns *ns, uint32_t qi, uint32_t max, int64_t deadline,
+                      char *buf, size_t bufsize, uint32_t *meta, struct batch_out *bo) {
     int rc = ns_enter(ns);
     if (rc) return rc;
     int64_t n = fetch_impl(ns, qi, max, deadline, buf, bufsize, meta, bo);
@@ -1660,45 +1243,12 @@ static int64_t fetch_loop(mq_ns *ns, uint32_t qi, uint32_t max, int64_t deadline
 }
 
 int mq_fetch(mq_ns *ns, uint32_t qi, int64_t deadline_ns, char *buf, size_t bufsize, uint32_t *meta) {
-    return (int)fetch_loop(ns, qi, 1, deadline_ns, buf, bufsize, meta, NULL);
-}
-
-/* The deadline for a timeout in seconds (see mq_fetch_into), stored in
- * fb->deadline.  Returns 0, or MQ_EINVAL for NaN. */
-static int fb_deadline(struct mq_fetchbuf *fb, double timeout_s) {
-    if (timeout_s != timeout_s) return MQ_EINVAL;                /* NaN */
-    if (timeout_s == 0) fb->deadline = 0;
-    else if (timeout_s < 0 || timeout_s > 1e9) fb->deadline = -1;  /* forever (incl. inf) */
-    else fb->deadline = mono_ns() + (int64_t)(timeout_s * 1e9) + 1;
-    return 0;
-}
-
-int mq_fetch_into(struct mq_fetchbuf *fb, double timeout_s) {
-    if (!fb) return MQ_EINVAL;
-    fb->taken = 0;
-    int rc = fb_deadline(fb, timeout_s);
-    if (rc) return rc;
-    rc = (int)fetch_loop(fb->ns, fb->q, 1, fb->deadline, fb->buf, fb->size, fb->meta, NULL);
-    if (rc > 0) fb->taken = (uint32_t)rc;
-    return rc;
-}
-
-int64_t mq_fetch_batch(struct mq_fetchbuf *fb, uint32_t max, double timeout_s) {
-    if (!fb) return MQ_EINVAL;
-    fb->taken = 0;
-    int rc = fb_deadline(fb, timeout_s);
-    if (rc) return rc;
-    struct batch_out bo = {0, 0};
-    int64_t n = fetch_loop(fb->ns, fb->q, max, fb->deadline, fb->buf, fb->size, fb->meta, &bo);
-    if (n > 0) fb->taken = (uint32_t)n;
-    fb->total = bo.total;
-    fb->info = bo.info;
-    return n;
+    return (int)mq_fetch_loop(ns, qi, 1, deadline_ns, buf, bufsize, meta, NULL);
 }
 
 int64_t mq_fetch_many(mq_ns *ns, uint32_t qi, uint32_t max, int64_t deadline_ns,
                       char *buf, size_t bufsize, uint32_t *meta) {
-    return fetch_loop(ns, qi, max, deadline_ns, buf, bufsize, meta, NULL);
+    return mq_fetch_loop(ns, qi, max, deadline_ns, buf, bufsize, meta, NULL);
 }
 
 /* ------------------------------------------------------------ inspection */
@@ -2347,7 +1897,7 @@ int mq_ws_run(mq_waitset *ws) {
         if (pthread_mutex_lock(&ws->mu) != 0) return sys_fail();   /* cannot happen (default mutex) */
         ws->sleeping = 0;
         if (err == ENOSYS || err == EINVAL) {   /* refused (seccomp, old kernel): new watches go elsewhere */
-            last_errno = err;
+            mq_errno = err;
             rc = MQ_ESYS;
             ws->stop = 1;
             break;
