@@ -82,10 +82,19 @@ static uint64_t rec_size(size_t klen, size_t vlen) {
 }
 
 /* ------------------------------------------------------------ layout */
+/* Where everything of a segment goes (layout_compute), with the queue
+ * parameters it was computed from.  About 150 KiB: too big for the stack,
+ * so the calls that need one (mq_segment_size, mq_create, ns_build) share
+ * one per thread, layout_scratch; none of them calls another while using it
+ * (mq_create calls mq_attach only after its last use). */
 struct layout {
     uint64_t meta_off, qtable_off, total;
     uint64_t index_off[MQ_MAX_QUEUES], nbuckets[MQ_MAX_QUEUES], data_off[MQ_MAX_QUEUES];
+    uint64_t caps[MQ_MAX_QUEUES];   /* the inputs: capacity (rounded up to 8), addmode */
+    uint32_t am[MQ_MAX_QUEUES];
 };
+
+static __thread struct layout layout_scratch;
 
 /* Computes where everything goes.  Returns 0, or MQ_EINVAL for parameters
  * no segment may have (out is then partly written and meaningless). */
@@ -128,17 +137,15 @@ static int params_check(uint32_t nq, const struct mq_qparam *p, uint64_t *caps, 
     return 0;
 }
 
-/* See mq.h.  Thread-local scratch: the layout table is too big for the stack. */
+/* See mq.h. */
 int mq_segment_size(uint32_t nq, const struct mq_qparam *params, size_t meta_len, uint64_t *out) {
-    static __thread struct layout L;
-    static __thread uint64_t caps[MQ_MAX_QUEUES];
-    static __thread uint32_t am[MQ_MAX_QUEUES];
+    struct layout *L = &layout_scratch;
     if (!out) return MQ_EINVAL;
-    int rc = params_check(nq, params, caps, am);
+    int rc = params_check(nq, params, L->caps, L->am);
     if (rc) return rc;
-    rc = layout_compute(nq, caps, am, meta_len, &L);
+    rc = layout_compute(nq, L->caps, L->am, meta_len, L);
     if (rc) return rc;
-    *out = L.total;
+    *out = L->total;
     return 0;
 }
 
@@ -204,16 +211,16 @@ static int state_load(const struct mq_q *q, struct q_state *s) {
     /* acquire: pairs with the release in state_commit, so the state copy and
      * the records it covers are seen whole */
     uint32_t c = atomic_load_explicit(&q->h->cur, memory_order_acquire) & 1;
-    memcpy(s, &q->h->st[c], sizeof(struct q_pstate));   /* same layout (mq_layout.h) */
+    s->p = q->h->st[c];
     s->cold_dirty = 0;
-    s->count = s->added - s->fetched - s->evicted - s->duplicates;   /* wraps when damaged: caught below */
-    if (s->tail < s->head || s->tail - s->head > q->cap || (s->head & 7) || (s->tail & 7))
+    s->count = s->p.added - s->p.fetched - s->p.evicted - s->p.duplicates;   /* wraps when damaged: caught below */
+    if (s->p.tail < s->p.head || s->p.tail - s->p.head > q->cap || (s->p.head & 7) || (s->p.tail & 7))
         return MQ_ECORRUPT;
-    if (s->count > (s->tail - s->head) / MQ_REC_HDR) return MQ_ECORRUPT;
-    if (s->rsv_n) {   /* a pending reservation: [rsv, rsv_end) <= head, all within capacity */
-        if (s->rsv > s->rsv_end || s->rsv_end > s->head || s->tail - s->rsv > q->cap ||
-            (s->rsv & 7) || (s->rsv_end & 7) || s->rsv_n > (s->rsv_end - s->rsv) / MQ_REC_HDR ||
-            s->rsv_tag == 0)
+    if (s->count > (s->p.tail - s->p.head) / MQ_REC_HDR) return MQ_ECORRUPT;
+    if (s->p.rsv_n) {   /* a pending reservation: [rsv, rsv_end) <= head, all within capacity */
+        if (s->p.rsv > s->p.rsv_end || s->p.rsv_end > s->p.head || s->p.tail - s->p.rsv > q->cap ||
+            (s->p.rsv & 7) || (s->p.rsv_end & 7) || s->p.rsv_n > (s->p.rsv_end - s->p.rsv) / MQ_REC_HDR ||
+            s->p.rsv_tag == 0)
             return MQ_ECORRUPT;
     }
     return 0;
@@ -221,12 +228,12 @@ static int state_load(const struct mq_q *q, struct q_state *s) {
 
 /* Where the bytes in use begin: the reservation's first record while one is
  * pending (its records stay in the ring), else the head. */
-static inline uint64_t q_start(const struct q_state *s) { return s->rsv_n ? s->rsv : s->head; }
+static inline uint64_t q_start(const struct q_state *s) { return s->p.rsv_n ? s->p.rsv : s->p.head; }
 
 /* Forgets the pending reservation in the working copy (not published).
  * Never fails. */
 static void rsv_clear(struct q_state *s) {
-    s->rsv = s->rsv_end = s->rsv_n = s->rsv_tag = s->rsv_owner = 0;
+    s->p.rsv = s->p.rsv_end = s->p.rsv_n = s->p.rsv_tag = s->p.rsv_owner = 0;
     s->cold_dirty = 1;
 }
 
@@ -237,7 +244,7 @@ static void rsv_clear(struct q_state *s) {
 static void state_commit(const struct mq_q *q, struct q_state *s) {
     uint32_t c = atomic_load_explicit(&q->h->cur, memory_order_relaxed) & 1; /* stable: we hold the lock */
     int both = s->cold_dirty;
-    memcpy(&q->h->st[c ^ 1], s, both ? sizeof(struct q_pstate) : offsetof(struct q_pstate, rsv));
+    memcpy(&q->h->st[c ^ 1], &s->p, both ? sizeof s->p : offsetof(struct q_pstate, rsv));
     KILLPOINT("commit_before_flip");
     /* release: orders the new record bytes, dead marks and the state copy
      * above before the flip; one store, so a crash leaves old or new state */
@@ -247,8 +254,8 @@ static void state_commit(const struct mq_q *q, struct q_state *s) {
         /* under the lock, read by nobody until we unlock; a crash before this
          * copy is followed by q_recover, which commits both lines again */
         memcpy((char *)&q->h->st[c] + offsetof(struct q_pstate, rsv),
-               (const char *)s + offsetof(struct q_pstate, rsv),
-               sizeof(struct q_pstate) - offsetof(struct q_pstate, rsv));
+               (const char *)&s->p + offsetof(struct q_pstate, rsv),
+               sizeof s->p - offsetof(struct q_pstate, rsv));
         s->cold_dirty = 0;
     }
 }
@@ -275,16 +282,16 @@ static int idx_find(const struct mq_q *q, uint64_t hash, const char *key, size_t
 }
 
 /* Rebuilds the index chains, the dead marks and the count from the records
- * in [s->head, s->tail) (the committed state).  Used by recovery and to undo
+ * in [s->p.head, s->p.tail) (the committed state).  Used by recovery and to undo
  * an aborted operation.  Returns 0 with s->count set, or MQ_ECORRUPT. */
 static int q_rebuild(const struct mq_q *q, struct q_state *s) {
     uint64_t count = 0;
     if (q->buckets)
         for (uint64_t b = 0; b < q->nbuckets; b++)
             atomic_store_explicit(&q->buckets[b], 0, memory_order_relaxed);
-    for (uint64_t p = s->head; p < s->tail;) {
+    for (uint64_t p = s->p.head; p < s->p.tail;) {
         struct rec_hdr r;
-        if (rec_read(q, p, s->tail, &r)) return MQ_ECORRUPT;
+        if (rec_read(q, p, s->p.tail, &r)) return MQ_ECORRUPT;
         uint8_t dead = 0;
         if (r.gone & REC_GONE) {   /* left by a put-back (mq_settle): never an item again */
             if (!r.dead) rec_set_dead(q, p, 1);
@@ -300,7 +307,7 @@ static int q_rebuild(const struct mq_q *q, struct q_state *s) {
                 while (e) {
                     uint64_t o = e - 1;
                     struct rec_hdr or;
-                    if (rec_read(q, o, s->tail, &or)) return MQ_ECORRUPT;
+                    if (rec_read(q, o, s->p.tail, &or)) return MQ_ECORRUPT;
                     if (!or.dead && or.klen == r.klen) {
                         int same = 1;
                         for (uint32_t i = 0; i < r.klen && same; i++)
@@ -340,8 +347,8 @@ static int q_recover(const struct mq_q *q) {
     uint64_t derived = s.count;
     if (q_rebuild(q, &s)) return MQ_ECORRUPT;
     if (s.count != derived) return MQ_ECORRUPT;   /* records and counters disagree: damage */
-    s.recoveries++;
-    if (s.count > s.high_water) s.high_water = s.count;
+    s.p.recoveries++;
+    if (s.count > s.p.high_water) s.p.high_water = s.count;
     s.cold_dirty = 1;   /* the dead owner may have died before copying the second line */
     if (lock_heal(q->h)) return MQ_ECORRUPT;   /* the wait accounting the dead process left */
     KILLPOINT("recover_before_commit");
@@ -473,9 +480,7 @@ static int ns_enter(mq_ns *ns) {
 /* Validates a mapped segment and builds the handle.  Returns 0 and *out,
  * or a negative code with nothing allocated. */
 static int ns_build(uint8_t *base, uint64_t size, mq_ns **out) {
-    static __thread struct layout L;
-    static __thread uint64_t caps[MQ_MAX_QUEUES];
-    static __thread uint32_t am[MQ_MAX_QUEUES];
+    struct layout *L = &layout_scratch;
     struct seg_hdr *h = (struct seg_hdr *)base;
     /* acquire: pairs with the creator's release store of magic, so the
      * formatted header and tables are seen whole */
@@ -502,37 +507,37 @@ static int ns_build(uint8_t *base, uint64_t size, mq_ns **out) {
         return MQ_ECORRUPT;
     struct q_hdr *qt = (struct q_hdr *)(base + hc.qtable_off);
     for (uint32_t i = 0; i < nq; i++) {
-        caps[i] = qt[i].capacity;
-        am[i] = qt[i].addmode;
+        L->caps[i] = qt[i].capacity;
+        L->am[i] = qt[i].addmode;
     }
-    if (layout_compute(nq, caps, am, hc.meta_len, &L)) return MQ_ECORRUPT;
-    if (L.total != size || L.meta_off != hc.meta_off || L.qtable_off != hc.qtable_off)
+    if (layout_compute(nq, L->caps, L->am, hc.meta_len, L)) return MQ_ECORRUPT;
+    if (L->total != size || L->meta_off != hc.meta_off || L->qtable_off != hc.qtable_off)
         return MQ_ECORRUPT;
     mq_ns *ns = calloc(1, sizeof *ns + (size_t)nq * sizeof(struct mq_q));
     if (!ns) return MQ_ENOMEM;
     for (uint32_t i = 0; i < nq; i++) {
         struct q_hdr *qh = &qt[i];
-        if (qh->data_off != L.data_off[i] || qh->phys != 2 * caps[i] ||
-            qh->index_off != L.index_off[i] || qh->nbuckets != L.nbuckets[i]) {
+        if (qh->data_off != L->data_off[i] || qh->phys != 2 * L->caps[i] ||
+            qh->index_off != L->index_off[i] || qh->nbuckets != L->nbuckets[i]) {
             free(ns);
             return MQ_ECORRUPT;
         }
         struct mq_q *q = &ns->q[i];
         q->h = qh;
-        q->data = base + L.data_off[i];
-        q->phys = 2 * caps[i];
+        q->data = base + L->data_off[i];
+        q->phys = 2 * L->caps[i];
         q->mask = (q->phys & (q->phys - 1)) == 0 ? q->phys - 1 : 0;
-        q->cap = caps[i];
+        q->cap = L->caps[i];
         q->limit = qh->size_limit;
-        q->addmode = am[i];
-        q->nbuckets = L.nbuckets[i];
-        q->buckets = am[i] ? (_Atomic uint64_t *)(base + L.index_off[i]) : NULL;
+        q->addmode = L->am[i];
+        q->nbuckets = L->nbuckets[i];
+        q->buckets = L->am[i] ? (_Atomic uint64_t *)(base + L->index_off[i]) : NULL;
     }
     ns->base = base;
     ns->size = size;
     ns->h = h;
     ns->nq = nq;
-    ns->meta = (const char *)base + L.meta_off;
+    ns->meta = (const char *)base + L->meta_off;
     ns->meta_len = hc.meta_len;
     *out = ns;
     return 0;
@@ -609,20 +614,18 @@ int mq_creator_lock(int fd) {
 
 int mq_create(int fd, uint32_t nq, const struct mq_qparam *params,
               const char *meta, size_t meta_len, mq_ns **out) {
-    static __thread struct layout L;
-    static __thread uint64_t caps[MQ_MAX_QUEUES];
-    static __thread uint32_t am[MQ_MAX_QUEUES];
+    struct layout *L = &layout_scratch;
     struct stat st;
     if (!out || fd < 0 || (meta_len && !meta)) return MQ_EINVAL;
-    int rc = params_check(nq, params, caps, am);
+    int rc = params_check(nq, params, L->caps, L->am);
     if (rc) return rc;
     for (uint32_t i = 0; i < nq; i++)
         if (params[i].size_limit < 0) return MQ_EINVAL;
-    rc = layout_compute(nq, caps, am, meta_len, &L);
+    rc = layout_compute(nq, L->caps, L->am, meta_len, L);
     if (rc) return rc;
     if (fstat(fd, &st) != 0) return sys_fail();
-    if ((uint64_t)st.st_size != L.total) return MQ_EINVAL;
-    uint8_t *base = mmap(NULL, L.total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if ((uint64_t)st.st_size != L->total) return MQ_EINVAL;
+    uint8_t *base = mmap(NULL, L->total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) return sys_fail();
     struct seg_hdr *h = (struct seg_hdr *)base;
     if (atomic_load_explicit(&h->magic, memory_order_relaxed) != 0) {   /* not fresh */
@@ -639,21 +642,21 @@ int mq_create(int fd, uint32_t nq, const struct mq_qparam *params,
     h->nqueues = nq;
     h->nslots = MQ_NSLOTS;
     h->rec_hdr = MQ_REC_HDR;
-    h->total_size = L.total;
-    h->meta_off = L.meta_off;
+    h->total_size = L->total;
+    h->meta_off = L->meta_off;
     h->meta_len = meta_len;
-    h->qtable_off = L.qtable_off;
-    if (meta_len) memcpy(base + L.meta_off, meta, meta_len);
-    struct q_hdr *qt = (struct q_hdr *)(base + L.qtable_off);
+    h->qtable_off = L->qtable_off;
+    if (meta_len) memcpy(base + L->meta_off, meta, meta_len);
+    struct q_hdr *qt = (struct q_hdr *)(base + L->qtable_off);
     for (uint32_t i = 0; i < nq; i++) {
         struct q_hdr *qh = &qt[i];
-        qh->data_off = L.data_off[i];
-        qh->phys = 2 * caps[i];
-        qh->capacity = caps[i];
+        qh->data_off = L->data_off[i];
+        qh->phys = 2 * L->caps[i];
+        qh->capacity = L->caps[i];
         qh->size_limit = params[i].size_limit;
-        qh->index_off = L.index_off[i];
-        qh->nbuckets = L.nbuckets[i];
-        qh->addmode = am[i];
+        qh->index_off = L->index_off[i];
+        qh->nbuckets = L->nbuckets[i];
+        qh->addmode = L->am[i];
         rc = lock_init(qh);
         if (rc) goto out;
     }
@@ -665,7 +668,7 @@ int mq_create(int fd, uint32_t nq, const struct mq_qparam *params,
     if (ofd(fd, F_UNLCK, MQ_CREATOR_BYTE, F_OFD_SETLK) != 0) { }
     rc = 0;
 out:
-    if (munmap(base, L.total) != 0 && rc == 0) rc = sys_fail();
+    if (munmap(base, L->total) != 0 && rc == 0) rc = sys_fail();
     if (rc) return rc;
     return mq_attach(fd, out);
 }
@@ -828,34 +831,34 @@ int mq_meta(const mq_ns *ns, const char **data, size_t *len) {
 }
 
 /* ------------------------------------------------------------ add */
-/* Advances s->head over whole records until an item of R more bytes fits
+/* Advances s->p.head over whole records until an item of R more bytes fits
  * (and, on a bounded queue, one more item fits the count).  Dead records are
  * reclaimed, live ones counted as evicted.  Returns 0 or MQ_ECORRUPT. */
 static int make_room(const struct mq_q *q, struct q_state *s, uint64_t R) {
-    while ((q->limit > 0 && s->count + 1 > (uint64_t)q->limit) || (s->tail - q_start(s)) + R > q->cap) {
+    while ((q->limit > 0 && s->count + 1 > (uint64_t)q->limit) || (s->p.tail - q_start(s)) + R > q->cap) {
         struct rec_hdr r;
-        if (s->rsv_n && (s->tail - s->rsv) + R > q->cap) {
+        if (s->p.rsv_n && (s->p.tail - s->p.rsv) + R > q->cap) {
             /* Bytes are short while a reservation holds the oldest records:
              * only dropping it frees them.  Its items are the oldest, so they
              * go first, counted as evicted instead of fetched. */
-            s->fetched -= s->rsv_n;
-            s->evicted += s->rsv_n;
+            s->p.fetched -= s->p.rsv_n;
+            s->p.evicted += s->p.rsv_n;
             rsv_clear(s);
             continue;
         }
-        if (s->head == s->tail) return MQ_ECORRUPT;   /* R <= cap, so impossible when sane */
-        if (rec_read(q, s->head, s->tail, &r)) return MQ_ECORRUPT;
+        if (s->p.head == s->p.tail) return MQ_ECORRUPT;   /* R <= cap, so impossible when sane */
+        if (rec_read(q, s->p.head, s->p.tail, &r)) return MQ_ECORRUPT;
         if (!r.dead) {
             if (s->count == 0) return MQ_ECORRUPT;
             s->count--;
-            s->evicted++;
+            s->p.evicted++;
         }
-        s->head += r.len;
+        s->p.head += r.len;
     }
     return 0;
 }
 
-/* Writes one record at s->tail (space checked by the caller), links it into
+/* Writes one record at s->p.tail (space checked by the caller), links it into
  * the index and updates *s.  Not yet published. */
 static void put_record(const struct mq_q *q, struct q_state *s, uint64_t hash, const char *key,
                        size_t klen, const char *val, size_t vlen, uint32_t flags, uint64_t R) {
@@ -865,7 +868,7 @@ static void put_record(const struct mq_q *q, struct q_state *s, uint64_t hash, c
     r.klen = (uint32_t)klen;
     r.vlen = (uint32_t)vlen;
     r.flags = (uint8_t)flags;
-    uint64_t pos = s->tail;
+    uint64_t pos = s->p.tail;
     if (q->buckets) r.next = atomic_load_explicit(&q->buckets[hash & (q->nbuckets - 1)], memory_order_relaxed);
     copy_in(q, pos, &r, sizeof r);
     if (klen) copy_in(q, pos + MQ_REC_HDR, key, klen);
@@ -873,10 +876,10 @@ static void put_record(const struct mq_q *q, struct q_state *s, uint64_t hash, c
     if (vlen) copy_in(q, pos + MQ_REC_HDR + klen, val, vlen);
     if (q->buckets)   /* relaxed: under the lock; a crash before commit is undone by q_rebuild */
         atomic_store_explicit(&q->buckets[hash & (q->nbuckets - 1)], pos + 1, memory_order_relaxed);
-    s->tail += R;
+    s->p.tail += R;
     s->count++;
-    s->added++;
-    if (s->count > s->high_water) s->high_water = s->count;
+    s->p.added++;
+    if (s->count > s->p.high_water) s->p.high_water = s->count;
 }
 
 /* Undoes uncommitted index/dead-mark changes and unlocks.  Returns rc. */
@@ -899,11 +902,11 @@ static int add_one(const struct mq_q *q, struct q_state *s, const char *key, siz
     if (q->buckets) {
         uint64_t found;
         hash = fnv1a(key, klen);
-        int rc = idx_find(q, hash, key, klen, s->head, s->tail, &found);
+        int rc = idx_find(q, hash, key, klen, s->p.head, s->p.tail, &found);
         if (rc < 0) return rc;
         if (rc == 1) {
-            s->duplicates++;
-            if (q->addmode == 1) { s->added++; return 0; }
+            s->p.duplicates++;
+            if (q->addmode == 1) { s->p.added++; return 0; }
             rec_set_dead(q, found, 1);     /* addmode 2: the old one goes */
             KILLPOINT("add_after_kill");
             s->count--;
@@ -913,7 +916,7 @@ static int add_one(const struct mq_q *q, struct q_state *s, const char *key, siz
     /* Replaced records at the head hold no item: reclaim their bytes first. */
     int rc = skip_dead(q, s);
     if (rc) return rc;
-    if (q->limit <= 0 && (s->tail - q_start(s)) + R > q->cap) {
+    if (q->limit <= 0 && (s->p.tail - q_start(s)) + R > q->cap) {
         if (killed) rec_set_dead(q, killed - 1, 0);   /* undo: nothing changes */
         return MQ_EFULL;
     }
@@ -983,9 +986,9 @@ static size_t sim_slot(const struct mq_q *q, const struct sim_rec *recs, const i
 static int sim_batch(const struct mq_q *q, const struct q_state *s0, const char *data,
                      const uint32_t *lens, size_t n) {
     size_t nc = 0;
-    for (uint64_t p = s0->head; p < s0->tail; nc++) {
+    for (uint64_t p = s0->p.head; p < s0->p.tail; nc++) {
         struct rec_hdr r;
-        if (rec_read(q, p, s0->tail, &r)) return MQ_ECORRUPT;
+        if (rec_read(q, p, s0->p.tail, &r)) return MQ_ECORRUPT;
         p += r.len;
     }
     size_t total = nc + n, tabn = 16;
@@ -996,10 +999,10 @@ static int sim_batch(const struct mq_q *q, const struct q_state *s0, const char 
     if (!recs || (q->buckets && !tab)) goto out;
     if (tab) memset(tab, 0xff, tabn * sizeof *tab);      /* all -1: empty */
     size_t nr = 0;
-    for (uint64_t p = s0->head; p < s0->tail; nr++) {
+    for (uint64_t p = s0->p.head; p < s0->p.tail; nr++) {
         struct rec_hdr r;
         if (nr == nc) { rc = MQ_ECORRUPT; goto out; }   /* the records changed under us */
-        if (rec_read(q, p, s0->tail, &r)) { rc = MQ_ECORRUPT; goto out; }
+        if (rec_read(q, p, s0->p.tail, &r)) { rc = MQ_ECORRUPT; goto out; }
         struct sim_rec *x = &recs[nr];
         x->R = r.len;
         x->kpos = p + MQ_REC_HDR;
@@ -1015,8 +1018,8 @@ static int sim_batch(const struct mq_q *q, const struct q_state *s0, const char 
         p += r.len;
     }
     size_t h = 0;
-    uint64_t used = s0->tail - q_start(s0);
-    int reclaim = s0->rsv_n == 0;   /* a pending reservation keeps every byte from rsv on */
+    uint64_t used = s0->p.tail - q_start(s0);
+    int reclaim = s0->p.rsv_n == 0;   /* a pending reservation keeps every byte from rsv on */
     const char *p = data;
     for (size_t i = 0; i < n; i++) {
         size_t kl = lens[3 * i], vl = lens[3 * i + 1];
@@ -1076,7 +1079,7 @@ static int64_t add_many_impl(mq_ns *ns, uint32_t qi, const char *data, size_t da
      * could write over committed bytes before it fails (only when it replaces
      * and reclaims its own or queued records), decide first by a dry run. */
     int may_split = q->limit > 0;
-    if (!may_split && (s.tail - q_start(&s)) + total_R > q->phys) {
+    if (!may_split && (s.p.tail - q_start(&s)) + total_R > q->phys) {
         rc = sim_batch(q, &s, data, lens, n);
         if (rc) { q_unlock(q); return rc; }
         may_split = 1;
@@ -1090,7 +1093,7 @@ static int64_t add_many_impl(mq_ns *ns, uint32_t qi, const char *data, size_t da
          * the last published state.  Only a batch larger than the free space
          * gets here, and only when it cannot fail: publish what we have first. */
         if (may_split) {
-            if (s.tail + R - committed_start > q->phys) {
+            if (s.p.tail + R - committed_start > q->phys) {
                 state_commit(q, &s);
                 committed_start = q_start(&s);
                 q_notify(q, pending);
@@ -1129,13 +1132,13 @@ int64_t mq_add_many(mq_ns *ns, uint32_t qi, const char *data, size_t data_len,
 }
 
 /* ------------------------------------------------------------ fetch */
-/* Skips dead records at s->head.  Returns 0 or MQ_ECORRUPT. */
+/* Skips dead records at s->p.head.  Returns 0 or MQ_ECORRUPT. */
 static int skip_dead(const struct mq_q *q, struct q_state *s) {
-    while (s->head < s->tail) {
+    while (s->p.head < s->p.tail) {
         struct rec_hdr r;
-        if (rec_read(q, s->head, s->tail, &r)) return MQ_ECORRUPT;
+        if (rec_read(q, s->p.head, s->p.tail, &r)) return MQ_ECORRUPT;
         if (!r.dead) return 0;
-        s->head += r.len;
+        s->p.head += r.len;
     }
     if (s->count) return MQ_ECORRUPT;
     return 0;
@@ -1152,14 +1155,14 @@ static int64_t take(const struct mq_q *q, uint32_t max, char *buf, size_t bufsiz
                     struct batch_out *bo) {
     struct q_state s;
     if (state_load(q, &s)) return MQ_ECORRUPT;
-    uint64_t head0 = s.head;
+    uint64_t head0 = s.p.head;
     if (skip_dead(q, &s)) return MQ_ECORRUPT;
     int64_t n = 0;
     size_t used = 0, sep = bo ? 1 : 0;
     uint32_t info = MQ_BATCH_UNIFORM | MQ_BATCH_NONUL, first_flags = 0;
-    while (n < (int64_t)max && s.head < s.tail) {
+    while (n < (int64_t)max && s.p.head < s.p.tail) {
         struct rec_hdr r;
-        if (rec_read(q, s.head, s.tail, &r) || r.dead) return MQ_ECORRUPT;
+        if (rec_read(q, s.p.head, s.p.tail, &r) || r.dead) return MQ_ECORRUPT;
         size_t need = (size_t)r.klen + r.vlen + 2 * sep;
         if (need > bufsize - used) {
             if (n == 0) { meta[0] = (uint32_t)(need > UINT32_MAX ? UINT32_MAX : need); return MQ_EBUF; }
@@ -1167,14 +1170,14 @@ static int64_t take(const struct mq_q *q, uint32_t max, char *buf, size_t bufsiz
         }
         if (sep) {
             char *k = buf + used, *v = k + r.klen + 1;
-            copy_out(q, s.head + MQ_REC_HDR, k, r.klen);
+            copy_out(q, s.p.head + MQ_REC_HDR, k, r.klen);
             k[r.klen] = 0;
-            copy_out(q, s.head + MQ_REC_HDR + r.klen, v, r.vlen);
+            copy_out(q, s.p.head + MQ_REC_HDR + r.klen, v, r.vlen);
             v[r.vlen] = 0;
             if (memchr(k, 0, r.klen) || memchr(v, 0, r.vlen)) info &= ~MQ_BATCH_NONUL;
             if (n > 0 && (r.flags & MQ_FLAGS_MASK) != first_flags) info &= ~MQ_BATCH_UNIFORM;
         } else {
-            copy_out(q, s.head + MQ_REC_HDR, buf + used, need);
+            copy_out(q, s.p.head + MQ_REC_HDR, buf + used, need);
         }
         KILLPOINT("fetch_after_copy");
         meta[3 * n] = r.klen;
@@ -1182,15 +1185,15 @@ static int64_t take(const struct mq_q *q, uint32_t max, char *buf, size_t bufsiz
         if (n == 0) first_flags = r.flags & MQ_FLAGS_MASK;   /* meta[2]: after the commit */
         else meta[3 * n + 2] = r.flags & MQ_FLAGS_MASK;
         used += need;
-        s.head += r.len;
+        s.p.head += r.len;
         if (s.count == 0) return MQ_ECORRUPT;
         s.count--;
-        s.fetched++;
+        s.p.fetched++;
         n++;
         if (skip_dead(q, &s)) return MQ_ECORRUPT;
     }
     if (n == 0 && s.count) return MQ_ECORRUPT;
-    if (n || s.head != head0) state_commit(q, &s);
+    if (n || s.p.head != head0) state_commit(q, &s);
     if (n) meta[2] = first_flags;   /* the "taken" marker: only now that the take is committed */
     KILLPOINT("fetch_after_commit");
     if (bo) {
@@ -1283,13 +1286,13 @@ static int stats_impl(mq_ns *ns, uint32_t qi, struct mq_stats *out) {
     int rc = q_snapshot(ns, qi, out, &q, &s);
     if (rc) return rc;
     out->count = s.count;
-    out->added = s.added;
-    out->fetched = s.fetched;
-    out->evicted = s.evicted;
-    out->duplicates = s.duplicates;
-    out->high_water = s.high_water;
-    out->recoveries = s.recoveries;
-    out->bytes_used = s.tail - q_start(&s);
+    out->added = s.p.added;
+    out->fetched = s.p.fetched;
+    out->evicted = s.p.evicted;
+    out->duplicates = s.p.duplicates;
+    out->high_water = s.p.high_water;
+    out->recoveries = s.p.recoveries;
+    out->bytes_used = s.p.tail - q_start(&s);
     out->capacity = q->cap;
     out->size_limit = q->limit;
     out->addmode = q->addmode;
@@ -1329,16 +1332,16 @@ static int64_t reserve_impl(struct mq_fetchbuf *fb, uint32_t max, uint64_t tag) 
     struct q_state s;
     rc = q_lock_load(ns, q, &s);
     if (rc) return rc;
-    if (s.rsv_n) { q_unlock(q); return MQ_EBUSY; }
+    if (s.p.rsv_n) { q_unlock(q); return MQ_EBUSY; }
     if (skip_dead(q, &s)) { q_unlock(q); return MQ_ECORRUPT; }
-    uint64_t first = s.head;
+    uint64_t first = s.p.head;
     int64_t n = 0;
     size_t used = 0;
     uint32_t info = MQ_BATCH_UNIFORM | MQ_BATCH_NONUL, first_flags = 0;
-    while (n < (int64_t)max && s.head < s.tail) {
+    while (n < (int64_t)max && s.p.head < s.p.tail) {
         struct rec_hdr r;
-        if (rec_read(q, s.head, s.tail, &r)) { q_unlock(q); return MQ_ECORRUPT; }
-        if (r.dead) { s.head += r.len; continue; }   /* replaced: not an item */
+        if (rec_read(q, s.p.head, s.p.tail, &r)) { q_unlock(q); return MQ_ECORRUPT; }
+        if (r.dead) { s.p.head += r.len; continue; }   /* replaced: not an item */
         size_t need = (size_t)r.klen + r.vlen + 2;
         if (need > fb->size - used) {
             if (n == 0) {
@@ -1349,9 +1352,9 @@ static int64_t reserve_impl(struct mq_fetchbuf *fb, uint32_t max, uint64_t tag) 
             break;
         }
         char *k = fb->buf + used, *v = k + r.klen + 1;
-        copy_out(q, s.head + MQ_REC_HDR, k, r.klen);
+        copy_out(q, s.p.head + MQ_REC_HDR, k, r.klen);
         k[r.klen] = 0;
-        copy_out(q, s.head + MQ_REC_HDR + r.klen, v, r.vlen);
+        copy_out(q, s.p.head + MQ_REC_HDR + r.klen, v, r.vlen);
         v[r.vlen] = 0;
         if (memchr(k, 0, r.klen) || memchr(v, 0, r.vlen)) info &= ~MQ_BATCH_NONUL;
         if (n == 0) first_flags = r.flags & MQ_FLAGS_MASK;
@@ -1360,18 +1363,18 @@ static int64_t reserve_impl(struct mq_fetchbuf *fb, uint32_t max, uint64_t tag) 
         fb->meta[3 * n + 1] = r.vlen;
         fb->meta[3 * n + 2] = r.flags & MQ_FLAGS_MASK;
         used += need;
-        s.head += r.len;
+        s.p.head += r.len;
         if (s.count == 0) { q_unlock(q); return MQ_ECORRUPT; }
         s.count--;
-        s.fetched++;                             /* taken; a put-back subtracts it */
+        s.p.fetched++;                             /* taken; a put-back subtracts it */
         n++;
     }
     if (n) {
-        s.rsv = first;
-        s.rsv_end = s.head;
-        s.rsv_n = (uint64_t)n;
-        s.rsv_tag = tag;
-        s.rsv_owner = ns->map->me;
+        s.p.rsv = first;
+        s.p.rsv_end = s.p.head;
+        s.p.rsv_n = (uint64_t)n;
+        s.p.rsv_tag = tag;
+        s.p.rsv_owner = ns->map->me;
         s.cold_dirty = 1;
         KILLPOINT("reserve_before_commit");
         state_commit(q, &s);
@@ -1414,15 +1417,15 @@ static int mark_gone(const struct mq_q *q, uint64_t from, uint64_t to) {
  * Returns the number of items back in the queue, or a negative code (marks
  * outside the committed records may then be set; abort_op restores the rest). */
 static int64_t put_back(const struct mq_q *q, struct q_state *s) {
-    uint64_t live_head = s->head;
-    int rc = mark_gone(q, s->rsv_end, s->head);   /* fetched/evicted/replaced meanwhile */
+    uint64_t live_head = s->p.head;
+    int rc = mark_gone(q, s->p.rsv_end, s->p.head);   /* fetched/evicted/replaced meanwhile */
     if (rc) return rc;
     int64_t back = 0;
     char *key = NULL;
     size_t keycap = 0;
-    for (uint64_t p = s->rsv; p < s->rsv_end;) {
+    for (uint64_t p = s->p.rsv; p < s->p.rsv_end;) {
         struct rec_hdr r;
-        if (rec_read(q, p, s->rsv_end, &r)) { free(key); return MQ_ECORRUPT; }
+        if (rec_read(q, p, s->p.rsv_end, &r)) { free(key); return MQ_ECORRUPT; }
         if (r.dead || (r.gone & REC_GONE)) {
             /* replaced before it was reserved: its replacement may be gone by
              * now, so make it permanently not an item (q_rebuild keeps it so) */
@@ -1442,33 +1445,33 @@ static int64_t put_back(const struct mq_q *q, struct q_state *s) {
             }
             copy_out(q, p + MQ_REC_HDR, key, r.klen);
             uint64_t found;
-            rc = idx_find(q, fnv1a(key, r.klen), key, r.klen, live_head, s->tail, &found);
+            rc = idx_find(q, fnv1a(key, r.klen), key, r.klen, live_head, s->p.tail, &found);
             if (rc < 0) { free(key); return rc; }
             dead = rc == 1;
         }
         rec_set_dead(q, p, dead);   /* also clears a mark left by an aborted put-back */
-        if (dead) s->duplicates++;
+        if (dead) s->p.duplicates++;
         else back++;
         p += r.len;
     }
     free(key);
-    s->fetched -= s->rsv_n;                  /* with duplicates++ above: count += back */
+    s->p.fetched -= s->p.rsv_n;                  /* with duplicates++ above: count += back */
     s->count += (uint64_t)back;
-    s->head = s->rsv;
+    s->p.head = s->p.rsv;
     rsv_clear(s);
     /* A bounded queue that took items meanwhile is over its count now: the
      * put-back items are the oldest, so they are dropped first. */
     while (q->limit > 0 && s->count > (uint64_t)q->limit) {
         struct rec_hdr r;
-        if (s->head >= s->tail || rec_read(q, s->head, s->tail, &r)) return MQ_ECORRUPT;
+        if (s->p.head >= s->p.tail || rec_read(q, s->p.head, s->p.tail, &r)) return MQ_ECORRUPT;
         if (!r.dead) {
             s->count--;
-            s->evicted++;
+            s->p.evicted++;
             if (back) back--;
         }
-        s->head += r.len;
+        s->p.head += r.len;
     }
-    if (s->count > s->high_water) s->high_water = s->count;
+    if (s->count > s->p.high_water) s->p.high_water = s->count;
     return back;
 }
 
@@ -1481,7 +1484,7 @@ static int settle_impl(mq_ns *ns, uint32_t qi, uint64_t tag, int commit) {
     struct q_state s;
     rc = q_lock_load(ns, q, &s);
     if (rc) return rc;
-    if (s.rsv_n == 0 || s.rsv_tag != tag) { q_unlock(q); return MQ_ENORSV; }
+    if (s.p.rsv_n == 0 || s.p.rsv_tag != tag) { q_unlock(q); return MQ_ENORSV; }
     int64_t back = 0;
     if (commit) {
         rsv_clear(&s);                           /* its items stay counted as fetched */
@@ -1515,12 +1518,12 @@ static int reservation_impl(mq_ns *ns, uint32_t qi, struct mq_rsvinfo *out) {
     struct q_state s;
     int rc = q_snapshot(ns, qi, out, &q, &s);
     if (rc) return rc;
-    out->tag = s.rsv_tag;
-    out->count = s.rsv_n;
-    out->load_tag = s.load_tag;
-    out->owner_alive = s.rsv_n ? (uint32_t)owner_alive(ns, s.rsv_owner) : 0;
-    out->mine = s.rsv_n && s.rsv_owner == ns->map->me;
-    return s.rsv_n ? 1 : 0;
+    out->tag = s.p.rsv_tag;
+    out->count = s.p.rsv_n;
+    out->load_tag = s.p.load_tag;
+    out->owner_alive = s.p.rsv_n ? (uint32_t)owner_alive(ns, s.p.rsv_owner) : 0;
+    out->mine = s.p.rsv_n && s.p.rsv_owner == ns->map->me;
+    return s.p.rsv_n ? 1 : 0;
 }
 
 int mq_reservation(mq_ns *ns, uint32_t qi, struct mq_rsvinfo *out) {
@@ -1567,15 +1570,15 @@ static int64_t load_impl(mq_ns *ns, uint32_t qi, uint64_t tag, const char *data,
     struct q_state s;
     rc = q_lock_load(ns, q, &s);
     if (rc) return rc;
-    if (s.load_tag == tag) { q_unlock(q); return MQ_EAPPLIED; }
+    if (s.p.load_tag == tag) { q_unlock(q); return MQ_EAPPLIED; }
     /* One commit: the records written must not overlap the committed bytes
      * [start, tail).  Bounded: kept_R <= capacity and tail - start <= capacity,
      * so they fit the 2 x capacity ring.  Unbounded: checked here. */
-    if (q->limit <= 0 && (s.tail - q_start(&s)) + kept_R > q->phys) { q_unlock(q); return MQ_ENOSTEP; }
+    if (q->limit <= 0 && (s.p.tail - q_start(&s)) + kept_R > q->phys) { q_unlock(q); return MQ_ENOSTEP; }
     const char *p = data;
     for (size_t i = 0; i < skip; i++) p += lens[3 * i] + lens[3 * i + 1];
-    s.added += skip;
-    s.evicted += skip;
+    s.p.added += skip;
+    s.p.evicted += skip;
     int64_t stored = 0;
     for (size_t i = skip; i < n; i++) {
         size_t kl = lens[3 * i], vl = lens[3 * i + 1];
@@ -1584,7 +1587,7 @@ static int64_t load_impl(mq_ns *ns, uint32_t qi, uint64_t tag, const char *data,
         stored += rc;
         p += kl + vl;
     }
-    s.load_tag = tag;
+    s.p.load_tag = tag;
     s.cold_dirty = 1;
     KILLPOINT("load_before_commit");
     state_commit(q, &s);

@@ -280,9 +280,10 @@ int mq_reservation(mq_ns *ns, uint32_t q, struct mq_rsvinfo *out);
 int64_t mq_load(mq_ns *ns, uint32_t q, uint64_t tag, const char *data, size_t data_len,
                 const uint32_t *lens, size_t n);
 
-/* Test support: the number of distinct kill points, their names, and
- * whether this build has them (-DMQ_TESTING); with MQ_KILLPOINT=name in the
- * environment the process _exit()s at that point. */
+/* Test support: returns 1 when this build has the test kill points
+ * (-DMQ_TESTING), else 0.  In such a build, a process whose environment
+ * holds MQ_KILLPOINT=name _exit()s (status 77) at the kill point of that
+ * name; the names are the KILLPOINT("...") marks in csrc/mq.c. */
 int mq_testing(void);
 
 #endif
