@@ -892,12 +892,39 @@ static int abort_op(const struct mq_q *q, int rc) {
 
 static int skip_dead(const struct mq_q *q, struct q_state *s);
 
+/* The derived-data changes (index buckets, dead marks) of an add_many on an
+ * unbounded queue with a key index, logged so that a batch refused for room
+ * (MQ_EFULL) half-way is undone in O(batch) (undo_apply) rather than by
+ * re-deriving the index of the whole queue (abort_op): the cost of a refused
+ * add must not grow with the queue.  At most two entries per item. */
+struct undo {
+    struct undo_ent {
+        uint64_t where;         /* bucket index, or UNDO_DEAD | record position */
+        uint64_t old;           /* the bucket's old value */
+    } *e;
+    size_t n;
+};
+#define UNDO_DEAD (1ULL << 63)
+
+/* Restores, newest first, what u logged, then unlocks.  Returns rc. */
+static int undo_apply(const struct mq_q *q, struct undo *u, int rc) {
+    while (u->n > 0) {
+        const struct undo_ent *x = &u->e[--u->n];
+        if (x->where & UNDO_DEAD) rec_set_dead(q, x->where & ~UNDO_DEAD, 0);   /* was live: idx_find found it */
+        else   /* relaxed: under the lock, as put_record's store */
+            atomic_store_explicit(&q->buckets[x->where], x->old, memory_order_relaxed);
+    }
+    q_unlock(q);
+    return rc;
+}
+
 /* One item of an add: dedup, room, write.  Returns 1 stored, 0 dropped
  * (addmode 1), or a negative code: MQ_EFULL leaves the segment as it was
- * (only *s changed, which the caller drops); any other code may leave
- * derived data (index, dead marks) to be restored by abort_op. */
+ * but for the changes logged in u (only *s changed, which the caller drops;
+ * u may be NULL when nothing was changed before this item); any other code
+ * may leave derived data (index, dead marks) to be restored by abort_op. */
 static int add_one(const struct mq_q *q, struct q_state *s, const char *key, size_t klen,
-                   const char *val, size_t vlen, uint32_t flags, uint64_t R) {
+                   const char *val, size_t vlen, uint32_t flags, uint64_t R, struct undo *u) {
     uint64_t hash = 0, killed = 0;
     if (q->buckets) {
         uint64_t found;
@@ -922,6 +949,12 @@ static int add_one(const struct mq_q *q, struct q_state *s, const char *key, siz
     }
     rc = make_room(q, s, R);
     if (rc) return rc;
+    if (u) {
+        if (killed) u->e[u->n++] = (struct undo_ent){UNDO_DEAD | (killed - 1), 0};
+        uint64_t b = hash & (q->nbuckets - 1);
+        /* relaxed: under the lock */
+        u->e[u->n++] = (struct undo_ent){b, atomic_load_explicit(&q->buckets[b], memory_order_relaxed)};
+    }
     put_record(q, s, hash, key, klen, val, vlen, flags, R);
     return 1;
 }
@@ -940,7 +973,7 @@ static int add_impl(mq_ns *ns, uint32_t qi, const char *key, size_t klen,
     KILLPOINT("add_locked");
     struct q_state s;
     if (state_load(q, &s)) { q_unlock(q); return MQ_ECORRUPT; }
-    rc = add_one(q, &s, key, klen, val, vlen, flags, R);
+    rc = add_one(q, &s, key, klen, val, vlen, flags, R, NULL);
     if (rc == MQ_EFULL) { q_unlock(q); return rc; }   /* nothing was touched */
     if (rc < 0) return abort_op(q, rc);
     KILLPOINT("add_before_commit");
@@ -1079,10 +1112,24 @@ static int64_t add_many_impl(mq_ns *ns, uint32_t qi, const char *data, size_t da
      * could write over committed bytes before it fails (only when it replaces
      * and reclaims its own or queued records), decide first by a dry run. */
     int may_split = q->limit > 0;
-    if (!may_split && (s.p.tail - q_start(&s)) + total_R > q->phys) {
-        rc = sim_batch(q, &s, data, lens, n);
-        if (rc) { q_unlock(q); return rc; }
-        may_split = 1;
+    struct undo undo = {NULL, 0}, *u = NULL;
+    if (!may_split && (s.p.tail - q_start(&s)) + total_R > q->cap) {
+        /* It may not fit.  Without a key index nothing in the batch frees
+         * bytes (no duplicates, no replaced records): only the replaced
+         * records already at the head can go, so the answer is known now,
+         * whatever the queue holds. */
+        if (!q->buckets) {
+            if (skip_dead(q, &s)) { q_unlock(q); return MQ_ECORRUPT; }
+            if ((s.p.tail - q_start(&s)) + total_R > q->cap) { q_unlock(q); return MQ_EFULL; }
+        } else if ((s.p.tail - q_start(&s)) + total_R > q->phys) {
+            rc = sim_batch(q, &s, data, lens, n);
+            if (rc) { q_unlock(q); return rc; }
+            may_split = 1;
+        } else {
+            /* duplicates may make it fit: try, logging what to undo */
+            undo.e = malloc(2 * n * sizeof *undo.e);
+            u = undo.e ? &undo : NULL;   /* no memory: a refusal re-derives the index */
+        }
     }
     int64_t stored = 0, pending = 0;
     const char *p = data;
@@ -1100,13 +1147,19 @@ static int64_t add_many_impl(mq_ns *ns, uint32_t qi, const char *data, size_t da
                 pending = 0;
             }
         }
-        rc = add_one(q, &s, p, kl, p + kl, vl, lens[3 * i + 2], R);
-        if (rc < 0) return abort_op(q, rc);   /* after a split, only on damage */
+        rc = add_one(q, &s, p, kl, p + kl, vl, lens[3 * i + 2], R, u);
+        if (rc < 0) {   /* after a split, only on damage */
+            if (rc == MQ_EFULL && u) rc = undo_apply(q, u, rc);
+            else rc = abort_op(q, rc);
+            free(undo.e);
+            return rc;
+        }
         stored += rc;
         pending += rc;
         p += kl + vl;
         KILLPOINT("add_many_mid");
     }
+    free(undo.e);
     state_commit(q, &s);
     q_unlock(q);
     if (pending) q_notify(q, pending);
@@ -1582,7 +1635,7 @@ static int64_t load_impl(mq_ns *ns, uint32_t qi, uint64_t tag, const char *data,
     int64_t stored = 0;
     for (size_t i = skip; i < n; i++) {
         size_t kl = lens[3 * i], vl = lens[3 * i + 1];
-        rc = add_one(q, &s, p, kl, p + kl, vl, lens[3 * i + 2], rec_size(kl, vl));
+        rc = add_one(q, &s, p, kl, p + kl, vl, lens[3 * i + 2], rec_size(kl, vl), NULL);
         if (rc < 0) return abort_op(q, rc);      /* MQ_EFULL included: nothing published */
         stored += rc;
         p += kl + vl;
