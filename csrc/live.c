@@ -107,26 +107,32 @@ int owner_alive(const mq_ns *ns, uint64_t o) {
 }
 
 /* ------------------------------------------------------------ the wake-up word */
-/* Wakes up to n processes blocked in fetch on q. */
-void q_notify(const struct mq_q *q, int64_t n) {
+uint32_t q_bump(const struct mq_q *q) {
     /* seq_cst: the bump is ordered before the waiter-count load, pairing
      * with q_wait's increment before FUTEX_WAIT (no lost wake-up) */
     atomic_fetch_add_explicit(&q->h->seq, 1, memory_order_seq_cst);
     uint32_t w = atomic_load_explicit(&q->h->data_waiters, memory_order_seq_cst);
-    if (w & WAITERS_MASK) {
-        int cnt = n > INT_MAX ? INT_MAX : (int)n;
-        /* shared futex (no FUTEX_PRIVATE_FLAG): waiters are other processes */
-        long woken = syscall(SYS_futex, &q->h->seq, FUTEX_WAKE, cnt, NULL, NULL, 0);
-        if (woken == 0) {
-            /* Nobody was asleep: the count is stale (a waiter was killed) or
-             * every counted waiter is between its increment and FUTEX_WAIT;
-             * those read seq before our bump, so their FUTEX_WAIT returns at
-             * once.  Resetting stops a stale count costing every add a
-             * syscall.  relaxed CAS: the count is only a hint. */
-            atomic_compare_exchange_strong_explicit(&q->h->data_waiters, &w, w & ~WAITERS_MASK,
-                                                    memory_order_relaxed, memory_order_relaxed);
-        }
+    return (w & WAITERS_MASK) ? w : 0;
+}
+
+void q_wake(const struct mq_q *q, int64_t n, uint32_t w) {
+    int cnt = n > INT_MAX ? INT_MAX : (int)n;
+    /* shared futex (no FUTEX_PRIVATE_FLAG): waiters are other processes */
+    long woken = syscall(SYS_futex, &q->h->seq, FUTEX_WAKE, cnt, NULL, NULL, 0);
+    if (woken == 0) {
+        /* Nobody was asleep: the count is stale (a waiter was killed) or
+         * every counted waiter is between its increment and FUTEX_WAIT;
+         * those read seq before our bump, so their FUTEX_WAIT returns at
+         * once.  Resetting stops a stale count costing every add a
+         * syscall.  relaxed CAS: the count is only a hint. */
+        atomic_compare_exchange_strong_explicit(&q->h->data_waiters, &w, w & ~WAITERS_MASK,
+                                                memory_order_relaxed, memory_order_relaxed);
     }
+}
+
+void q_notify(const struct mq_q *q, int64_t n) {
+    uint32_t w = q_bump(q);
+    if (w) q_wake(q, n, w);
 }
 
 /* Watches q's seq for up to SPIN_NS before a fetch goes to sleep: a producer

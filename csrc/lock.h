@@ -53,8 +53,16 @@ MQ_HIDDEN void dec_sat_masked(_Atomic uint32_t *w, uint32_t mask);
 #define WAITERS_MASK 0xffffu
 #define WAITER_ADD   0x10001u
 
-/* Bumps q's wake-up word and wakes up to n processes blocked in a fetch on
- * it.  Never fails (a failed wake-up only delays a waiter to its slice). */
+/* After a publish: bumps q's wake-up word.  Called before the lock is
+ * released (the line is ours then, and a fetch reads the word under the
+ * lock), or after.  Returns the waiter word for q_wake when a process may
+ * sleep on q, else 0.  Never fails. */
+MQ_HIDDEN uint32_t q_bump(const struct mq_q *q);
+/* Wakes up to n processes blocked in a fetch on q; w is q_bump's result.
+ * Best done after unlocking (a system call).  Never fails (a failed wake-up
+ * only delays a waiter to its slice). */
+MQ_HIDDEN void q_wake(const struct mq_q *q, int64_t n, uint32_t w);
+/* q_bump, then q_wake if needed.  Never fails. */
 MQ_HIDDEN void q_notify(const struct mq_q *q, int64_t n);
 /* Watches q's wake-up word for a few microseconds before a fetch sleeps
  * (multi-CPU only).  Returns 1 when it moved away from seq0, else 0. */
