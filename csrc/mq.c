@@ -188,19 +188,6 @@ static uint64_t ring_hash(const struct mq_q *q, uint64_t pos, size_t n) {
     return h;
 }
 
-/* How far ahead of itself a batch asks for ring bytes (ring_prefetch). */
-#define PREFETCH_AHEAD 2048
-
-/* Asks the CPU to start loading the ring's lines from logical position *pos
- * up to `to` (rw 0: to read, 1: to write), and advances *pos.  Records just
- * written by the other process are in its cache: the hint keeps several of
- * those transfers in flight instead of one miss after another.  A hint only:
- * never faults, changes nothing. */
-#define ring_prefetch(q, pos, to, rw) do { \
-        for (; *(pos) < (to); *(pos) += 64) \
-            __builtin_prefetch((q)->data + ring_off((q), *(pos)), (rw), 3); \
-    } while (0)
-
 /* Reads and checks the record header at pos, which must end by lim.
  * Returns 0, or MQ_ECORRUPT (r is then meaningless). */
 static int rec_read(const struct mq_q *q, uint64_t pos, uint64_t lim, struct rec_hdr *r) {
@@ -1147,12 +1134,9 @@ static int64_t add_many_impl(mq_ns *ns, uint32_t qi, const char *data, size_t da
     }
     int64_t stored = 0, pending = 0;
     const char *p = data;
-    uint64_t pf = s.p.tail & ~(uint64_t)63, pf_end = s.p.tail + total_R;   /* lines to prefetch */
     for (size_t i = 0; i < n; i++) {
         size_t kl = lens[3 * i], vl = lens[3 * i + 1];
         uint64_t R = rec_size(kl, vl);
-        uint64_t to = pf_end - s.p.tail > PREFETCH_AHEAD ? s.p.tail + PREFETCH_AHEAD : pf_end;
-        ring_prefetch(q, &pf, to, 1);
         /* The record goes at [tail, tail + R); it must not overwrite bytes of
          * the last published state.  Only a batch larger than the free space
          * gets here, and only when it cannot fail: publish what we have first. */
@@ -1231,13 +1215,8 @@ static int64_t take(const struct mq_q *q, uint32_t max, char *buf, size_t bufsiz
     int64_t n = 0;
     size_t used = 0, sep = bo ? 1 : 0;
     uint32_t info = MQ_BATCH_UNIFORM | MQ_BATCH_NONUL, first_flags = 0;
-    uint64_t pf = s.p.head & ~(uint64_t)63;   /* next line to prefetch (batches) */
     while (n < (int64_t)max && s.p.head < s.p.tail) {
         struct rec_hdr r;
-        if (max > 1) {
-            uint64_t to = s.p.tail - s.p.head > PREFETCH_AHEAD ? s.p.head + PREFETCH_AHEAD : s.p.tail;
-            ring_prefetch(q, &pf, to, 0);
-        }
         if (rec_read(q, s.p.head, s.p.tail, &r) || r.dead) return MQ_ECORRUPT;
         size_t need = (size_t)r.klen + r.vlen + 2 * sep;
         if (need > bufsize - used) {
