@@ -26,8 +26,12 @@
  * liveness slot), pin themselves with sched_setaffinity, wait for a common
  * start, and the run lasts until the consumer has taken every item.  The
  * consumer checks that every item arrives once and in order.  Reported:
- * items per second over the run, how often the producer found the ring full,
- * and the consumer's longest gap between two successful fetches.
+ * items per second over the run; the CPU time per item of the busier process
+ * (CLOCK_PROCESS_CPUTIME_ID: time it was descheduled by other load does not
+ * count, so it varies less on a shared machine; both sides spin rather than
+ * sleep while the other is busy, so it is close to the wall time per item
+ * when nothing else runs); how often the producer found the ring full, and
+ * the consumer's longest gap between two successful fetches.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -61,7 +65,15 @@ struct shared {                     /* one page, MAP_SHARED between the three pr
     _Atomic long fulls;             /* producer calls refused with MQ_EFULL */
     _Atomic int64_t max_gap;        /* consumer: longest ns between two takes */
     _Atomic int bad;                /* consumer: an item out of order, or an error */
+    _Atomic int64_t cpu[2];         /* CPU ns used by the producer, the consumer */
 };
+
+/* CPU time of this process in ns (not counting time it was not running). */
+static int64_t cpu_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
 
 static int64_t now_ns(void) {
     struct timespec t;
@@ -231,7 +243,7 @@ static double line_pingpong(const struct opts *o) {
 }
 
 /* One run.  Returns items per second, or -1. */
-static double run(const struct opts *o, long *fulls, double *gap_ms) {
+static double run(const struct opts *o, long *fulls, double *gap_ms, double *cpu_item) {
     struct shared *sh = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (sh == MAP_FAILED) return -1;
     struct mq_qparam p = {o->cap, o->limit, 0};
@@ -249,8 +261,10 @@ static double run(const struct opts *o, long *fulls, double *gap_ms) {
         if (kids[k] == 0) {
             pin(k == 0 ? o->cpu_p : o->cpu_c);
             mq_ns *cns = attach(parent, memfd);
+            int64_t c0 = cpu_ns();
             if (k == 0) producer(o, sh, cns);
             else consumer(o, sh, cns, skip);
+            atomic_store(&sh->cpu[k], cpu_ns() - c0);
             mq_free(cns);
             _exit(0);
         }
@@ -269,6 +283,8 @@ static double run(const struct opts *o, long *fulls, double *gap_ms) {
     double secs = (double)(atomic_load(&sh->t_end) - atomic_load(&sh->t_start)) * 1e-9;
     *fulls = atomic_load(&sh->fulls);
     *gap_ms = (double)atomic_load(&sh->max_gap) * 1e-6;
+    int64_t c0 = atomic_load(&sh->cpu[0]), c1 = atomic_load(&sh->cpu[1]);
+    *cpu_item = (double)(c0 > c1 ? c0 : c1) / (double)o->items;
     if (atomic_load(&sh->bad)) ok = 0;
     munmap(sh, 4096);
     return ok && secs > 0 ? (double)o->items / secs : -1;
@@ -299,7 +315,7 @@ int main(int argc, char **argv) {
     }
     if (o.vlen < 8 || o.batch < 1 || o.items < 1 || o.runs < 1 || o.runs > 100) return 2;
     if (!o.batch_mode) o.batch = 1;
-    double r[100];
+    double r[100], cpu[100];
     if (o.batch_mode == 2) {
         if (o.cpu_p == o.cpu_c) { fprintf(stderr, "-m line needs two CPUs\n"); return 2; }
         for (long i = 0; i < o.runs; i++) {
@@ -315,17 +331,19 @@ int main(int argc, char **argv) {
     for (long i = 0; i < o.runs; i++) {
         long fulls;
         double gap;
-        r[i] = run(&o, &fulls, &gap);
+        r[i] = run(&o, &fulls, &gap, &cpu[i]);
         if (r[i] < 0) { fprintf(stderr, "run %ld failed\n", i); return 1; }
-        printf("run %ld: %.3f M items/s  (ring full %ld times, longest consumer gap %.2f ms)\n",
-               i, r[i] * 1e-6, fulls, gap);
+        printf("run %ld: %.3f M items/s, %.0f CPU ns per item on the busier side  (ring full %ld "
+               "times, longest consumer gap %.2f ms)\n", i, r[i] * 1e-6, cpu[i], fulls, gap);
         fflush(stdout);
     }
     qsort(r, (size_t)o.runs, sizeof r[0], cmp_double);
+    qsort(cpu, (size_t)o.runs, sizeof cpu[0], cmp_double);
     printf("%s cpus=%d,%d items=%ld batch=%ld k=%zu v=%zu cap=%llu limit=%lld%s: "
-           "median %.3f M items/s (min %.3f, max %.3f)\n",
+           "median %.3f M items/s (min %.3f, max %.3f); median %.0f CPU ns per item on the "
+           "busier side\n",
            o.batch_mode ? "batch" : "single", o.cpu_p, o.cpu_c, o.items, o.batch, o.klen, o.vlen,
            (unsigned long long)o.cap, (long long)o.limit, o.fill ? " fill" : "",
-           r[o.runs / 2] * 1e-6, r[0] * 1e-6, r[o.runs - 1] * 1e-6);
+           r[o.runs / 2] * 1e-6, r[0] * 1e-6, r[o.runs - 1] * 1e-6, cpu[o.runs / 2]);
     return 0;
 }
