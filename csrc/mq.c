@@ -205,6 +205,8 @@ static void rec_set_dead(const struct mq_q *q, uint64_t pos, uint8_t dead) {
 }
 
 /* ------------------------------------------------------------ state */
+#define LIVE_HEAD_NONE UINT64_MAX   /* never a record position (those are 8-aligned) */
+
 /* Loads the current state (caller holds the lock) into *s and checks it.
  * Returns 0 or MQ_ECORRUPT. */
 static int state_load(const struct mq_q *q, struct q_state *s) {
@@ -213,6 +215,7 @@ static int state_load(const struct mq_q *q, struct q_state *s) {
     uint32_t c = atomic_load_explicit(&q->h->cur, memory_order_acquire) & 1;
     s->p = q->h->st[c];
     s->cold_dirty = 0;
+    s->live_head = LIVE_HEAD_NONE;
     s->count = s->p.added - s->p.fetched - s->p.evicted - s->p.duplicates;   /* wraps when damaged: caught below */
     if (s->p.tail < s->p.head || s->p.tail - s->p.head > q->cap || (s->p.head & 7) || (s->p.tail & 7))
         return MQ_ECORRUPT;
@@ -285,6 +288,7 @@ static int idx_find(const struct mq_q *q, uint64_t hash, const char *key, size_t
  * in [s->p.head, s->p.tail) (the committed state).  Used by recovery and to undo
  * an aborted operation.  Returns 0 with s->count set, or MQ_ECORRUPT. */
 static int q_rebuild(const struct mq_q *q, struct q_state *s) {
+    s->live_head = LIVE_HEAD_NONE;   /* dead marks are re-derived below */
     uint64_t count = 0;
     if (q->buckets)
         for (uint64_t b = 0; b < q->nbuckets; b++)
@@ -935,6 +939,7 @@ static int add_one(const struct mq_q *q, struct q_state *s, const char *key, siz
             s->p.duplicates++;
             if (q->addmode == 1) { s->p.added++; return 0; }
             rec_set_dead(q, found, 1);     /* addmode 2: the old one goes */
+            s->live_head = LIVE_HEAD_NONE;  /* it may have been the head */
             KILLPOINT("add_after_kill");
             s->count--;
             killed = found + 1;
@@ -1189,10 +1194,13 @@ int64_t mq_add_many(mq_ns *ns, uint32_t qi, const char *data, size_t data_len,
 /* ------------------------------------------------------------ fetch */
 /* Skips dead records at s->p.head.  Returns 0 or MQ_ECORRUPT. */
 static int skip_dead(const struct mq_q *q, struct q_state *s) {
+    /* looked already in this operation, and nothing marked it dead since
+     * (add_one forgets it when it marks a record dead, q_rebuild always) */
+    if (s->p.head == s->live_head) return 0;
     while (s->p.head < s->p.tail) {
         struct rec_hdr r;
         if (rec_read(q, s->p.head, s->p.tail, &r)) return MQ_ECORRUPT;
-        if (!r.dead) return 0;
+        if (!r.dead) { s->live_head = s->p.head; return 0; }
         s->p.head += r.len;
     }
     if (s->count) return MQ_ECORRUPT;
@@ -1211,13 +1219,13 @@ static int64_t take(const struct mq_q *q, uint32_t max, char *buf, size_t bufsiz
     struct q_state s;
     if (state_load(q, &s)) return MQ_ECORRUPT;
     uint64_t head0 = s.p.head;
-    if (skip_dead(q, &s)) return MQ_ECORRUPT;
     int64_t n = 0;
     size_t used = 0, sep = bo ? 1 : 0;
     uint32_t info = MQ_BATCH_UNIFORM | MQ_BATCH_NONUL, first_flags = 0;
     while (n < (int64_t)max && s.p.head < s.p.tail) {
         struct rec_hdr r;
-        if (rec_read(q, s.p.head, s.p.tail, &r) || r.dead) return MQ_ECORRUPT;
+        if (rec_read(q, s.p.head, s.p.tail, &r)) return MQ_ECORRUPT;
+        if (r.dead) { s.p.head += r.len; continue; }   /* replaced: reclaimed, as skip_dead does */
         size_t need = (size_t)r.klen + r.vlen + 2 * sep;
         if (need > bufsize - used) {
             if (n == 0) { meta[0] = (uint32_t)(need > UINT32_MAX ? UINT32_MAX : need); return MQ_EBUF; }
@@ -1245,8 +1253,8 @@ static int64_t take(const struct mq_q *q, uint32_t max, char *buf, size_t bufsiz
         s.count--;
         s.p.fetched++;
         n++;
-        if (skip_dead(q, &s)) return MQ_ECORRUPT;
     }
+    if (skip_dead(q, &s)) return MQ_ECORRUPT;   /* replaced records after the last one taken */
     if (n == 0 && s.count) return MQ_ECORRUPT;
     if (n || s.p.head != head0) state_commit(q, &s);
     if (n) meta[2] = first_flags;   /* the "taken" marker: only now that the take is committed */

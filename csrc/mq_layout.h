@@ -73,6 +73,8 @@ struct q_pstate {
 struct q_state {
     struct q_pstate p;
     uint64_t count;             /* live records in [head, tail) */
+    uint64_t live_head;         /* a head position known to hold a live record (skip_dead
+                                 * has looked), or LIVE_HEAD_NONE */
     int cold_dirty;             /* the second line changed: commit both lines */
 };
 
