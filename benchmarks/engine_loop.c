@@ -1,7 +1,8 @@
 /* engine_loop.c - the C engine alone, no Python: ns per add + fetch pair and
  * per item of add_many / fetch_many, one process, uncontended.
  *
- *   gcc -std=c11 -O2 -Icsrc -o /tmp/engine_loop benchmarks/engine_loop.c csrc/mq.c
+ *   gcc -std=c11 -O2 -flto -Icsrc -o /tmp/engine_loop benchmarks/engine_loop.c \
+ *       csrc/mq.c csrc/lock.c csrc/live.c csrc/adapters.c
  *   /tmp/engine_loop
  *
  * Shows what the queue itself costs, against which the Python figures of

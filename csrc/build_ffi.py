@@ -3,7 +3,9 @@
 The cdef declares functions, opaque types and the process-local structs of
 mq.h only; the shared-memory layout stays private to the C code.  Constants
 are taken from the compiler (``#define X ...``).  Set MQUEUE_CFLAGS to add
-flags (e.g. sanitizers); MQUEUE_TESTING=1 compiles the test kill points in.
+flags (e.g. sanitizers); MQUEUE_TESTING=1 compiles the test kill points in;
+MQUEUE_NAIVE_LOCK=1 builds the negative control (csrc/tests/naive_lock.c for
+csrc/lock.c) for the crash tests.
 """
 
 import os
@@ -115,24 +117,38 @@ int mq_ws_forget_ns(mq_waitset *, mq_ns *);
 int mq_ws_armed(mq_waitset *);
 """
 
-CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter"]
+# The engine's sources, relative to the project root (setup.py runs from
+# there); the naive lock of the tests replaces lock.c in the negative-control
+# build (tests/ctools.py builds the C tests from this list too).
+ENGINE_SOURCES = ["csrc/mq.c", "csrc/lock.c", "csrc/live.c", "csrc/adapters.c"]
+NAIVE_LOCK_SOURCE = "csrc/tests/naive_lock.c"
+
+
+def engine_sources(naive: bool = False) -> list[str]:
+    """The C files of the engine; with ``naive``, the negative control's lock."""
+    if not naive:
+        return list(ENGINE_SOURCES)
+    return [NAIVE_LOCK_SOURCE if s == "csrc/lock.c" else s for s in ENGINE_SOURCES]
+
+
+# -flto: the engine's files are compiled as one unit at link time, so the
+# lock calls on the hot paths are inlined across files as when they were one.
+CFLAGS = ["-std=c11", "-O2", "-flto", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter"]
 CFLAGS += shlex.split(os.environ.get("MQUEUE_CFLAGS", ""))
 if os.environ.get("MQUEUE_TESTING") == "1":
     CFLAGS.append("-DMQ_TESTING")
-if os.environ.get("MQUEUE_NAIVE_LOCK") == "1":  # negative control for torture tests only
-    CFLAGS.append("-DMQ_NAIVE_LOCK")
+NAIVE = os.environ.get("MQUEUE_NAIVE_LOCK") == "1"  # negative control for the crash tests only
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "mqueue._mq_cffi",
     '#include "mq.h"',
-    sources=["csrc/mq.c"],  # relative: setup.py runs from the project root
+    sources=engine_sources(NAIVE),
     include_dirs=[str(HERE)],
     extra_compile_args=CFLAGS,
-    extra_link_args=shlex.split(os.environ.get("MQUEUE_LDFLAGS", "")),
+    extra_link_args=["-O2", "-flto", *shlex.split(os.environ.get("MQUEUE_LDFLAGS", ""))],
 )
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)
-

@@ -1,19 +1,9 @@
 /* mq.c - the mqueue engine: crash-safe named queues in one shared segment.
  *
- * The lock ("robust benaphore", after shared/reference/lock_poc.c):
- *   - the owner word is the lock; it is taken with one compare-and-swap, so
- *     an uncontended lock/unlock makes no system call;
- *   - a process-shared POSIX semaphore is the wait queue: waiters sleep on it
- *     with a short CLOCK_MONOTONIC timeout (LOCK_SLICE_NS);
- *   - liveness: each attached process holds an OFD lock on one byte (its
- *     slot) of the segment's file; the kernel drops it when the process dies,
- *     whatever pid namespace it lives in and whoever reuses its pid.  The
- *     owner word carries the slot and the generation of that slot's claim, so
- *     a new process reusing the slot never makes a dead owner look alive;
- *   - a waiter whose slice expires checks the owner; only a dead owner (slot
- *     generation moved on, or its OFD lock gone) is taken over, by CAS, and
- *     the taker repairs the queue (q_recover) and counts a recovery.  A slow
- *     or stopped owner is never robbed on a timeout alone.
+ * The lock, liveness and the wake-up word are in lock.c / live.c (lock.h);
+ * the Python-shaped entry points in adapters.c (mq_internal.h says which
+ * file holds what).  This file runs the repair when the lock reports that
+ * it was taken over from a dead owner (q_lock, q_recover).
  *
  * Crash consistency: every operation builds the new queue state (head, tail,
  * count, counters) in the inactive of two state copies and publishes it with
@@ -33,7 +23,6 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
-#include <semaphore.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -44,117 +33,32 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "mq.h"
-#include "mq_layout.h"
+#include "lock.h"
+#include "mq_internal.h"
 
-#define LOCK_SLICE_NS  10000000LL    /* 10 ms: bounds how long a dead owner blocks others */
-#define WAIT_SLICE_NS  100000000LL   /* 100 ms: bounds a wait whose waker died */
-#define SPIN_NS        20000LL       /* 20 us: how long an empty fetch watches before sleeping */
-#define LOCK_SPINS     500           /* pause loops a lock waiter spins before sleeping (a few us) */
-#define RETURN_SLICE_NS 100000000LL  /* 100 ms: a long wait returns MQ_EAGAIN this often */
-#define NS_PER_S       1000000000LL
 #define NLINK_CHECK_NS 100000000LL   /* 100 ms: how often a call checks the file was not removed */
 #define CREATE_GRACE_NS 1000000000LL /* 1 s: an empty, unlocked segment younger than this may be
                                       * a creator between its O_EXCL open and its creator lock */
 
-struct mq_q {                   /* process-local, validated copy of q_hdr's constants */
-    struct q_hdr *h;
-    uint8_t *data;
-    uint64_t phys, cap, nbuckets;
-    uint64_t mask;              /* phys - 1 when phys is a power of two, else 0 */
-    int64_t limit;
-    _Atomic uint64_t *buckets;  /* NULL for addmode 0 */
-    uint32_t addmode;
-};
+__thread int mq_errno;
 
-/* One per process and mapped segment, shared by every handle (mq_ns) on it
- * (mq_clone): the mapping, the descriptor and the liveness slot.  So the
- * slots count processes, not handles. */
-struct mq_map {
-    _Atomic uint32_t refs;      /* handles using this mapping; the last mq_detach releases it */
-    int fd;                     /* owned: a duplicate of the caller's descriptor */
-    int slot;
-    pid_t slot_pid;             /* the process that claimed `slot` through `fd` */
-    uint64_t me;                /* owner word value of this process */
-    int linked;                 /* the file had a name at attach (not a memfd): check nlink */
-    _Atomic int64_t next_check; /* CLOCK_MONOTONIC_COARSE ns of the next nlink check */
-};
-
-struct mq_ns {
-    uint8_t *base;
-    uint64_t size;
-    struct seg_hdr *h;
-    struct mq_map *map;         /* shared with the handle's clones */
-    uint32_t nq;
-    const char *meta;
-    size_t meta_len;
-    int broken;                 /* with closing == 2: the code every call returns (mq_reattach) */
-    _Atomic uint32_t inflight;  /* calls of this process's threads inside the engine */
-    _Atomic uint32_t closing;   /* 1: set by mq_detach, new calls get MQ_ECLOSED; 2: broken */
-    struct mq_q q[];
-};
-
-/* True once mq_detach began: long waits give up at their next slice. */
-static int ns_closing(const mq_ns *ns) {
-    return atomic_load_explicit(&ns->closing, memory_order_relaxed) != 0;  /* a hint, re-read each slice */
-}
-
-static __thread int last_errno;
-
-int mq_last_errno(void) { return last_errno; }
-
-/* Records errno for mq_last_errno().  Returns MQ_ESYS. */
-static int sys_fail(void) { last_errno = errno; return MQ_ESYS; }
+int mq_last_errno(void) { return mq_errno; }
 
 /* ------------------------------------------------------------ test kill points */
 #ifdef MQ_TESTING
-/* The kill point named by MQ_KILLPOINT (read once per process), or NULL. */
-static const char *kill_point(void) {
+const char *mq_kill_point(void) {
     static const char *kp;
     static int init;
     if (!init) { kp = getenv("MQ_KILLPOINT"); init = 1; }
     return kp;
 }
-/* Dies here (as a SIGKILL would) when MQ_KILLPOINT names this point. */
-#define KILLPOINT(name) do { const char *kp_ = kill_point(); \
-        if (kp_ && strcmp(kp_, name) == 0) _exit(77); } while (0)
-/* Creation kill points: the same mechanism, a separate name so that the
- * operation kill point tests (tests/test_c_engine.py, which find every
- * KILLPOINT) do not look for them; tests/test_lifecycle.py uses them. */
-#define DIE_IN_CREATE(name) KILLPOINT(name)
 int mq_testing(void) { return 1; }
 #else
-#define DIE_IN_CREATE(name) do { } while (0)
-#define KILLPOINT(name) do { } while (0)
 int mq_testing(void) { return 0; }
 #endif
 
 /* ------------------------------------------------------------ small helpers */
 static uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
-
-/* Decrements a waiter count without going below 0.  Counts may be reset by
- * q_notify/q_recover (healing increments left by killed processes), so a
- * plain decrement could wrap. */
-static void dec_sat_masked(_Atomic uint32_t *w, uint32_t mask) {
-    uint32_t v = atomic_load_explicit(w, memory_order_relaxed);
-    /* relaxed: the count is only a hint whether to wake; waits are timed */
-    while ((v & mask) && !atomic_compare_exchange_weak_explicit(w, &v, v - 1, memory_order_relaxed,
-                                                                 memory_order_relaxed)) { }
-}
-
-/* dec_sat_masked over the whole word.  Never fails. */
-__attribute__((unused)) static void dec_sat(_Atomic uint32_t *w) { dec_sat_masked(w, UINT32_MAX); }
-
-/* data_waiters: waiter count in the low 16 bits, an epoch above them. */
-#define WAITERS_MASK 0xffffu
-#define WAITER_ADD   0x10001u
-
-/* Returns CLOCK_MONOTONIC in ns (the clock Python's time.monotonic uses). */
-static int64_t mono_ns(void) {
-    struct timespec ts;
-    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) return 0;   /* cannot fail on Linux */
-    return (int64_t)ts.tv_sec * NS_PER_S + ts.tv_nsec;
-}
 
 /* FNV-1a hash of n bytes (the key index).  Returns the hash. */
 static uint64_t fnv1a(const char *p, size_t n) {
@@ -178,10 +82,19 @@ static uint64_t rec_size(size_t klen, size_t vlen) {
 }
 
 /* ------------------------------------------------------------ layout */
+/* Where everything of a segment goes (layout_compute), with the queue
+ * parameters it was computed from.  About 150 KiB: too big for the stack,
+ * so the calls that need one (mq_segment_size, mq_create, ns_build) share
+ * one per thread, layout_scratch; none of them calls another while using it
+ * (mq_create calls mq_attach only after its last use). */
 struct layout {
     uint64_t meta_off, qtable_off, total;
     uint64_t index_off[MQ_MAX_QUEUES], nbuckets[MQ_MAX_QUEUES], data_off[MQ_MAX_QUEUES];
+    uint64_t caps[MQ_MAX_QUEUES];   /* the inputs: capacity (rounded up to 8), addmode */
+    uint32_t am[MQ_MAX_QUEUES];
 };
+
+static __thread struct layout layout_scratch;
 
 /* Computes where everything goes.  Returns 0, or MQ_EINVAL for parameters
  * no segment may have (out is then partly written and meaningless). */
@@ -224,68 +137,16 @@ static int params_check(uint32_t nq, const struct mq_qparam *p, uint64_t *caps, 
     return 0;
 }
 
-/* See mq.h.  Thread-local scratch: the layout table is too big for the stack. */
+/* See mq.h. */
 int mq_segment_size(uint32_t nq, const struct mq_qparam *params, size_t meta_len, uint64_t *out) {
-    static __thread struct layout L;
-    static __thread uint64_t caps[MQ_MAX_QUEUES];
-    static __thread uint32_t am[MQ_MAX_QUEUES];
+    struct layout *L = &layout_scratch;
     if (!out) return MQ_EINVAL;
-    int rc = params_check(nq, params, caps, am);
+    int rc = params_check(nq, params, L->caps, L->am);
     if (rc) return rc;
-    rc = layout_compute(nq, caps, am, meta_len, &L);
+    rc = layout_compute(nq, L->caps, L->am, meta_len, L);
     if (rc) return rc;
-    *out = L.total;
+    *out = L->total;
     return 0;
-}
-
-/* ------------------------------------------------------------ liveness slots */
-/* Places, tests or drops an OFD lock on byte `slot`.  Returns 0 done (for
- * F_OFD_GETLK: 0 free, 1 held by another open file description), or -errno. */
-static int ofd(int fd, short type, int slot, int cmd) {
-    struct flock fl;
-    memset(&fl, 0, sizeof fl);
-    fl.l_type = type;
-    fl.l_whence = SEEK_SET;
-    fl.l_start = slot;
-    fl.l_len = 1;
-    if (fcntl(fd, cmd, &fl) == -1) return -errno;
-    if (cmd == F_OFD_GETLK) return fl.l_type != F_UNLCK;
-    return 0;
-}
-
-/* Claims the first free slot for this process's open file description fd.
- * Returns 0 and sets *slot and *me; MQ_ESLOTS when all are held; MQ_ESYS. */
-static int slot_claim(struct seg_hdr *h, int fd, int *slot, uint64_t *me) {
-    for (int i = 0; i < MQ_NSLOTS; i++) {
-        int rc = ofd(fd, F_WRLCK, i, F_OFD_SETLK);
-        if (rc == -EAGAIN || rc == -EACCES) continue;       /* a live process has it */
-        if (rc < 0) { last_errno = -rc; return MQ_ESYS; }
-        /* seq_cst RMW: any owner word naming the previous claim of slot i
-         * stops matching before this process can take a lock with it. */
-        uint64_t gen = (atomic_fetch_add(&h->slot_gen[i], 1) + 1) & 0xffffffffffffULL;
-        if (gen == 0) gen = atomic_fetch_add(&h->slot_gen[i], 1) + 1;   /* skip 0 on wrap */
-        atomic_store_explicit(&h->slot_pid[i], (uint32_t)getpid(), memory_order_relaxed); /* informational */
-        *slot = i;
-        *me = ((gen & 0xffffffffffffULL) << 16) | (uint64_t)(i + 1);
-        return 0;
-    }
-    return MQ_ESLOTS;
-}
-
-/* Returns 1 when the process named by owner word o may still be running,
- * 0 when it is certainly dead (or o is not a valid owner at all). */
-__attribute__((unused)) static int owner_alive(const mq_ns *ns, uint64_t o) {
-    uint64_t s1 = o & 0xffff, gen = o >> 16;
-    const struct mq_map *m = ns->map;
-    if (o == m->me) return 1;                        /* another thread of this process */
-    if (s1 == 0 || s1 > MQ_NSLOTS) return 0;         /* garbage: nobody can own with it */
-    int slot = (int)s1 - 1;
-    /* acquire: pairs with the seq_cst RMW in slot_claim */
-    if ((atomic_load_explicit(&ns->h->slot_gen[slot], memory_order_acquire) & 0xffffffffffffULL) != gen)
-        return 0;                                    /* slot reclaimed since: owner died */
-    if (slot == m->slot) return 1;                   /* our own slot, current gen: it is us */
-    int rc = ofd(m->fd, F_WRLCK, slot, F_OFD_GETLK);
-    return rc != 0;                                  /* error: assume alive, never steal */
 }
 
 /* ------------------------------------------------------------ ring access */
@@ -344,22 +205,25 @@ static void rec_set_dead(const struct mq_q *q, uint64_t pos, uint8_t dead) {
 }
 
 /* ------------------------------------------------------------ state */
+#define LIVE_HEAD_NONE UINT64_MAX   /* never a record position (those are 8-aligned) */
+
 /* Loads the current state (caller holds the lock) into *s and checks it.
  * Returns 0 or MQ_ECORRUPT. */
 static int state_load(const struct mq_q *q, struct q_state *s) {
     /* acquire: pairs with the release in state_commit, so the state copy and
      * the records it covers are seen whole */
     uint32_t c = atomic_load_explicit(&q->h->cur, memory_order_acquire) & 1;
-    memcpy(s, &q->h->st[c], sizeof(struct q_pstate));   /* same layout (mq_layout.h) */
+    s->p = q->h->st[c];
     s->cold_dirty = 0;
-    s->count = s->added - s->fetched - s->evicted - s->duplicates;   /* wraps when damaged: caught below */
-    if (s->tail < s->head || s->tail - s->head > q->cap || (s->head & 7) || (s->tail & 7))
+    s->live_head = LIVE_HEAD_NONE;
+    s->count = s->p.added - s->p.fetched - s->p.evicted - s->p.duplicates;   /* wraps when damaged: caught below */
+    if (s->p.tail < s->p.head || s->p.tail - s->p.head > q->cap || (s->p.head & 7) || (s->p.tail & 7))
         return MQ_ECORRUPT;
-    if (s->count > (s->tail - s->head) / MQ_REC_HDR) return MQ_ECORRUPT;
-    if (s->rsv_n) {   /* a pending reservation: [rsv, rsv_end) <= head, all within capacity */
-        if (s->rsv > s->rsv_end || s->rsv_end > s->head || s->tail - s->rsv > q->cap ||
-            (s->rsv & 7) || (s->rsv_end & 7) || s->rsv_n > (s->rsv_end - s->rsv) / MQ_REC_HDR ||
-            s->rsv_tag == 0)
+    if (s->count > (s->p.tail - s->p.head) / MQ_REC_HDR) return MQ_ECORRUPT;
+    if (s->p.rsv_n) {   /* a pending reservation: [rsv, rsv_end) <= head, all within capacity */
+        if (s->p.rsv > s->p.rsv_end || s->p.rsv_end > s->p.head || s->p.tail - s->p.rsv > q->cap ||
+            (s->p.rsv & 7) || (s->p.rsv_end & 7) || s->p.rsv_n > (s->p.rsv_end - s->p.rsv) / MQ_REC_HDR ||
+            s->p.rsv_tag == 0)
             return MQ_ECORRUPT;
     }
     return 0;
@@ -367,12 +231,12 @@ static int state_load(const struct mq_q *q, struct q_state *s) {
 
 /* Where the bytes in use begin: the reservation's first record while one is
  * pending (its records stay in the ring), else the head. */
-static inline uint64_t q_start(const struct q_state *s) { return s->rsv_n ? s->rsv : s->head; }
+static inline uint64_t q_start(const struct q_state *s) { return s->p.rsv_n ? s->p.rsv : s->p.head; }
 
 /* Forgets the pending reservation in the working copy (not published).
  * Never fails. */
 static void rsv_clear(struct q_state *s) {
-    s->rsv = s->rsv_end = s->rsv_n = s->rsv_tag = s->rsv_owner = s->rsv_db = 0;
+    s->p.rsv = s->p.rsv_end = s->p.rsv_n = s->p.rsv_tag = s->p.rsv_owner = s->p.rsv_db = 0;
     s->cold_dirty = 1;
 }
 
@@ -383,7 +247,7 @@ static void rsv_clear(struct q_state *s) {
 static void state_commit(const struct mq_q *q, struct q_state *s) {
     uint32_t c = atomic_load_explicit(&q->h->cur, memory_order_relaxed) & 1; /* stable: we hold the lock */
     int both = s->cold_dirty;
-    memcpy(&q->h->st[c ^ 1], s, both ? sizeof(struct q_pstate) : offsetof(struct q_pstate, rsv));
+    memcpy(&q->h->st[c ^ 1], &s->p, both ? sizeof s->p : offsetof(struct q_pstate, rsv));
     KILLPOINT("commit_before_flip");
     /* release: orders the new record bytes, dead marks and the state copy
      * above before the flip; one store, so a crash leaves old or new state */
@@ -393,8 +257,8 @@ static void state_commit(const struct mq_q *q, struct q_state *s) {
         /* under the lock, read by nobody until we unlock; a crash before this
          * copy is followed by q_recover, which commits both lines again */
         memcpy((char *)&q->h->st[c] + offsetof(struct q_pstate, rsv),
-               (const char *)s + offsetof(struct q_pstate, rsv),
-               sizeof(struct q_pstate) - offsetof(struct q_pstate, rsv));
+               (const char *)&s->p + offsetof(struct q_pstate, rsv),
+               sizeof s->p - offsetof(struct q_pstate, rsv));
         s->cold_dirty = 0;
     }
 }
@@ -421,7 +285,7 @@ static int idx_find(const struct mq_q *q, uint64_t hash, const char *key, size_t
 }
 
 /* addmode 1 ("the first item of a key wins"): looks for a live record with
- * this key among the pending reservation's records [s->rsv, s->rsv_end).  A
+ * this key among the pending reservation's records [s->p.rsv, s->p.rsv_end).  A
  * reserved item is not queued, but it is not gone either: its save or fetch
  * may still put it back, and then it must be the only item of its key, so
  * while it is reserved a later add of its key is refused as a duplicate.
@@ -431,15 +295,15 @@ static int idx_find(const struct mq_q *q, uint64_t hash, const char *key, size_t
  * (found), 0 (not found, or no reservation) or MQ_ECORRUPT. */
 static int idx_find_reserved(const struct mq_q *q, const struct q_state *s, uint64_t hash,
                              const char *key, size_t klen) {
-    if (s->rsv_n == 0) return 0;
+    if (s->p.rsv_n == 0) return 0;
     /* relaxed: the index is read and written under the queue's lock only */
     uint64_t e = atomic_load_explicit(&q->buckets[hash & (q->nbuckets - 1)], memory_order_relaxed);
     while (e) {
         uint64_t p = e - 1;
-        if (p < s->rsv || p >= s->tail) return 0;      /* older than the reservation (or damage) */
+        if (p < s->p.rsv || p >= s->p.tail) return 0;      /* older than the reservation (or damage) */
         struct rec_hdr r;
-        if (rec_read(q, p, s->tail, &r)) return MQ_ECORRUPT;
-        if (p < s->rsv_end && !r.dead && r.klen == klen && ring_eq(q, p + MQ_REC_HDR, key, klen))
+        if (rec_read(q, p, s->p.tail, &r)) return MQ_ECORRUPT;
+        if (p < s->p.rsv_end && !r.dead && r.klen == klen && ring_eq(q, p + MQ_REC_HDR, key, klen))
             return 1;
         if (r.next == 0 || r.next - 1 >= p) return 0;  /* chains strictly descend: no loops */
         e = r.next;
@@ -448,19 +312,20 @@ static int idx_find_reserved(const struct mq_q *q, const struct q_state *s, uint
 }
 
 /* Rebuilds the index chains, the dead marks and the count from the records
- * in [s->head, s->tail) (the committed state).  Used by recovery and to undo
+ * in [s->p.head, s->p.tail) (the committed state).  Used by recovery and to undo
  * an aborted operation.  Returns 0 with s->count set, or MQ_ECORRUPT. */
 static int q_rebuild(const struct mq_q *q, struct q_state *s) {
+    s->live_head = LIVE_HEAD_NONE;   /* dead marks are re-derived below */
     uint64_t count = 0;
     if (q->buckets)
         for (uint64_t b = 0; b < q->nbuckets; b++)
             atomic_store_explicit(&q->buckets[b], 0, memory_order_relaxed);
-    if (q->buckets && q->addmode == 1 && s->rsv_n) {
+    if (q->buckets && q->addmode == 1 && s->p.rsv_n) {
         /* addmode 1: the reserved records stay in the index (idx_find_reserved
          * refuses their keys); not counted: they are not queued */
-        for (uint64_t p = s->rsv; p < s->rsv_end;) {
+        for (uint64_t p = s->p.rsv; p < s->p.rsv_end;) {
             struct rec_hdr r;
-            if (rec_read(q, p, s->rsv_end, &r)) return MQ_ECORRUPT;
+            if (rec_read(q, p, s->p.rsv_end, &r)) return MQ_ECORRUPT;
             if (!(r.gone & REC_GONE) && !r.dead) {
                 uint64_t b = ring_hash(q, p + MQ_REC_HDR, r.klen) & (q->nbuckets - 1);
                 /* relaxed: under the lock; derived data, rebuilt again after a crash */
@@ -471,9 +336,9 @@ static int q_rebuild(const struct mq_q *q, struct q_state *s) {
             p += r.len;
         }
     }
-    for (uint64_t p = s->head; p < s->tail;) {
+    for (uint64_t p = s->p.head; p < s->p.tail;) {
         struct rec_hdr r;
-        if (rec_read(q, p, s->tail, &r)) return MQ_ECORRUPT;
+        if (rec_read(q, p, s->p.tail, &r)) return MQ_ECORRUPT;
         uint8_t dead = 0;
         if (r.gone & REC_GONE) {   /* left by a put-back (mq_settle): never an item again */
             if (!r.dead) rec_set_dead(q, p, 1);
@@ -489,7 +354,7 @@ static int q_rebuild(const struct mq_q *q, struct q_state *s) {
                 while (e) {
                     uint64_t o = e - 1;
                     struct rec_hdr or;
-                    if (rec_read(q, o, s->tail, &or)) return MQ_ECORRUPT;
+                    if (rec_read(q, o, s->p.tail, &or)) return MQ_ECORRUPT;
                     if (!or.dead && or.klen == r.klen) {
                         int same = 1;
                         for (uint32_t i = 0; i < r.klen && same; i++)
@@ -513,68 +378,12 @@ static int q_rebuild(const struct mq_q *q, struct q_state *s) {
     return 0;
 }
 
-/* ------------------------------------------------------------ the lock */
-/* Returns 1 when this machine has more than one CPU online (spinning makes
- * sense only then: the process we wait for can run meanwhile). */
-static int multi_cpu(void) {
-    static _Atomic int ncpu;
-    /* relaxed: idempotent initialisation, racing threads store the same value */
-    int nc = atomic_load_explicit(&ncpu, memory_order_relaxed);
-    if (nc == 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        nc = n > 0 ? (int)n : 1;
-        atomic_store_explicit(&ncpu, nc, memory_order_relaxed);
-    }
-    return nc > 1;
-}
-
-/* Tells the CPU we are spinning (cheaper for the sibling hyperthread). */
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
-/* glibc abort()s ("The futex facility returned an unexpected error code")
- * when a semaphore's private word is garbage, as it may be in a damaged
- * segment.  On 64-bit glibc a sem_t is {uint64 value+waiters; int private;
- * int pad}; what sem_init(pshared = 1) stores in `private` is learnt once
- * from a scratch semaphore, and any other value marks a semaphore damaged.
- * If the layout is not as expected the check is off (returns 0). */
-static int sem_damaged(sem_t *sem) {
-#if defined(__GLIBC__) && __SIZEOF_POINTER__ == 8
-    static _Atomic int expected = -2;    /* -2 unknown yet, -1 check off */
-    int e = atomic_load_explicit(&expected, memory_order_relaxed);   /* idempotent init */
-    if (e == -2) {
-        sem_t probe;
-        int priv = -1;
-        if (sem_init(&probe, 1, 0) == 0) {
-            memcpy(&priv, (const char *)&probe + 8, sizeof priv);
-            uint64_t v;
-            memcpy(&v, &probe, sizeof v);
-            if (v != 0 || priv < 0) priv = -1;
-            if (sem_destroy(&probe) != 0) priv = -1;
-        }
-        e = priv;
-        atomic_store_explicit(&expected, e, memory_order_relaxed);
-    }
-    if (e < 0) return 0;
-    int priv;
-    memcpy(&priv, (const char *)sem + 8, sizeof priv);
-    return priv != e;
-#else
-    (void)sem;
-    return 0;
-#endif
-}
-
+/* ------------------------------------------------------------ the lock (lock.c) */
 /* Repairs a queue whose lock owner died (caller now holds the lock):
  * re-derives the index, dead marks and count from the committed records,
  * heals the lock's wait accounting, counts a recovery and commits.  Returns
  * 0 or MQ_ECORRUPT (then nothing is committed and the caller must unlock). */
-__attribute__((unused)) static int q_recover(const struct mq_q *q) {
+static int q_recover(const struct mq_q *q) {
     /* full fence: the dead owner's last stores reached memory before the
      * kernel released its OFD lock, which we observed through a syscall;
      * this orders our reads after that observation */
@@ -585,134 +394,33 @@ __attribute__((unused)) static int q_recover(const struct mq_q *q) {
     uint64_t derived = s.count;
     if (q_rebuild(q, &s)) return MQ_ECORRUPT;
     if (s.count != derived) return MQ_ECORRUPT;   /* records and counters disagree: damage */
-    s.recoveries++;
-    if (s.count > s.high_water) s.high_water = s.count;
+    s.p.recoveries++;
+    if (s.count > s.p.high_water) s.p.high_water = s.count;
     s.cold_dirty = 1;   /* the dead owner may have died before copying the second line */
-    /* Heal the lock's wait accounting that the dead process may have left:
-     * live waiters time out within a slice and count themselves again. */
-    atomic_store_explicit(&q->h->lock_waiters, 0, memory_order_relaxed);
-    if (sem_damaged(&q->h->sem)) {
-        if (sem_init(&q->h->sem, 1, 0) != 0) return MQ_ECORRUPT;   /* waiters poll meanwhile */
-    } else {
-        for (int i = 0; i < 1024 && sem_trywait(&q->h->sem) == 0; i++) { }
-    }
+    if (lock_heal(q->h)) return MQ_ECORRUPT;   /* the wait accounting the dead process left */
     KILLPOINT("recover_before_commit");
     state_commit(q, &s);
     return 0;
 }
 
-#ifdef MQ_NAIVE_LOCK
-/* Negative control for the torture tests only: the semaphore used as a plain
- * mutex, as most IPC queues do.  A holder that dies leaves it taken forever;
- * the torture test must see that stall. */
-/* Releases the naive lock.  Never fails. */
-static void q_unlock(const struct mq_q *q) {
+/* Releases q's lock.  Never fails. */
+static inline void q_unlock(const struct mq_q *q) {
     KILLPOINT("unlock_before_release");
-    sem_post(&q->h->sem);
+    lock_release(q->h);
 }
 
-/* Takes the naive lock.  Returns 0, or MQ_EINTR (not held). */
-static int q_lock(const mq_ns *ns, const struct mq_q *q) {
-    (void)ns;
-    for (;;) {
-        if (sem_wait(&q->h->sem) == 0) return 0;
-        if (errno == EINTR) return MQ_EINTR;
+/* Takes q's lock, repairing the queue first when the lock was taken over
+ * from a dead owner.  Returns 0 when taken; lock_acquire's codes (MQ_EINTR,
+ * MQ_EAGAIN, MQ_ECLOSED), or MQ_ECORRUPT when a dead owner's queue could not
+ * be repaired; on failure the lock is not held. */
+static inline int q_lock(const mq_ns *ns, const struct mq_q *q) {
+    int rc = lock_acquire(ns, q->h);
+    if (__builtin_expect(rc == LOCK_DEAD_OWNER, 0)) {
+        if (q_recover(q)) { q_unlock(q); return MQ_ECORRUPT; }
+        return 0;
     }
+    return rc;
 }
-#define SEM_INITIAL 1
-#else
-#define SEM_INITIAL 0
-/* Releases q's lock and wakes one waiter if any sleeps.  Never fails. */
-static void q_unlock(const struct mq_q *q) {
-    KILLPOINT("unlock_before_release");
-    /* seq_cst (a release would do for the data): everything done under the
-     * lock happens-before the next owner's acquiring CAS, and the store is
-     * ordered before the lock_waiters load below (StoreLoad), the other half
-     * of the waiter's increment-then-recheck in q_lock */
-    atomic_store_explicit(&q->h->owner, 0, memory_order_seq_cst);
-    /* seq_cst load: pairs with the waiter's seq_cst increment + owner
-     * re-check in q_lock, so a waiter is either seen here or sees 0 there */
-    if (atomic_load_explicit(&q->h->lock_waiters, memory_order_seq_cst) && !sem_damaged(&q->h->sem)) {
-        int v = 0;
-        /* a pending post already wakes the next waiter; more would only pile
-         * up when the count is stale (a waiter was killed) */
-        if (sem_getvalue(&q->h->sem, &v) != 0 || v <= 0)
-            sem_post(&q->h->sem);   /* fails only on overflow; waiters time out anyway */
-    }
-}
-
-/* Takes q's lock.  Returns 0 when taken, MQ_EINTR when a signal arrived
- * while waiting, MQ_ECLOSED when the handle is being detached, MQ_ECORRUPT
- * when a dead owner's queue could not be repaired; on failure the lock is
- * not held. */
-static int q_lock(const mq_ns *ns, const struct mq_q *q) {
-    struct q_hdr *h = q->h;
-    int64_t slice_end = 0;   /* when the current owner is next checked for liveness */
-    int64_t started = 0;     /* when this call began to sleep (MQ_EAGAIN after a while) */
-    /* locks are held for well under a microsecond: spin first (multi-CPU only) */
-    int spins = multi_cpu() ? LOCK_SPINS : 0;
-    for (;;) {
-        uint64_t expected = 0;
-        /* acquire: pairs with the release in q_unlock */
-        if (atomic_compare_exchange_strong_explicit(&h->owner, &expected, ns->map->me,
-                                                    memory_order_acquire, memory_order_relaxed))
-            return 0;
-        if (spins > 0) {
-            /* relaxed: only a hint that the CAS above may now succeed */
-            while (--spins > 0 && atomic_load_explicit(&h->owner, memory_order_relaxed) != 0)
-                cpu_relax();
-            continue;
-        }
-        /* seq_cst: see q_unlock */
-        atomic_fetch_add_explicit(&h->lock_waiters, 1, memory_order_seq_cst);
-        if (atomic_load_explicit(&h->owner, memory_order_seq_cst) == 0) {
-            dec_sat(&h->lock_waiters);
-            continue;
-        }
-        int64_t now = mono_ns();
-        if (started == 0) started = now;
-        else if (now - started >= RETURN_SLICE_NS) {
-            /* a live owner holds the lock for long (stopped?): let the caller
-             * run its signal handlers, then call again */
-            dec_sat(&h->lock_waiters);
-            return MQ_EAGAIN;
-        }
-        if (slice_end == 0) slice_end = now + LOCK_SLICE_NS;
-        int err = ETIMEDOUT;
-        if (now < slice_end) {
-            if (sem_damaged(&h->sem)) {
-                /* never hand glibc a damaged semaphore (it abort()s): poll */
-                struct timespec z = {0, 1000000};
-                nanosleep(&z, NULL);
-                err = 0;
-            } else {
-                struct timespec ts = {(time_t)(slice_end / NS_PER_S), (long)(slice_end % NS_PER_S)};
-                err = sem_clockwait(&h->sem, CLOCK_MONOTONIC, &ts) ? errno : 0;
-            }
-        }
-        dec_sat(&h->lock_waiters);
-        if (err == EINTR) return MQ_EINTR;
-        if (ns_closing(ns)) return MQ_ECLOSED;        /* mq_detach is waiting for us */
-        /* Woken within the slice: try again.  Wake-ups alone never postpone
-         * the liveness check past the slice (stale posts cannot starve it). */
-        if (err == 0 && mono_ns() < slice_end) continue;
-        if (err != 0 && err != ETIMEDOUT) {           /* unexpected error: do not spin hot */
-            struct timespec z = {0, 1000000};
-            nanosleep(&z, NULL);
-        }
-        slice_end = 0;
-        uint64_t o = atomic_load_explicit(&h->owner, memory_order_acquire);
-        if (o == 0 || owner_alive(ns, o)) continue;   /* never steal from a live owner */
-        /* acquire: we take over the dead owner's lock; only one taker wins */
-        if (atomic_compare_exchange_strong_explicit(&h->owner, &o, ns->map->me,
-                                                    memory_order_acquire, memory_order_relaxed)) {
-            if (q_recover(q)) { q_unlock(q); return MQ_ECORRUPT; }
-            return 0;
-        }
-    }
-}
-
-#endif /* MQ_NAIVE_LOCK */
 
 /* Takes q's lock and loads its state into *s (for the calls off the hot
  * paths; mq_add and mq_fetch_* spell it out).  Returns 0 with the lock held;
@@ -723,69 +431,6 @@ static int q_lock_load(const mq_ns *ns, const struct mq_q *q, struct q_state *s)
     if (rc) return rc;
     if (state_load(q, s)) { q_unlock(q); return MQ_ECORRUPT; }
     return 0;
-}
-
-/* Wakes up to n processes blocked in fetch on q. */
-static void q_notify(const struct mq_q *q, int64_t n) {
-    /* seq_cst: the bump is ordered before the waiter-count load, pairing
-     * with q_wait's increment before FUTEX_WAIT (no lost wake-up) */
-    atomic_fetch_add_explicit(&q->h->seq, 1, memory_order_seq_cst);
-    uint32_t w = atomic_load_explicit(&q->h->data_waiters, memory_order_seq_cst);
-    if (w & WAITERS_MASK) {
-        int cnt = n > INT_MAX ? INT_MAX : (int)n;
-        /* shared futex (no FUTEX_PRIVATE_FLAG): waiters are other processes */
-        long woken = syscall(SYS_futex, &q->h->seq, FUTEX_WAKE, cnt, NULL, NULL, 0);
-        if (woken == 0) {
-            /* Nobody was asleep: the count is stale (a waiter was killed) or
-             * every counted waiter is between its increment and FUTEX_WAIT;
-             * those read seq before our bump, so their FUTEX_WAIT returns at
-             * once.  Resetting stops a stale count costing every add a
-             * syscall.  relaxed CAS: the count is only a hint. */
-            atomic_compare_exchange_strong_explicit(&q->h->data_waiters, &w, w & ~WAITERS_MASK,
-                                                    memory_order_relaxed, memory_order_relaxed);
-        }
-    }
-}
-
-
-/* Watches q's seq for up to SPIN_NS before a fetch goes to sleep: a producer
- * that is streaming adds again within microseconds, while a sleep and its
- * wake-up cost two system calls and a context switch on each side.  Only on
- * machines with more than one CPU.  Returns 1 when seq moved. */
-static int q_spin(const struct mq_q *q, uint32_t seq0, int64_t deadline) {
-    if (!multi_cpu()) return 0;
-    int64_t end = mono_ns() + SPIN_NS;
-    if (deadline > 0 && deadline < end) end = deadline;
-    do {
-        for (int i = 0; i < 64; i++) {
-            /* relaxed: only a hint to look again; take() reads under the lock */
-            if (atomic_load_explicit(&q->h->seq, memory_order_relaxed) != seq0) return 1;
-            cpu_relax();
-        }
-    } while (mono_ns() < end);
-    return 0;
-}
-
-/* Sleeps until q's seq moves away from seq0, a slice passes or the deadline.
- * Returns 0 (check again), 2 (a whole slice passed: check again), 1
- * (deadline reached), MQ_EINTR. */
-static int q_wait(const struct mq_q *q, uint32_t seq0, int64_t deadline) {
-    int64_t now = mono_ns(), slice = WAIT_SLICE_NS;
-    if (deadline >= 0) {
-        if (now >= deadline) return 1;
-        if (deadline - now < slice) slice = deadline - now;
-    }
-    struct timespec rel = {(time_t)(slice / NS_PER_S), (long)(slice % NS_PER_S)};
-    /* seq_cst: see q_notify.  The count is the low 16 bits; every waiter
-     * also bumps the epoch above them, so q_notify's reset (a CAS from the
-     * value it read) fails if a waiter came and went meanwhile (no ABA). */
-    atomic_fetch_add_explicit(&q->h->data_waiters, WAITER_ADD, memory_order_seq_cst);
-    long rc = syscall(SYS_futex, &q->h->seq, FUTEX_WAIT, seq0, &rel, NULL, 0);
-    int err = rc ? errno : 0;
-    dec_sat_masked(&q->h->data_waiters, WAITERS_MASK);
-    if (rc && err == EINTR) return MQ_EINTR;
-    if (rc && err == ETIMEDOUT) return 2;   /* a whole slice passed: the caller checks more */
-    return 0;   /* woken, EAGAIN (seq moved): re-check */
 }
 
 /* ------------------------------------------------------------ attach */
@@ -882,9 +527,7 @@ static int ns_enter(mq_ns *ns) {
 /* Validates a mapped segment and builds the handle.  Returns 0 and *out,
  * or a negative code with nothing allocated. */
 static int ns_build(uint8_t *base, uint64_t size, mq_ns **out) {
-    static __thread struct layout L;
-    static __thread uint64_t caps[MQ_MAX_QUEUES];
-    static __thread uint32_t am[MQ_MAX_QUEUES];
+    struct layout *L = &layout_scratch;
     struct seg_hdr *h = (struct seg_hdr *)base;
     /* acquire: pairs with the creator's release store of magic, so the
      * formatted header and tables are seen whole */
@@ -911,37 +554,37 @@ static int ns_build(uint8_t *base, uint64_t size, mq_ns **out) {
         return MQ_ECORRUPT;
     struct q_hdr *qt = (struct q_hdr *)(base + hc.qtable_off);
     for (uint32_t i = 0; i < nq; i++) {
-        caps[i] = qt[i].capacity;
-        am[i] = qt[i].addmode;
+        L->caps[i] = qt[i].capacity;
+        L->am[i] = qt[i].addmode;
     }
-    if (layout_compute(nq, caps, am, hc.meta_len, &L)) return MQ_ECORRUPT;
-    if (L.total != size || L.meta_off != hc.meta_off || L.qtable_off != hc.qtable_off)
+    if (layout_compute(nq, L->caps, L->am, hc.meta_len, L)) return MQ_ECORRUPT;
+    if (L->total != size || L->meta_off != hc.meta_off || L->qtable_off != hc.qtable_off)
         return MQ_ECORRUPT;
     mq_ns *ns = calloc(1, sizeof *ns + (size_t)nq * sizeof(struct mq_q));
     if (!ns) return MQ_ENOMEM;
     for (uint32_t i = 0; i < nq; i++) {
         struct q_hdr *qh = &qt[i];
-        if (qh->data_off != L.data_off[i] || qh->phys != 2 * caps[i] ||
-            qh->index_off != L.index_off[i] || qh->nbuckets != L.nbuckets[i]) {
+        if (qh->data_off != L->data_off[i] || qh->phys != 2 * L->caps[i] ||
+            qh->index_off != L->index_off[i] || qh->nbuckets != L->nbuckets[i]) {
             free(ns);
             return MQ_ECORRUPT;
         }
         struct mq_q *q = &ns->q[i];
         q->h = qh;
-        q->data = base + L.data_off[i];
-        q->phys = 2 * caps[i];
+        q->data = base + L->data_off[i];
+        q->phys = 2 * L->caps[i];
         q->mask = (q->phys & (q->phys - 1)) == 0 ? q->phys - 1 : 0;
-        q->cap = caps[i];
+        q->cap = L->caps[i];
         q->limit = qh->size_limit;
-        q->addmode = am[i];
-        q->nbuckets = L.nbuckets[i];
-        q->buckets = am[i] ? (_Atomic uint64_t *)(base + L.index_off[i]) : NULL;
+        q->addmode = L->am[i];
+        q->nbuckets = L->nbuckets[i];
+        q->buckets = L->am[i] ? (_Atomic uint64_t *)(base + L->index_off[i]) : NULL;
     }
     ns->base = base;
     ns->size = size;
     ns->h = h;
     ns->nq = nq;
-    ns->meta = (const char *)base + L.meta_off;
+    ns->meta = (const char *)base + L->meta_off;
     ns->meta_len = hc.meta_len;
     *out = ns;
     return 0;
@@ -955,7 +598,7 @@ static int ns_build(uint8_t *base, uint64_t size, mq_ns **out) {
  * when the lock cannot be tested. */
 static int not_ready(int fd, const struct stat *st) {
     int held = ofd(fd, F_WRLCK, MQ_CREATOR_BYTE, F_OFD_GETLK);
-    if (held < 0) { last_errno = -held; return MQ_ESYS; }
+    if (held < 0) { mq_errno = -held; return MQ_ESYS; }
     if (held) return MQ_ENOTREADY;                   /* a live creator is formatting */
     if (st->st_size == 0) {
         struct timespec now;
@@ -1012,26 +655,24 @@ int mq_creator_lock(int fd) {
     if (fd < 0) return MQ_EINVAL;
     int rc = ofd(fd, F_WRLCK, MQ_CREATOR_BYTE, F_OFD_SETLK);
     if (rc == -EAGAIN || rc == -EACCES) return MQ_ENOTREADY;
-    if (rc < 0) { last_errno = -rc; return MQ_ESYS; }
+    if (rc < 0) { mq_errno = -rc; return MQ_ESYS; }
     return 0;
 }
 
 int mq_create(int fd, uint32_t nq, const struct mq_qparam *params,
               const char *meta, size_t meta_len, mq_ns **out) {
-    static __thread struct layout L;
-    static __thread uint64_t caps[MQ_MAX_QUEUES];
-    static __thread uint32_t am[MQ_MAX_QUEUES];
+    struct layout *L = &layout_scratch;
     struct stat st;
     if (!out || fd < 0 || (meta_len && !meta)) return MQ_EINVAL;
-    int rc = params_check(nq, params, caps, am);
+    int rc = params_check(nq, params, L->caps, L->am);
     if (rc) return rc;
     for (uint32_t i = 0; i < nq; i++)
         if (params[i].size_limit < 0) return MQ_EINVAL;
-    rc = layout_compute(nq, caps, am, meta_len, &L);
+    rc = layout_compute(nq, L->caps, L->am, meta_len, L);
     if (rc) return rc;
     if (fstat(fd, &st) != 0) return sys_fail();
-    if ((uint64_t)st.st_size != L.total) return MQ_EINVAL;
-    uint8_t *base = mmap(NULL, L.total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if ((uint64_t)st.st_size != L->total) return MQ_EINVAL;
+    uint8_t *base = mmap(NULL, L->total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) return sys_fail();
     struct seg_hdr *h = (struct seg_hdr *)base;
     if (atomic_load_explicit(&h->magic, memory_order_relaxed) != 0) {   /* not fresh */
@@ -1048,25 +689,23 @@ int mq_create(int fd, uint32_t nq, const struct mq_qparam *params,
     h->nqueues = nq;
     h->nslots = MQ_NSLOTS;
     h->rec_hdr = MQ_REC_HDR;
-    h->total_size = L.total;
-    h->meta_off = L.meta_off;
+    h->total_size = L->total;
+    h->meta_off = L->meta_off;
     h->meta_len = meta_len;
-    h->qtable_off = L.qtable_off;
-    if (meta_len) memcpy(base + L.meta_off, meta, meta_len);
-    struct q_hdr *qt = (struct q_hdr *)(base + L.qtable_off);
+    h->qtable_off = L->qtable_off;
+    if (meta_len) memcpy(base + L->meta_off, meta, meta_len);
+    struct q_hdr *qt = (struct q_hdr *)(base + L->qtable_off);
     for (uint32_t i = 0; i < nq; i++) {
         struct q_hdr *qh = &qt[i];
-        qh->data_off = L.data_off[i];
-        qh->phys = 2 * caps[i];
-        qh->capacity = caps[i];
+        qh->data_off = L->data_off[i];
+        qh->phys = 2 * L->caps[i];
+        qh->capacity = L->caps[i];
         qh->size_limit = params[i].size_limit;
-        qh->index_off = L.index_off[i];
-        qh->nbuckets = L.nbuckets[i];
-        qh->addmode = am[i];
-        if (sem_init(&qh->sem, 1, SEM_INITIAL) != 0) {   /* pshared = 1: across processes */
-            rc = sys_fail();
-            goto out;
-        }
+        qh->index_off = L->index_off[i];
+        qh->nbuckets = L->nbuckets[i];
+        qh->addmode = L->am[i];
+        rc = lock_init(qh);
+        if (rc) goto out;
     }
     /* release: the whole formatted header, tables and semaphores before the
      * magic that tells attachers the segment is ready */
@@ -1076,7 +715,7 @@ int mq_create(int fd, uint32_t nq, const struct mq_qparam *params,
     if (ofd(fd, F_UNLCK, MQ_CREATOR_BYTE, F_OFD_SETLK) != 0) { }
     rc = 0;
 out:
-    if (munmap(base, L.total) != 0 && rc == 0) rc = sys_fail();
+    if (munmap(base, L->total) != 0 && rc == 0) rc = sys_fail();
     if (rc) return rc;
     return mq_attach(fd, out);
 }
@@ -1239,34 +878,34 @@ int mq_meta(const mq_ns *ns, const char **data, size_t *len) {
 }
 
 /* ------------------------------------------------------------ add */
-/* Advances s->head over whole records until an item of R more bytes fits
+/* Advances s->p.head over whole records until an item of R more bytes fits
  * (and, on a bounded queue, one more item fits the count).  Dead records are
  * reclaimed, live ones counted as evicted.  Returns 0 or MQ_ECORRUPT. */
 static int make_room(const struct mq_q *q, struct q_state *s, uint64_t R) {
-    while ((q->limit > 0 && s->count + 1 > (uint64_t)q->limit) || (s->tail - q_start(s)) + R > q->cap) {
+    while ((q->limit > 0 && s->count + 1 > (uint64_t)q->limit) || (s->p.tail - q_start(s)) + R > q->cap) {
         struct rec_hdr r;
-        if (s->rsv_n && (s->tail - s->rsv) + R > q->cap) {
+        if (s->p.rsv_n && (s->p.tail - s->p.rsv) + R > q->cap) {
             /* Bytes are short while a reservation holds the oldest records:
              * only dropping it frees them.  Its items are the oldest, so they
              * go first, counted as evicted instead of fetched. */
-            s->fetched -= s->rsv_n;
-            s->evicted += s->rsv_n;
+            s->p.fetched -= s->p.rsv_n;
+            s->p.evicted += s->p.rsv_n;
             rsv_clear(s);
             continue;
         }
-        if (s->head == s->tail) return MQ_ECORRUPT;   /* R <= cap, so impossible when sane */
-        if (rec_read(q, s->head, s->tail, &r)) return MQ_ECORRUPT;
+        if (s->p.head == s->p.tail) return MQ_ECORRUPT;   /* R <= cap, so impossible when sane */
+        if (rec_read(q, s->p.head, s->p.tail, &r)) return MQ_ECORRUPT;
         if (!r.dead) {
             if (s->count == 0) return MQ_ECORRUPT;
             s->count--;
-            s->evicted++;
+            s->p.evicted++;
         }
-        s->head += r.len;
+        s->p.head += r.len;
     }
     return 0;
 }
 
-/* Writes one record at s->tail (space checked by the caller), links it into
+/* Writes one record at s->p.tail (space checked by the caller), links it into
  * the index and updates *s.  Not yet published. */
 static void put_record(const struct mq_q *q, struct q_state *s, uint64_t hash, const char *key,
                        size_t klen, const char *val, size_t vlen, uint32_t flags, uint64_t R) {
@@ -1276,7 +915,7 @@ static void put_record(const struct mq_q *q, struct q_state *s, uint64_t hash, c
     r.klen = (uint32_t)klen;
     r.vlen = (uint32_t)vlen;
     r.flags = (uint8_t)flags;
-    uint64_t pos = s->tail;
+    uint64_t pos = s->p.tail;
     if (q->buckets) r.next = atomic_load_explicit(&q->buckets[hash & (q->nbuckets - 1)], memory_order_relaxed);
     copy_in(q, pos, &r, sizeof r);
     if (klen) copy_in(q, pos + MQ_REC_HDR, key, klen);
@@ -1284,10 +923,10 @@ static void put_record(const struct mq_q *q, struct q_state *s, uint64_t hash, c
     if (vlen) copy_in(q, pos + MQ_REC_HDR + klen, val, vlen);
     if (q->buckets)   /* relaxed: under the lock; a crash before commit is undone by q_rebuild */
         atomic_store_explicit(&q->buckets[hash & (q->nbuckets - 1)], pos + 1, memory_order_relaxed);
-    s->tail += R;
+    s->p.tail += R;
     s->count++;
-    s->added++;
-    if (s->count > s->high_water) s->high_water = s->count;
+    s->p.added++;
+    if (s->count > s->p.high_water) s->p.high_water = s->count;
 }
 
 /* Undoes uncommitted index/dead-mark changes and unlocks.  Returns rc. */
@@ -1300,24 +939,52 @@ static int abort_op(const struct mq_q *q, int rc) {
 
 static int skip_dead(const struct mq_q *q, struct q_state *s);
 
+/* The derived-data changes (index buckets, dead marks) of an add_many on an
+ * unbounded queue with a key index, logged so that a batch refused for room
+ * (MQ_EFULL) half-way is undone in O(batch) (undo_apply) rather than by
+ * re-deriving the index of the whole queue (abort_op): the cost of a refused
+ * add must not grow with the queue.  At most two entries per item. */
+struct undo {
+    struct undo_ent {
+        uint64_t where;         /* bucket index, or UNDO_DEAD | record position */
+        uint64_t old;           /* the bucket's old value */
+    } *e;
+    size_t n;
+};
+#define UNDO_DEAD (1ULL << 63)
+
+/* Restores, newest first, what u logged, then unlocks.  Returns rc. */
+static int undo_apply(const struct mq_q *q, struct undo *u, int rc) {
+    while (u->n > 0) {
+        const struct undo_ent *x = &u->e[--u->n];
+        if (x->where & UNDO_DEAD) rec_set_dead(q, x->where & ~UNDO_DEAD, 0);   /* was live: idx_find found it */
+        else   /* relaxed: under the lock, as put_record's store */
+            atomic_store_explicit(&q->buckets[x->where], x->old, memory_order_relaxed);
+    }
+    q_unlock(q);
+    return rc;
+}
+
 /* One item of an add: dedup, room, write.  Returns 1 stored, 0 dropped
  * (addmode 1), or a negative code: MQ_EFULL leaves the segment as it was
- * (only *s changed, which the caller drops); any other code may leave
- * derived data (index, dead marks) to be restored by abort_op. */
+ * but for the changes logged in u (only *s changed, which the caller drops;
+ * u may be NULL when nothing was changed before this item); any other code
+ * may leave derived data (index, dead marks) to be restored by abort_op. */
 static int add_one(const struct mq_q *q, struct q_state *s, const char *key, size_t klen,
-                   const char *val, size_t vlen, uint32_t flags, uint64_t R) {
+                   const char *val, size_t vlen, uint32_t flags, uint64_t R, struct undo *u) {
     uint64_t hash = 0, killed = 0;
     if (q->buckets) {
         uint64_t found;
         hash = fnv1a(key, klen);
-        int rc = idx_find(q, hash, key, klen, s->head, s->tail, &found);
-        if (rc == 0 && q->addmode == 1 && s->rsv_n)   /* reserved, not gone: refused too */
+        int rc = idx_find(q, hash, key, klen, s->p.head, s->p.tail, &found);
+        if (rc == 0 && q->addmode == 1 && s->p.rsv_n)   /* reserved, not gone: refused too */
             rc = idx_find_reserved(q, s, hash, key, klen);
         if (rc < 0) return rc;
         if (rc == 1) {
-            s->duplicates++;
-            if (q->addmode == 1) { s->added++; return 0; }
+            s->p.duplicates++;
+            if (q->addmode == 1) { s->p.added++; return 0; }
             rec_set_dead(q, found, 1);     /* addmode 2: the old one goes */
+            s->live_head = LIVE_HEAD_NONE;  /* it may have been the head */
             KILLPOINT("add_after_kill");
             s->count--;
             killed = found + 1;
@@ -1326,12 +993,18 @@ static int add_one(const struct mq_q *q, struct q_state *s, const char *key, siz
     /* Replaced records at the head hold no item: reclaim their bytes first. */
     int rc = skip_dead(q, s);
     if (rc) return rc;
-    if (q->limit <= 0 && (s->tail - q_start(s)) + R > q->cap) {
+    if (q->limit <= 0 && (s->p.tail - q_start(s)) + R > q->cap) {
         if (killed) rec_set_dead(q, killed - 1, 0);   /* undo: nothing changes */
         return MQ_EFULL;
     }
     rc = make_room(q, s, R);
     if (rc) return rc;
+    if (u) {
+        if (killed) u->e[u->n++] = (struct undo_ent){UNDO_DEAD | (killed - 1), 0};
+        uint64_t b = hash & (q->nbuckets - 1);
+        /* relaxed: under the lock */
+        u->e[u->n++] = (struct undo_ent){b, atomic_load_explicit(&q->buckets[b], memory_order_relaxed)};
+    }
     put_record(q, s, hash, key, klen, val, vlen, flags, R);
     return 1;
 }
@@ -1350,14 +1023,15 @@ static int add_impl(mq_ns *ns, uint32_t qi, const char *key, size_t klen,
     KILLPOINT("add_locked");
     struct q_state s;
     if (state_load(q, &s)) { q_unlock(q); return MQ_ECORRUPT; }
-    rc = add_one(q, &s, key, klen, val, vlen, flags, R);
+    rc = add_one(q, &s, key, klen, val, vlen, flags, R, NULL);
     if (rc == MQ_EFULL) { q_unlock(q); return rc; }   /* nothing was touched */
     if (rc < 0) return abort_op(q, rc);
     KILLPOINT("add_before_commit");
     state_commit(q, &s);
     KILLPOINT("add_after_commit");
+    uint32_t w = rc == 1 ? q_bump(q) : 0;   /* under the lock: its line is ours now */
     q_unlock(q);
-    if (rc == 1) q_notify(q, 1);
+    if (w) q_wake(q, 1, w);
     return rc;
 }
 
@@ -1396,9 +1070,9 @@ static size_t sim_slot(const struct mq_q *q, const struct sim_rec *recs, const i
 static int sim_batch(const struct mq_q *q, const struct q_state *s0, const char *data,
                      const uint32_t *lens, size_t n) {
     size_t nc = 0;
-    for (uint64_t p = s0->head; p < s0->tail; nc++) {
+    for (uint64_t p = s0->p.head; p < s0->p.tail; nc++) {
         struct rec_hdr r;
-        if (rec_read(q, p, s0->tail, &r)) return MQ_ECORRUPT;
+        if (rec_read(q, p, s0->p.tail, &r)) return MQ_ECORRUPT;
         p += r.len;
     }
     size_t total = nc + n, tabn = 16;
@@ -1409,10 +1083,10 @@ static int sim_batch(const struct mq_q *q, const struct q_state *s0, const char 
     if (!recs || (q->buckets && !tab)) goto out;
     if (tab) memset(tab, 0xff, tabn * sizeof *tab);      /* all -1: empty */
     size_t nr = 0;
-    for (uint64_t p = s0->head; p < s0->tail; nr++) {
+    for (uint64_t p = s0->p.head; p < s0->p.tail; nr++) {
         struct rec_hdr r;
         if (nr == nc) { rc = MQ_ECORRUPT; goto out; }   /* the records changed under us */
-        if (rec_read(q, p, s0->tail, &r)) { rc = MQ_ECORRUPT; goto out; }
+        if (rec_read(q, p, s0->p.tail, &r)) { rc = MQ_ECORRUPT; goto out; }
         struct sim_rec *x = &recs[nr];
         x->R = r.len;
         x->kpos = p + MQ_REC_HDR;
@@ -1428,8 +1102,8 @@ static int sim_batch(const struct mq_q *q, const struct q_state *s0, const char 
         p += r.len;
     }
     size_t h = 0;
-    uint64_t used = s0->tail - q_start(s0);
-    int reclaim = s0->rsv_n == 0;   /* a pending reservation keeps every byte from rsv on */
+    uint64_t used = s0->p.tail - q_start(s0);
+    int reclaim = s0->p.rsv_n == 0;   /* a pending reservation keeps every byte from rsv on */
     const char *p = data;
     for (size_t i = 0; i < n; i++) {
         size_t kl = lens[3 * i], vl = lens[3 * i + 1];
@@ -1441,7 +1115,7 @@ static int sim_batch(const struct mq_q *q, const struct q_state *s0, const char 
             if (tab[slot] >= 0 && !recs[tab[slot]].dead) {
                 if (q->addmode == 1) { p += kl + vl; continue; }   /* dropped */
                 recs[tab[slot]].dead = 1;                            /* replaced */
-            } else if (q->addmode == 1 && s0->rsv_n) {
+            } else if (q->addmode == 1 && s0->p.rsv_n) {
                 int found = idx_find_reserved(q, s0, hash, p, kl);   /* as add_one */
                 if (found < 0) { rc = found; goto out; }
                 if (found) { p += kl + vl; continue; }               /* dropped */
@@ -1493,10 +1167,24 @@ static int64_t add_many_impl(mq_ns *ns, uint32_t qi, const char *data, size_t da
      * could write over committed bytes before it fails (only when it replaces
      * and reclaims its own or queued records), decide first by a dry run. */
     int may_split = q->limit > 0;
-    if (!may_split && (s.tail - q_start(&s)) + total_R > q->phys) {
-        rc = sim_batch(q, &s, data, lens, n);
-        if (rc) { q_unlock(q); return rc; }
-        may_split = 1;
+    struct undo undo = {NULL, 0}, *u = NULL;
+    if (!may_split && (s.p.tail - q_start(&s)) + total_R > q->cap) {
+        /* It may not fit.  Without a key index nothing in the batch frees
+         * bytes (no duplicates, no replaced records): only the replaced
+         * records already at the head can go, so the answer is known now,
+         * whatever the queue holds. */
+        if (!q->buckets) {
+            if (skip_dead(q, &s)) { q_unlock(q); return MQ_ECORRUPT; }
+            if ((s.p.tail - q_start(&s)) + total_R > q->cap) { q_unlock(q); return MQ_EFULL; }
+        } else if ((s.p.tail - q_start(&s)) + total_R > q->phys) {
+            rc = sim_batch(q, &s, data, lens, n);
+            if (rc) { q_unlock(q); return rc; }
+            may_split = 1;
+        } else {
+            /* duplicates may make it fit: try, logging what to undo */
+            undo.e = malloc(2 * n * sizeof *undo.e);
+            u = undo.e ? &undo : NULL;   /* no memory: a refusal re-derives the index */
+        }
     }
     int64_t stored = 0, pending = 0;
     const char *p = data;
@@ -1507,23 +1195,30 @@ static int64_t add_many_impl(mq_ns *ns, uint32_t qi, const char *data, size_t da
          * the last published state.  Only a batch larger than the free space
          * gets here, and only when it cannot fail: publish what we have first. */
         if (may_split) {
-            if (s.tail + R - committed_start > q->phys) {
+            if (s.p.tail + R - committed_start > q->phys) {
                 state_commit(q, &s);
                 committed_start = q_start(&s);
                 q_notify(q, pending);
                 pending = 0;
             }
         }
-        rc = add_one(q, &s, p, kl, p + kl, vl, lens[3 * i + 2], R);
-        if (rc < 0) return abort_op(q, rc);   /* after a split, only on damage */
+        rc = add_one(q, &s, p, kl, p + kl, vl, lens[3 * i + 2], R, u);
+        if (rc < 0) {   /* after a split, only on damage */
+            if (rc == MQ_EFULL && u) rc = undo_apply(q, u, rc);
+            else rc = abort_op(q, rc);
+            free(undo.e);
+            return rc;
+        }
         stored += rc;
         pending += rc;
         p += kl + vl;
         KILLPOINT("add_many_mid");
     }
+    free(undo.e);
     state_commit(q, &s);
+    uint32_t w = pending ? q_bump(q) : 0;   /* under the lock: its line is ours now */
     q_unlock(q);
-    if (pending) q_notify(q, pending);
+    if (w) q_wake(q, pending, w);
     return stored;
 }
 
@@ -1545,67 +1240,21 @@ int64_t mq_add_many(mq_ns *ns, uint32_t qi, const char *data, size_t data_len,
     return r;
 }
 
-int64_t mq_add_many_sep(mq_ns *ns, uint32_t qi, const char *data, size_t data_len, size_t n,
-                        uint32_t flags) {
-    if (n == 0) return 0;
-    if (!data || n > ((size_t)1 << 32) || (flags & ~MQ_FLAGS_MASK)) return MQ_EINVAL;
-    /* Split at the NULs into the (lens, packed data) form of mq_add_many:
-     * piece i < n is key i, piece n + i is value i. */
-    uint32_t *lens = malloc(3 * n * sizeof *lens);
-    const char **at = malloc(2 * n * sizeof *at);
-    char *packed = malloc(data_len ? data_len : 1);
-    int64_t r = MQ_ENOMEM;
-    if (!lens || !at || !packed) goto out;
-    const char *p = data, *end = data + data_len;
-    size_t pieces = 0;
-    r = MQ_EINVAL;
-    for (;;) {
-        const char *z = memchr(p, 0, (size_t)(end - p));
-        size_t l = (size_t)((z ? z : end) - p);
-        if (pieces == 2 * n) goto out;                  /* more pieces than items */
-        if (l > UINT32_MAX) { r = MQ_ETOOBIG; goto out; }
-        size_t item = pieces < n ? pieces : pieces - n;
-        lens[3 * item + (pieces < n ? 0 : 1)] = (uint32_t)l;
-        lens[3 * item + 2] = flags;
-        at[pieces] = p;
-        pieces++;
-        if (!z) break;
-        p = z + 1;
-    }
-    if (pieces != 2 * n) goto out;
-    size_t off = 0;
-    for (size_t i = 0; i < n; i++) {                    /* key i, value i, ... */
-        memcpy(packed + off, at[i], lens[3 * i]);
-        off += lens[3 * i];
-        memcpy(packed + off, at[n + i], lens[3 * i + 1]);
-        off += lens[3 * i + 1];
-    }
-    r = mq_add_many(ns, qi, packed, off, lens, n);
-out:
-    free(packed);
-    free(at);
-    free(lens);
-    return r;
-}
-
 /* ------------------------------------------------------------ fetch */
-/* Skips dead records at s->head.  Returns 0 or MQ_ECORRUPT. */
+/* Skips dead records at s->p.head.  Returns 0 or MQ_ECORRUPT. */
 static int skip_dead(const struct mq_q *q, struct q_state *s) {
-    while (s->head < s->tail) {
+    /* looked already in this operation, and nothing marked it dead since
+     * (add_one forgets it when it marks a record dead, q_rebuild always) */
+    if (s->p.head == s->live_head) return 0;
+    while (s->p.head < s->p.tail) {
         struct rec_hdr r;
-        if (rec_read(q, s->head, s->tail, &r)) return MQ_ECORRUPT;
-        if (!r.dead) return 0;
-        s->head += r.len;
+        if (rec_read(q, s->p.head, s->p.tail, &r)) return MQ_ECORRUPT;
+        if (!r.dead) { s->live_head = s->p.head; return 0; }
+        s->p.head += r.len;
     }
     if (s->count) return MQ_ECORRUPT;
     return 0;
 }
-
-/* What a batch fetch reports besides the items (see mq_fetch_batch). */
-struct batch_out {
-    uint64_t total;
-    uint32_t info;
-};
 
 /* Takes up to max items under one lock hold.  With bo, every key and value
  * is followed by a NUL byte and bo describes the batch.  Returns the number
@@ -1618,14 +1267,14 @@ static int64_t take(const struct mq_q *q, uint32_t max, char *buf, size_t bufsiz
                     struct batch_out *bo) {
     struct q_state s;
     if (state_load(q, &s)) return MQ_ECORRUPT;
-    uint64_t head0 = s.head;
-    if (skip_dead(q, &s)) return MQ_ECORRUPT;
+    uint64_t head0 = s.p.head;
     int64_t n = 0;
     size_t used = 0, sep = bo ? 1 : 0;
     uint32_t info = MQ_BATCH_UNIFORM | MQ_BATCH_NONUL, first_flags = 0;
-    while (n < (int64_t)max && s.head < s.tail) {
+    while (n < (int64_t)max && s.p.head < s.p.tail) {
         struct rec_hdr r;
-        if (rec_read(q, s.head, s.tail, &r) || r.dead) return MQ_ECORRUPT;
+        if (rec_read(q, s.p.head, s.p.tail, &r)) return MQ_ECORRUPT;
+        if (r.dead) { s.p.head += r.len; continue; }   /* replaced: reclaimed, as skip_dead does */
         size_t need = (size_t)r.klen + r.vlen + 2 * sep;
         if (need > bufsize - used) {
             if (n == 0) { meta[0] = (uint32_t)(need > UINT32_MAX ? UINT32_MAX : need); return MQ_EBUF; }
@@ -1633,14 +1282,14 @@ static int64_t take(const struct mq_q *q, uint32_t max, char *buf, size_t bufsiz
         }
         if (sep) {
             char *k = buf + used, *v = k + r.klen + 1;
-            copy_out(q, s.head + MQ_REC_HDR, k, r.klen);
+            copy_out(q, s.p.head + MQ_REC_HDR, k, r.klen);
             k[r.klen] = 0;
-            copy_out(q, s.head + MQ_REC_HDR + r.klen, v, r.vlen);
+            copy_out(q, s.p.head + MQ_REC_HDR + r.klen, v, r.vlen);
             v[r.vlen] = 0;
             if (memchr(k, 0, r.klen) || memchr(v, 0, r.vlen)) info &= ~MQ_BATCH_NONUL;
             if (n > 0 && (r.flags & MQ_FLAGS_MASK) != first_flags) info &= ~MQ_BATCH_UNIFORM;
         } else {
-            copy_out(q, s.head + MQ_REC_HDR, buf + used, need);
+            copy_out(q, s.p.head + MQ_REC_HDR, buf + used, need);
         }
         KILLPOINT("fetch_after_copy");
         meta[3 * n] = r.klen;
@@ -1648,15 +1297,15 @@ static int64_t take(const struct mq_q *q, uint32_t max, char *buf, size_t bufsiz
         if (n == 0) first_flags = r.flags & MQ_FLAGS_MASK;   /* meta[2]: after the commit */
         else meta[3 * n + 2] = r.flags & MQ_FLAGS_MASK;
         used += need;
-        s.head += r.len;
+        s.p.head += r.len;
         if (s.count == 0) return MQ_ECORRUPT;
         s.count--;
-        s.fetched++;
+        s.p.fetched++;
         n++;
-        if (skip_dead(q, &s)) return MQ_ECORRUPT;
     }
+    if (skip_dead(q, &s)) return MQ_ECORRUPT;   /* replaced records after the last one taken */
     if (n == 0 && s.count) return MQ_ECORRUPT;
-    if (n || s.head != head0) state_commit(q, &s);
+    if (n || s.p.head != head0) state_commit(q, &s);
     if (n) meta[2] = first_flags;   /* the "taken" marker: only now that the take is committed */
     KILLPOINT("fetch_after_commit");
     if (bo) {
@@ -1669,19 +1318,22 @@ static int64_t take(const struct mq_q *q, uint32_t max, char *buf, size_t bufsiz
 /* The fetch loop: take, or spin, or sleep on the futex word until the
  * deadline.  Returns as mq_fetch_many; nothing is taken on failure. */
 static int64_t fetch_impl(mq_ns *ns, uint32_t qi, uint32_t max, int64_t deadline,
-                          char *buf, size_t bufsize, uint32_t *meta, struct batch_out *bo) {
+                      char *buf, size_t bufsize, uint32_t *meta, struct batch_out *bo) {
     const struct mq_q *q;
     int rc = q_index(ns, qi, &q);
     if (rc) return rc;
     if (!meta || (bufsize && !buf) || max == 0 || deadline < -1) return MQ_EINVAL;
     int64_t started = deadline ? mono_ns() : 0;
     for (;;) {
-        /* acquire: read before looking at the queue, so an add published
-         * after this read moves seq and FUTEX_WAIT returns at once */
-        uint32_t seq0 = atomic_load_explicit(&q->h->seq, memory_order_acquire);
         rc = q_lock(ns, q);
         if (rc) return rc;
         int64_t n = take(q, max, buf, bufsize, meta, bo);
+        /* Read only when the queue was empty (a streaming consumer leaves the
+         * line to the producer), under the lock: every add bumps seq after
+         * its publish, under the lock or after it, so an add this take did
+         * not see moves seq after this read and FUTEX_WAIT returns at once.
+         * relaxed: the lock orders it. */
+        uint32_t seq0 = n == 0 ? atomic_load_explicit(&q->h->seq, memory_order_relaxed) : 0;
         q_unlock(q);
         if (n != 0) return n;
         if (deadline == 0) return 0;
@@ -1698,9 +1350,9 @@ static int64_t fetch_impl(mq_ns *ns, uint32_t qi, uint32_t max, int64_t deadline
     }
 }
 
-/* fetch_impl inside the in-flight accounting.  Returns as fetch_impl. */
-static int64_t fetch_loop(mq_ns *ns, uint32_t qi, uint32_t max, int64_t deadline,
-                          char *buf, size_t bufsize, uint32_t *meta, struct batch_out *bo) {
+/* See mq_internal.h (fetch_impl inside the in-flight accounting). */
+int64_t mq_fetch_loop(mq_ns *ns, uint32_t qi, uint32_t max, int64_t deadline,
+                      char *buf, size_t bufsize, uint32_t *meta, struct batch_out *bo) {
     int rc = ns_enter(ns);
     if (rc) return rc;
     int64_t n = fetch_impl(ns, qi, max, deadline, buf, bufsize, meta, bo);
@@ -1709,45 +1361,12 @@ static int64_t fetch_loop(mq_ns *ns, uint32_t qi, uint32_t max, int64_t deadline
 }
 
 int mq_fetch(mq_ns *ns, uint32_t qi, int64_t deadline_ns, char *buf, size_t bufsize, uint32_t *meta) {
-    return (int)fetch_loop(ns, qi, 1, deadline_ns, buf, bufsize, meta, NULL);
-}
-
-/* The deadline for a timeout in seconds (see mq_fetch_into), stored in
- * fb->deadline.  Returns 0, or MQ_EINVAL for NaN. */
-static int fb_deadline(struct mq_fetchbuf *fb, double timeout_s) {
-    if (timeout_s != timeout_s) return MQ_EINVAL;                /* NaN */
-    if (timeout_s == 0) fb->deadline = 0;
-    else if (timeout_s < 0 || timeout_s > 1e9) fb->deadline = -1;  /* forever (incl. inf) */
-    else fb->deadline = mono_ns() + (int64_t)(timeout_s * 1e9) + 1;
-    return 0;
-}
-
-int mq_fetch_into(struct mq_fetchbuf *fb, double timeout_s) {
-    if (!fb) return MQ_EINVAL;
-    fb->taken = 0;
-    int rc = fb_deadline(fb, timeout_s);
-    if (rc) return rc;
-    rc = (int)fetch_loop(fb->ns, fb->q, 1, fb->deadline, fb->buf, fb->size, fb->meta, NULL);
-    if (rc > 0) fb->taken = (uint32_t)rc;
-    return rc;
-}
-
-int64_t mq_fetch_batch(struct mq_fetchbuf *fb, uint32_t max, double timeout_s) {
-    if (!fb) return MQ_EINVAL;
-    fb->taken = 0;
-    int rc = fb_deadline(fb, timeout_s);
-    if (rc) return rc;
-    struct batch_out bo = {0, 0};
-    int64_t n = fetch_loop(fb->ns, fb->q, max, fb->deadline, fb->buf, fb->size, fb->meta, &bo);
-    if (n > 0) fb->taken = (uint32_t)n;
-    fb->total = bo.total;
-    fb->info = bo.info;
-    return n;
+    return (int)mq_fetch_loop(ns, qi, 1, deadline_ns, buf, bufsize, meta, NULL);
 }
 
 int64_t mq_fetch_many(mq_ns *ns, uint32_t qi, uint32_t max, int64_t deadline_ns,
                       char *buf, size_t bufsize, uint32_t *meta) {
-    return fetch_loop(ns, qi, max, deadline_ns, buf, bufsize, meta, NULL);
+    return mq_fetch_loop(ns, qi, max, deadline_ns, buf, bufsize, meta, NULL);
 }
 
 /* ------------------------------------------------------------ inspection */
@@ -1782,13 +1401,13 @@ static int stats_impl(mq_ns *ns, uint32_t qi, struct mq_stats *out) {
     int rc = q_snapshot(ns, qi, out, &q, &s);
     if (rc) return rc;
     out->count = s.count;
-    out->added = s.added;
-    out->fetched = s.fetched;
-    out->evicted = s.evicted;
-    out->duplicates = s.duplicates;
-    out->high_water = s.high_water;
-    out->recoveries = s.recoveries;
-    out->bytes_used = s.tail - q_start(&s);
+    out->added = s.p.added;
+    out->fetched = s.p.fetched;
+    out->evicted = s.p.evicted;
+    out->duplicates = s.p.duplicates;
+    out->high_water = s.p.high_water;
+    out->recoveries = s.p.recoveries;
+    out->bytes_used = s.p.tail - q_start(&s);
     out->capacity = q->cap;
     out->size_limit = q->limit;
     out->addmode = q->addmode;
@@ -1830,16 +1449,16 @@ static int64_t reserve_impl(struct mq_fetchbuf *fb, uint32_t max, uint64_t tag, 
     struct q_state s;
     rc = q_lock_load(ns, q, &s);
     if (rc) return rc;
-    if (s.rsv_n) { q_unlock(q); return MQ_EBUSY; }
+    if (s.p.rsv_n) { q_unlock(q); return MQ_EBUSY; }
     if (skip_dead(q, &s)) { q_unlock(q); return MQ_ECORRUPT; }
-    uint64_t first = s.head;
+    uint64_t first = s.p.head;
     int64_t n = 0;
     size_t used = 0;
     uint32_t info = MQ_BATCH_UNIFORM | MQ_BATCH_NONUL, first_flags = 0;
-    while (n < (int64_t)max && s.head < s.tail) {
+    while (n < (int64_t)max && s.p.head < s.p.tail) {
         struct rec_hdr r;
-        if (rec_read(q, s.head, s.tail, &r)) { q_unlock(q); return MQ_ECORRUPT; }
-        if (r.dead) { s.head += r.len; continue; }   /* replaced: not an item */
+        if (rec_read(q, s.p.head, s.p.tail, &r)) { q_unlock(q); return MQ_ECORRUPT; }
+        if (r.dead) { s.p.head += r.len; continue; }   /* replaced: not an item */
         size_t need = (size_t)r.klen + r.vlen + 2;
         if (need > fb->size - used) {
             if (n == 0) {
@@ -1850,9 +1469,9 @@ static int64_t reserve_impl(struct mq_fetchbuf *fb, uint32_t max, uint64_t tag, 
             break;
         }
         char *k = fb->buf + used, *v = k + r.klen + 1;
-        copy_out(q, s.head + MQ_REC_HDR, k, r.klen);
+        copy_out(q, s.p.head + MQ_REC_HDR, k, r.klen);
         k[r.klen] = 0;
-        copy_out(q, s.head + MQ_REC_HDR + r.klen, v, r.vlen);
+        copy_out(q, s.p.head + MQ_REC_HDR + r.klen, v, r.vlen);
         v[r.vlen] = 0;
         if (memchr(k, 0, r.klen) || memchr(v, 0, r.vlen)) info &= ~MQ_BATCH_NONUL;
         if (n == 0) first_flags = r.flags & MQ_FLAGS_MASK;
@@ -1861,19 +1480,19 @@ static int64_t reserve_impl(struct mq_fetchbuf *fb, uint32_t max, uint64_t tag, 
         fb->meta[3 * n + 1] = r.vlen;
         fb->meta[3 * n + 2] = r.flags & MQ_FLAGS_MASK;
         used += need;
-        s.head += r.len;
+        s.p.head += r.len;
         if (s.count == 0) { q_unlock(q); return MQ_ECORRUPT; }
         s.count--;
-        s.fetched++;                             /* taken; a put-back subtracts it */
+        s.p.fetched++;                             /* taken; a put-back subtracts it */
         n++;
     }
     if (n) {
-        s.rsv = first;
-        s.rsv_end = s.head;
-        s.rsv_n = (uint64_t)n;
-        s.rsv_tag = tag;
-        s.rsv_owner = ns->map->me;
-        s.rsv_db = db;                           /* in the same commit as the reservation */
+        s.p.rsv = first;
+        s.p.rsv_end = s.p.head;
+        s.p.rsv_n = (uint64_t)n;
+        s.p.rsv_tag = tag;
+        s.p.rsv_owner = ns->map->me;
+        s.p.rsv_db = db;                           /* in the same commit as the reservation */
         s.cold_dirty = 1;
         KILLPOINT("reserve_before_commit");
         state_commit(q, &s);
@@ -1919,15 +1538,15 @@ static int mark_gone(const struct mq_q *q, uint64_t from, uint64_t to) {
  * Returns the number of items back in the queue, or a negative code (marks
  * outside the committed records may then be set; abort_op restores the rest). */
 static int64_t put_back(const struct mq_q *q, struct q_state *s) {
-    uint64_t live_head = s->head;
-    int rc = mark_gone(q, s->rsv_end, s->head);   /* fetched/evicted/replaced meanwhile */
+    uint64_t live_head = s->p.head;
+    int rc = mark_gone(q, s->p.rsv_end, s->p.head);   /* fetched/evicted/replaced meanwhile */
     if (rc) return rc;
     int64_t back = 0;
     char *key = NULL;
     size_t keycap = 0;
-    for (uint64_t p = s->rsv; p < s->rsv_end;) {
+    for (uint64_t p = s->p.rsv; p < s->p.rsv_end;) {
         struct rec_hdr r;
-        if (rec_read(q, p, s->rsv_end, &r)) { free(key); return MQ_ECORRUPT; }
+        if (rec_read(q, p, s->p.rsv_end, &r)) { free(key); return MQ_ECORRUPT; }
         if (r.dead || (r.gone & REC_GONE)) {
             /* replaced before it was reserved: its replacement may be gone by
              * now, so make it permanently not an item (q_rebuild keeps it so) */
@@ -1947,33 +1566,33 @@ static int64_t put_back(const struct mq_q *q, struct q_state *s) {
             }
             copy_out(q, p + MQ_REC_HDR, key, r.klen);
             uint64_t found;
-            rc = idx_find(q, fnv1a(key, r.klen), key, r.klen, live_head, s->tail, &found);
+            rc = idx_find(q, fnv1a(key, r.klen), key, r.klen, live_head, s->p.tail, &found);
             if (rc < 0) { free(key); return rc; }
             dead = rc == 1;
         }
         rec_set_dead(q, p, dead);   /* also clears a mark left by an aborted put-back */
-        if (dead) s->duplicates++;
+        if (dead) s->p.duplicates++;
         else back++;
         p += r.len;
     }
     free(key);
-    s->fetched -= s->rsv_n;                  /* with duplicates++ above: count += back */
+    s->p.fetched -= s->p.rsv_n;                  /* with duplicates++ above: count += back */
     s->count += (uint64_t)back;
-    s->head = s->rsv;
+    s->p.head = s->p.rsv;
     rsv_clear(s);
     /* A bounded queue that took items meanwhile is over its count now: the
      * put-back items are the oldest, so they are dropped first. */
     while (q->limit > 0 && s->count > (uint64_t)q->limit) {
         struct rec_hdr r;
-        if (s->head >= s->tail || rec_read(q, s->head, s->tail, &r)) return MQ_ECORRUPT;
+        if (s->p.head >= s->p.tail || rec_read(q, s->p.head, s->p.tail, &r)) return MQ_ECORRUPT;
         if (!r.dead) {
             s->count--;
-            s->evicted++;
+            s->p.evicted++;
             if (back) back--;
         }
-        s->head += r.len;
+        s->p.head += r.len;
     }
-    if (s->count > s->high_water) s->high_water = s->count;
+    if (s->count > s->p.high_water) s->p.high_water = s->count;
     return back;
 }
 
@@ -1986,7 +1605,7 @@ static int settle_impl(mq_ns *ns, uint32_t qi, uint64_t tag, int commit) {
     struct q_state s;
     rc = q_lock_load(ns, q, &s);
     if (rc) return rc;
-    if (s.rsv_n == 0 || s.rsv_tag != tag) { q_unlock(q); return MQ_ENORSV; }
+    if (s.p.rsv_n == 0 || s.p.rsv_tag != tag) { q_unlock(q); return MQ_ENORSV; }
     int64_t back = 0;
     if (commit) {
         rsv_clear(&s);                           /* its items stay counted as fetched */
@@ -2020,13 +1639,13 @@ static int reservation_impl(mq_ns *ns, uint32_t qi, struct mq_rsvinfo *out) {
     struct q_state s;
     int rc = q_snapshot(ns, qi, out, &q, &s);
     if (rc) return rc;
-    out->tag = s.rsv_tag;
-    out->count = s.rsv_n;
-    out->load_tag = s.load_tag;
-    out->db = s.rsv_db;
-    out->owner_alive = s.rsv_n ? (uint32_t)owner_alive(ns, s.rsv_owner) : 0;
-    out->mine = s.rsv_n && s.rsv_owner == ns->map->me;
-    return s.rsv_n ? 1 : 0;
+    out->tag = s.p.rsv_tag;
+    out->count = s.p.rsv_n;
+    out->load_tag = s.p.load_tag;
+    out->db = s.p.rsv_db;
+    out->owner_alive = s.p.rsv_n ? (uint32_t)owner_alive(ns, s.p.rsv_owner) : 0;
+    out->mine = s.p.rsv_n && s.p.rsv_owner == ns->map->me;
+    return s.p.rsv_n ? 1 : 0;
 }
 
 int mq_reservation(mq_ns *ns, uint32_t qi, struct mq_rsvinfo *out) {
@@ -2073,24 +1692,24 @@ static int64_t load_impl(mq_ns *ns, uint32_t qi, uint64_t tag, const char *data,
     struct q_state s;
     rc = q_lock_load(ns, q, &s);
     if (rc) return rc;
-    if (s.load_tag == tag) { q_unlock(q); return MQ_EAPPLIED; }
+    if (s.p.load_tag == tag) { q_unlock(q); return MQ_EAPPLIED; }
     /* One commit: the records written must not overlap the committed bytes
      * [start, tail).  Bounded: kept_R <= capacity and tail - start <= capacity,
      * so they fit the 2 x capacity ring.  Unbounded: checked here. */
-    if (q->limit <= 0 && (s.tail - q_start(&s)) + kept_R > q->phys) { q_unlock(q); return MQ_ENOSTEP; }
+    if (q->limit <= 0 && (s.p.tail - q_start(&s)) + kept_R > q->phys) { q_unlock(q); return MQ_ENOSTEP; }
     const char *p = data;
     for (size_t i = 0; i < skip; i++) p += lens[3 * i] + lens[3 * i + 1];
-    s.added += skip;
-    s.evicted += skip;
+    s.p.added += skip;
+    s.p.evicted += skip;
     int64_t stored = 0;
     for (size_t i = skip; i < n; i++) {
         size_t kl = lens[3 * i], vl = lens[3 * i + 1];
-        rc = add_one(q, &s, p, kl, p + kl, vl, lens[3 * i + 2], rec_size(kl, vl));
+        rc = add_one(q, &s, p, kl, p + kl, vl, lens[3 * i + 2], rec_size(kl, vl), NULL);
         if (rc < 0) return abort_op(q, rc);      /* MQ_EFULL included: nothing published */
         stored += rc;
         p += kl + vl;
     }
-    s.load_tag = tag;
+    s.p.load_tag = tag;
     s.cold_dirty = 1;
     KILLPOINT("load_before_commit");
     state_commit(q, &s);
@@ -2403,7 +2022,7 @@ int mq_ws_run(mq_waitset *ws) {
         if (pthread_mutex_lock(&ws->mu) != 0) return sys_fail();   /* cannot happen (default mutex) */
         ws->sleeping = 0;
         if (err == ENOSYS || err == EINVAL) {   /* refused (seccomp, old kernel): new watches go elsewhere */
-            last_errno = err;
+            mq_errno = err;
             rc = MQ_ESYS;
             ws->stop = 1;
             break;
@@ -2430,25 +2049,4 @@ void mq_ws_free(mq_waitset *ws) {
     if (!ws) return;
     pthread_mutex_destroy(&ws->mu);
     free(ws);
-}
-
-/* ---- Python fast-path entry points (coordinator: move to csrc/adapters.c) ---- */
-
-int mq_add_to(const struct mq_addctx *c, const char *key, size_t klen,
-              const char *val, size_t vlen, uint32_t flags) {
-    if (!c) return MQ_EINVAL;
-    return mq_add(c->ns, c->q, key, klen, val, vlen, flags);
-}
-
-int64_t mq_fetch_one(struct mq_fetch1 *f) {
-    if (!f) return MQ_EINVAL;
-    struct mq_fetchbuf *fb = &f->fb;
-    int64_t n = mq_fetch_batch(fb, 1, f->timeout_s);
-    if (n <= 0) return n;
-    uint32_t klen = fb->meta[0], vlen = fb->meta[1], flags = fb->meta[2] & MQ_FLAGS_MASK;
-    /* klen + 1 + vlen <= fb->size, which is far below 2**60: the shift is exact */
-    int64_t out = (int64_t)(((uint64_t)klen + 1 + vlen) << MQ_ONE_SHIFT) | flags;
-    /* the take found no NUL in key or value (the common case): none to look for */
-    if (!(fb->info & MQ_BATCH_NONUL) && memchr(fb->buf, 0, klen)) out |= MQ_ONE_KEYNUL;
-    return out;
 }

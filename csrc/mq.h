@@ -179,7 +179,7 @@ int64_t mq_add_many(mq_ns *ns, uint32_t q, const char *data, size_t data_len,
 int mq_fetch(mq_ns *ns, uint32_t q, int64_t deadline_ns,
              char *buf, size_t bufsize, uint32_t *meta);
 
-/* mq_fetch with its arguments in one caller-owned struct, so that a binding
+/* The fetch buffer of mq_fetch_batch and mq_fetch_one: mq_fetch's arguments in one caller-owned struct, so that a binding
  * pays for one pointer argument instead of six (the Python hot path), and
  * with the timeout in seconds: 0 = do not wait, < 0 or inf = forever, t > 0
  * = up to t seconds from now (NaN: MQ_EINVAL).  The absolute deadline used
@@ -199,7 +199,6 @@ struct mq_fetchbuf {
                               * it when the caller was interrupted after the call */
     uint32_t reserved2;
 };
-int mq_fetch_into(struct mq_fetchbuf *fb, double timeout_s);
 
 #define MQ_BATCH_UNIFORM 1u  /* every item of the batch has the flags in info >> 8 */
 #define MQ_BATCH_NONUL   2u  /* no key or value of the batch contains a NUL byte */
@@ -217,6 +216,35 @@ int64_t mq_fetch_batch(struct mq_fetchbuf *fb, uint32_t max, double timeout_s);
  * exactly 2n pieces, which is how a NUL inside a key or value shows. */
 int64_t mq_add_many_sep(mq_ns *ns, uint32_t q, const char *data, size_t data_len, size_t n,
                         uint32_t flags);
+
+
+/* A queue handle's context for mq_add_to, built once per handle: the call
+ * then converts one pointer instead of the handle and the queue index. */
+struct mq_addctx {
+    mq_ns *ns;
+    uint32_t q;
+    uint32_t reserved;
+};
+/* mq_add(c->ns, c->q, ...).  Returns as mq_add; MQ_EINVAL for a NULL c. */
+int mq_add_to(const struct mq_addctx *c, const char *key, size_t klen,
+              const char *val, size_t vlen, uint32_t flags);
+
+/* mq_fetch_batch of one item with the timeout in the struct, so that the
+ * call has a single pointer argument (cffi then builds no argument tuple). */
+struct mq_fetch1 {
+    struct mq_fetchbuf fb;   /* as for mq_fetch_batch; its results likewise */
+    double timeout_s;        /* in: as mq_fetch_batch's timeout_s */
+};
+#define MQ_ONE_KEYNUL 4u     /* in mq_fetch_one's result: the key holds a NUL byte */
+#define MQ_ONE_SHIFT 3       /* mq_fetch_one's result >> this = bytes of key NUL value */
+/* Takes the oldest item as mq_fetch_batch(&f->fb, 1, f->timeout_s) does (key,
+ * NUL, value, NUL in fb.buf; meta, taken, deadline, total and info set as it
+ * sets them).  Returns (klen + 1 + vlen) << MQ_ONE_SHIFT | MQ_ONE_KEYNUL when
+ * the key holds a NUL | the item's flags: one integer a binding splits with
+ * two operations, and whose low bits say whether splitting the buffer at its
+ * first NUL separates key and value; 0 when the queue is (still) empty;
+ * otherwise the negative code of mq_fetch_batch, nothing taken. */
+int64_t mq_fetch_one(struct mq_fetch1 *f);
 
 /* Takes up to `max` oldest items at once (waiting like mq_fetch only while
  * the queue is empty).  Items are packed in buf as mq_fetch does, one after
@@ -288,12 +316,12 @@ int mq_reservation(mq_ns *ns, uint32_t q, struct mq_rsvinfo *out);
 int64_t mq_load(mq_ns *ns, uint32_t q, uint64_t tag, const char *data, size_t data_len,
                 const uint32_t *lens, size_t n);
 
-/* Test support: the number of distinct kill points, their names, and
- * whether this build has them (-DMQ_TESTING); with MQ_KILLPOINT=name in the
- * environment the process _exit()s at that point. */
+/* Test support: returns 1 when this build has the test kill points
+ * (-DMQ_TESTING), else 0.  In such a build, a process whose environment
+ * holds MQ_KILLPOINT=name _exit()s (status 77) at the kill point of that
+ * name; the names are the KILLPOINT("...") marks in csrc/mq.c. */
 int mq_testing(void);
 
-#endif
 
 /* ---- asyncio notifier (mqueue.asyncio; see the last block of mq.c) ---- */
 #define MQ_WS_MAX 127   /* watches per waitset: FUTEX_WAITV_MAX (128) less the control word */
@@ -342,35 +370,4 @@ int mq_ws_forget_ns(mq_waitset *ws, mq_ns *ns);
 /* Armed watches (tests, diagnostics); MQ_EINVAL, MQ_ESYS. */
 int mq_ws_armed(mq_waitset *ws);
 
-/* ---- Python fast-path entry points (coordinator: move to csrc/adapters.c) ---- */
-#ifndef MQUEUE_MQ_FASTPATH_H
-#define MQUEUE_MQ_FASTPATH_H
-
-/* A queue handle's context for mq_add_to, built once per handle: the call
- * then converts one pointer instead of the handle and the queue index. */
-struct mq_addctx {
-    mq_ns *ns;
-    uint32_t q;
-    uint32_t reserved;
-};
-/* mq_add(c->ns, c->q, ...).  Returns as mq_add; MQ_EINVAL for a NULL c. */
-int mq_add_to(const struct mq_addctx *c, const char *key, size_t klen,
-              const char *val, size_t vlen, uint32_t flags);
-
-/* mq_fetch_batch of one item with the timeout in the struct, so that the
- * call has a single pointer argument (cffi then builds no argument tuple). */
-struct mq_fetch1 {
-    struct mq_fetchbuf fb;   /* as for mq_fetch_batch; its results likewise */
-    double timeout_s;        /* in: as mq_fetch_batch's timeout_s */
-};
-#define MQ_ONE_KEYNUL 4u     /* in mq_fetch_one's result: the key holds a NUL byte */
-#define MQ_ONE_SHIFT 3       /* mq_fetch_one's result >> this = bytes of key NUL value */
-/* Takes the oldest item as mq_fetch_batch(&f->fb, 1, f->timeout_s) does (key,
- * NUL, value, NUL in fb.buf; meta, taken, deadline, total and info set as it
- * sets them).  Returns (klen + 1 + vlen) << MQ_ONE_SHIFT | MQ_ONE_KEYNUL when
- * the key holds a NUL | the item's flags: one integer a binding splits with
- * two operations, and whose low bits say whether splitting the buffer at its
- * first NUL separates key and value; 0 when the queue is (still) empty;
- * otherwise the negative code of mq_fetch_batch, nothing taken. */
-int64_t mq_fetch_one(struct mq_fetch1 *f);
 #endif

@@ -1,6 +1,7 @@
 /* mq_layout.h - the shared-memory layout of an mqueue namespace (internal).
  *
- * Only mq.c and the C tests include this; the cffi interface never sees it.
+ * Only the engine (the csrc .c files) and the C tests include this; the cffi
+ * interface never sees it.
  *
  *   [seg_hdr][meta blob][q_hdr x nqueues][queue 0: index?, ring][queue 1 ...]
  *
@@ -71,15 +72,13 @@ struct q_pstate {
     uint64_t spare[1];
 };
 
-/* The process-local working copy: a q_pstate (same layout, copied whole),
- * then the derived count and whether the second line changed. */
+/* The process-local working copy: the state copy, then the derived count
+ * and whether the second line changed. */
 struct q_state {
-    uint64_t head, tail;
-    uint64_t added, fetched, evicted, duplicates, high_water, recoveries;
-    uint64_t rsv, rsv_end, rsv_n, rsv_tag, rsv_owner, load_tag;
-    uint64_t rsv_db;
-    uint64_t spare[1];
+    struct q_pstate p;
     uint64_t count;             /* live records in [head, tail) */
+    uint64_t live_head;         /* a head position known to hold a live record (skip_dead
+                                 * has looked), or LIVE_HEAD_NONE */
     int cold_dirty;             /* the second line changed: commit both lines */
 };
 
@@ -146,9 +145,6 @@ _Static_assert(sizeof(struct rec_hdr) == MQ_REC_HDR, "record header size");
 
 _Static_assert(sizeof(struct q_pstate) == 128, "a state copy is two cache lines");
 _Static_assert(offsetof(struct q_pstate, rsv) == 64, "the second line starts at rsv");
-_Static_assert(offsetof(struct q_state, spare) == offsetof(struct q_pstate, spare) &&
-               offsetof(struct q_state, count) == sizeof(struct q_pstate),
-               "a working copy begins with a q_pstate");
 _Static_assert(sizeof(struct q_hdr) == 384, "queue header: constants, hot line, two states");
 
 #endif

@@ -7,6 +7,7 @@ race each other.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -33,9 +34,19 @@ def have_gcc() -> bool:
     return shutil.which("gcc") is not None
 
 
+def engine_sources(*, naive: bool = False) -> list[Path]:
+    """The engine's C files, as csrc/build_ffi.py compiles them (with the
+    negative control's csrc/tests/naive_lock.c for csrc/lock.c when ``naive``)."""
+    spec = importlib.util.spec_from_file_location("_mq_build_ffi", CSRC / "build_ffi.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return [ROOT / s for s in mod.engine_sources(naive)]
+
+
 def killpoint_names() -> list[str]:
-    """Every KILLPOINT("name") in mq.c, in order of first appearance."""
-    text = (CSRC / "mq.c").read_text()
+    """Every KILLPOINT("name") in the engine's sources, in order of first appearance."""
+    text = "".join(p.read_text() for p in engine_sources())
     names: list[str] = []
     for m in re.finditer(r'KILLPOINT\("([A-Za-z0-9_]+)"\)', text):
         if m.group(1) not in names:
@@ -52,7 +63,11 @@ def compile_c(
     naive: bool = False,
     extra: list[str] | None = None,
 ) -> Path:
-    """Compile csrc/tests/<program>.c with csrc/mq.c into outdir; return the binary."""
+    """Compile csrc/tests/<program>.c with the engine into outdir; return the binary.
+
+    ``naive`` links the negative control's lock (csrc/tests/naive_lock.c)
+    instead of csrc/lock.c, and defines MQ_NAIVE_LOCK for the program's own
+    checks (torture.c reads the lock differently then)."""
     tag = program + ("-san" if sanitize else "") + ("-kp" if testing else "")
     tag += "-naive" if naive else ""
     out = outdir / tag
@@ -71,7 +86,7 @@ def compile_c(
         "-o",
         str(out),
         str(CTESTS / f"{program}.c"),
-        str(CSRC / "mq.c"),
+        *(str(p) for p in engine_sources(naive=naive)),
         "-lpthread",
     ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -82,15 +97,18 @@ def compile_c(
 
 def build_testing_package(dest: Path, *, naive: bool = False) -> Path:
     """A copy of the mqueue package whose _mq_cffi is built with -DMQ_TESTING
-    (and with -DMQ_NAIVE_LOCK, the negative control, when ``naive``).
+    (and with csrc/tests/naive_lock.c for csrc/lock.c, the negative control,
+    when ``naive``).
 
     Returns the directory to put first on PYTHONPATH.  The copy imports exactly
     like the real package (same Python files), only the engine differs.
     """
     build = dest / "build"
-    (build / "csrc").mkdir(parents=True, exist_ok=True)
-    for f in ("mq.c", "mq.h", "mq_layout.h"):  # cffi compiles "csrc/mq.c" from tmpdir
-        shutil.copy2(CSRC / f, build / "csrc" / f)
+    (build / "csrc" / "tests").mkdir(parents=True, exist_ok=True)
+    # cffi compiles the sources ("csrc/mq.c", ...) from inside its tmpdir
+    for f in [*engine_sources(naive=naive), *CSRC.glob("*.h")]:
+        rel = f.relative_to(ROOT)
+        shutil.copy2(f, build / rel)
     site = dest / "site"
     pkg = site / "mqueue"
     pkg.mkdir(parents=True, exist_ok=True)

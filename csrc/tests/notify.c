@@ -1,6 +1,7 @@
 /* notify.c - C-level tests of the asyncio notifier (the mq_ws_* block of csrc/mq.c).
  *
- *   gcc -std=c11 -O2 -Wall -Wextra -Werror -Icsrc -o notify csrc/tests/notify.c csrc/mq.c -lpthread
+ *   gcc -std=c11 -O2 -Wall -Wextra -Werror -Icsrc -o notify csrc/tests/notify.c \
+ *       csrc/mq.c csrc/lock.c csrc/live.c csrc/adapters.c -lpthread
  *   ./notify [stress-items]
  *
  * Each part runs with futex_waitv (when the kernel has it) and with the

@@ -1,5 +1,4 @@
-/* torture.c - SIGKILL / SIGSTOP torture of the real engine (after
- * shared/reference/lock_poc.c's harness).
+/* torture.c - SIGKILL / SIGSTOP torture of the real engine.
  *
  *   ./torture SECONDS [kill|stop]
  *
@@ -29,7 +28,9 @@
  *   after the run the parent drains both queues: no dup there either.
  * Exit status 0 when every check passes (kill mode also needs recoveries > 0,
  * stop mode needs recoveries == 0), 1 otherwise, 2 on setup errors.
- * Built with -DMQ_NAIVE_LOCK it must report a stall (negative control).
+ * Built with csrc/tests/naive_lock.c instead of csrc/lock.c (and -DMQ_NAIVE_LOCK,
+ * which tells this harness how to see that a lock is held) it must report a
+ * stall: the negative control.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -231,9 +232,6 @@ int main(int argc, char **argv) {
     mq_ns *ns = NULL;
     if (mq_create(memfd, NQ, qp, NULL, 0, &ns) != 0) { fprintf(stderr, "create\n"); return 2; }
 
-#ifdef MQ_NAIVE_LOCK
-    (void)0;
-#endif
     /* the parent reads owner words to aim half of its kills at a lock holder */
     uint8_t *seg = mmap(NULL, size, PROT_READ, MAP_SHARED, memfd, 0);
     if (seg == MAP_FAILED) { perror("mmap seg"); return 2; }

@@ -1,6 +1,7 @@
 /* unit.c - C-level unit tests of the mqueue engine (csrc/mq.c).
  *
- *   gcc -std=c11 -O2 -Wall -Wextra -Werror -Icsrc -o unit csrc/tests/unit.c csrc/mq.c
+ *   gcc -std=c11 -O2 -Wall -Wextra -Werror -Icsrc -o unit csrc/tests/unit.c \
+ *       csrc/mq.c csrc/lock.c csrc/live.c csrc/adapters.c
  *   ./unit [fuzz-iterations] [seed]
  *
  * Segments live in memfds (nothing is left in /dev/shm).  A second "process"
