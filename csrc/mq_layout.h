@@ -33,8 +33,11 @@
 /* 3: the destroy mark (MQ_MAGIC_LOST) and the creator lock (byte
  * MQ_CREATOR_BYTE of the file) are part of the protocol: a version-2 process
  * would neither see the one nor take the other, so the versions refuse each
- * other's segments.  Also 3: the reservation and load tag (issue 9). */
-#define MQ_LAYOUT_VERSION 3u
+ * other's segments.  Also 3: the reservation and load tag (issue 9).
+ * 4: a reservation records its database (rsv_db) and, in an addmode 1 queue,
+ * keeps its keys refused while reserved: a version-3 process would neither
+ * clear the one nor refuse the other, so the versions refuse each other. */
+#define MQ_LAYOUT_VERSION 4u
 
 /* The queue state that one operation changes: two cache lines (the second,
  * the reservation and the load tag, is rarely changed).  Two copies live in

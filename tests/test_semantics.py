@@ -181,11 +181,6 @@ def test_create_bad_mode_is_a_value_error_and_creates_nothing(
 def test_create_bad_mode_is_an_argument_error(
     backend: Backend, ns: str, request: pytest.FixtureRequest
 ) -> None:
-    if backend.url is not None:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "divergence: the Redis backend raises a plain ValueError for a bad mode, "
-            "not mqueue.ArgumentError (issue 15, 'one check, one error')"
-        )))
     for mode in (0o1000, -1):
         with pytest.raises(ValueError) as e:
             mqueue.create(ns, ["name=q"], mode=mode, url=backend.url)
