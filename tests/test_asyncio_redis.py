@@ -26,7 +26,14 @@ import mqueue.asyncio as amq
 
 redis = pytest.importorskip("redis")
 
-from test_redis import admin_client, backend_url, new_ns  # noqa: E402
+from conftest import new_namespace as new_ns  # noqa: E402
+from conftest import redis_admin as admin_client  # noqa: E402
+from conftest import service_url  # noqa: E402
+
+
+def backend_url(kind: str) -> str:
+    """The URL of the single server or the cluster (skips, or fails in CI, without it)."""
+    return service_url("redis" if kind == "single" else kind)
 
 from mqueue import _aio_redis as AR  # noqa: E402
 

@@ -105,7 +105,7 @@ static void reserve_put_back(mq_ns *a, mq_ns *b, uint32_t max, int take_between)
         fb.buf = buf;
         fb.size = sizeof buf;
         fb.meta = meta;
-        int64_t n = mq_reserve(&fb, max, 7);
+        int64_t n = mq_reserve(&fb, max, 7, 0);
         if (n > 0 && take_between) {
             char t[4096];
             uint32_t m[3 * 8];
