@@ -94,18 +94,23 @@ static int64_t fetch_both(mq_ns *a, mq_ns *b, uint32_t max) {
 
 /* Reserves up to max items in both and puts them back (dead records then
  * lie inside the queue: the records taken meanwhile). */
-static void reserve_put_back(mq_ns *a, mq_ns *b, uint32_t max, int take_between) {
+/* mq_reserve of up to max items of ns's queue 0, tagged tag.  Returns as it. */
+static int64_t reserve(mq_ns *ns, uint32_t max, uint64_t tag) {
     static char buf[1 << 16];
     static uint32_t meta[3 * 64];
+    struct mq_fetchbuf fb;
+    memset(&fb, 0, sizeof fb);
+    fb.ns = ns;
+    fb.buf = buf;
+    fb.size = sizeof buf;
+    fb.meta = meta;
+    return mq_reserve(&fb, max, tag, 0);
+}
+
+static void reserve_put_back(mq_ns *a, mq_ns *b, uint32_t max, int take_between) {
     mq_ns *both[2] = {a, b};
     for (int i = 0; i < 2; i++) {
-        struct mq_fetchbuf fb;
-        memset(&fb, 0, sizeof fb);
-        fb.ns = both[i];
-        fb.buf = buf;
-        fb.size = sizeof buf;
-        fb.meta = meta;
-        int64_t n = mq_reserve(&fb, max, 7, 0);
+        int64_t n = reserve(both[i], max, 7);
         if (n > 0 && take_between) {
             char t[4096];
             uint32_t m[3 * 8];
@@ -119,19 +124,7 @@ static void reserve_put_back(mq_ns *a, mq_ns *b, uint32_t max, int take_between)
  * (batches then meet reserved keys: addmode 1 refuses them).  Returns 1 when
  * both hold one. */
 static int reserve_hold(mq_ns *a, mq_ns *b, uint32_t max) {
-    static char buf[1 << 16];
-    static uint32_t meta[3 * 64];
-    mq_ns *both[2] = {a, b};
-    int64_t n[2];
-    for (int i = 0; i < 2; i++) {
-        struct mq_fetchbuf fb;
-        memset(&fb, 0, sizeof fb);
-        fb.ns = both[i];
-        fb.buf = buf;
-        fb.size = sizeof buf;
-        fb.meta = meta;
-        n[i] = mq_reserve(&fb, max, 9, 0);
-    }
+    int64_t n[2] = {reserve(a, max, 9), reserve(b, max, 9)};
     CHECK_EQ(n[0], n[1]);
     return n[0] > 0 && n[1] > 0;
 }

@@ -930,16 +930,24 @@ static void t_reserve(void) {
     rm_keymod = 100000;
 }
 
+/* A new namespace of one unbounded addmode-1 queue of 1024 bytes (its fd in
+ * *fd).  Returns it. */
+static mq_ns *addmode1_queue(int *fd) {
+    struct mq_qparam p[1] = {{1024, 0, 1}};
+    *fd = seg_new(1, p, 0, NULL);
+    mq_ns *a = NULL;
+    CHECK_EQ(mq_create(*fd, 1, p, NULL, 0, &a), 0);
+    return a;
+}
+
 /* addmode 1 and reservations: the first item of a key wins.  While an item
  * is reserved its key is refused (add, add_many, load), also after a repair
  * of the index; a put-back brings it back with its key unique; a commit
  * frees the key.  Counters balance (a refused add counts as a duplicate). */
 static void t_reserve_addmode1(void) {
     current = "reserve-addmode1";
-    struct mq_qparam p[1] = {{1024, 0, 1}};
-    int fd = seg_new(1, p, 0, NULL);
-    mq_ns *a = NULL;
-    CHECK_EQ(mq_create(fd, 1, p, NULL, 0, &a), 0);
+    int fd;
+    mq_ns *a = addmode1_queue(&fd);
     int got[8];
     struct mq_stats st;
     struct mq_rsvinfo ri;
@@ -1002,10 +1010,8 @@ static int64_t add2(mq_ns *ns, const char *k1, const char *v1, const char *k2, c
  * the index.  As add one by one would. */
 static void t_reserve_addmode1_many(void) {
     current = "reserve-addmode1-many";
-    struct mq_qparam p[1] = {{1024, 0, 1}};
-    int fd = seg_new(1, p, 0, NULL);
-    mq_ns *a = NULL;
-    CHECK_EQ(mq_create(fd, 1, p, NULL, 0, &a), 0);
+    int fd;
+    mq_ns *a = addmode1_queue(&fd);
     int got[8];
     struct mq_stats st;
     static char big[1001];
