@@ -314,6 +314,13 @@ class ShmQueue(Queue):
             b = _Buffers(self._ns, self._index, _INITIAL_BUF)
         if b.timeout != t:
             b.one.timeout_s = b.timeout = t
+        # The engine zeroes fb.taken on entry, but an exception can land at
+        # the call boundary before it is entered: fb.taken then still counts
+        # an earlier take of this buffer (this path's or _take's), whose items
+        # would be handed out again.  So "taken" is the flags word, as in
+        # _take: written by the engine only when it commits a take (a store
+        # into the array, cheaper than one into fb; no call: nothing lands).
+        b.arr[2] = _UNTAKEN
         try:
             # The hot path: one call with one argument; its result is the
             # length of "key NUL value" in the buffer << 3 | KEYNUL | flags.
@@ -341,7 +348,7 @@ class ShmQueue(Queue):
                 self._bufs = b
             raise
         except BaseException:
-            if b.fb.taken:  # taken, not handed over: for the next fetch
+            if b.arr[2] != _UNTAKEN:  # taken, not handed over: for the next fetch
                 self._undelivered += ((b, 0, 0),)
                 self._kept_raw += 1
             elif self._bufs is None:

@@ -63,10 +63,10 @@ def test_unit(cbuild: Path, sanitize: bool) -> None:
 @pytest.mark.parametrize("sanitize", [False, True], ids=["plain", "asan-ubsan"])
 def test_add_many_on_a_full_ring(cbuild: Path, sanitize: bool) -> None:
     """add_many into nearly full rings (every addmode, bounded and unbounded,
-    reservations put back) means what the same adds one by one mean: a bounded
-    queue evicts the same items, an unbounded one takes the whole batch exactly
-    when every single add would succeed and otherwise refuses it with nothing
-    changed (csrc/tests/fullring.c)."""
+    reservations put back, or held across batches) means what the same adds
+    one by one mean: a bounded queue evicts the same items, an unbounded one
+    takes the whole batch exactly when every single add would succeed and
+    otherwise refuses it with nothing changed (csrc/tests/fullring.c)."""
     exe = compile_c("fullring", cbuild, sanitize=sanitize)
     r = run([str(exe), "5000" if sanitize else "20000"], timeout=180)
     out = r.stdout + r.stderr

@@ -168,15 +168,19 @@ def test_signal_storm_long(make_mq, ns, batch: int) -> None:
 # ------------------------------------------------------------ every call boundary
 
 
+# function entry, just before a builtin (C) call, just after one returns
+_BOUNDARIES = ("call", "c_call", "c_return")
+
+
 def raise_at(k: int) -> Callable[[], int]:
     """Arm a profile function that raises Boom at the k-th call boundary
-    (function entry, or the return of a builtin call) met inside mqueue's
+    (function entry, or just before or after a builtin call) met inside mqueue's
     code; returns a function giving how many were met (the profiler is gone
     once it has raised)."""
     seen = [0]
 
     def prof(frame: Any, event: str, arg: Any) -> None:
-        if event not in ("call", "c_return") or not frame.f_code.co_filename.startswith(_PKG):
+        if event not in _BOUNDARIES or not frame.f_code.co_filename.startswith(_PKG):
             return
         seen[0] += 1
         if seen[0] == k:

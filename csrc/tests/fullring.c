@@ -94,18 +94,23 @@ static int64_t fetch_both(mq_ns *a, mq_ns *b, uint32_t max) {
 
 /* Reserves up to max items in both and puts them back (dead records then
  * lie inside the queue: the records taken meanwhile). */
-static void reserve_put_back(mq_ns *a, mq_ns *b, uint32_t max, int take_between) {
+/* mq_reserve of up to max items of ns's queue 0, tagged tag.  Returns as it. */
+static int64_t reserve(mq_ns *ns, uint32_t max, uint64_t tag) {
     static char buf[1 << 16];
     static uint32_t meta[3 * 64];
+    struct mq_fetchbuf fb;
+    memset(&fb, 0, sizeof fb);
+    fb.ns = ns;
+    fb.buf = buf;
+    fb.size = sizeof buf;
+    fb.meta = meta;
+    return mq_reserve(&fb, max, tag, 0);
+}
+
+static void reserve_put_back(mq_ns *a, mq_ns *b, uint32_t max, int take_between) {
     mq_ns *both[2] = {a, b};
     for (int i = 0; i < 2; i++) {
-        struct mq_fetchbuf fb;
-        memset(&fb, 0, sizeof fb);
-        fb.ns = both[i];
-        fb.buf = buf;
-        fb.size = sizeof buf;
-        fb.meta = meta;
-        int64_t n = mq_reserve(&fb, max, 7, 0);
+        int64_t n = reserve(both[i], max, 7);
         if (n > 0 && take_between) {
             char t[4096];
             uint32_t m[3 * 8];
@@ -113,6 +118,23 @@ static void reserve_put_back(mq_ns *a, mq_ns *b, uint32_t max, int take_between)
         }
         if (n > 0) CHECK_EQ(mq_settle(both[i], 0, 7, 0), 0);
     }
+}
+
+/* Reserves up to max items in both and leaves the reservations pending
+ * (batches then meet reserved keys: addmode 1 refuses them).  Returns 1 when
+ * both hold one. */
+static int reserve_hold(mq_ns *a, mq_ns *b, uint32_t max) {
+    int64_t n[2] = {reserve(a, max, 9), reserve(b, max, 9)};
+    CHECK_EQ(n[0], n[1]);
+    return n[0] > 0 && n[1] > 0;
+}
+
+/* Settles the pending reservations of both the same way (a bounded queue
+ * may have dropped them meanwhile: then both say MQ_ENORSV). */
+static void settle_both(mq_ns *a, mq_ns *b, int commit) {
+    int ra = mq_settle(a, 0, 9, commit), rb = mq_settle(b, 0, 9, commit);
+    CHECK_EQ(ra, rb);
+    CHECK(ra == 0 || ra == MQ_ENORSV);
 }
 
 static void run(uint32_t addmode, int64_t limit, uint64_t cap, long rounds) {
@@ -124,10 +146,11 @@ static void run(uint32_t addmode, int64_t limit, uint64_t cap, long rounds) {
     seg_open(&B, &p);
     seg_open(&C, &p);
     long refused = 0, taken = 0;
+    int held = 0;   /* a reservation is pending in A and B */
     for (long r = 0; r < rounds; r++) {
         uint64_t what = rnd() % 100;
         if (what < 60) {                               /* a batch */
-            size_t n = 1 + rnd() % 24, off = 0;
+            size_t n = 1 + rnd() % (rnd() % 8 ? 24 : 64), off = 0;   /* some larger than the free half of the ring */
             for (size_t i = 0; i < n; i++) {
                 uint32_t kl = 2, vl = (uint32_t)(rnd() % 48);
                 snprintf(data + off, 3, "%02u", (unsigned)(rnd() % 40));   /* 40 keys */
@@ -160,11 +183,17 @@ static void run(uint32_t addmode, int64_t limit, uint64_t cap, long rounds) {
             }
         } else if (what < 90) {
             fetch_both(A.ns, B.ns, (uint32_t)(1 + rnd() % 8));
-        } else {
+        } else if (held) {
+            settle_both(A.ns, B.ns, (int)(rnd() % 4 == 0));
+            held = 0;
+        } else if (what < 95) {
             reserve_put_back(A.ns, B.ns, (uint32_t)(1 + rnd() % 6), (int)(rnd() % 2));
+        } else {
+            held = reserve_hold(A.ns, B.ns, (uint32_t)(1 + rnd() % 6));
         }
         same_stats(A.ns, B.ns);
     }
+    if (held) settle_both(A.ns, B.ns, 0);
     while (fetch_both(A.ns, B.ns, 64) > 0) { }
     same_stats(A.ns, B.ns);
     printf("addmode=%u limit=%lld cap=%llu: %ld batches taken, %ld refused\n", addmode,

@@ -930,16 +930,24 @@ static void t_reserve(void) {
     rm_keymod = 100000;
 }
 
+/* A new namespace of one unbounded addmode-1 queue of 1024 bytes (its fd in
+ * *fd).  Returns it. */
+static mq_ns *addmode1_queue(int *fd) {
+    struct mq_qparam p[1] = {{1024, 0, 1}};
+    *fd = seg_new(1, p, 0, NULL);
+    mq_ns *a = NULL;
+    CHECK_EQ(mq_create(*fd, 1, p, NULL, 0, &a), 0);
+    return a;
+}
+
 /* addmode 1 and reservations: the first item of a key wins.  While an item
  * is reserved its key is refused (add, add_many, load), also after a repair
  * of the index; a put-back brings it back with its key unique; a commit
  * frees the key.  Counters balance (a refused add counts as a duplicate). */
 static void t_reserve_addmode1(void) {
     current = "reserve-addmode1";
-    struct mq_qparam p[1] = {{1024, 0, 1}};
-    int fd = seg_new(1, p, 0, NULL);
-    mq_ns *a = NULL;
-    CHECK_EQ(mq_create(fd, 1, p, NULL, 0, &a), 0);
+    int fd;
+    mq_ns *a = addmode1_queue(&fd);
     int got[8];
     struct mq_stats st;
     struct mq_rsvinfo ri;
@@ -982,6 +990,56 @@ static void t_reserve_addmode1(void) {
     close(fd);
 }
 
+/* add_many of two items (k1, v1), (k2, v2) with string keys and values. */
+static int64_t add2(mq_ns *ns, const char *k1, const char *v1, const char *k2, const char *v2) {
+    static char data[2048];
+    uint32_t lens[6] = {(uint32_t)strlen(k1), (uint32_t)strlen(v1), 0,
+                        (uint32_t)strlen(k2), (uint32_t)strlen(v2), 0};
+    size_t off = 0;
+    const char *parts[4] = {k1, v1, k2, v2};
+    for (int i = 0; i < 4; i++) {
+        memcpy(data + off, parts[i], strlen(parts[i]));
+        off += strlen(parts[i]);
+    }
+    return mq_add_many(ns, 0, data, off, lens, 2);
+}
+
+/* addmode 1, a reservation pending, add_many: a reserved key is dropped
+ * from a batch that fits, and a batch refused for room (undone from its log,
+ * not re-derived) leaves the reserved key refused and no item of its own in
+ * the index.  As add one by one would. */
+static void t_reserve_addmode1_many(void) {
+    current = "reserve-addmode1-many";
+    int fd;
+    mq_ns *a = addmode1_queue(&fd);
+    int got[8];
+    struct mq_stats st;
+    static char big[1001];
+    memset(big, 'b', 990);                                   /* a record of 1024 bytes */
+    CHECK_EQ(add_s(a, 0, "k00001", "old"), 1);
+    CHECK_EQ(reserve_nums(a, 0, 1, 51, got), 1);            /* k00001 reserved */
+    /* 32 bytes in use (the reservation); the batch needs 32 + 1024 more:
+     * over the capacity, within the ring: the undo-log path */
+    CHECK_EQ(add2(a, "k00001", "new", "k00009", big), MQ_EFULL);
+    CHECK_EQ(add2(a, "k00003", "a", "k00009", big), MQ_EFULL);
+    CHECK_EQ(mq_stats(a, 0, &st), 0);
+    CHECK_EQ(st.duplicates, 0);                             /* nothing changed */
+    CHECK_EQ(st.count, 0);
+    CHECK_EQ(add_s(a, 0, "k00001", "new"), 0);              /* still refused */
+    CHECK_EQ(add2(a, "k00001", "new", "k00002", "two"), 1); /* k00001 dropped */
+    CHECK_EQ(add_s(a, 0, "k00003", "three"), 1);            /* the refused batch's key is free */
+    CHECK_EQ(mq_settle(a, 0, 51, 0), 0);                    /* put back */
+    CHECK_EQ(fetch_is(a, 0, "k00001", "old"), 1);
+    CHECK_EQ(fetch_is(a, 0, "k00002", "two"), 1);
+    CHECK_EQ(fetch_is(a, 0, "k00003", "three"), 1);
+    CHECK_EQ(fetch_num(a, 0), -1);
+    CHECK_EQ(mq_stats(a, 0, &st), 0);
+    CHECK_EQ(st.duplicates, 2);
+    balance(a, 0);
+    mq_free(a);
+    close(fd);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "sem-tokens") == 0) {
         alarm(60);
@@ -1006,6 +1064,7 @@ int main(int argc, char **argv) {
     t_wrap();
     t_reserve();
     t_reserve_addmode1();
+    t_reserve_addmode1_many();
     t_bad_segments();
     t_lifecycle();
     t_fuzz(iterations);
