@@ -177,9 +177,17 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Raw]:
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL tests must run in CI: {problem}")
         pytest.skip(problem)
+    with pg_schema_db("t") as raw:
+        yield raw
+
+
+@contextlib.contextmanager
+def pg_schema_db(prefix: str) -> Iterator[Raw]:
+    """A private schema of the test server as a database (mqueue's tables go
+    to the URL's search_path), dropped afterwards."""
     import psycopg
 
-    schema = f"t{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    schema = f"{prefix}{os.getpid()}_{uuid.uuid4().hex[:8]}"
     admin = psycopg.connect(PG_URL, autocommit=True)
     admin.execute(f'CREATE SCHEMA "{schema}"')
     sep = "&" if "?" in PG_URL else "?"

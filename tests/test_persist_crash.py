@@ -844,22 +844,8 @@ def other_db(db: Raw, tmp_path: Path) -> Iterator[Raw]:
         finally:
             conn.close()
         return
-    import uuid
-
-    import psycopg
-
-    schema = f"o{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin = psycopg.connect(PG_URL, autocommit=True)
-    admin.execute(f'CREATE SCHEMA "{schema}"')
-    sep = "&" if "?" in PG_URL else "?"
-    url = f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    conn = psycopg.connect(url, autocommit=True)
-    try:
-        yield Raw("postgresql", url, conn)
-    finally:
-        conn.close()
-        admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.close()
+    with test_persist.pg_schema_db("o") as raw:
+        yield raw
 
 
 def _other_tables(other: Raw, tmp_path: Path) -> list[str]:
