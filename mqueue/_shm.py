@@ -284,15 +284,15 @@ class ShmQueue(Queue):
     # Items the engine took are the caller's: they must reach it or stay
     # where the next fetch of this handle finds them, whatever exception (a
     # signal handler's, Ctrl-C) lands at whatever call boundary.  The record of
-    # a take is in the buffer's struct: the engine sets fb.taken (0 on entry)
-    # only once the take is committed (and the slow path's calls write the
-    # first item's flags word, arr[2], set to _UNTAKEN before each call, only
-    # then too).  Until the items are handed over, the buffer is referenced
-    # only by this call; an exception that leaves the call runs the handler,
-    # whose first steps (no call among them, so no second exception can land
-    # before they are done) keep the buffer in _undelivered when it holds a
-    # take.  The hand-over itself (buffer back to the handle, held item set,
-    # return) has no call in it either.
+    # a take is the first item's flags word, arr[2]: set to _UNTAKEN before
+    # each call, written by the engine only when it commits a take (fb.taken,
+    # which the engine zeroes only once entered, then says how many).  Until
+    # the items are handed over, the buffer is referenced only by this call;
+    # an exception that leaves the call runs the handler, whose first steps
+    # (no call among them, so no second exception can land before they are
+    # done) keep the buffer in _undelivered when it holds a take.  The
+    # hand-over itself (buffer back to the handle, held item set, return) has
+    # no call in it either.
 
     def fetch(self, timeout: float | None = 0) -> Item | None:
         # the timeout goes to C in seconds (C computes the deadline); checked
@@ -343,7 +343,7 @@ class ShmQueue(Queue):
                 self._held = item
                 return item
         except CorruptSegmentError:
-            b.fb.taken = 0  # a damaged record: it cannot be handed out
+            b.arr[2] = _UNTAKEN  # a damaged record: it cannot be handed out
             if self._bufs is None:
                 self._bufs = b
             raise

@@ -164,12 +164,8 @@ class Raw:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Raw]:
     if request.param == "sqlite":
-        path = tmp_path / "mq.db"
-        conn = sqlite3.connect(path)
-        try:
-            yield Raw("sqlite", f"sqlite:///{path}", conn)
-        finally:
-            conn.close()
+        with sqlite_db(tmp_path / "mq.db") as raw:
+            yield raw
         return
 
     problem = _pg_problem()
@@ -179,6 +175,16 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Raw]:
         pytest.skip(problem)
     with pg_schema_db("t") as raw:
         yield raw
+
+
+@contextlib.contextmanager
+def sqlite_db(path: Path) -> Iterator[Raw]:
+    """The SQLite database file ``path`` (made when missing), its connection closed afterwards."""
+    conn = sqlite3.connect(path)
+    try:
+        yield Raw("sqlite", f"sqlite:///{path}", conn)
+    finally:
+        conn.close()
 
 
 @contextlib.contextmanager

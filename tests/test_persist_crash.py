@@ -835,14 +835,8 @@ def other_db(db: Raw, tmp_path: Path) -> Iterator[Raw]:
     PostgreSQL: another schema of the test server, as mqueue's tables go to the
     URL's search_path)."""
     if db.engine == "sqlite":
-        path = tmp_path / "other.db"
-        import sqlite3
-
-        conn = sqlite3.connect(path)
-        try:
-            yield Raw("sqlite", f"sqlite:///{path}", conn)
-        finally:
-            conn.close()
+        with test_persist.sqlite_db(tmp_path / "other.db") as raw:
+            yield raw
         return
     with test_persist.pg_schema_db("o") as raw:
         yield raw
