@@ -424,6 +424,9 @@ class _Handler(BaseHTTPRequestHandler):
 class _MetricsServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # the listen backlog: connections the kernel holds until they are accepted; the
+    # standard library's 5 makes a burst of scrapers retry their SYN after 1 s, 3 s...
+    request_queue_size = 128
 
     def __init__(
         self, address: tuple[str, int], namespaces: Sequence[str] | None, url: str | None

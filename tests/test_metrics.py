@@ -426,6 +426,37 @@ def test_serve_redis(
     assert redis_ns not in {k[1] for k in srv.scrape()}
 
 
+def test_a_burst_of_scrapers_waits_in_the_listen_queue() -> None:
+    """Clients connecting at once (several Prometheus servers, a dashboard, a loop of
+    curls) are queued by the kernel until the server accepts them: with the accept
+    loop not running yet, all 50 handshakes complete.  With the standard library's
+    listen backlog of 5, all but 6 would have their SYN dropped and retried after
+    1 s, 3 s, 7 s (50 scrapes at once: median 1.3 s, up to 7.8 s, against 0.04 s)."""
+    import select
+    import socket
+
+    srv = _metrics._MetricsServer(("127.0.0.1", 0), None, None)
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(50):
+            s = socket.socket()
+            socks.append(s)
+            s.setblocking(False)
+            s.connect_ex(srv.server_address[:2])
+        connected: set[socket.socket] = set()
+        deadline = time.monotonic() + 5
+        while len(connected) < len(socks) and time.monotonic() < deadline:
+            _, writable, _ = select.select([], [s for s in socks if s not in connected], [], 0.1)
+            for s in writable:
+                assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+                connected.add(s)
+        assert len(connected) == len(socks)
+    finally:
+        for s in socks:
+            s.close()
+        srv.server_close()
+
+
 def test_serve_port_in_use_is_a_clear_error(serve: Callable[..., Server]) -> None:
     srv = serve()
     p = subprocess.run(
