@@ -184,9 +184,47 @@ def _read(namespace: str, url: str | None) -> NamespaceSample | None:
 
 
 # Reads still running after their deadline, by (url, namespace): a namespace whose
-# read is stuck (a queue lock held by a stopped process) gets no second reader.
-_stuck: dict[tuple[str | None, str], threading.Thread] = {}
+# read is stuck (a queue lock held by a stopped process) gets no second reader.  A
+# listing of the namespaces still running is there as (url, None).
+_stuck: dict[tuple[str | None, str | None], threading.Thread] = {}
 _stuck_lock = threading.Lock()
+
+
+def _list_with_deadline(url: str | None, timeout: float) -> list[str]:
+    """:func:`list_namespaces` in a thread, waited for ``timeout`` seconds.
+
+    Raises :class:`TimeoutError` when it does not return in time (the listing
+    goes on and is remembered in ``_stuck``), or at once while such a listing is
+    still running; raises what the listing raised when it failed.
+    """
+    key = (url, None)
+    with _stuck_lock:
+        earlier = _stuck.get(key)
+        if earlier is not None and earlier.is_alive():
+            raise TimeoutError(
+                "an earlier listing of the namespaces is still waiting "
+                "(the server does not answer?)"
+            )
+    outcome: list[list[str] | BaseException] = []
+
+    def lister() -> None:
+        try:
+            outcome.append(list_namespaces(url))
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=lister, name="mqueue-list", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        with _stuck_lock:
+            _stuck[key] = thread
+        raise TimeoutError(
+            f"listing the namespaces took more than {timeout:g} s (the server does not answer?)"
+        )
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
 
 
 def collect(
@@ -208,10 +246,17 @@ def collect(
     until it resumes: such a namespace is reported as not up ("no answer within
     ..."), the others are not delayed, and while its read is still waiting no
     second read of it is started.  ``None``: read one after the other, waiting
-    as long as it takes.
+    as long as it takes.  The listing has the same deadline: a Redis server that
+    does not answer makes it raise :class:`TimeoutError` after ``timeout``
+    seconds, and at once while that listing still waits.
     """
     explicit = namespaces is not None
-    names = list(namespaces) if namespaces is not None else list_namespaces(url)
+    if namespaces is not None:
+        names = list(namespaces)
+    elif timeout is None:
+        names = list_namespaces(url)
+    else:
+        names = _list_with_deadline(url, timeout)
     if timeout is None:
         results: dict[str, NamespaceSample | None] = {n: _read(n, url) for n in names}
     else:

@@ -16,6 +16,7 @@ import contextlib
 import os
 import random
 import select
+import signal
 import socket
 import threading
 import time
@@ -545,8 +546,6 @@ def _random_booms_child(url: str, errors: Any) -> None:
 
 
 def _random_booms(url: str) -> None:
-    import signal
-
     n = 3000
     ns = new_namespace()
     mq = mqueue.create(ns, ["name=q"], url=url)
@@ -597,3 +596,45 @@ def _random_booms(url: str) -> None:
     finally:
         mq.close()
         mqueue.destroy(ns, url=url)
+
+
+# ------------------------------------------------------- metrics with a hung server
+def test_metrics_with_a_server_that_does_not_answer(
+    private_server: Callable[..., tuple[str, Callable[[], None]]],
+) -> None:
+    """A Redis server that accepts but never answers (stopped: SIGSTOP, a network
+    partition): a scrape of ``serve-metrics`` or a ``top`` refresh gives up listing
+    the namespaces after its deadline (the client's own socket timeout is 30 s,
+    longer than Prometheus's scrape timeout and than ``q`` may take to quit ``top``),
+    does not start a second listing while the first still waits, and lists again
+    once the server answers."""
+    from mqueue import _metrics
+
+    url, _stop = private_server()
+    ns = new_namespace()
+    mqueue.create(ns, ["name=q"], url=url).close()
+    client = redis.Redis.from_url(url)
+    pid = int(client.info("server")["process_id"])
+    client.close()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"more than 1 s"):
+            _metrics.collect(url=url, timeout=1.0)
+        with pytest.raises(TimeoutError, match="still waiting"):
+            _metrics.collect(url=url, timeout=1.0)
+        (named,) = _metrics.collect([ns], url=url, timeout=1.0)  # no listing: down, at once
+        assert not named.up
+        assert time.monotonic() - t0 < 10
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 60
+    while True:  # the stuck listing returns (or fails), then the namespaces are listed
+        try:
+            samples = _metrics.collect(url=url, timeout=5.0)
+            break
+        except TimeoutError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert [(s.namespace, s.up) for s in samples] == [(ns, True)]
+    mqueue.destroy(ns, url=url)
