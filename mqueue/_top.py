@@ -13,6 +13,7 @@ curses.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -244,6 +245,7 @@ def run(namespaces: Sequence[str] | None, url: str | None, interval: float = 1.0
         )
     import curses
 
+    _check_terminal()
     previous_term = signal.signal(signal.SIGTERM, _on_term)
     try:
         curses.wrapper(_loop, namespaces, url, interval)
@@ -253,6 +255,26 @@ def run(namespaces: Sequence[str] | None, url: str | None, interval: float = 1.0
         raise TopError(f"mqueue top: the terminal cannot be driven: {exc}") from None
     finally:
         signal.signal(signal.SIGTERM, previous_term)
+
+
+def _check_terminal() -> None:
+    """Raise :class:`TopError` unless curses knows the terminal ``TERM`` names and it
+    can move the cursor (``dumb`` cannot: the view would be one garbled line)."""
+    import curses
+
+    term = os.environ.get("TERM", "")
+    try:
+        curses.setupterm(term or None, sys.stdout.fileno())
+        movable = curses.tigetstr("cup") is not None
+    except curses.error as exc:
+        problem = f"curses does not know it ({exc})"
+    else:
+        problem = "" if movable else "it cannot move the cursor"
+    if problem:
+        raise TopError(
+            f"mqueue top cannot drive this terminal (TERM={term!r}): {problem}; "
+            "use --once for a plain-text frame"
+        )
 
 
 def _loop(stdscr: Any, namespaces: Sequence[str] | None, url: str | None, interval: float) -> None:

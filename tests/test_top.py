@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from conftest import MakeMQ
@@ -129,7 +130,13 @@ TMUX = shutil.which("tmux")
 class Tmux:
     """A private tmux server (its own socket) running one command in a pane."""
 
-    def __init__(self, command: list[str], width: int = 160, height: int = 40) -> None:
+    def __init__(
+        self,
+        command: list[str],
+        width: int = 160,
+        height: int = 40,
+        term_name: str = "xterm-256color",
+    ) -> None:
         self.dir = tempfile.mkdtemp(prefix="mqtop")
         self.sock = os.path.join(self.dir, "tmux.sock")
         self.status_file = os.path.join(self.dir, "status")
@@ -139,7 +146,7 @@ class Tmux:
         # it survives the Ctrl-C sent to the program (a handler, not SIG_IGN, which
         # the program would inherit)
         shell = (
-            f"trap : INT; TERM=xterm-256color {cmd} 2>{self.dir}/stderr; "
+            f"trap : INT; TERM={_quote(term_name)} {cmd} 2>{self.dir}/stderr; "
             f"echo $? >{self.status_file}"
         )
         self.tmux("new-session", "-d", "-s", self.session, "-x", str(width), "-y", str(height),
@@ -231,7 +238,7 @@ def term() -> Iterator[Callable[..., Tmux]]:
         pytest.skip("tmux is not installed (apt-get install tmux)")
     made: list[Tmux] = []
 
-    def start(*args: str, **kw: int) -> Tmux:
+    def start(*args: str, **kw: Any) -> Tmux:
         t = Tmux([sys.executable, "-m", "mqueue", "top", *args], **kw)
         made.append(t)
         return t
@@ -328,3 +335,17 @@ def test_live_view_namespace_destroyed_meanwhile(
     assert t.pane("#{pane_dead}") == "0"
     t.tmux("send-keys", "-t", t.session, "q")
     assert t.wait_dead() == 0
+
+
+@pytest.mark.parametrize("term_name", ["dumb", "", "no-such-terminal"])
+def test_live_view_refuses_a_terminal_it_cannot_drive(
+    ns: str, term: Callable[..., Tmux], term_name: str
+) -> None:
+    """A terminal that cannot move the cursor (TERM=dumb: an Emacs shell buffer, a
+    serial console) or that curses does not know: a clear 400 error suggesting
+    --once, not a view drawn as one garbled line that never refreshes."""
+    t = term(ns, term_name=term_name)
+    assert t.wait_dead(timeout=15) == 2
+    err = json.loads(t.stderr())["error"]
+    assert err["code"] == 400
+    assert "--once" in err["message"] and f"TERM={term_name!r}" in err["message"]
