@@ -13,6 +13,7 @@ import base64
 import errno
 import importlib
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -369,8 +370,8 @@ def _cmd_serve_metrics(args: argparse.Namespace) -> Any:
 def _cmd_top(args: argparse.Namespace) -> Any:
     from . import _top
 
-    if args.interval <= 0:
-        raise _UsageError("top: --interval must be positive")
+    if not (math.isfinite(args.interval) and args.interval > 0):
+        raise _UsageError("top: --interval must be a positive number of seconds")
     namespaces = [args.namespace] if args.namespace else None
     if args.once:
         return _Text(_top.run_once(namespaces, args.url, args.interval))

@@ -109,6 +109,16 @@ def test_once_all_namespaces_and_errors(
     assert json.loads(capsys.readouterr().err)["error"]["code"] == 400
 
 
+@pytest.mark.parametrize("interval", ["0", "-1", "nan", "inf"])
+def test_interval_must_be_finite_and_positive(
+    ns: str, interval: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A usage error (exit 2, 400), not a 500 from time.sleep (nan, inf)."""
+    assert cli.main(["top", ns, "--once", "--interval", interval]) == 2
+    err = json.loads(capsys.readouterr().err)["error"]
+    assert err == {"code": 400, "message": "top: --interval must be a positive number of seconds"}
+
+
 def test_top_without_a_terminal_is_a_clear_error(ns: str) -> None:
     p = subprocess.run(
         [sys.executable, "-m", "mqueue", "top", ns],
