@@ -363,7 +363,14 @@ def _cmd_serve_metrics(args: argparse.Namespace) -> Any:
 
     if not 0 <= args.port <= 65535:
         raise _UsageError("serve-metrics: --port must be 0..65535")
-    scrapes = _metrics.serve(args.namespaces or None, bind=args.bind, port=args.port, url=args.url)
+    try:
+        scrapes = _metrics.serve(
+            args.namespaces or None, bind=args.bind, port=args.port, url=args.url
+        )
+    except OSError as exc:  # the address: unknown, not on this machine, in use, privileged
+        raise MQueueError(
+            f"serve-metrics: cannot listen on {args.bind} port {args.port}: {exc.strerror or exc}"
+        ) from None
     return {"stopped": True, "scrapes": scrapes}
 
 

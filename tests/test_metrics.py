@@ -471,6 +471,21 @@ def test_serve_port_in_use_is_a_clear_error(serve: Callable[..., Server]) -> Non
     assert srv.scrape() is not None  # the first one is unharmed
 
 
+@pytest.mark.parametrize(
+    ("bind", "reason"),
+    [("999.1.1.1", "not known"), ("192.0.2.1", "assign requested address")],
+)
+def test_serve_address_it_cannot_listen_on(
+    bind: str, reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unknown host or an address not on this machine: the error names it."""
+    assert cli.main(["serve-metrics", "--bind", bind, "--port", "0"]) == 1
+    err = json.loads(capsys.readouterr().err)["error"]
+    assert err["code"] == 500
+    assert err["message"].startswith(f"serve-metrics: cannot listen on {bind} port 0: ")
+    assert reason in err["message"]
+
+
 @pytest.mark.parametrize("port", ["-1", "65536", "http"])
 def test_serve_bad_port(port: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["serve-metrics", "--port", port]) == 2
