@@ -526,6 +526,24 @@ def connect(url: str) -> Any:
         raise
 
 
+def _lost_error(what: str, url: str, code: int) -> NamespaceLostError:
+    """The error for a queue (``what``) whose keys are gone from the server at
+    ``url``: ``code`` -4 when some were dropped (the queue is marked so for
+    good), -1 when its meta hash is gone or carries another creation id."""
+    where = redact_url(url)
+    if code == -4:
+        return NamespaceLostError(
+            f"{what}: some of its keys were dropped by Redis at {where} (evicted "
+            "under a maxmemory-policy other than noeviction, or deleted): the queue is "
+            "lost; destroy and re-create the namespace"
+        )
+    return NamespaceLostError(
+        f"{what}: its keys are gone from Redis at {where} "
+        "(destroyed or recreated, the server restarted without persistence, or "
+        "evicted its keys)"
+    )
+
+
 def _is_cluster(client: Any) -> bool:
     return type(client).__name__ == "RedisCluster"
 
@@ -747,18 +765,7 @@ class RedisQueue(Queue):
         return self._rns._client
 
     def _lost(self, code: int = -1) -> NamespaceLostError:
-        url = redact_url(self._rns.url or "")
-        if code == -4:
-            return NamespaceLostError(
-                f"{self._what}: some of its keys were dropped by Redis at {url} (evicted "
-                "under a maxmemory-policy other than noeviction, or deleted): the queue is "
-                "lost; destroy and re-create the namespace"
-            )
-        return NamespaceLostError(
-            f"{self._what}: its keys are gone from Redis at {url} "
-            "(destroyed or recreated, the server restarted without persistence, or "
-            "evicted its keys)"
-        )
+        return _lost_error(self._what, self._rns.url or "", code)
 
     def _run(
         self,
@@ -1322,10 +1329,13 @@ def _attach(namespace: str, url: str, client: Any) -> RedisNamespace:
         pipe.hmget(queue_keys(namespace, d.name)[0], ["gen", "cap", "limit", "mode"])
     metas = _call(pipe.execute, where, url)
     for d, m in zip(defs, metas, strict=True):
-        if m[0] is None or m[0].decode() != gen:
+        if m[0] is None or m[0] == b"!" + gen.encode():
+            # its keys were evicted or deleted: lost, as its operations say
+            code = -1 if m[0] is None else -4
+            raise _lost_error(f"queue {d.name!r} of {where}", url, code)
+        if m[0].decode() != gen:
             raise CorruptSegmentError(
-                f"{where}: queue {d.name!r} is missing from Redis or belongs to another "
-                "incarnation of the namespace"
+                f"{where}: queue {d.name!r} belongs to another incarnation of the namespace"
             )
         if (int(m[1]), int(m[2]), int(m[3])) != (align8(d.nbytes), max(0, d.size), d.addmode):
             raise CorruptSegmentError(f"{where}: queue {d.name!r} does not match its definition")

@@ -383,6 +383,33 @@ def test_deleted_records_reported_lost(url: str) -> None:
         mqueue.destroy(ns, url=url)
 
 
+def test_attach_to_a_namespace_with_dropped_keys_says_lost(url: str) -> None:
+    """attach (and create(exist_ok=True)) on a namespace one of whose queues
+    lost keys to the server: NamespaceLostError saying so, as every operation
+    on that queue does; not a damaged-namespace error about "another
+    incarnation"."""
+    admin = redis_admin(url)
+    ns = new_namespace()
+    defs = ["name=q", "name=m"]
+    mq = mqueue.create(ns, defs, url=url)
+    try:
+        mq["q"].add_many([(str(i), "v") for i in range(5)])
+        admin.delete(R.queue_keys(ns, "q")[1])  # the records, as an eviction would
+        with pytest.raises(R.NamespaceLostError, match="dropped"):
+            mq["q"].fetch()  # marks the queue lost for good
+        for again in (lambda: mqueue.attach(ns, url=url),
+                      lambda: mqueue.create(ns, defs, url=url, exist_ok=True)):
+            with pytest.raises(R.NamespaceLostError, match="'q'.*dropped"):
+                again()
+        admin.delete(R.queue_keys(ns, "q")[0], R.queue_keys(ns, "m")[0])  # meta hashes too
+        with pytest.raises(R.NamespaceLostError, match="'q'.*gone"):
+            mqueue.attach(ns, url=url)
+    finally:
+        admin.close()
+        mq.close()
+        mqueue.destroy(ns, url=url)
+
+
 @pytest.mark.timeout(120)
 def test_real_eviction_reported_lost(
     private_server: Callable[..., tuple[str, Callable[[], None]]],
