@@ -505,6 +505,7 @@ def connect(url: str) -> Any:
     if url.startswith("unix://"):
         return client
     try:
+        _first_connection(client)
         info = client.info("cluster")
     except redis.exceptions.ResponseError:
         return client  # INFO refused (ACL): a cluster would also refuse routing; stay single
@@ -560,9 +561,44 @@ def _backend_error(msg: str, outcome_known: bool | None) -> BackendError:
 
 
 def _is_connect_failure(e: BaseException) -> bool:
-    """True when ``e`` says a connection could not be made (nothing was sent)."""
+    """True when ``e`` says a connection could not be made (nothing was sent):
+    marked by :func:`_unsent`, or redis-py's connect error."""
+    if getattr(e, "mqueue_unsent", False):
+        return True
     s = str(e)
     return "connecting to" in s or "Timeout connecting" in s
+
+
+def _unsent(e: BaseException) -> None:
+    """Mark ``e`` as raised while a connection was being made (TCP connect
+    or the handshake after it: a proxy whose server is down closes it there),
+    before anything of an operation was sent on it."""
+    with contextlib.suppress(AttributeError, TypeError):
+        e.mqueue_unsent = True  # type: ignore[attr-defined]
+
+
+def _stale(sock: Any) -> bool:
+    """True when ``sock``, an idle connection's socket (None: not connected),
+    is readable: the server closed it while idle (restart, timeout, CLIENT
+    KILL), so it is replaced before anything is sent on it."""
+    if sock is None:
+        return False
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
+def _first_connection(client: Any) -> None:
+    """Make ``client``'s first connection (a single server's), its failure
+    marked by :func:`_unsent`."""
+    pool = client.connection_pool
+    try:
+        conn = pool.get_connection()
+    except Exception as e:
+        _unsent(e)
+        raise
+    pool.release(conn)
 
 
 def _connect_error(e: Exception, where: str, url: str) -> MQueueError:
@@ -1196,21 +1232,14 @@ class RedisNamespace(MQueue):
                     raise _closed_error(f"namespace {self.namespace!r}")
                 self._conns.append(conn)
             st.conns[name] = conn
-        sock = conn._sock
-        if sock is not None:
-            # a connection the server closed while idle (restart, timeout, CLIENT
-            # KILL) is replaced before anything is sent on it
-            try:
-                stale = bool(select.select([sock], [], [], 0)[0])
-            except (OSError, ValueError):
-                stale = True
-            if stale:
-                conn.disconnect()
+        if _stale(conn._sock):
+            conn.disconnect()
         if not conn.is_connected:
             try:
                 conn.connect()
-            except BaseException:
+            except BaseException as e:
                 conn.disconnect()  # a handshake cut short must not leave replies behind
+                _unsent(e)
                 raise
         if ask is not None:
             cmds = [_ASKING, *cmds]

@@ -422,6 +422,44 @@ def test_redis_unreachable_then_back(one_url: str) -> None:
     asyncio.run(main())
 
 
+def test_redis_behind_a_proxy_down_says_not_applied(one_url: str) -> None:
+    """Redis behind a TCP proxy whose server is down (each connection closed
+    during its handshake): nothing was sent, so BackendError says "could not
+    connect", not applied, ``outcome_known`` True; with the server back,
+    nothing was added or taken."""
+    from test_redis import _free_port
+    from test_redis_faults import DropProxy
+
+    host, port = one_url.split("//")[1].split("/")[0].split(":")
+
+    async def main() -> None:
+        proxy = DropProxy(host, int(port))
+        proxy.enabled = False  # forwards everything
+        ns = new_ns()
+        mq = await amq.create(ns, ["name=q"], url=proxy.url)
+        try:
+            q = mq["q"]
+            await q.add("a", "1")
+            mq.sync.retry_window = 0.3  # type: ignore[attr-defined]
+            proxy.target = ("127.0.0.1", _free_port())  # the server goes away
+            proxy.cut()
+            for op in (q.add("b", "2"), q.fetch(0), q.fetch_many(5, None)):
+                with pytest.raises(mqueue.BackendError) as ei:
+                    await op
+                msg = str(ei.value)
+                assert "could not connect" in msg and "may or may not" not in msg, msg
+                assert ei.value.outcome_known is True
+            proxy.target = (host, int(port))  # back
+            assert await q.fetch_many(5) == [("a", "1")]
+            assert await q.size() == 0
+        finally:
+            await mq.close()
+            proxy.close()
+            mqueue.destroy(ns, url=one_url)
+
+    asyncio.run(main())
+
+
 def test_redis_pool_bounds_connections(url: str, rns: str) -> None:
     """300 tasks adding and 300 fetching at once share at most POOL_SIZE
     connections per server (the rest queue for one); every item once."""

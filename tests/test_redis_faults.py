@@ -132,14 +132,19 @@ class DropProxy:
                     x.shutdown(socket.SHUT_RDWR)
                 x.close()
 
-    def close(self) -> None:
-        self.stopping = True
-        self.lsock.close()
+    def cut(self) -> None:
+        """Shut down every connection it forwards (the client's next use of
+        one finds it closed)."""
         with self.lock:
             socks = list(self.socks)
         for x in socks:
             with contextlib.suppress(OSError):
                 x.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.stopping = True
+        self.lsock.close()
+        self.cut()
         for t in self.threads:
             t.join(5)
 
@@ -261,6 +266,45 @@ def test_fetch_reply_lost_returns_same_items(single: str) -> None:
         assert proxy.drops >= 3  # and the handshakes of new connections
         st = owner["q"].stats()
         assert (st.fetched, st.added, st.length) == (4, 11, 7)
+        h.close()
+    finally:
+        proxy.close()
+        owner.close()
+        mqueue.destroy(ns, url=single)
+
+
+def test_server_behind_a_proxy_down_says_not_applied(single: str) -> None:
+    """Redis behind a TCP proxy (a load balancer, a TLS terminator) whose
+    server is down: the proxy accepts each connection and closes it during
+    the handshake.  Nothing of an operation was ever sent: BackendError says
+    "could not connect" and that it was not applied (outcome_known True),
+    for attach as for add and fetch; never "lost the connection ... may or
+    may not have been applied"."""
+    host, port = single.split("//")[1].split("/")[0].split(":")
+    proxy = DropProxy(host, int(port))
+    proxy.enabled = False  # forwards everything
+    ns = new_namespace()
+    owner = mqueue.create(ns, ["name=q"], url=single)
+    try:
+        owner["q"].add("kept", "v")
+        h = mqueue.attach(ns, url=proxy.url)
+        h.retry_window = 0.5  # type: ignore[attr-defined]
+        assert h["q"].add("a", "1") is True
+        proxy.target = ("127.0.0.1", test_redis._free_port())  # the server goes away
+        proxy.cut()
+        for op in (lambda: h["q"].add("b", "2"), lambda: h["q"].fetch(),
+                   lambda: mqueue.attach(ns, url=proxy.url)):
+            with pytest.raises(mqueue.BackendError) as ei:
+                op()
+            msg = str(ei.value)
+            assert "could not connect" in msg and "lost the connection" not in msg, msg
+            assert "may or may not" not in msg and ei.value.outcome_known is True, msg
+        proxy.target = (host, int(port))  # back
+        assert h["q"].fetch() == ("kept", "v")  # the failed fetch took nothing
+        assert h["q"].fetch() == ("a", "1")
+        assert h["q"].fetch() is None  # the failed add added nothing
+        st = owner["q"].stats()
+        assert (st.added, st.fetched) == (2, 2)
         h.close()
     finally:
         proxy.close()
