@@ -303,6 +303,8 @@ class RedisRun:
                 if link.closed:
                     return await self.after_close(op)
                 att.failed(e)
+                if link.cluster:
+                    await link.refresh_slots()  # after a failover no MOVED comes from a dead master
             else:
                 r = replies[-1]
                 ask = None

@@ -861,6 +861,8 @@ class RedisQueue(Queue):
                 if rns._closed:
                     return self._after_close(opkey, opid)
                 att.failed(e)
+                if rns._cluster:
+                    rns._refresh_slots()  # after a failover no MOVED comes from a dead master
             else:
                 r = replies[-1]
                 ask = None

@@ -460,6 +460,39 @@ def test_redis_behind_a_proxy_down_says_not_applied(one_url: str) -> None:
     asyncio.run(main())
 
 
+def test_redis_cluster_slot_map_naming_a_dead_master_is_refreshed() -> None:
+    """After a failover the slot map names the old master, which no longer
+    answers (no MOVED comes from it): after a connection fault the slot map
+    is read again and the operation reaches the new master."""
+    from redis.asyncio.cluster import ClusterNode
+    from test_redis import _free_port
+
+    from mqueue import _redis as R
+
+    curl = backend_url("cluster")
+
+    async def main() -> None:
+        ns = new_ns()
+        mq = await amq.create(ns, ["name=q"], url=curl)
+        try:
+            q = mq["q"]
+            await q.add("a", "1")
+            link: AR.RedisLink = mq._link  # type: ignore[attr-defined]
+            client = await link.client()
+            slot = client.keyslot(R.queue_keys(ns, "q")[0])
+            client.nodes_manager.slots_cache[slot] = [
+                ClusterNode("127.0.0.1", _free_port(), server_type="primary")
+            ]
+            mq.sync.retry_window = 5.0  # type: ignore[attr-defined]
+            await q.add("b", "2")
+            assert await q.fetch_many(5) == [("a", "1"), ("b", "2")]
+        finally:
+            await mq.close()
+            mqueue.destroy(ns, url=curl)
+
+    asyncio.run(main())
+
+
 def test_redis_pool_bounds_connections(url: str, rns: str) -> None:
     """300 tasks adding and 300 fetching at once share at most POOL_SIZE
     connections per server (the rest queue for one); every item once."""
