@@ -387,6 +387,15 @@ def one_url() -> str:
     return backend_url("single")
 
 
+async def _one_item_ns(url: str) -> tuple[str, Any, AR.RedisLink]:
+    """A new namespace on ``url`` whose queue ``q`` holds ("a", "1"): its
+    name, its asyncio handle and the handle's Redis link."""
+    ns = new_ns()
+    mq = await amq.create(ns, ["name=q"], url=url)
+    await mq["q"].add("a", "1")
+    return ns, mq, mq._link  # type: ignore[attr-defined]
+
+
 def test_redis_unreachable_then_back(one_url: str) -> None:
     """The server unreachable (the handle's client pointed at a closed port):
     each operation retries for the retry window, then raises BackendError with
@@ -396,12 +405,9 @@ def test_redis_unreachable_then_back(one_url: str) -> None:
     from redis.asyncio import Redis
 
     async def main() -> None:
-        ns = new_ns()
-        mq = await amq.create(ns, ["name=q"], url=one_url)
+        ns, mq, link = await _one_item_ns(one_url)
         try:
             q = mq["q"]
-            await q.add("a", "1")
-            link: AR.RedisLink = mq._link  # type: ignore[attr-defined]
             real = await link.client()
             link._client = Redis.from_url("redis://127.0.0.1:1/0")
             link._ops.clear()
@@ -472,12 +478,9 @@ def test_redis_cluster_slot_map_naming_a_dead_master_is_refreshed() -> None:
     curl = backend_url("cluster")
 
     async def main() -> None:
-        ns = new_ns()
-        mq = await amq.create(ns, ["name=q"], url=curl)
+        ns, mq, link = await _one_item_ns(curl)
         try:
             q = mq["q"]
-            await q.add("a", "1")
-            link: AR.RedisLink = mq._link  # type: ignore[attr-defined]
             client = await link.client()
             slot = client.keyslot(R.queue_keys(ns, "q")[0])
             client.nodes_manager.slots_cache[slot] = [
