@@ -249,6 +249,59 @@ def test_lost_replies_long_random(single: str) -> None:
     assert r["drops"] > 0
 
 
+@pytest.mark.timeout(120)
+def test_server_killed_and_restarted_with_aof_exactly_once(
+    private_server: Callable[..., tuple[str, Callable[[], None]]],
+) -> None:
+    """A server with AOF (appendfsync always) SIGKILLed and restarted three
+    times while a producer adds and a consumer fetches: operations in flight
+    lose their replies, are retried across the restart with the same ids and
+    answered from their records; every item arrives once, in order, and no
+    exception reaches the caller."""
+    aof = ("--appendonly", "yes", "--appendfsync", "always")
+    srv, stop = private_server(*aof)
+    n = 6000
+    mq = mqueue.create("aof", ["name=q;bytes=64M"], url=srv)
+    got: list[str] = []
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            for i in range(0, n, 10):
+                mq["q"].add_many([(_key(j), "v") for j in range(i, i + 10)])
+                time.sleep(0.002)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    def consume() -> None:
+        try:
+            while len(got) < n:
+                it = mq["q"].fetch(timeout=30)
+                assert it is not None, "nothing came for 30 s"
+                got.append(str(it.key))
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    ts = [threading.Thread(target=produce), threading.Thread(target=consume)]
+    for t in ts:
+        t.start()
+    for _ in range(3):
+        time.sleep(0.4)
+        stop()  # SIGKILL
+        srv2, stop = private_server(*aof)  # same port, same directory: the AOF is replayed
+        assert srv2 == srv
+    for t in ts:
+        t.join(100)
+    try:
+        assert not errors, errors
+        assert got == [_key(i) for i in range(n)]
+        st = mq["q"].stats()
+        assert (st.added, st.fetched, st.length) == (n, n, 0)
+    finally:
+        mq.close()
+        mqueue.destroy("aof", url=srv)
+
+
 def test_fetch_reply_lost_returns_same_items(single: str) -> None:
     """A fetch whose reply was lost: the retry returns the items the server took."""
     host, port = single.split("//")[1].split("/")[0].split(":")
