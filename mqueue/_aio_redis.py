@@ -180,8 +180,15 @@ class RedisLink:
             R.SOCKET_TIMEOUT_S + (WAIT_SLICE_S if wait else 0.0), _drop, conn
         )
         try:
+            w = conn._writer
+            if w is not None and R._stale(w.get_extra_info("socket")):
+                _drop(conn)
             if not conn.is_connected:
-                await conn.connect()
+                try:
+                    await conn.connect()
+                except Exception as e:
+                    R._unsent(e)  # nothing of the operation was sent
+                    raise
             if ask is not None:
                 cmds = [R._ASKING, *cmds]
             await conn.send_packed_command(cmds, check_health=False)
@@ -296,6 +303,8 @@ class RedisRun:
                 if link.closed:
                     return await self.after_close(op)
                 att.failed(e)
+                if link.cluster:
+                    await link.refresh_slots()  # after a failover no MOVED comes from a dead master
             else:
                 r = replies[-1]
                 ask = None

@@ -505,6 +505,7 @@ def connect(url: str) -> Any:
     if url.startswith("unix://"):
         return client
     try:
+        _first_connection(client)
         info = client.info("cluster")
     except redis.exceptions.ResponseError:
         return client  # INFO refused (ACL): a cluster would also refuse routing; stay single
@@ -526,6 +527,24 @@ def connect(url: str) -> Any:
         raise
 
 
+def _lost_error(what: str, url: str, code: int) -> NamespaceLostError:
+    """The error for a queue (``what``) whose keys are gone from the server at
+    ``url``: ``code`` -4 when some were dropped (the queue is marked so for
+    good), -1 when its meta hash is gone or carries another creation id."""
+    where = redact_url(url)
+    if code == -4:
+        return NamespaceLostError(
+            f"{what}: some of its keys were dropped by Redis at {where} (evicted "
+            "under a maxmemory-policy other than noeviction, or deleted): the queue is "
+            "lost; destroy and re-create the namespace"
+        )
+    return NamespaceLostError(
+        f"{what}: its keys are gone from Redis at {where} "
+        "(destroyed or recreated, the server restarted without persistence, or "
+        "evicted its keys)"
+    )
+
+
 def _is_cluster(client: Any) -> bool:
     return type(client).__name__ == "RedisCluster"
 
@@ -542,9 +561,44 @@ def _backend_error(msg: str, outcome_known: bool | None) -> BackendError:
 
 
 def _is_connect_failure(e: BaseException) -> bool:
-    """True when ``e`` says a connection could not be made (nothing was sent)."""
+    """True when ``e`` says a connection could not be made (nothing was sent):
+    marked by :func:`_unsent`, or redis-py's connect error."""
+    if getattr(e, "mqueue_unsent", False):
+        return True
     s = str(e)
     return "connecting to" in s or "Timeout connecting" in s
+
+
+def _unsent(e: BaseException) -> None:
+    """Mark ``e`` as raised while a connection was being made (TCP connect
+    or the handshake after it: a proxy whose server is down closes it there),
+    before anything of an operation was sent on it."""
+    with contextlib.suppress(AttributeError, TypeError):
+        e.mqueue_unsent = True  # type: ignore[attr-defined]
+
+
+def _stale(sock: Any) -> bool:
+    """True when ``sock``, an idle connection's socket (None: not connected),
+    is readable: the server closed it while idle (restart, timeout, CLIENT
+    KILL), so it is replaced before anything is sent on it."""
+    if sock is None:
+        return False
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
+def _first_connection(client: Any) -> None:
+    """Make ``client``'s first connection (a single server's), its failure
+    marked by :func:`_unsent`."""
+    pool = client.connection_pool
+    try:
+        conn = pool.get_connection()
+    except Exception as e:
+        _unsent(e)
+        raise
+    pool.release(conn)
 
 
 def _connect_error(e: Exception, where: str, url: str) -> MQueueError:
@@ -747,18 +801,7 @@ class RedisQueue(Queue):
         return self._rns._client
 
     def _lost(self, code: int = -1) -> NamespaceLostError:
-        url = redact_url(self._rns.url or "")
-        if code == -4:
-            return NamespaceLostError(
-                f"{self._what}: some of its keys were dropped by Redis at {url} (evicted "
-                "under a maxmemory-policy other than noeviction, or deleted): the queue is "
-                "lost; destroy and re-create the namespace"
-            )
-        return NamespaceLostError(
-            f"{self._what}: its keys are gone from Redis at {url} "
-            "(destroyed or recreated, the server restarted without persistence, or "
-            "evicted its keys)"
-        )
+        return _lost_error(self._what, self._rns.url or "", code)
 
     def _run(
         self,
@@ -818,6 +861,8 @@ class RedisQueue(Queue):
                 if rns._closed:
                     return self._after_close(opkey, opid)
                 att.failed(e)
+                if rns._cluster:
+                    rns._refresh_slots()  # after a failover no MOVED comes from a dead master
             else:
                 r = replies[-1]
                 ask = None
@@ -1189,21 +1234,14 @@ class RedisNamespace(MQueue):
                     raise _closed_error(f"namespace {self.namespace!r}")
                 self._conns.append(conn)
             st.conns[name] = conn
-        sock = conn._sock
-        if sock is not None:
-            # a connection the server closed while idle (restart, timeout, CLIENT
-            # KILL) is replaced before anything is sent on it
-            try:
-                stale = bool(select.select([sock], [], [], 0)[0])
-            except (OSError, ValueError):
-                stale = True
-            if stale:
-                conn.disconnect()
+        if _stale(conn._sock):
+            conn.disconnect()
         if not conn.is_connected:
             try:
                 conn.connect()
-            except BaseException:
+            except BaseException as e:
                 conn.disconnect()  # a handshake cut short must not leave replies behind
+                _unsent(e)
                 raise
         if ask is not None:
             cmds = [_ASKING, *cmds]
@@ -1322,10 +1360,13 @@ def _attach(namespace: str, url: str, client: Any) -> RedisNamespace:
         pipe.hmget(queue_keys(namespace, d.name)[0], ["gen", "cap", "limit", "mode"])
     metas = _call(pipe.execute, where, url)
     for d, m in zip(defs, metas, strict=True):
-        if m[0] is None or m[0].decode() != gen:
+        if m[0] is None or m[0] == b"!" + gen.encode():
+            # its keys were evicted or deleted: lost, as its operations say
+            code = -1 if m[0] is None else -4
+            raise _lost_error(f"queue {d.name!r} of {where}", url, code)
+        if m[0].decode() != gen:
             raise CorruptSegmentError(
-                f"{where}: queue {d.name!r} is missing from Redis or belongs to another "
-                "incarnation of the namespace"
+                f"{where}: queue {d.name!r} belongs to another incarnation of the namespace"
             )
         if (int(m[1]), int(m[2]), int(m[3])) != (align8(d.nbytes), max(0, d.size), d.addmode):
             raise CorruptSegmentError(f"{where}: queue {d.name!r} does not match its definition")

@@ -387,6 +387,15 @@ def one_url() -> str:
     return backend_url("single")
 
 
+async def _one_item_ns(url: str) -> tuple[str, Any, AR.RedisLink]:
+    """A new namespace on ``url`` whose queue ``q`` holds ("a", "1"): its
+    name, its asyncio handle and the handle's Redis link."""
+    ns = new_ns()
+    mq = await amq.create(ns, ["name=q"], url=url)
+    await mq["q"].add("a", "1")
+    return ns, mq, mq._link  # type: ignore[attr-defined]
+
+
 def test_redis_unreachable_then_back(one_url: str) -> None:
     """The server unreachable (the handle's client pointed at a closed port):
     each operation retries for the retry window, then raises BackendError with
@@ -396,12 +405,9 @@ def test_redis_unreachable_then_back(one_url: str) -> None:
     from redis.asyncio import Redis
 
     async def main() -> None:
-        ns = new_ns()
-        mq = await amq.create(ns, ["name=q"], url=one_url)
+        ns, mq, link = await _one_item_ns(one_url)
         try:
             q = mq["q"]
-            await q.add("a", "1")
-            link: AR.RedisLink = mq._link  # type: ignore[attr-defined]
             real = await link.client()
             link._client = Redis.from_url("redis://127.0.0.1:1/0")
             link._ops.clear()
@@ -418,6 +424,74 @@ def test_redis_unreachable_then_back(one_url: str) -> None:
         finally:
             await mq.close()
             mqueue.destroy(ns, url=one_url)
+
+    asyncio.run(main())
+
+
+def test_redis_behind_a_proxy_down_says_not_applied(one_url: str) -> None:
+    """Redis behind a TCP proxy whose server is down (each connection closed
+    during its handshake): nothing was sent, so BackendError says "could not
+    connect", not applied, ``outcome_known`` True; with the server back,
+    nothing was added or taken."""
+    from test_redis import _free_port
+    from test_redis_faults import DropProxy
+
+    host, port = one_url.split("//")[1].split("/")[0].split(":")
+
+    async def main() -> None:
+        proxy = DropProxy(host, int(port))
+        proxy.enabled = False  # forwards everything
+        ns = new_ns()
+        mq = await amq.create(ns, ["name=q"], url=proxy.url)
+        try:
+            q = mq["q"]
+            await q.add("a", "1")
+            mq.sync.retry_window = 0.3  # type: ignore[attr-defined]
+            proxy.target = ("127.0.0.1", _free_port())  # the server goes away
+            proxy.cut()
+            for op in (q.add("b", "2"), q.fetch(0), q.fetch_many(5, None)):
+                with pytest.raises(mqueue.BackendError) as ei:
+                    await op
+                msg = str(ei.value)
+                assert "could not connect" in msg and "may or may not" not in msg, msg
+                assert ei.value.outcome_known is True
+            proxy.target = (host, int(port))  # back
+            assert await q.fetch_many(5) == [("a", "1")]
+            assert await q.size() == 0
+        finally:
+            await mq.close()
+            proxy.close()
+            mqueue.destroy(ns, url=one_url)
+
+    asyncio.run(main())
+
+
+def test_redis_cluster_slot_map_naming_a_dead_master_is_refreshed() -> None:
+    """After a failover the slot map names the old master, which no longer
+    answers (no MOVED comes from it): after a connection fault the slot map
+    is read again and the operation reaches the new master."""
+    from redis.asyncio.cluster import ClusterNode
+    from test_redis import _free_port
+
+    from mqueue import _redis as R
+
+    curl = backend_url("cluster")
+
+    async def main() -> None:
+        ns, mq, link = await _one_item_ns(curl)
+        try:
+            q = mq["q"]
+            client = await link.client()
+            slot = client.keyslot(R.queue_keys(ns, "q")[0])
+            client.nodes_manager.slots_cache[slot] = [
+                ClusterNode("127.0.0.1", _free_port(), server_type="primary")
+            ]
+            mq.sync.retry_window = 5.0  # type: ignore[attr-defined]
+            await q.add("b", "2")
+            assert await q.fetch_many(5) == [("a", "1"), ("b", "2")]
+        finally:
+            await mq.close()
+            mqueue.destroy(ns, url=curl)
 
     asyncio.run(main())
 

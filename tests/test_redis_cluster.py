@@ -190,6 +190,31 @@ def test_slot_migration_under_load_exactly_once(
         mqueue.destroy(ns, url=curl)
 
 
+def test_slot_map_naming_a_dead_master_is_refreshed(curl: str) -> None:
+    """After a failover the client's slot map still names the old master, which
+    no longer answers, so no MOVED ever comes from it: an operation must read
+    the slot map again after a connection fault and reach the new master
+    within the retry window (here: the map made to name a closed port)."""
+    from redis.cluster import ClusterNode
+    from test_redis import _free_port
+
+    ns = new_namespace()
+    mq = mqueue.create(ns, ["name=q"], url=curl)
+    try:
+        q = mq["q"]
+        q.add("a", "1")
+        client = mq._client  # type: ignore[attr-defined]
+        slot = client.keyslot(R.queue_keys(ns, "q")[0])
+        dead = ClusterNode("127.0.0.1", _free_port(), server_type="primary")
+        client.nodes_manager.slots_cache[slot] = [dead]
+        mq.retry_window = 5.0  # type: ignore[attr-defined]
+        assert q.add("b", "2") is True
+        assert q.fetch_many(5) == [("a", "1"), ("b", "2")]
+    finally:
+        mq.close()
+        mqueue.destroy(ns, url=curl)
+
+
 def test_cli_on_a_cluster(curl: str, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 

@@ -133,14 +133,19 @@ class DropProxy:
                     x.shutdown(socket.SHUT_RDWR)
                 x.close()
 
-    def close(self) -> None:
-        self.stopping = True
-        self.lsock.close()
+    def cut(self) -> None:
+        """Shut down every connection it forwards (the client's next use of
+        one finds it closed)."""
         with self.lock:
             socks = list(self.socks)
         for x in socks:
             with contextlib.suppress(OSError):
                 x.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.stopping = True
+        self.lsock.close()
+        self.cut()
         for t in self.threads:
             t.join(5)
 
@@ -245,6 +250,59 @@ def test_lost_replies_long_random(single: str) -> None:
     assert r["drops"] > 0
 
 
+@pytest.mark.timeout(120)
+def test_server_killed_and_restarted_with_aof_exactly_once(
+    private_server: Callable[..., tuple[str, Callable[[], None]]],
+) -> None:
+    """A server with AOF (appendfsync always) SIGKILLed and restarted three
+    times while a producer adds and a consumer fetches: operations in flight
+    lose their replies, are retried across the restart with the same ids and
+    answered from their records; every item arrives once, in order, and no
+    exception reaches the caller."""
+    aof = ("--appendonly", "yes", "--appendfsync", "always")
+    srv, stop = private_server(*aof)
+    n = 6000
+    mq = mqueue.create("aof", ["name=q;bytes=64M"], url=srv)
+    got: list[str] = []
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            for i in range(0, n, 10):
+                mq["q"].add_many([(_key(j), "v") for j in range(i, i + 10)])
+                time.sleep(0.002)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    def consume() -> None:
+        try:
+            while len(got) < n:
+                it = mq["q"].fetch(timeout=30)
+                assert it is not None, "nothing came for 30 s"
+                got.append(str(it.key))
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    ts = [threading.Thread(target=produce), threading.Thread(target=consume)]
+    for t in ts:
+        t.start()
+    for _ in range(3):
+        time.sleep(0.4)
+        stop()  # SIGKILL
+        srv2, stop = private_server(*aof)  # same port, same directory: the AOF is replayed
+        assert srv2 == srv
+    for t in ts:
+        t.join(100)
+    try:
+        assert not errors, errors
+        assert got == [_key(i) for i in range(n)]
+        st = mq["q"].stats()
+        assert (st.added, st.fetched, st.length) == (n, n, 0)
+    finally:
+        mq.close()
+        mqueue.destroy("aof", url=srv)
+
+
 def test_fetch_reply_lost_returns_same_items(single: str) -> None:
     """A fetch whose reply was lost: the retry returns the items the server took."""
     host, port = single.split("//")[1].split("/")[0].split(":")
@@ -262,6 +320,45 @@ def test_fetch_reply_lost_returns_same_items(single: str) -> None:
         assert proxy.drops >= 3  # and the handshakes of new connections
         st = owner["q"].stats()
         assert (st.fetched, st.added, st.length) == (4, 11, 7)
+        h.close()
+    finally:
+        proxy.close()
+        owner.close()
+        mqueue.destroy(ns, url=single)
+
+
+def test_server_behind_a_proxy_down_says_not_applied(single: str) -> None:
+    """Redis behind a TCP proxy (a load balancer, a TLS terminator) whose
+    server is down: the proxy accepts each connection and closes it during
+    the handshake.  Nothing of an operation was ever sent: BackendError says
+    "could not connect" and that it was not applied (outcome_known True),
+    for attach as for add and fetch; never "lost the connection ... may or
+    may not have been applied"."""
+    host, port = single.split("//")[1].split("/")[0].split(":")
+    proxy = DropProxy(host, int(port))
+    proxy.enabled = False  # forwards everything
+    ns = new_namespace()
+    owner = mqueue.create(ns, ["name=q"], url=single)
+    try:
+        owner["q"].add("kept", "v")
+        h = mqueue.attach(ns, url=proxy.url)
+        h.retry_window = 0.5  # type: ignore[attr-defined]
+        assert h["q"].add("a", "1") is True
+        proxy.target = ("127.0.0.1", test_redis._free_port())  # the server goes away
+        proxy.cut()
+        for op in (lambda: h["q"].add("b", "2"), lambda: h["q"].fetch(),
+                   lambda: mqueue.attach(ns, url=proxy.url)):
+            with pytest.raises(mqueue.BackendError) as ei:
+                op()
+            msg = str(ei.value)
+            assert "could not connect" in msg and "lost the connection" not in msg, msg
+            assert "may or may not" not in msg and ei.value.outcome_known is True, msg
+        proxy.target = (host, int(port))  # back
+        assert h["q"].fetch() == ("kept", "v")  # the failed fetch took nothing
+        assert h["q"].fetch() == ("a", "1")
+        assert h["q"].fetch() is None  # the failed add added nothing
+        st = owner["q"].stats()
+        assert (st.added, st.fetched) == (2, 2)
         h.close()
     finally:
         proxy.close()
@@ -378,6 +475,33 @@ def test_deleted_records_reported_lost(url: str) -> None:
         # the other queue is unaffected; an empty queue's missing records are fine
         mq["e"].add("a", "b")
         assert mq["e"].fetch() == ("a", "b")
+    finally:
+        admin.close()
+        mq.close()
+        mqueue.destroy(ns, url=url)
+
+
+def test_attach_to_a_namespace_with_dropped_keys_says_lost(url: str) -> None:
+    """attach (and create(exist_ok=True)) on a namespace one of whose queues
+    lost keys to the server: NamespaceLostError saying so, as every operation
+    on that queue does; not a damaged-namespace error about "another
+    incarnation"."""
+    admin = redis_admin(url)
+    ns = new_namespace()
+    defs = ["name=q", "name=m"]
+    mq = mqueue.create(ns, defs, url=url)
+    try:
+        mq["q"].add_many([(str(i), "v") for i in range(5)])
+        admin.delete(R.queue_keys(ns, "q")[1])  # the records, as an eviction would
+        with pytest.raises(R.NamespaceLostError, match="dropped"):
+            mq["q"].fetch()  # marks the queue lost for good
+        for again in (lambda: mqueue.attach(ns, url=url),
+                      lambda: mqueue.create(ns, defs, url=url, exist_ok=True)):
+            with pytest.raises(R.NamespaceLostError, match="'q'.*dropped"):
+                again()
+        admin.delete(R.queue_keys(ns, "q")[0], R.queue_keys(ns, "m")[0])  # meta hashes too
+        with pytest.raises(R.NamespaceLostError, match="'q'.*gone"):
+            mqueue.attach(ns, url=url)
     finally:
         admin.close()
         mq.close()
