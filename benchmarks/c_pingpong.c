@@ -32,6 +32,9 @@
  *   -k K -v V         key and value bytes (default 16 and 64)
  *   -s BYTES          queue capacity (default 1 MiB)
  *   -l LIMIT          size limit (0: unbounded, a full ring refuses adds)
+ *   -1                one process (on the producer's CPU) adds one item and
+ *                     takes it back, -n times, for each single-item mode:
+ *                     CPU ns per pair with no line crossing cores
  *   -f                before each run, fill the ring to within one batch of
  *                     full (the nearly-full case of issue 10)
  *
@@ -68,7 +71,7 @@ static const char *const MODE_NAMES[M_N] = {"single", "batch", "line", "spsc", "
                                             "lockpack", "lock2", "lock2pack"};
 
 struct opts {
-    int batch_mode, fill;
+    int batch_mode, fill, one;
     long items, batch, runs;
     int cpu_p, cpu_c;
     size_t klen, vlen;
@@ -373,6 +376,61 @@ static void commit_state(const struct floor *f, uint64_t head, uint64_t tail) {
     atomic_store_explicit(f->cur, c, memory_order_release);
 }
 
+/* Adds item i (kv) to a floor; head_seen is the producer's copy of the
+ * consumer's head (spsc).  Returns 1, or 0 when the ring is full (nothing
+ * changed). */
+static int floor_put(const struct opts *o, const struct floor *f, uint64_t i, const char *kv,
+                     uint64_t *head_seen) {
+    if (o->batch_mode == M_SPSC) {
+        if (i - *head_seen > f->mask) {
+            /* acquire: the consumer's copy-out of the slots it freed is done */
+            *head_seen = atomic_load_explicit(f->head, memory_order_acquire);
+            if (i - *head_seen > f->mask) return 0;
+        }
+        put_record(o, f, i, kv);
+        /* release: the record's bytes precede the tail that covers them */
+        atomic_store_explicit(f->tail, i + 1, memory_order_release);
+        return 1;
+    }
+    floor_lock(f);
+    struct fstate *s = cur_state(f);
+    uint64_t h = atomic_load_explicit(&s->head, memory_order_relaxed);  /* under the lock */
+    if (i - h > f->mask) { floor_unlock(f); return 0; }
+    put_record(o, f, i, kv);
+    commit_state(f, h, i + 1);
+    floor_unlock(f);
+    return 1;
+}
+
+/* Takes item i from a floor into buf, setting *bad when its id is not i;
+ * tail_seen is the consumer's copy of the producer's tail (spsc).  Returns 1,
+ * or 0 when the ring is empty (nothing changed). */
+static int floor_get(const struct opts *o, const struct floor *f, uint64_t i, char *buf,
+                     uint64_t *tail_seen, int *bad) {
+    if (o->batch_mode == M_SPSC) {
+        if (i == *tail_seen) {
+            /* acquire: the producer's record bytes precede this tail */
+            *tail_seen = atomic_load_explicit(f->tail, memory_order_acquire);
+            if (i == *tail_seen) return 0;
+        }
+        *bad |= get_record(f, i, buf) != i;
+        /* release: the copy-out is done before the producer reuses the slot */
+        atomic_store_explicit(f->head, i + 1, memory_order_release);
+        return 1;
+    }
+    /* a peek without the lock: an empty queue leaves the lock line alone
+     * (relaxed: a hint; the lock's acquire orders what is then read) */
+    if (atomic_load_explicit(&cur_state(f)->tail, memory_order_relaxed) == i) return 0;
+    floor_lock(f);
+    struct fstate *s = cur_state(f);
+    uint64_t t = atomic_load_explicit(&s->tail, memory_order_relaxed);  /* under the lock */
+    if (t == i) { floor_unlock(f); return 0; }
+    *bad |= get_record(f, i, buf) != i;
+    commit_state(f, i + 1, t);
+    floor_unlock(f);
+    return 1;
+}
+
 static void floor_producer(const struct opts *o, struct shared *sh, const struct floor *f) {
     char kv[4096];
     long fulls = 0;
@@ -380,25 +438,8 @@ static void floor_producer(const struct opts *o, struct shared *sh, const struct
     start(sh);
     for (uint64_t i = 0; i < (uint64_t)o->items;) {
         make_item(o, i, kv);
-        if (o->batch_mode == M_SPSC) {
-            if (i - head_seen > f->mask) {
-                /* acquire: the consumer's copy-out of the slots it freed is done */
-                head_seen = atomic_load_explicit(f->head, memory_order_acquire);
-                if (i - head_seen > f->mask) { fulls++; full_pause(); continue; }
-            }
-            put_record(o, f, i, kv);
-            /* release: the record's bytes precede the tail that covers them */
-            atomic_store_explicit(f->tail, ++i, memory_order_release);
-            continue;
-        }
-        floor_lock(f);
-        struct fstate *s = cur_state(f);
-        uint64_t h = atomic_load_explicit(&s->head, memory_order_relaxed);  /* under the lock */
-        if (i - h > f->mask) { floor_unlock(f); fulls++; full_pause(); continue; }
-        put_record(o, f, i, kv);
-        commit_state(f, h, i + 1);
-        floor_unlock(f);
-        i++;
+        if (floor_put(o, f, i, kv, &head_seen)) i++;
+        else { fulls++; full_pause(); }
     }
     atomic_store(&sh->fulls, fulls);
 }
@@ -410,34 +451,57 @@ static void floor_consumer(const struct opts *o, struct shared *sh, const struct
     start(sh);
     atomic_store(&sh->t_start, now_ns());
     for (uint64_t i = 0; i < (uint64_t)o->items;) {
-        if (o->batch_mode == M_SPSC) {
-            if (i == tail_seen) {
-                /* acquire: the producer's record bytes precede this tail */
-                tail_seen = atomic_load_explicit(f->tail, memory_order_acquire);
-                if (i == tail_seen) { __builtin_ia32_pause(); continue; }
-            }
-            bad |= get_record(f, i, buf) != i;
-            /* release: the copy-out is done before the producer reuses the slot */
-            atomic_store_explicit(f->head, ++i, memory_order_release);
-            continue;
-        }
-        /* a peek without the lock: an empty queue leaves the lock line alone
-         * (relaxed: a hint; the lock's acquire orders what is then read) */
-        if (atomic_load_explicit(&cur_state(f)->tail, memory_order_relaxed) == i) {
-            __builtin_ia32_pause();
-            continue;
-        }
-        floor_lock(f);
-        struct fstate *s = cur_state(f);
-        uint64_t t = atomic_load_explicit(&s->tail, memory_order_relaxed);  /* under the lock */
-        if (t == i) { floor_unlock(f); continue; }
-        bad |= get_record(f, i, buf) != i;
-        commit_state(f, i + 1, t);
-        floor_unlock(f);
-        i++;
+        if (floor_get(o, f, i, buf, &tail_seen, &bad)) i++;
+        else __builtin_ia32_pause();
     }
     atomic_store(&sh->t_end, now_ns());
     if (bad) atomic_store(&sh->bad, 1);
+}
+
+/* -1: one process adds an item and takes it back, -n times, on CPU -c P: what
+ * an item costs with no line crossing cores (instructions, L1 hits).  Returns
+ * CPU ns per add + fetch pair, or -1. */
+static double one_process(const struct opts *o) {
+    pin(o->cpu_p);
+    char kv[4096], buf[4096];
+    uint32_t meta[3];
+    int bad = 0;
+    uint64_t hs = 0, ts = 0;
+    struct floor f;
+    char *base = NULL;
+    mq_ns *ns = NULL;
+    int memfd = -1;
+    size_t size = FLOOR_DATA + (size_t)o->cap;
+    if (o->batch_mode == M_SINGLE) {
+        struct mq_qparam p = {o->cap, o->limit, 0};
+        uint64_t segsize;
+        if (mq_segment_size(1, &p, 0, &segsize)) return -1;
+        memfd = memfd_create("mq-pingpong", 0);
+        if (memfd < 0 || ftruncate(memfd, (off_t)segsize) != 0) return -1;
+        if (mq_create(memfd, 1, &p, NULL, 0, &ns)) return -1;
+    } else {
+        base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (base == MAP_FAILED) return -1;
+        f = floor_view(o->batch_mode, base, o);
+    }
+    int64_t c0 = cpu_ns();
+    for (uint64_t i = 0; i < (uint64_t)o->items && !bad; i++) {
+        make_item(o, i, kv);
+        if (o->batch_mode == M_SINGLE) {
+            uint64_t id;
+            if (mq_add(ns, 0, kv, o->klen, kv + o->klen, o->vlen, 0) != 1) bad = 1;
+            if (mq_fetch(ns, 0, 0, buf, sizeof buf, meta) != 1) bad = 1;
+            memcpy(&id, buf + o->klen, sizeof id);
+            bad |= id != i;
+        } else {
+            if (!floor_put(o, &f, i, kv, &hs) || !floor_get(o, &f, i, buf, &ts, &bad)) bad = 1;
+        }
+    }
+    int64_t c1 = cpu_ns();
+    if (ns) mq_free(ns);
+    if (memfd >= 0) close(memfd);
+    if (base) munmap(base, size);
+    return bad ? -1 : (double)(c1 - c0) / (double)o->items;
 }
 
 /* One run of a floor mode: as run() below, on a fresh anonymous shared
@@ -560,10 +624,10 @@ static int line_runs(const struct opts *o) {
 }
 
 int main(int argc, char **argv) {
-    struct opts o = {0, 0, 2000000, 256, 5, 0, 1, 16, 64, 1 << 20, 0};
+    struct opts o = {0, 0, 0, 2000000, 256, 5, 0, 1, 16, 64, 1 << 20, 0};
     int modes[M_N] = {M_SINGLE}, nmodes = 1;
     int c;
-    while ((c = getopt(argc, argv, "m:n:b:c:r:k:v:s:l:f")) != -1) {
+    while ((c = getopt(argc, argv, "m:n:b:c:r:k:v:s:l:f1")) != -1) {
         switch (c) {
         case 'm': nmodes = parse_modes(optarg, modes); if (!nmodes) return 2; break;
         case 'n': o.items = atol(optarg); break;
@@ -575,6 +639,7 @@ int main(int argc, char **argv) {
         case 's': o.cap = (uint64_t)atoll(optarg); break;
         case 'l': o.limit = atoll(optarg); break;
         case 'f': o.fill = 1; break;
+        case '1': o.one = 1; break;
         default: return 2;
         }
     }
@@ -592,15 +657,25 @@ int main(int argc, char **argv) {
             double gap = 0;
             o.batch_mode = modes[j];
             o.batch = o.batch_mode == M_BATCH ? batch : 1;
-            r[j][i] = o.batch_mode >= M_SPSC ? floor_run(&o, &fulls, &cpu[j][i])
-                                             : run(&o, &fulls, &gap, &cpu[j][i]);
+            if (o.one && (o.batch_mode == M_BATCH || o.batch_mode == M_LINE)) return 2;
+            if (o.one) {
+                cpu[j][i] = one_process(&o);
+                r[j][i] = cpu[j][i] > 0 ? 1e9 / cpu[j][i] : -1;
+            } else {
+                r[j][i] = o.batch_mode >= M_SPSC ? floor_run(&o, &fulls, &cpu[j][i])
+                                                 : run(&o, &fulls, &gap, &cpu[j][i]);
+            }
             if (r[j][i] < 0) {
                 fprintf(stderr, "run %ld (%s) failed\n", i, MODE_NAMES[modes[j]]);
                 return 1;
             }
-            printf("run %ld %s: %.3f M items/s, %.0f CPU ns per item on the busier side  (ring "
-                   "full %ld times, longest consumer gap %.2f ms)\n", i, MODE_NAMES[modes[j]],
-                   r[j][i] * 1e-6, cpu[j][i], fulls, gap);
+            if (o.one)
+                printf("run %ld %s: %.0f CPU ns per add + fetch pair, one process\n", i,
+                       MODE_NAMES[modes[j]], cpu[j][i]);
+            else
+                printf("run %ld %s: %.3f M items/s, %.0f CPU ns per item on the busier side  "
+                       "(ring full %ld times, longest consumer gap %.2f ms)\n", i,
+                       MODE_NAMES[modes[j]], r[j][i] * 1e-6, cpu[j][i], fulls, gap);
             fflush(stdout);
         }
     }
@@ -609,6 +684,12 @@ int main(int argc, char **argv) {
         o.batch = o.batch_mode == M_BATCH ? batch : 1;
         qsort(r[j], (size_t)o.runs, sizeof r[j][0], cmp_double);
         qsort(cpu[j], (size_t)o.runs, sizeof cpu[j][0], cmp_double);
+        if (o.one) {
+            printf("%s one process cpu=%d items=%ld k=%zu v=%zu: median %.1f CPU ns per add + "
+                   "fetch pair (min %.1f, max %.1f)\n", MODE_NAMES[modes[j]], o.cpu_p, o.items,
+                   o.klen, o.vlen, cpu[j][o.runs / 2], cpu[j][0], cpu[j][o.runs - 1]);
+            continue;
+        }
         printf("%s cpus=%d,%d items=%ld batch=%ld k=%zu v=%zu cap=%llu limit=%lld%s: "
                "median %.3f M items/s (min %.3f, max %.3f); median %.0f CPU ns per item on the "
                "busier side\n",

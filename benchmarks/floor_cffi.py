@@ -452,8 +452,8 @@ def _timed_producer(role: Any, *args: Any) -> tuple[int, int]:
     return t0, time.process_time_ns() - _CPU0[0]
 
 
-def run_once(peer: Any, items: list[Pair], timeout: float) -> tuple[float, float]:
-    """One timed transfer: (items/s, CPU ns per item of the busier process)."""
+def run_once(peer: Any, items: list[Pair], timeout: float) -> tuple[float, tuple[float, float]]:
+    """One timed transfer: (items/s, (CPU ns per item of the producer, of the consumer))."""
     with peer.channel() as chan:
         go, ready = common.sync_objects()
         (t0, cpu_p), res = common.run_roles(
@@ -468,7 +468,7 @@ def run_once(peer: Any, items: list[Pair], timeout: float) -> tuple[float, float
     if not res["ok"]:
         raise common.ProcessFailed(f"items check failed: {res['msg']}")
     dt = (res["t_end"] - t0) / 1e9
-    return len(items) / dt, max(cpu_p, res["cpu"]) / len(items)
+    return len(items) / dt, (cpu_p / len(items), res["cpu"] / len(items))
 
 
 def throughput_run(args: argparse.Namespace) -> int:
@@ -478,13 +478,13 @@ def throughput_run(args: argparse.Namespace) -> int:
     peers, skipped = common.available([cls(args.batch) for cls in PEERS])
     items = common.make_items(args.items)
     rounds: list[dict[str, float]] = []
-    cpus: list[dict[str, float]] = []
+    cpus: list[dict[str, tuple[float, float]]] = []
     errors: dict[str, str] = {}
     common.start_together = _timed_start  # type: ignore[assignment]
     throughput._finish = _timed_finish  # type: ignore[assignment]
     for rnd in range(args.rounds):
         got: dict[str, float] = {}
-        cpu: dict[str, float] = {}
+        cpu: dict[str, tuple[float, float]] = {}
         for pe in peers:
             if pe.name in errors:
                 continue
@@ -501,13 +501,14 @@ def throughput_run(args: argparse.Namespace) -> int:
     print(f"machine: {common.machine_line()}; load average {os.getloadavg()[0]:.1f} at the end")
     med = {pe.name: common.median(v) for pe in peers if (v := [r[pe.name] for r in rounds
                                                                if pe.name in r])}  # fmt: skip
-    cmed = {pe.name: common.median(v) for pe in peers if (v := [r[pe.name] for r in cpus
-                                                                if pe.name in r])}  # fmt: skip
+    cmed = {pe.name: (common.median([c[0] for c in v]), common.median([c[1] for c in v]))
+            for pe in peers if (v := [r[pe.name] for r in cpus if pe.name in r])}  # fmt: skip
     heads = ["peer", *(f"r{i + 1}" for i in range(len(rounds))), "median"]
     rows = [[pe.name, *(common.fmt_rate(r.get(pe.name)) for r in rounds),
-             common.fmt_rate(med.get(pe.name)), f"{cmed.get(pe.name, 0):,.0f}"]
+             common.fmt_rate(med.get(pe.name)), "{:,.0f} / {:,.0f}".format(*cmed.get(pe.name,
+                                                                                  (0, 0)))]
             for pe in peers]  # fmt: skip
-    print(common.table([*heads, "CPU ns/item, busier side"], rows))
+    print(common.table([*heads, "CPU ns/item producer / consumer"], rows))
     print()
     rrows = []
     out_ratios = {}
