@@ -23,11 +23,15 @@ cheapest Python calls found that keep mqueue's call shapes:
 The run moves the same items as ``throughput.py`` (16 + 64 chars, 300,000 by default)
 between two processes for every peer, rounds interleaved, and prints every round's
 ratios and the medians: floor / mp.Queue, floor / pyzmq, floor batches / faster-fifo
-batches, mqueue / floor.  ``--callgrind`` instead counts instructions per call of the
-floor's and mqueue's calls under valgrind (as ``profile_calls.py`` does).
+batches, mqueue / floor; and a variant of the floor's fetch returning plain tuples
+(outside mqueue's contract) for what the Item type costs.  ``--callgrind`` instead
+counts instructions per call of the floor's and mqueue's calls under valgrind (as
+``profile_calls.py`` does); ``--gc`` times, in one process, taking and keeping the
+items with the cyclic GC on and off (floor with Items, with plain tuples, mqueue).
 
     python benchmarks/floor_cffi.py [-n ITEMS] [-r ROUNDS]
     python benchmarks/floor_cffi.py --callgrind       # needs valgrind
+    python benchmarks/floor_cffi.py --gc              # the cyclic GC's share, one process
 """
 
 from __future__ import annotations
@@ -303,13 +307,23 @@ class FloorQueue:
             return Item(self._unpack(self._buf, n).decode().split("\0", 1))
         return self._wait(timeout, self.fetch)
 
-    def fetch_many(self, n: int, timeout: float = 0) -> list[Item]:
-        """Up to ``n`` items, waiting up to ``timeout`` s for the first."""
+    def fetch_tuple(self, timeout: float = 0) -> tuple[str, ...] | None:
+        """As :meth:`fetch`, but a plain tuple (outside mqueue's contract: what
+        the Item type costs, the cyclic GC's tracking of it included)."""
+        n = self._fetch(self._buf)
+        if n >= 0:
+            return tuple(self._unpack(self._buf, n).decode().split("\0", 1))
+        return self._wait(timeout, self.fetch_tuple)  # type: ignore[no-any-return]
+
+    def fetch_many(self, n: int, timeout: float = 0, kind: Any = Item) -> list[Item]:
+        """Up to ``n`` items, waiting up to ``timeout`` s for the first; ``kind``
+        None gives plain tuples (outside mqueue's contract, as fetch_tuple)."""
         got = self._fetch_many(self._buf, n)
         if got >= 0:
             it = iter(self._unpack(self._buf, got).decode().split("\0"))
-            return list(map(Item, zip(it, it, strict=True)))
-        return self._wait(timeout, lambda: self.fetch_many(n)) or []
+            pairs = zip(it, it, strict=True)
+            return list(pairs if kind is None else map(kind, pairs))
+        return self._wait(timeout, lambda: self.fetch_many(n, 0, kind)) or []
 
     @staticmethod
     def _wait(timeout: float, again: Any) -> Any:
@@ -328,6 +342,7 @@ class FloorSingle(throughput.Peer):
     name = "floor add/fetch (SPSC ring, cffi)"
     family = "single"
     mod: Any = None  # the built extension, set by main() before any fork
+    plain = False  # fetch plain tuples instead of Items
 
     @contextlib.contextmanager
     def channel(self) -> Iterator[Any]:
@@ -347,7 +362,7 @@ class FloorSingle(throughput.Peer):
         return t0
 
     def consumer(self, q: Any, items: list[Pair], ready: Any, go: Any) -> Any:
-        fetch = q.fetch
+        fetch = q.fetch_tuple if self.plain else q.fetch
         out: list[Any] = []
         app = out.append
         stall = throughput.STALL
@@ -359,6 +374,13 @@ class FloorSingle(throughput.Peer):
             app(it)
         t1 = time.monotonic_ns()
         return throughput._finish(items, out, t1)
+
+
+class FloorPlain(FloorSingle):
+    """The floor's add / fetch returning plain tuples (not mqueue's contract)."""
+
+    name = "floor add/fetch, plain tuples"
+    plain = True
 
 
 class FloorBatch(FloorSingle):
@@ -381,17 +403,25 @@ class FloorBatch(FloorSingle):
         n = len(items)
         b = self.batch
         fetch_many = q.fetch_many
+        kind = None if self.plain else Item
         out: list[Any] = []
         ext = out.extend
         stall = throughput.STALL
         common.start_together(ready, go)
         while len(out) < n:
-            got = fetch_many(b, stall)
+            got = fetch_many(b, stall, kind)
             if not got:
                 raise TimeoutError(f"fetch_many: nothing for {stall}s after {len(out)} items")
             ext(got)
         t1 = time.monotonic_ns()
         return throughput._finish(items, out, t1)
+
+
+class FloorBatchPlain(FloorBatch):
+    """The floor's add_many / fetch_many returning plain tuples (not mqueue's contract)."""
+
+    name = "floor add_many/fetch_many, plain tuples"
+    plain = True
 
 
 PEERS = [
@@ -402,14 +432,21 @@ PEERS = [
     throughput.MQueueSingle,
     throughput.MQueueBatch,
     FloorSingle,
+    FloorPlain,
     FloorBatch,
+    FloorBatchPlain,
 ]
 # the ratios reported: (label, numerator, denominator)
 RATIOS = [
     ("floor / mp.Queue", FloorSingle.name, throughput.MPQueue.name),
     ("floor / pyzmq", FloorSingle.name, throughput.ZmqPushPull.name),
+    ("floor plain tuples / mp.Queue", FloorPlain.name, throughput.MPQueue.name),
+    ("floor plain tuples / pyzmq", FloorPlain.name, throughput.ZmqPushPull.name),
     ("floor batch / mp.Queue", FloorBatch.name, throughput.MPQueue.name),
     ("floor batch / faster-fifo batch", FloorBatch.name, throughput.FasterFifoBatch.name),
+    ("floor batch plain / mp.Queue", FloorBatchPlain.name, throughput.MPQueue.name),
+    ("floor batch plain / faster-fifo batch", FloorBatchPlain.name,
+     throughput.FasterFifoBatch.name),
     ("mqueue / floor", throughput.MQueueSingle.name, FloorSingle.name),
     ("mqueue batch / floor batch", throughput.MQueueBatch.name, FloorBatch.name),
     ("mqueue / mp.Queue", throughput.MQueueSingle.name, throughput.MPQueue.name),
@@ -625,6 +662,72 @@ def callgrind_run(n: int) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- the GC's share
+
+
+def _consume(src: Any, items: list[Pair], many: bool, kind: Any, gc_on: bool) -> float:
+    """Fills ``src`` with ``items`` (add_many), then takes them all back and
+    keeps them, in one process, the cyclic GC on or off.  Returns CPU ns per
+    item of the taking.  ``kind``: Item (the contract), None (plain tuples,
+    floor only) or "mq" (mqueue's own calls)."""
+    import gc
+
+    for i in range(0, len(items), 256):
+        src.add_many(items[i : i + 256])
+    gc.collect()
+    if not gc_on:
+        gc.disable()
+    out: list[Any] = []
+    t = time.process_time_ns()
+    try:
+        if many:
+            ext = out.extend
+            fm = src.fetch_many
+            while len(out) < len(items):
+                ext(fm(256) if kind == "mq" else fm(256, 0, kind))
+        else:
+            app = out.append
+            f = src.fetch_tuple if kind is None else src.fetch
+            for _ in range(len(items)):
+                app(f())
+        return (time.process_time_ns() - t) / len(items)
+    finally:
+        gc.enable()
+        if len(out) != len(items):
+            raise RuntimeError(f"took {len(out)} of {len(items)}")
+
+
+def gc_run(n: int, reps: int) -> int:
+    """CPU ns per kept item of fetch / fetch_many in one process, GC on and
+    off: the floor with Items and with plain tuples, and mqueue."""
+    import mqueue
+
+    items = common.make_items(n)
+    res: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="mqfloor-") as tmp:
+        mod = build(tmp)
+    if mod.lib.fl_create(RING_BYTES) != 0:
+        raise OSError("fl_create failed")
+    floor = FloorQueue(mod)
+    with common.mq_namespace(mqueue, ["name=q;bytes=64M"], "gc") as (_ns, mq):
+        cases = [("floor", floor, Item), ("floor, plain tuples", floor, None),
+                 ("mqueue", mq["q"], "mq")]  # fmt: skip
+        for _ in range(reps):
+            for many in (False, True):
+                for label, src, kind in cases:
+                    for gc_on in (True, False):
+                        key = f"| {label} | {'fetch_many(256)' if many else 'fetch'} | "
+                        key += f"{'on' if gc_on else 'off'} |"
+                        res.setdefault(key, []).append(_consume(src, items, many, kind, gc_on))
+    mod.lib.fl_destroy()
+    print(f"CPU ns per item taken and kept, one process, {n} items, median of {reps}")
+    print("| queue | call | gc | CPU ns/item |")
+    print("|:--|:--|:--|--:|")
+    for key, v in res.items():
+        print(f"{key} {common.median(v):,.0f} |")
+    return 0
+
+
 def main() -> int:
     p = common.base_parser(__doc__.splitlines()[0])
     p.add_argument("-n", "--items", type=int, default=300_000, help="items per run")
@@ -633,8 +736,11 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=120.0, help="deadline per single run (s)")
     p.add_argument("--callgrind", action="store_true", help="instruction counts instead")
     p.add_argument("--calls", type=int, default=20000, help="calls per callgrind measurement")
+    p.add_argument("--gc", action="store_true", help="the cyclic GC's share, one process")
     args = p.parse_args()
     args.no_chart = True
+    if args.gc:
+        return gc_run(args.items, args.rounds)
     return callgrind_run(args.calls) if args.callgrind else throughput_run(args)
 
 
