@@ -42,7 +42,7 @@ kb, vb = k.encode(), v.encode()
 batch = [(k, v)] * 200
 f = _bare.lib.f
 try:
-    if what.startswith("fetch"):
+    if what.startswith("fetch") or what == "fill":  # fill: the filling alone, subtracted
         for _ in range(n // 200):
             q.add_many(batch if what != "fetch-bytes" else [(kb, vb)] * 200)
     if what == "bare":
