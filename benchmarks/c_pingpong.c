@@ -311,6 +311,7 @@ static struct floor floor_view(int m, char *base, const struct opts *o) {
     return f;
 }
 
+/* The slot of item index i.  Returns its address. */
 static char *slot(const struct floor *f, uint64_t i) {
     return f->base + FLOOR_DATA + (i & f->mask) * f->stride;
 }
@@ -335,6 +336,8 @@ static uint64_t get_record(const struct floor *f, uint64_t i, char *buf) {
     return id;
 }
 
+/* Takes the floor's lock, spinning until it is free; returns nothing (it
+ * cannot fail: the floors have no crash handling). */
 static void floor_lock(const struct floor *f) {
     for (;;) {
         uint32_t z = 0;
@@ -347,6 +350,7 @@ static void floor_lock(const struct floor *f) {
     }
 }
 
+/* Releases the floor's lock; returns nothing. */
 static void floor_unlock(const struct floor *f) {
     /* release: the state and records written under the lock precede it */
     atomic_store_explicit(f->lock, 0, memory_order_release);
@@ -431,6 +435,8 @@ static int floor_get(const struct opts *o, const struct floor *f, uint64_t i, ch
     return 1;
 }
 
+/* The producer of a floor run: -n items, pausing while the ring is full;
+ * stores the count of full rings in sh.  Returns nothing. */
 static void floor_producer(const struct opts *o, struct shared *sh, const struct floor *f) {
     char kv[4096];
     long fulls = 0;
@@ -444,6 +450,8 @@ static void floor_producer(const struct opts *o, struct shared *sh, const struct
     atomic_store(&sh->fulls, fulls);
 }
 
+/* The consumer of a floor run: takes -n items in order, timing the run in
+ * sh; sets sh->bad when an item is not the one expected.  Returns nothing. */
 static void floor_consumer(const struct opts *o, struct shared *sh, const struct floor *f) {
     char buf[4096];
     uint64_t tail_seen = 0;
@@ -460,7 +468,7 @@ static void floor_consumer(const struct opts *o, struct shared *sh, const struct
 
 /* -1: one process adds an item and takes it back, -n times, on CPU -c P: what
  * an item costs with no line crossing cores (instructions, L1 hits).  Returns
- * CPU ns per add + fetch pair, or -1. */
+ * CPU ns per add + fetch pair, or -1 (nothing left open). */
 static double one_process(const struct opts *o) {
     pin(o->cpu_p);
     char kv[4096], buf[4096];
@@ -477,8 +485,11 @@ static double one_process(const struct opts *o) {
         uint64_t segsize;
         if (mq_segment_size(1, &p, 0, &segsize)) return -1;
         memfd = memfd_create("mq-pingpong", 0);
-        if (memfd < 0 || ftruncate(memfd, (off_t)segsize) != 0) return -1;
-        if (mq_create(memfd, 1, &p, NULL, 0, &ns)) return -1;
+        if (memfd < 0) return -1;
+        if (ftruncate(memfd, (off_t)segsize) != 0 || mq_create(memfd, 1, &p, NULL, 0, &ns)) {
+            close(memfd);
+            return -1;
+        }
     } else {
         base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
         if (base == MAP_FAILED) return -1;
@@ -505,7 +516,8 @@ static double one_process(const struct opts *o) {
 }
 
 /* One run of a floor mode: as run() below, on a fresh anonymous shared
- * mapping instead of a segment.  Returns items per second, or -1. */
+ * mapping instead of a segment.  Returns items per second, or -1 (as run(),
+ * a failed fork leaves the mappings and a first child waiting: main exits). */
 static double floor_run(const struct opts *o, long *fulls, double *cpu_item) {
     struct shared *sh = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (sh == MAP_FAILED) return -1;
