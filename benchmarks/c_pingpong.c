@@ -109,6 +109,14 @@ static void pin(int cpu) {
     if (sched_setaffinity(0, sizeof set, &set) != 0) { perror("sched_setaffinity"); _exit(2); }
 }
 
+/* Forks child k (0: the producer, 1: the consumer), which pins itself to its
+ * CPU.  Returns the pid in the parent, 0 in the child, -1 when fork failed. */
+static pid_t fork_pinned(const struct opts *o, int k) {
+    pid_t pid = fork();
+    if (pid == 0) pin(k == 0 ? o->cpu_p : o->cpu_c);
+    return pid;
+}
+
 /* Attaches to the parent's segment through a new open file description. */
 static mq_ns *attach(pid_t parent, int memfd) {
     char path[64];
@@ -241,10 +249,9 @@ static double line_pingpong(const struct opts *o) {
     _Atomic long *word = (_Atomic long *)((char *)sh + 2048);
     pid_t kids[2];
     for (int k = 0; k < 2; k++) {
-        kids[k] = fork();
+        kids[k] = fork_pinned(o, k);
         if (kids[k] < 0) return -1;
         if (kids[k] == 0) {
-            pin(k == 0 ? o->cpu_p : o->cpu_c);
             start(sh);
             if (k == 0) atomic_store(&sh->t_start, now_ns());
             for (long i = k; i < 2 * o->items; i += 2) {
@@ -261,6 +268,32 @@ static double line_pingpong(const struct opts *o) {
     double secs = (double)(atomic_load(&sh->t_end) - atomic_load(&sh->t_start)) * 1e-9;
     munmap(sh, 4096);
     return secs > 0 ? (double)o->items / secs : -1;
+}
+
+/* Starts both children at once and waits for them.  Returns 1 when both
+ * exited with status 0, else 0. */
+static int go_and_reap(struct shared *sh, const pid_t kids[2]) {
+    while (atomic_load(&sh->ready) < 2) { }
+    atomic_store(&sh->go, 1);
+    int ok = 1;
+    for (int k = 0; k < 2; k++) {
+        int st;
+        if (waitpid(kids[k], &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) ok = 0;
+    }
+    return ok;
+}
+
+/* A run's figures from sh: sets *fulls and *cpu_item (CPU ns per item of the
+ * busier child).  Returns items per second, or -1 when !ok, when an item was
+ * wrong or when no time passed. */
+static double figures(const struct opts *o, struct shared *sh, int ok, long *fulls,
+                      double *cpu_item) {
+    double secs = (double)(atomic_load(&sh->t_end) - atomic_load(&sh->t_start)) * 1e-9;
+    *fulls = atomic_load(&sh->fulls);
+    int64_t c0 = atomic_load(&sh->cpu[0]), c1 = atomic_load(&sh->cpu[1]);
+    *cpu_item = (double)(c0 > c1 ? c0 : c1) / (double)o->items;
+    if (atomic_load(&sh->bad)) ok = 0;
+    return ok && secs > 0 ? (double)o->items / secs : -1;
 }
 
 /* ---- floors: minimal rings, no engine (-m spsc|lock|lockpack|lock2|lock2pack) ----
@@ -526,10 +559,9 @@ static double floor_run(const struct opts *o, long *fulls, double *cpu_item) {
     if (base == MAP_FAILED) { munmap(sh, 4096); return -1; }
     pid_t kids[2];
     for (int k = 0; k < 2; k++) {
-        kids[k] = fork();
+        kids[k] = fork_pinned(o, k);
         if (kids[k] < 0) return -1;
         if (kids[k] == 0) {
-            pin(k == 0 ? o->cpu_p : o->cpu_c);
             struct floor f = floor_view(o->batch_mode, base, o);
             int64_t c0 = cpu_ns();
             if (k == 0) floor_producer(o, sh, &f);
@@ -538,21 +570,11 @@ static double floor_run(const struct opts *o, long *fulls, double *cpu_item) {
             _exit(0);
         }
     }
-    while (atomic_load(&sh->ready) < 2) { }
-    atomic_store(&sh->go, 1);
-    int ok = 1;
-    for (int k = 0; k < 2; k++) {
-        int st;
-        if (waitpid(kids[k], &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) ok = 0;
-    }
-    double secs = (double)(atomic_load(&sh->t_end) - atomic_load(&sh->t_start)) * 1e-9;
-    *fulls = atomic_load(&sh->fulls);
-    int64_t c0 = atomic_load(&sh->cpu[0]), c1 = atomic_load(&sh->cpu[1]);
-    *cpu_item = (double)(c0 > c1 ? c0 : c1) / (double)o->items;
-    if (atomic_load(&sh->bad)) ok = 0;
+    int ok = go_and_reap(sh, kids);
+    double rate = figures(o, sh, ok, fulls, cpu_item);
     munmap(base, size);
     munmap(sh, 4096);
-    return ok && secs > 0 ? (double)o->items / secs : -1;
+    return rate;
 }
 
 /* One run.  Returns items per second, or -1. */
@@ -569,10 +591,9 @@ static double run(const struct opts *o, long *fulls, double *gap_ms, double *cpu
     uint64_t skip = o->fill ? fill(o, ns) : 0;
     pid_t parent = getpid(), kids[2];
     for (int k = 0; k < 2; k++) {
-        kids[k] = fork();
+        kids[k] = fork_pinned(o, k);
         if (kids[k] < 0) return -1;
         if (kids[k] == 0) {
-            pin(k == 0 ? o->cpu_p : o->cpu_c);
             mq_ns *cns = attach(parent, memfd);
             int64_t c0 = cpu_ns();
             if (k == 0) producer(o, sh, cns);
@@ -582,25 +603,15 @@ static double run(const struct opts *o, long *fulls, double *gap_ms, double *cpu
             _exit(0);
         }
     }
-    while (atomic_load(&sh->ready) < 2) { }
-    atomic_store(&sh->go, 1);
-    int ok = 1;
-    for (int k = 0; k < 2; k++) {
-        int st;
-        if (waitpid(kids[k], &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) ok = 0;
-    }
+    int ok = go_and_reap(sh, kids);
     struct mq_stats s;
     if (mq_stats(ns, 0, &s) || s.count != 0 || s.added != s.fetched) ok = 0;
     mq_free(ns);
     close(memfd);
-    double secs = (double)(atomic_load(&sh->t_end) - atomic_load(&sh->t_start)) * 1e-9;
-    *fulls = atomic_load(&sh->fulls);
     *gap_ms = (double)atomic_load(&sh->max_gap) * 1e-6;
-    int64_t c0 = atomic_load(&sh->cpu[0]), c1 = atomic_load(&sh->cpu[1]);
-    *cpu_item = (double)(c0 > c1 ? c0 : c1) / (double)o->items;
-    if (atomic_load(&sh->bad)) ok = 0;
+    double rate = figures(o, sh, ok, fulls, cpu_item);
     munmap(sh, 4096);
-    return ok && secs > 0 ? (double)o->items / secs : -1;
+    return rate;
 }
 
 static int cmp_double(const void *a, const void *b) {

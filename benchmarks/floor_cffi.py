@@ -40,9 +40,7 @@ import argparse
 import contextlib
 import importlib
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import common
+import profile_calls
 import throughput
 from common import Item as Pair
 
@@ -611,24 +610,7 @@ C_FUNC = {"floor-add": "fl_add", "floor-fetch": "fl_fetch", "floor-add_many": "f
 
 def callgrind(what: str, n: int, tmp: str, out: str) -> int:
     """Instructions of the child doing ``what`` n times under callgrind."""
-    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-c",
-           CHILD, what, str(n), tmp, str(HERE)]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    m = re.search(r"Collected : (\d+)", r.stderr)
-    if not m:
-        raise RuntimeError(r.stderr[-2000:])
-    return int(m.group(1))
-
-
-def inclusive(out: str, fn: str) -> int:
-    """The inclusive instruction count of ``fn`` in callgrind output ``out``."""
-    r = subprocess.run(["callgrind_annotate", "--inclusive=yes", out],
-                       capture_output=True, text=True)  # fmt: skip
-    for line in r.stdout.splitlines():
-        m = re.match(r"\s*([\d,]+) .*:" + re.escape(fn) + r"(?:\s|$|\[)", line)
-        if m:
-            return int(m.group(1).replace(",", ""))
-    return 0
+    return profile_calls.count(["-c", CHILD, what, str(n), tmp, str(HERE)], out, 900)
 
 
 def callgrind_run(n: int) -> int:
@@ -646,7 +628,8 @@ def callgrind_run(n: int) -> int:
                 o1, o2 = os.path.join(tmp, "a.out"), os.path.join(tmp, "b.out")
                 c1, c2 = callgrind(what, n, tmp, o1), callgrind(what, 2 * n, tmp, o2)
                 fn = C_FUNC.get(what)
-                cin = (inclusive(o2, fn) - inclusive(o1, fn)) / n if fn else 0.0
+                incl = profile_calls.inclusive
+                cin = (incl(o2, fn) - incl(o1, fn)) / n if fn else 0.0
                 res[what] = ((c2 - c1) / n, cin)
     common.progress_done()
     print(f"instructions per call; per item for the batch calls (N={n}, batches of 200)")
