@@ -304,7 +304,7 @@ class FloorQueue:
         n = self._fetch(self._buf)
         if n >= 0:
             return Item(self._unpack(self._buf, n).decode().split("\0", 1))
-        return self._wait(timeout, self.fetch)
+        return self._wait(timeout, self.fetch)  # type: ignore[no-any-return]
 
     def fetch_tuple(self, timeout: float = 0) -> tuple[str, ...] | None:
         """As :meth:`fetch`, but a plain tuple (outside mqueue's contract: what
@@ -516,8 +516,8 @@ def throughput_run(args: argparse.Namespace) -> int:
     rounds: list[dict[str, float]] = []
     cpus: list[dict[str, tuple[float, float]]] = []
     errors: dict[str, str] = {}
-    common.start_together = _timed_start  # type: ignore[assignment]
-    throughput._finish = _timed_finish  # type: ignore[assignment]
+    common.start_together = _timed_start
+    throughput._finish = _timed_finish
     for rnd in range(args.rounds):
         got: dict[str, float] = {}
         cpu: dict[str, tuple[float, float]] = {}
@@ -537,8 +537,8 @@ def throughput_run(args: argparse.Namespace) -> int:
     print(f"machine: {common.machine_line()}; load average {os.getloadavg()[0]:.1f} at the end")
     med = {pe.name: common.median(v) for pe in peers if (v := [r[pe.name] for r in rounds
                                                                if pe.name in r])}  # fmt: skip
-    cmed = {pe.name: (common.median([c[0] for c in v]), common.median([c[1] for c in v]))
-            for pe in peers if (v := [r[pe.name] for r in cpus if pe.name in r])}  # fmt: skip
+    cmed = {pe.name: (common.median([c[0] for c in cv]), common.median([c[1] for c in cv]))
+            for pe in peers if (cv := [r[pe.name] for r in cpus if pe.name in r])}  # fmt: skip
     heads = ["peer", *(f"r{i + 1}" for i in range(len(rounds))), "median"]
     rows = [[pe.name, *(common.fmt_rate(r.get(pe.name)) for r in rounds),
              common.fmt_rate(med.get(pe.name)), "{:,.0f} / {:,.0f}".format(*cmed.get(pe.name,
