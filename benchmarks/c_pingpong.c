@@ -6,10 +6,24 @@
  *       csrc/mq.c csrc/lock.c csrc/live.c csrc/adapters.c -lpthread
  *
  * Options:
- *   -m single|batch|line   single: the producer loops mq_add, the consumer
+ *   -m MODE[,MODE...] single: the producer loops mq_add, the consumer
  *                     mq_fetch; batch: mq_add_many / mq_fetch_many of -b items;
  *                     line: no queue, one cache line passed back and forth
- *                     (-n round trips): the unit of every cross-core cost
+ *                     (-n round trips): the unit of every cross-core cost.
+ *                     Floors for single items (no engine: the least each
+ *                     design touches, same item sizes, same checks):
+ *                     spsc: a lock-free single-producer/single-consumer ring
+ *                     (producer-owned tail line, consumer-owned head line,
+ *                     each side caching the other's index, as ck_ring, kfifo
+ *                     and the Disruptor do); lock: one lock word (CAS) on its
+ *                     line, one state line (head, tail), the records;
+ *                     lockpack: the state in the lock's line; lock2: mqueue's
+ *                     shape at its least, the lock line holding the index of
+ *                     the current state copy, two copies on their own lines,
+ *                     each operation writing the other copy and committing by
+ *                     one store of the index; lock2pack: both copies in the
+ *                     lock's line.  Several modes: runs interleaved (run 1 of
+ *                     each, then run 2, ...), then each mode's median.
  *   -n ITEMS          items moved per run (default 2,000,000)
  *   -b BATCH          batch size (default 256)
  *   -c P,C            CPUs of the producer and the consumer (default 0,1;
@@ -18,6 +32,9 @@
  *   -k K -v V         key and value bytes (default 16 and 64)
  *   -s BYTES          queue capacity (default 1 MiB)
  *   -l LIMIT          size limit (0: unbounded, a full ring refuses adds)
+ *   -1                one process (on the producer's CPU) adds one item and
+ *                     takes it back, -n times, for each single-item mode:
+ *                     CPU ns per pair with no line crossing cores
  *   -f                before each run, fill the ring to within one batch of
  *                     full (the nearly-full case of issue 10)
  *
@@ -49,8 +66,12 @@
 
 #include "mq.h"
 
+enum { M_SINGLE, M_BATCH, M_LINE, M_SPSC, M_LOCK, M_LOCKPACK, M_LOCK2, M_LOCK2PACK, M_N };
+static const char *const MODE_NAMES[M_N] = {"single", "batch", "line", "spsc", "lock",
+                                            "lockpack", "lock2", "lock2pack"};
+
 struct opts {
-    int batch_mode, fill;
+    int batch_mode, fill, one;
     long items, batch, runs;
     int cpu_p, cpu_c;
     size_t klen, vlen;
@@ -86,6 +107,14 @@ static void pin(int cpu) {
     CPU_ZERO(&set);
     CPU_SET(cpu, &set);
     if (sched_setaffinity(0, sizeof set, &set) != 0) { perror("sched_setaffinity"); _exit(2); }
+}
+
+/* Forks child k (0: the producer, 1: the consumer), which pins itself to its
+ * CPU.  Returns the pid in the parent, 0 in the child, -1 when fork failed. */
+static pid_t fork_pinned(const struct opts *o, int k) {
+    pid_t pid = fork();
+    if (pid == 0) pin(k == 0 ? o->cpu_p : o->cpu_c);
+    return pid;
 }
 
 /* Attaches to the parent's segment through a new open file description. */
@@ -220,10 +249,9 @@ static double line_pingpong(const struct opts *o) {
     _Atomic long *word = (_Atomic long *)((char *)sh + 2048);
     pid_t kids[2];
     for (int k = 0; k < 2; k++) {
-        kids[k] = fork();
+        kids[k] = fork_pinned(o, k);
         if (kids[k] < 0) return -1;
         if (kids[k] == 0) {
-            pin(k == 0 ? o->cpu_p : o->cpu_c);
             start(sh);
             if (k == 0) atomic_store(&sh->t_start, now_ns());
             for (long i = k; i < 2 * o->items; i += 2) {
@@ -242,6 +270,313 @@ static double line_pingpong(const struct opts *o) {
     return secs > 0 ? (double)o->items / secs : -1;
 }
 
+/* Starts both children at once and waits for them.  Returns 1 when both
+ * exited with status 0, else 0. */
+static int go_and_reap(struct shared *sh, const pid_t kids[2]) {
+    while (atomic_load(&sh->ready) < 2) { }
+    atomic_store(&sh->go, 1);
+    int ok = 1;
+    for (int k = 0; k < 2; k++) {
+        int st;
+        if (waitpid(kids[k], &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) ok = 0;
+    }
+    return ok;
+}
+
+/* A run's figures from sh: sets *fulls and *cpu_item (CPU ns per item of the
+ * busier child).  Returns items per second, or -1 when !ok, when an item was
+ * wrong or when no time passed. */
+static double figures(const struct opts *o, struct shared *sh, int ok, long *fulls,
+                      double *cpu_item) {
+    double secs = (double)(atomic_load(&sh->t_end) - atomic_load(&sh->t_start)) * 1e-9;
+    *fulls = atomic_load(&sh->fulls);
+    int64_t c0 = atomic_load(&sh->cpu[0]), c1 = atomic_load(&sh->cpu[1]);
+    *cpu_item = (double)(c0 > c1 ? c0 : c1) / (double)o->items;
+    if (atomic_load(&sh->bad)) ok = 0;
+    return ok && secs > 0 ? (double)o->items / secs : -1;
+}
+
+/* ---- floors: minimal rings, no engine (-m spsc|lock|lockpack|lock2|lock2pack) ----
+ *
+ * The records: slots of round8(8 + klen + vlen) bytes (a header with the two
+ * lengths, the key, the value), a power of two of them fitting in -s bytes.
+ * Indexes count items since the start; slot = index & mask. */
+
+#define LINE 64
+#define FLOOR_DATA 4096         /* the records start here; the lines before it: */
+#define L_LOCK 0                /* the lock word (+ the packed states) */
+#define L_TAIL 1                /* spsc: the producer's tail; lock: the state */
+#define L_HEAD 2                /* spsc: the consumer's head; lock2: copy 0 */
+#define L_COPY1 3               /* lock2: copy 1 */
+
+struct fstate { _Atomic uint64_t head, tail; };
+
+struct floor {                  /* one process's view of a floor ring */
+    char *base;
+    uint64_t mask, stride;
+    _Atomic uint32_t *lock;     /* locked modes */
+    _Atomic uint32_t *cur;      /* lock2*: which copy is current (NULL: one state) */
+    struct fstate *st[2];       /* the state (copy 0), and copy 1 for lock2* */
+    _Atomic uint64_t *tail, *head;  /* spsc */
+};
+
+/* The view of mode m on the mapping at base (cap data bytes).  Returns it. */
+static struct floor floor_view(int m, char *base, const struct opts *o) {
+    struct floor f = {base, 0, (8 + o->klen + o->vlen + 7) / 8 * 8, NULL, NULL, {NULL, NULL},
+                      NULL, NULL};
+    uint64_t slots = 1;
+    while (2 * slots * f.stride <= o->cap) slots *= 2;
+    f.mask = slots - 1;
+    f.lock = (_Atomic uint32_t *)(base + L_LOCK * LINE);
+    f.tail = (_Atomic uint64_t *)(base + L_TAIL * LINE);
+    f.head = (_Atomic uint64_t *)(base + L_HEAD * LINE);
+    if (m == M_LOCK) f.st[0] = (struct fstate *)(base + L_TAIL * LINE);
+    if (m == M_LOCKPACK) f.st[0] = (struct fstate *)(base + L_LOCK * LINE + 16);
+    if (m == M_LOCK2) {
+        f.st[0] = (struct fstate *)(base + L_HEAD * LINE);
+        f.st[1] = (struct fstate *)(base + L_COPY1 * LINE);
+    }
+    if (m == M_LOCK2PACK) {
+        f.st[0] = (struct fstate *)(base + L_LOCK * LINE + 16);
+        f.st[1] = (struct fstate *)(base + L_LOCK * LINE + 32);
+    }
+    if (m == M_LOCK2 || m == M_LOCK2PACK) f.cur = (_Atomic uint32_t *)(base + L_LOCK * LINE + 4);
+    return f;
+}
+
+/* The slot of item index i.  Returns its address. */
+static char *slot(const struct floor *f, uint64_t i) {
+    return f->base + FLOOR_DATA + (i & f->mask) * f->stride;
+}
+
+/* Writes item i (header, key, value) into its slot; returns nothing. */
+static void put_record(const struct opts *o, const struct floor *f, uint64_t i, const char *kv) {
+    char *r = slot(f, i);
+    uint32_t hdr[2] = {(uint32_t)o->klen, (uint32_t)o->vlen};
+    memcpy(r, hdr, 8);
+    memcpy(r + 8, kv, o->klen + o->vlen);
+}
+
+/* Copies record i out into buf (key, value) as mq_fetch does; returns the
+ * item's id (the value's first 8 bytes). */
+static uint64_t get_record(const struct floor *f, uint64_t i, char *buf) {
+    const char *r = slot(f, i);
+    uint32_t hdr[2];
+    memcpy(hdr, r, 8);
+    memcpy(buf, r + 8, (size_t)hdr[0] + hdr[1]);
+    uint64_t id;
+    memcpy(&id, buf + hdr[0], sizeof id);
+    return id;
+}
+
+/* Takes the floor's lock, spinning until it is free; returns nothing (it
+ * cannot fail: the floors have no crash handling). */
+static void floor_lock(const struct floor *f) {
+    for (;;) {
+        uint32_t z = 0;
+        /* acquire: the previous holder's writes (state, records) are seen */
+        if (atomic_compare_exchange_weak_explicit(f->lock, &z, 1, memory_order_acquire,
+                                                  memory_order_relaxed))
+            return;
+        /* relaxed: only a hint of when to try again; the CAS orders */
+        while (atomic_load_explicit(f->lock, memory_order_relaxed)) __builtin_ia32_pause();
+    }
+}
+
+/* Releases the floor's lock; returns nothing. */
+static void floor_unlock(const struct floor *f) {
+    /* release: the state and records written under the lock precede it */
+    atomic_store_explicit(f->lock, 0, memory_order_release);
+}
+
+/* The current state copy (under the lock, or for a peek). */
+static struct fstate *cur_state(const struct floor *f) {
+    /* acquire: a peek sees the copy's contents the committing store published */
+    return f->cur ? f->st[atomic_load_explicit(f->cur, memory_order_acquire)] : f->st[0];
+}
+
+/* Under the lock: sets the state to (head, tail), writing the other copy and
+ * committing with one store of the index for lock2*; returns nothing. */
+static void commit_state(const struct floor *f, uint64_t head, uint64_t tail) {
+    if (!f->cur) {
+        /* relaxed: under the lock; the unlock's release orders them for the
+         * next holder, and a peek only needs some recent value */
+        atomic_store_explicit(&f->st[0]->tail, tail, memory_order_relaxed);
+        atomic_store_explicit(&f->st[0]->head, head, memory_order_relaxed);
+        return;
+    }
+    uint32_t c = atomic_load_explicit(f->cur, memory_order_relaxed) ^ 1u;
+    /* relaxed: the copy is not current yet; the index store below publishes it */
+    atomic_store_explicit(&f->st[c]->head, head, memory_order_relaxed);
+    atomic_store_explicit(&f->st[c]->tail, tail, memory_order_relaxed);
+    /* release: the copy's contents precede the store that makes it current */
+    atomic_store_explicit(f->cur, c, memory_order_release);
+}
+
+/* Adds item i (kv) to a floor; head_seen is the producer's copy of the
+ * consumer's head (spsc).  Returns 1, or 0 when the ring is full (nothing
+ * changed). */
+static int floor_put(const struct opts *o, const struct floor *f, uint64_t i, const char *kv,
+                     uint64_t *head_seen) {
+    if (o->batch_mode == M_SPSC) {
+        if (i - *head_seen > f->mask) {
+            /* acquire: the consumer's copy-out of the slots it freed is done */
+            *head_seen = atomic_load_explicit(f->head, memory_order_acquire);
+            if (i - *head_seen > f->mask) return 0;
+        }
+        put_record(o, f, i, kv);
+        /* release: the record's bytes precede the tail that covers them */
+        atomic_store_explicit(f->tail, i + 1, memory_order_release);
+        return 1;
+    }
+    floor_lock(f);
+    struct fstate *s = cur_state(f);
+    uint64_t h = atomic_load_explicit(&s->head, memory_order_relaxed);  /* under the lock */
+    if (i - h > f->mask) { floor_unlock(f); return 0; }
+    put_record(o, f, i, kv);
+    commit_state(f, h, i + 1);
+    floor_unlock(f);
+    return 1;
+}
+
+/* Takes item i from a floor into buf, setting *bad when its id is not i;
+ * tail_seen is the consumer's copy of the producer's tail (spsc).  Returns 1,
+ * or 0 when the ring is empty (nothing changed). */
+static int floor_get(const struct opts *o, const struct floor *f, uint64_t i, char *buf,
+                     uint64_t *tail_seen, int *bad) {
+    if (o->batch_mode == M_SPSC) {
+        if (i == *tail_seen) {
+            /* acquire: the producer's record bytes precede this tail */
+            *tail_seen = atomic_load_explicit(f->tail, memory_order_acquire);
+            if (i == *tail_seen) return 0;
+        }
+        *bad |= get_record(f, i, buf) != i;
+        /* release: the copy-out is done before the producer reuses the slot */
+        atomic_store_explicit(f->head, i + 1, memory_order_release);
+        return 1;
+    }
+    /* a peek without the lock: an empty queue leaves the lock line alone
+     * (relaxed: a hint; the lock's acquire orders what is then read) */
+    if (atomic_load_explicit(&cur_state(f)->tail, memory_order_relaxed) == i) return 0;
+    floor_lock(f);
+    struct fstate *s = cur_state(f);
+    uint64_t t = atomic_load_explicit(&s->tail, memory_order_relaxed);  /* under the lock */
+    if (t == i) { floor_unlock(f); return 0; }
+    *bad |= get_record(f, i, buf) != i;
+    commit_state(f, i + 1, t);
+    floor_unlock(f);
+    return 1;
+}
+
+/* The producer of a floor run: -n items, pausing while the ring is full;
+ * stores the count of full rings in sh.  Returns nothing. */
+static void floor_producer(const struct opts *o, struct shared *sh, const struct floor *f) {
+    char kv[4096];
+    long fulls = 0;
+    uint64_t head_seen = 0;
+    start(sh);
+    for (uint64_t i = 0; i < (uint64_t)o->items;) {
+        make_item(o, i, kv);
+        if (floor_put(o, f, i, kv, &head_seen)) i++;
+        else { fulls++; full_pause(); }
+    }
+    atomic_store(&sh->fulls, fulls);
+}
+
+/* The consumer of a floor run: takes -n items in order, timing the run in
+ * sh; sets sh->bad when an item is not the one expected.  Returns nothing. */
+static void floor_consumer(const struct opts *o, struct shared *sh, const struct floor *f) {
+    char buf[4096];
+    uint64_t tail_seen = 0;
+    int bad = 0;
+    start(sh);
+    atomic_store(&sh->t_start, now_ns());
+    for (uint64_t i = 0; i < (uint64_t)o->items;) {
+        if (floor_get(o, f, i, buf, &tail_seen, &bad)) i++;
+        else __builtin_ia32_pause();
+    }
+    atomic_store(&sh->t_end, now_ns());
+    if (bad) atomic_store(&sh->bad, 1);
+}
+
+/* -1: one process adds an item and takes it back, -n times, on CPU -c P: what
+ * an item costs with no line crossing cores (instructions, L1 hits).  Returns
+ * CPU ns per add + fetch pair, or -1 (nothing left open). */
+static double one_process(const struct opts *o) {
+    pin(o->cpu_p);
+    char kv[4096], buf[4096];
+    uint32_t meta[3];
+    int bad = 0;
+    uint64_t hs = 0, ts = 0;
+    struct floor f;
+    char *base = NULL;
+    mq_ns *ns = NULL;
+    int memfd = -1;
+    size_t size = FLOOR_DATA + (size_t)o->cap;
+    if (o->batch_mode == M_SINGLE) {
+        struct mq_qparam p = {o->cap, o->limit, 0};
+        uint64_t segsize;
+        if (mq_segment_size(1, &p, 0, &segsize)) return -1;
+        memfd = memfd_create("mq-pingpong", 0);
+        if (memfd < 0) return -1;
+        if (ftruncate(memfd, (off_t)segsize) != 0 || mq_create(memfd, 1, &p, NULL, 0, &ns)) {
+            close(memfd);
+            return -1;
+        }
+    } else {
+        base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (base == MAP_FAILED) return -1;
+        f = floor_view(o->batch_mode, base, o);
+    }
+    int64_t c0 = cpu_ns();
+    for (uint64_t i = 0; i < (uint64_t)o->items && !bad; i++) {
+        make_item(o, i, kv);
+        if (o->batch_mode == M_SINGLE) {
+            uint64_t id;
+            if (mq_add(ns, 0, kv, o->klen, kv + o->klen, o->vlen, 0) != 1) bad = 1;
+            if (mq_fetch(ns, 0, 0, buf, sizeof buf, meta) != 1) bad = 1;
+            memcpy(&id, buf + o->klen, sizeof id);
+            bad |= id != i;
+        } else {
+            if (!floor_put(o, &f, i, kv, &hs) || !floor_get(o, &f, i, buf, &ts, &bad)) bad = 1;
+        }
+    }
+    int64_t c1 = cpu_ns();
+    if (ns) mq_free(ns);
+    if (memfd >= 0) close(memfd);
+    if (base) munmap(base, size);
+    return bad ? -1 : (double)(c1 - c0) / (double)o->items;
+}
+
+/* One run of a floor mode: as run() below, on a fresh anonymous shared
+ * mapping instead of a segment.  Returns items per second, or -1 (as run(),
+ * a failed fork leaves the mappings and a first child waiting: main exits). */
+static double floor_run(const struct opts *o, long *fulls, double *cpu_item) {
+    struct shared *sh = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (sh == MAP_FAILED) return -1;
+    size_t size = FLOOR_DATA + (size_t)o->cap;
+    char *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) { munmap(sh, 4096); return -1; }
+    pid_t kids[2];
+    for (int k = 0; k < 2; k++) {
+        kids[k] = fork_pinned(o, k);
+        if (kids[k] < 0) return -1;
+        if (kids[k] == 0) {
+            struct floor f = floor_view(o->batch_mode, base, o);
+            int64_t c0 = cpu_ns();
+            if (k == 0) floor_producer(o, sh, &f);
+            else floor_consumer(o, sh, &f);
+            atomic_store(&sh->cpu[k], cpu_ns() - c0);
+            _exit(0);
+        }
+    }
+    int ok = go_and_reap(sh, kids);
+    double rate = figures(o, sh, ok, fulls, cpu_item);
+    munmap(base, size);
+    munmap(sh, 4096);
+    return rate;
+}
+
 /* One run.  Returns items per second, or -1. */
 static double run(const struct opts *o, long *fulls, double *gap_ms, double *cpu_item) {
     struct shared *sh = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -256,10 +591,9 @@ static double run(const struct opts *o, long *fulls, double *gap_ms, double *cpu
     uint64_t skip = o->fill ? fill(o, ns) : 0;
     pid_t parent = getpid(), kids[2];
     for (int k = 0; k < 2; k++) {
-        kids[k] = fork();
+        kids[k] = fork_pinned(o, k);
         if (kids[k] < 0) return -1;
         if (kids[k] == 0) {
-            pin(k == 0 ? o->cpu_p : o->cpu_c);
             mq_ns *cns = attach(parent, memfd);
             int64_t c0 = cpu_ns();
             if (k == 0) producer(o, sh, cns);
@@ -269,25 +603,15 @@ static double run(const struct opts *o, long *fulls, double *gap_ms, double *cpu
             _exit(0);
         }
     }
-    while (atomic_load(&sh->ready) < 2) { }
-    atomic_store(&sh->go, 1);
-    int ok = 1;
-    for (int k = 0; k < 2; k++) {
-        int st;
-        if (waitpid(kids[k], &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) ok = 0;
-    }
+    int ok = go_and_reap(sh, kids);
     struct mq_stats s;
     if (mq_stats(ns, 0, &s) || s.count != 0 || s.added != s.fetched) ok = 0;
     mq_free(ns);
     close(memfd);
-    double secs = (double)(atomic_load(&sh->t_end) - atomic_load(&sh->t_start)) * 1e-9;
-    *fulls = atomic_load(&sh->fulls);
     *gap_ms = (double)atomic_load(&sh->max_gap) * 1e-6;
-    int64_t c0 = atomic_load(&sh->cpu[0]), c1 = atomic_load(&sh->cpu[1]);
-    *cpu_item = (double)(c0 > c1 ? c0 : c1) / (double)o->items;
-    if (atomic_load(&sh->bad)) ok = 0;
+    double rate = figures(o, sh, ok, fulls, cpu_item);
     munmap(sh, 4096);
-    return ok && secs > 0 ? (double)o->items / secs : -1;
+    return rate;
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -295,12 +619,40 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* The modes of a -m list, at most M_N.  Returns how many, 0 on an unknown name. */
+static int parse_modes(char *arg, int *modes) {
+    int n = 0;
+    for (char *tok = strtok(arg, ","); tok; tok = strtok(NULL, ",")) {
+        int m = 0;
+        while (m < M_N && strcmp(tok, MODE_NAMES[m]) != 0) m++;
+        if (m == M_N || n == M_N) return 0;
+        modes[n++] = m;
+    }
+    return n;
+}
+
+/* -m line, -r times.  Returns 0, or 1 when a run failed. */
+static int line_runs(const struct opts *o) {
+    double r[100];
+    if (o->cpu_p == o->cpu_c) { fprintf(stderr, "-m line needs two CPUs\n"); return 2; }
+    for (long i = 0; i < o->runs; i++) {
+        r[i] = line_pingpong(o);
+        if (r[i] < 0) return 1;
+        printf("run %ld: %.1f ns per round trip of a cache line\n", i, 1e9 / r[i]);
+    }
+    qsort(r, (size_t)o->runs, sizeof r[0], cmp_double);
+    printf("line cpus=%d,%d: median %.1f ns per round trip (one way: %.1f ns)\n", o->cpu_p,
+           o->cpu_c, 1e9 / r[o->runs / 2], 0.5e9 / r[o->runs / 2]);
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    struct opts o = {0, 0, 2000000, 256, 5, 0, 1, 16, 64, 1 << 20, 0};
+    struct opts o = {0, 0, 0, 2000000, 256, 5, 0, 1, 16, 64, 1 << 20, 0};
+    int modes[M_N] = {M_SINGLE}, nmodes = 1;
     int c;
-    while ((c = getopt(argc, argv, "m:n:b:c:r:k:v:s:l:f")) != -1) {
+    while ((c = getopt(argc, argv, "m:n:b:c:r:k:v:s:l:f1")) != -1) {
         switch (c) {
-        case 'm': o.batch_mode = strcmp(optarg, "batch") == 0 ? 1 : strcmp(optarg, "line") == 0 ? 2 : 0; break;
+        case 'm': nmodes = parse_modes(optarg, modes); if (!nmodes) return 2; break;
         case 'n': o.items = atol(optarg); break;
         case 'b': o.batch = atol(optarg); break;
         case 'c': if (sscanf(optarg, "%d,%d", &o.cpu_p, &o.cpu_c) != 2) return 2; break;
@@ -310,40 +662,64 @@ int main(int argc, char **argv) {
         case 's': o.cap = (uint64_t)atoll(optarg); break;
         case 'l': o.limit = atoll(optarg); break;
         case 'f': o.fill = 1; break;
+        case '1': o.one = 1; break;
         default: return 2;
         }
     }
     if (o.vlen < 8 || o.batch < 1 || o.items < 1 || o.runs < 1 || o.runs > 100) return 2;
-    if (!o.batch_mode) o.batch = 1;
-    double r[100], cpu[100];
-    if (o.batch_mode == 2) {
-        if (o.cpu_p == o.cpu_c) { fprintf(stderr, "-m line needs two CPUs\n"); return 2; }
-        for (long i = 0; i < o.runs; i++) {
-            r[i] = line_pingpong(&o);
-            if (r[i] < 0) return 1;
-            printf("run %ld: %.1f ns per round trip of a cache line\n", i, 1e9 / r[i]);
-        }
-        qsort(r, (size_t)o.runs, sizeof r[0], cmp_double);
-        printf("line cpus=%d,%d: median %.1f ns per round trip (one way: %.1f ns)\n", o.cpu_p,
-               o.cpu_c, 1e9 / r[o.runs / 2], 0.5e9 / r[o.runs / 2]);
-        return 0;
+    if (o.klen + o.vlen > 4000 || o.cap < 2 * FLOOR_DATA) return 2;
+    long batch = o.batch;
+    double r[M_N][100], cpu[M_N][100];
+    for (int j = 0; j < nmodes; j++) {
+        if (modes[j] == M_LINE && nmodes > 1) { fprintf(stderr, "-m line runs alone\n"); return 2; }
     }
+    if (modes[0] == M_LINE) return line_runs(&o);
     for (long i = 0; i < o.runs; i++) {
-        long fulls;
-        double gap;
-        r[i] = run(&o, &fulls, &gap, &cpu[i]);
-        if (r[i] < 0) { fprintf(stderr, "run %ld failed\n", i); return 1; }
-        printf("run %ld: %.3f M items/s, %.0f CPU ns per item on the busier side  (ring full %ld "
-               "times, longest consumer gap %.2f ms)\n", i, r[i] * 1e-6, cpu[i], fulls, gap);
-        fflush(stdout);
+        for (int j = 0; j < nmodes; j++) {
+            long fulls = 0;
+            double gap = 0;
+            o.batch_mode = modes[j];
+            o.batch = o.batch_mode == M_BATCH ? batch : 1;
+            if (o.one && (o.batch_mode == M_BATCH || o.batch_mode == M_LINE)) return 2;
+            if (o.one) {
+                cpu[j][i] = one_process(&o);
+                r[j][i] = cpu[j][i] > 0 ? 1e9 / cpu[j][i] : -1;
+            } else {
+                r[j][i] = o.batch_mode >= M_SPSC ? floor_run(&o, &fulls, &cpu[j][i])
+                                                 : run(&o, &fulls, &gap, &cpu[j][i]);
+            }
+            if (r[j][i] < 0) {
+                fprintf(stderr, "run %ld (%s) failed\n", i, MODE_NAMES[modes[j]]);
+                return 1;
+            }
+            if (o.one)
+                printf("run %ld %s: %.0f CPU ns per add + fetch pair, one process\n", i,
+                       MODE_NAMES[modes[j]], cpu[j][i]);
+            else
+                printf("run %ld %s: %.3f M items/s, %.0f CPU ns per item on the busier side  "
+                       "(ring full %ld times, longest consumer gap %.2f ms)\n", i,
+                       MODE_NAMES[modes[j]], r[j][i] * 1e-6, cpu[j][i], fulls, gap);
+            fflush(stdout);
+        }
     }
-    qsort(r, (size_t)o.runs, sizeof r[0], cmp_double);
-    qsort(cpu, (size_t)o.runs, sizeof cpu[0], cmp_double);
-    printf("%s cpus=%d,%d items=%ld batch=%ld k=%zu v=%zu cap=%llu limit=%lld%s: "
-           "median %.3f M items/s (min %.3f, max %.3f); median %.0f CPU ns per item on the "
-           "busier side\n",
-           o.batch_mode ? "batch" : "single", o.cpu_p, o.cpu_c, o.items, o.batch, o.klen, o.vlen,
-           (unsigned long long)o.cap, (long long)o.limit, o.fill ? " fill" : "",
-           r[o.runs / 2] * 1e-6, r[0] * 1e-6, r[o.runs - 1] * 1e-6, cpu[o.runs / 2]);
+    for (int j = 0; j < nmodes; j++) {
+        o.batch_mode = modes[j];
+        o.batch = o.batch_mode == M_BATCH ? batch : 1;
+        qsort(r[j], (size_t)o.runs, sizeof r[j][0], cmp_double);
+        qsort(cpu[j], (size_t)o.runs, sizeof cpu[j][0], cmp_double);
+        if (o.one) {
+            printf("%s one process cpu=%d items=%ld k=%zu v=%zu: median %.1f CPU ns per add + "
+                   "fetch pair (min %.1f, max %.1f)\n", MODE_NAMES[modes[j]], o.cpu_p, o.items,
+                   o.klen, o.vlen, cpu[j][o.runs / 2], cpu[j][0], cpu[j][o.runs - 1]);
+            continue;
+        }
+        printf("%s cpus=%d,%d items=%ld batch=%ld k=%zu v=%zu cap=%llu limit=%lld%s: "
+               "median %.3f M items/s (min %.3f, max %.3f); median %.0f CPU ns per item on the "
+               "busier side\n",
+               MODE_NAMES[modes[j]], o.cpu_p, o.cpu_c, o.items, o.batch, o.klen, o.vlen,
+               (unsigned long long)o.cap, (long long)o.limit, o.fill ? " fill" : "",
+               r[j][o.runs / 2] * 1e-6, r[j][0] * 1e-6, r[j][o.runs - 1] * 1e-6,
+               cpu[j][o.runs / 2]);
+    }
     return 0;
 }

@@ -42,7 +42,7 @@ kb, vb = k.encode(), v.encode()
 batch = [(k, v)] * 200
 f = _bare.lib.f
 try:
-    if what.startswith("fetch"):
+    if what.startswith("fetch") or what == "fill":  # fill: the filling alone, subtracted
         for _ in range(n // 200):
             q.add_many(batch if what != "fetch-bytes" else [(kb, vb)] * 200)
     if what == "bare":
@@ -90,17 +90,23 @@ ENGINE = {
 }
 
 
-def run(what: str, n: int, bare_dir: str, out: str) -> int:
+def count(args: list[str], out: str, timeout: float = 600) -> int:
+    """Instructions of ``python ARGS`` under callgrind (its output file: ``out``)."""
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-           "-c", CHILD, what, str(n), bare_dir]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+           *args]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     m = re.search(r"Collected : (\d+)", r.stderr)
     if not m:
         raise RuntimeError(r.stderr[-2000:])
     return int(m.group(1))
 
 
+def run(what: str, n: int, bare_dir: str, out: str) -> int:
+    return count(["-c", CHILD, what, str(n), bare_dir], out)
+
+
 def inclusive(out: str, fn: str) -> int:
+    """The inclusive instruction count of function ``fn`` in callgrind output ``out``."""
     r = subprocess.run(["callgrind_annotate", "--inclusive=yes", out],
                        capture_output=True, text=True)  # fmt: skip
     for line in r.stdout.splitlines():
