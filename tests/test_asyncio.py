@@ -76,6 +76,19 @@ def amake(ns: str) -> Iterator[Any]:
             mqueue.destroy(ns)
 
 
+@pytest.fixture(autouse=True, params=["io_uring", "notifier"])
+def aio_mode(request: Any, monkeypatch: Any) -> str:
+    """Every test here runs twice: loops waiting through io_uring (where the
+    kernel allows it), and through the notifier threads (the fallback)."""
+    if request.param == "io_uring":
+        monkeypatch.delenv("MQUEUE_AIO_NO_URING", raising=False)
+        if not _aio_notify.uring_wanted():
+            pytest.skip("io_uring futex waits are not available here")
+    else:
+        monkeypatch.setenv("MQUEUE_AIO_NO_URING", "1")
+    return str(request.param)
+
+
 # ------------------------------------------------------------------ semantics
 def test_same_results_as_sync(amake: Any, ns: str) -> None:
     async def main() -> None:
@@ -495,11 +508,12 @@ def test_loop_never_stalls_under_a_flood(amake: Any, ns: str, record_property: A
 
 
 # --------------------------------------------- threads and CPU of 1,000 waiters
-def test_thousand_waiters_few_threads_no_cpu(amake: Any) -> None:
+def test_thousand_waiters_few_threads_no_cpu(amake: Any, aio_mode: str) -> None:
     async def main() -> None:
         async with await amake([f"name=q{i}" for i in range(8)]) as mq:
             await asyncio.sleep(0)
             before_py, before_os = threading.active_count(), os_threads()
+            notifiers0 = amq.notifier_threads()  # left by earlier tests of this process
             tasks = [asyncio.create_task(mq[f"q{i % 8}"].fetch(None)) for i in range(1000)]
             await asyncio.sleep(0.2)
             extra_py = threading.active_count() - before_py
@@ -515,7 +529,9 @@ def test_thousand_waiters_few_threads_no_cpu(amake: Any) -> None:
                 f"\n1000 waiters: +{extra_py} Python threads, +{extra_os} OS threads, "
                 f"{cpu * 1000:.2f} ms CPU in {wall:.2f} s idle"
             )
-            if _aio_notify.registry().use_waitv:
+            if aio_mode == "io_uring":
+                assert extra_py == 0 and extra_os == 0 and notifiers == notifiers0
+            elif _aio_notify.registry().use_waitv:
                 assert extra_py <= 1 and extra_os <= 1 and notifiers <= 1
             else:
                 assert extra_py <= 8 and extra_os <= 8
@@ -572,7 +588,7 @@ asyncio.run(main())
 def test_fallback_without_futex_waitv(ns: str) -> None:
     """MQUEUE_AIO_NO_WAITV=1 (as on kernels before 5.16): one thread per queue
     with waiting tasks, not per waiter; same results."""
-    env = dict(os.environ, MQUEUE_AIO_NO_WAITV="1")
+    env = dict(os.environ, MQUEUE_AIO_NO_WAITV="1", MQUEUE_AIO_NO_URING="1")
     r = subprocess.run(
         [sys.executable, "-c", FALLBACK, ns], capture_output=True, text=True, env=env, timeout=120
     )
@@ -609,6 +625,7 @@ def test_no_fd_or_watch_left_by_finished_loops(amake: Any, ns: str) -> None:
         assert fds() <= start + 2
         armed = sum(_aio_notify.lib.mq_ws_armed(ws) for ws in _aio_notify.registry().waitsets())
         assert armed == 0
+        assert not _aio_notify._rings  # every finished loop's ring closed
     finally:
         mq0.close()
 
