@@ -36,6 +36,7 @@ import common
 
 import mqueue
 import mqueue.asyncio as amq
+from mqueue import _aio_notify
 
 END = "END"
 
@@ -322,6 +323,7 @@ def main() -> None:
         "--latency", type=int, metavar="RUNS", help="only the wake-up latency, RUNS times"
     )
     args = ap.parse_args()
+    print(f"asyncio waits: {_aio_notify.mode()} (MQUEUE_AIO_NO_URING=1: notifier threads)")
     if args.latency:
         print(common.machine_line())
         for _ in range(args.latency):
@@ -378,6 +380,7 @@ def main() -> None:
             "latency": lat,
             "p99_ratio": ratio,
             "idle": idle,
+            "wait_mode": _aio_notify.mode(),
             "argv": sys.argv[1:],
             "pid": os.getpid(),
         },

@@ -1,0 +1,454 @@
+/* uring.c - C-level tests of the asyncio io_uring waits (csrc/uring.c).
+ *
+ *   gcc -std=c11 -O2 -Wall -Wextra -Werror -Icsrc -o uring csrc/tests/uring.c \
+ *       csrc/mq.c csrc/lock.c csrc/live.c csrc/adapters.c csrc/uring.c -lpthread
+ *   ./uring [stress-items]        ./uring stress N   (the protocol parts only)
+ *
+ * Prints "io_uring: no" and passes nothing when the kernel refuses (the
+ * Python tests skip then).  Segments live in memfds.  The last line printed
+ * is "N passed, N failed"; the exit status is non-zero on any failure.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lock.h"          /* WAITERS_MASK; mq_internal.h: the queue header */
+#define mono_ns t_mono_ns  /* check.h has its own copy of mq_internal.h's clock */
+#include "check.h"
+#undef mono_ns
+
+/* A formatted namespace of nq queues in a memfd; *fd_out gets the fd. */
+static mq_ns *ns_new(uint32_t nq, int *fd_out) {
+    struct mq_qparam *p = calloc(nq, sizeof *p);
+    if (!p) exit(2);
+    for (uint32_t i = 0; i < nq; i++) p[i].capacity = 4096;
+    uint64_t sz;
+    if (mq_segment_size(nq, p, 0, &sz) != 0) exit(2);
+    int fd = memfd_create("mq-uring", 0);
+    if (fd < 0 || ftruncate(fd, (off_t)sz) != 0) { perror("memfd"); exit(2); }
+    mq_ns *ns;
+    if (mq_create(fd, nq, p, NULL, 0, &ns) != 0) { fprintf(stderr, "mq_create\n"); exit(2); }
+    free(p);
+    *fd_out = fd;
+    return ns;
+}
+
+/* A second handle on the same segment (its own liveness slot). */
+static mq_ns *ns_other(int fd) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    int f = open(path, O_RDWR);
+    mq_ns *ns;
+    if (f < 0 || mq_attach(f, &ns) != 0) { fprintf(stderr, "attach\n"); exit(2); }
+    close(f);   /* the handle keeps its own duplicate */
+    return ns;
+}
+
+static int add1(mq_ns *ns, uint32_t q) { return mq_add(ns, q, "k", 1, "v", 1, 0); }
+
+static int take1(mq_ns *ns, uint32_t q) {
+    char buf[64];
+    uint32_t meta[3];
+    return mq_fetch(ns, q, 0, buf, sizeof buf, meta);
+}
+
+static uint32_t seq_of(mq_ns *ns, uint32_t q) {
+    uint32_t s = 0;
+    CHECK_EQ(mq_seq(ns, q, &s), 0);
+    return s;
+}
+
+/* Waiters counted on queue q (the low bits of data_waiters). */
+static uint32_t waiters(mq_ns *ns, uint32_t q) {
+    return atomic_load(&ns->q[q].h->data_waiters) & WAITERS_MASK;
+}
+
+/* 1 when the ring's fd becomes readable within ms, else 0. */
+static int readable(int fd, int ms) {
+    struct pollfd p = {fd, POLLIN, 0};
+    return poll(&p, 1, ms) == 1;
+}
+
+/* Collects for up to ms: the number of cookies put in got (max 16). */
+static int collect_for(mq_uring *r, int ms, uint64_t *got) {
+    int64_t until = t_mono_ns() + (int64_t)ms * 1000000LL;
+    int n = 0;
+    while (n == 0 && t_mono_ns() < until) {
+        readable(mq_ur_fd(r), 10);
+        n = mq_ur_collect(r, got, 16);
+    }
+    return n;
+}
+
+struct detacher { mq_ns *ns; int64_t took; };
+static void *detach_thread(void *arg) {
+    struct detacher *d = arg;
+    int64_t t0 = t_mono_ns();
+    mq_detach(d->ns);
+    d->took = t_mono_ns() - t0;
+    return NULL;
+}
+
+static void t_basic(void) {
+    current = "basic";
+    int fd;
+    mq_ns *ns = ns_new(3, &fd);
+    mq_uring *r = mq_ur_new();
+    CHECK(r != NULL);
+    if (!r) return;
+    int rfd = mq_ur_fd(r);
+    uint64_t got[16];
+
+    /* argument checks, nothing armed */
+    uint32_t s = seq_of(ns, 0);
+    CHECK_EQ(mq_ur_fd(NULL), -1);
+    CHECK_EQ(mq_ur_watch(NULL, ns, 0, s, 1), MQ_EINVAL);
+    CHECK_EQ(mq_ur_watch(r, ns, 9, s, 1), MQ_ERANGE);
+    CHECK_EQ(mq_ur_watch(r, NULL, 0, s, 1), MQ_ERANGE);
+    CHECK_EQ(mq_ur_watch(r, ns, 0, s + 1, 1), MQ_EAGAIN);   /* seq moved: look again */
+    CHECK_EQ(mq_ur_armed(r), 0);
+    CHECK_EQ(waiters(ns, 0), 0);
+    CHECK_EQ(mq_ur_collect(r, NULL, 1), MQ_EINVAL);
+    CHECK_EQ(mq_ur_unwatch(r, -1, 1), MQ_EINVAL);
+    CHECK_EQ(mq_ur_failed(r), 0);
+
+    /* an add fires the watch, once; the count is back to 0 */
+    int slot = mq_ur_watch(r, ns, 0, s, 7);
+    CHECK(slot >= 0);
+    CHECK_EQ(mq_ur_armed(r), 1);
+    CHECK_EQ(waiters(ns, 0), 1);
+    CHECK(!readable(rfd, 50));
+    CHECK_EQ(add1(ns, 0), 1);
+    CHECK(readable(rfd, 2000));
+    CHECK_EQ(mq_ur_collect(r, got, 16), 1);
+    CHECK_EQ(got[0], 7);
+    CHECK_EQ(mq_ur_collect(r, got, 16), 0);
+    CHECK(!readable(rfd, 0));
+    CHECK_EQ(mq_ur_armed(r), 0);
+    CHECK_EQ(waiters(ns, 0), 0);
+    CHECK_EQ(take1(ns, 0), 1);
+
+    /* removed: uncounted at once, an add does not fire it; the wrong cookie removes nothing */
+    s = seq_of(ns, 0);
+    slot = mq_ur_watch(r, ns, 0, s, 8);
+    CHECK(slot >= 0);
+    CHECK_EQ(mq_ur_unwatch(r, slot, 9), 0);
+    CHECK_EQ(mq_ur_unwatch(r, slot, 8), 1);
+    CHECK_EQ(mq_ur_unwatch(r, slot, 8), 0);
+    CHECK_EQ(waiters(ns, 0), 0);
+    CHECK_EQ(add1(ns, 0), 1);
+    CHECK_EQ(collect_for(r, 150, got), 0);
+    CHECK_EQ(take1(ns, 0), 1);
+
+    /* another queue's add does not fire it: two queues at once */
+    uint32_t s1 = seq_of(ns, 1), s2 = seq_of(ns, 2);
+    CHECK(mq_ur_watch(r, ns, 1, s1, 11) >= 0);
+    CHECK(mq_ur_watch(r, ns, 2, s2, 12) >= 0);
+    CHECK_EQ(add1(ns, 0), 1);
+    CHECK_EQ(collect_for(r, 50, got), 0);
+    CHECK_EQ(add1(ns, 2), 1);
+    CHECK_EQ(collect_for(r, 2000, got), 1);
+    CHECK_EQ(got[0], 12);
+    CHECK_EQ(mq_ur_armed(r), 1);
+    CHECK_EQ(add1(ns, 1), 1);
+    CHECK_EQ(collect_for(r, 2000, got), 1);
+    CHECK_EQ(got[0], 11);
+    CHECK_EQ(take1(ns, 0) + take1(ns, 1) + take1(ns, 2), 3);
+
+    /* forget_ns fires every watch on that namespace, uncounted at once */
+    CHECK(mq_ur_watch(r, ns, 0, seq_of(ns, 0), 21) >= 0);
+    CHECK(mq_ur_watch(r, ns, 1, seq_of(ns, 1), 22) >= 0);
+    CHECK_EQ(mq_ur_forget_ns(r, ns), 2);
+    CHECK_EQ(waiters(ns, 0) + waiters(ns, 1), 0);
+    CHECK_EQ(mq_ur_armed(r), 0);
+    int n = collect_for(r, 2000, got);
+    if (n == 1) n += collect_for(r, 2000, got + 1);
+    CHECK_EQ(n, 2);
+    CHECK_EQ(got[0] + got[1], 43);
+
+    /* fired by forget_ns, then removed before collected: not reported */
+    slot = mq_ur_watch(r, ns, 0, seq_of(ns, 0), 23);
+    CHECK_EQ(mq_ur_forget_ns(r, ns), 1);
+    CHECK_EQ(mq_ur_unwatch(r, slot, 23), 1);
+    CHECK_EQ(collect_for(r, 100, got), 0);
+
+    /* detaching a watched namespace does not wait for the watch (it holds
+     * nothing); the periodic check fires it within a slice */
+    mq_ns *ns2 = ns_other(fd);
+    CHECK(mq_ur_watch(r, ns2, 0, seq_of(ns2, 0), 31) >= 0);
+    struct detacher d = {ns2, 0};
+    pthread_t th;
+    if (pthread_create(&th, NULL, detach_thread, &d) != 0) exit(2);
+    pthread_join(th, NULL);
+    CHECK(d.took < 50000000LL);
+    CHECK_EQ(collect_for(r, 2000, got), 1);
+    CHECK_EQ(got[0], 31);
+    CHECK_EQ(mq_ur_watch(r, ns2, 0, 0, 32), MQ_ECLOSED);
+    /* its count stayed (the mapping was gone), as a killed waiter's: the next
+     * add's FUTEX_WAKE wakes nobody and resets it */
+    CHECK_EQ(waiters(ns, 0), 1);
+    CHECK_EQ(add1(ns, 0), 1);
+    CHECK_EQ(waiters(ns, 0), 0);
+    CHECK_EQ(take1(ns, 0), 1);
+    mq_free(ns2);
+
+    /* freed with a watch armed: uncounted, nothing fires any more */
+    CHECK(mq_ur_watch(r, ns, 0, seq_of(ns, 0), 41) >= 0);
+    CHECK_EQ(waiters(ns, 0), 1);
+    mq_ur_free(r);
+    CHECK_EQ(waiters(ns, 0), 0);
+    mq_free(ns);
+    close(fd);
+}
+
+/* A destroyed namespace (marked lost) wakes its watches at once. */
+static void t_lost(void) {
+    current = "lost";
+    int fd;
+    mq_ns *ns = ns_new(1, &fd);
+    mq_uring *r = mq_ur_new();
+    uint64_t got[16];
+    CHECK(mq_ur_watch(r, ns, 0, seq_of(ns, 0), 5) >= 0);
+    int64_t t0 = t_mono_ns();
+    CHECK_EQ(mq_mark_lost(fd), 0);
+    CHECK_EQ(collect_for(r, 2000, got), 1);
+    CHECK(t_mono_ns() - t0 < 50000000LL);   /* the wake-up, not the periodic check */
+    CHECK_EQ(mq_ur_watch(r, ns, 0, 0, 6), MQ_ELOST);
+    CHECK_EQ(mq_ur_armed(r), 0);
+    mq_ur_free(r);
+    mq_free(ns);
+    close(fd);
+}
+
+/* 300 queues on one ring (no per-ring limit): each add fires exactly its
+ * queue's watch; then 100,000 watch/unwatch pairs leave nothing behind. */
+static void t_many_queues(void) {
+    current = "many-queues";
+    enum { NQ = 300 };
+    int fd;
+    mq_ns *ns = ns_new(NQ, &fd);
+    mq_uring *r = mq_ur_new();
+    for (uint32_t q = 0; q < NQ; q++) CHECK(mq_ur_watch(r, ns, q, seq_of(ns, q), 1000 + q) >= 0);
+    CHECK_EQ(mq_ur_armed(r), NQ);
+    uint32_t order[NQ];
+    for (uint32_t i = 0; i < NQ; i++) order[i] = i;
+    for (uint32_t i = NQ - 1; i > 0; i--) {
+        uint32_t j = (uint32_t)(rnd() % (i + 1)), t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+    int wrong = 0;
+    for (uint32_t i = 0; i < NQ; i++) {
+        uint32_t q = order[i];
+        CHECK_EQ(add1(ns, q), 1);
+        uint64_t got[16];
+        int n = collect_for(r, 2000, got);
+        if (n != 1 || got[0] != 1000 + q) wrong++;
+    }
+    CHECK_EQ(wrong, 0);
+    CHECK_EQ(mq_ur_armed(r), 0);
+    for (uint32_t q = 0; q < NQ; q++) CHECK_EQ(take1(ns, q), 1);
+
+    current = "cancel-storm";
+    uint64_t got[16];
+    long bad = 0;
+    for (int i = 0; i < 100000; i++) {
+        uint32_t q = (uint32_t)(rnd() % NQ);
+        int slot = mq_ur_watch(r, ns, q, seq_of(ns, q), 5000000 + (uint64_t)i);
+        if (slot < 0 || mq_ur_unwatch(r, slot, 5000000 + (uint64_t)i) != 1) bad++;
+        if (i % 16 == 0 && mq_ur_collect(r, got, 16) != 0) bad++;   /* removed: never reported */
+    }
+    CHECK_EQ(bad, 0);
+    CHECK_EQ(collect_for(r, 200, got), 0);
+    CHECK_EQ(mq_ur_armed(r), 0);
+    uint32_t counted = 0;
+    for (uint32_t q = 0; q < NQ; q++) counted += waiters(ns, q);
+    CHECK_EQ(counted, 0);
+    CHECK_EQ(mq_ur_failed(r), 0);
+    mq_ur_free(r);
+    mq_free(ns);
+    close(fd);
+}
+
+/* The asyncio protocol against a producer thread with its own handle: read
+ * seq, look, arm with that seq, wait for the ring.  A lost wake-up shows as a
+ * 3 s wait (with -DUR_SLICE_NS=60 s, the periodic check cannot hide it).
+ * Some waits are abandoned (unwatch) as a cancelled task does. */
+struct prod { int fd; long n; };
+static volatile int stop_producer;
+static void *producer(void *arg) {
+    struct prod *p = arg;
+    mq_ns *ns = ns_other(p->fd);
+    for (long i = 0; i < p->n; i++) {
+        while (add1(ns, 0) != 1 && !stop_producer) {   /* full: the consumer catches up */
+            struct timespec z = {0, 100000};
+            nanosleep(&z, NULL);
+        }
+        if (rnd() % 4 == 0) {
+            struct timespec z = {0, (long)(rnd() % 200000)};
+            nanosleep(&z, NULL);
+        }
+    }
+    mq_free(ns);
+    return NULL;
+}
+
+static void t_stress(long n) {
+    current = "stress";
+    int fd;
+    mq_ns *ns = ns_new(1, &fd);
+    mq_uring *r = mq_ur_new();
+    struct prod p = {fd, n};
+    stop_producer = 0;
+    pthread_t th;
+    if (pthread_create(&th, NULL, producer, &p) != 0) exit(2);
+    long got = 0, lost = 0, waits = 0;
+    uint64_t cookie = 0, buf[16];
+    while (got < n && lost == 0) {
+        uint32_t s = seq_of(ns, 0);
+        int rc = take1(ns, 0);
+        if (rc == 1) { got++; continue; }
+        int slot = mq_ur_watch(r, ns, 0, s, ++cookie);
+        if (slot == MQ_EAGAIN) continue;
+        if (slot < 0) { CHECK(slot >= 0); break; }
+        waits++;
+        if (rnd() % 8 == 0) {            /* a cancelled waiter */
+            mq_ur_unwatch(r, slot, cookie);
+            continue;
+        }
+        int mine = 0;
+        while (!mine) {
+            if (!readable(mq_ur_fd(r), 3000)) break;
+            int k = mq_ur_collect(r, buf, 16);
+            for (int i = 0; i < k; i++) mine |= buf[i] == cookie;
+        }
+        if (!mine) { lost++; break; }
+    }
+    stop_producer = 1;
+    CHECK_EQ(lost, 0);
+    CHECK_EQ(got, n);
+    CHECK(waits > 0);
+    pthread_join(th, NULL);
+    CHECK_EQ(mq_ur_armed(r), 0);
+    CHECK_EQ(waiters(ns, 0), 0);
+    mq_ur_free(r);
+    mq_free(ns);
+    close(fd);
+}
+
+/* fork: the child cannot use the parent's ring (MQ_ECLOSED) and abandons it
+ * without disturbing the parent's armed wait; it makes its own ring.  A
+ * SIGKILLed process with an armed watch leaves a count that the next add
+ * heals, as a killed sync waiter does. */
+static void t_fork(void) {
+    current = "fork";
+    int fd;
+    mq_ns *ns = ns_new(2, &fd);
+    mq_uring *r = mq_ur_new();
+    uint64_t got[16];
+    CHECK(mq_ur_watch(r, ns, 0, seq_of(ns, 0), 77) >= 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int bad = 0;
+        bad |= mq_ur_watch(r, ns, 1, 0, 1) != MQ_ECLOSED;
+        bad |= mq_ur_collect(r, got, 16) != MQ_ECLOSED;
+        bad |= mq_ur_forget_ns(r, ns) != MQ_ECLOSED;
+        mq_ur_free(r);   /* abandons: the parent's wait stays */
+        mq_ns *mine = ns_other(fd);
+        mq_uring *cr = mq_ur_new();
+        bad |= cr == NULL;
+        uint32_t s = 0;
+        if (cr && mq_seq(mine, 1, &s) == 0 && mq_ur_watch(cr, mine, 1, s, 3) >= 0) {
+            int64_t until = t_mono_ns() + 5000000000LL;
+            int n = 0;
+            while (n == 0 && t_mono_ns() < until) {
+                readable(mq_ur_fd(cr), 10);
+                n = mq_ur_collect(cr, got, 16);
+            }
+            bad |= n != 1 || got[0] != 3;
+        } else {
+            bad = 1;
+        }
+        _exit(bad ? 3 : 0);
+    }
+    CHECK(pid > 0);
+    struct timespec z = {0, 100000000};
+    nanosleep(&z, NULL);
+    CHECK_EQ(add1(ns, 1), 1);                  /* for the child */
+    int st = 0;
+    CHECK_EQ(waitpid(pid, &st, 0), pid);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    CHECK_EQ(mq_ur_armed(r), 1);
+    CHECK_EQ(collect_for(r, 100, got), 0);     /* the child's exit fired nothing here */
+    CHECK_EQ(add1(ns, 0), 1);
+    CHECK_EQ(collect_for(r, 2000, got), 1);
+    CHECK_EQ(got[0], 77);
+    CHECK_EQ(waiters(ns, 0), 0);
+    CHECK_EQ(take1(ns, 0), 1);
+
+    current = "killed";
+    pid = fork();
+    if (pid == 0) {
+        mq_ur_abandon(r);
+        mq_ns *mine = ns_other(fd);
+        mq_uring *cr = mq_ur_new();
+        uint32_t s = 0;
+        if (!cr || mq_seq(mine, 0, &s) != 0 || mq_ur_watch(cr, mine, 0, s, 1) < 0) _exit(3);
+        for (;;) pause();
+    }
+    int64_t until = t_mono_ns() + 5000000000LL;
+    while (waiters(ns, 0) == 0 && t_mono_ns() < until) nanosleep(&(struct timespec){0, 1000000}, NULL);
+    CHECK_EQ(waiters(ns, 0), 1);
+    kill(pid, SIGKILL);
+    CHECK_EQ(waitpid(pid, &st, 0), pid);
+    CHECK_EQ(waiters(ns, 0), 1);               /* stale, as a killed sync fetch's */
+    /* the kernel tears the dead process's ring down in the background: until
+     * then its wait may absorb an add's wake-up; the first add that wakes
+     * nobody resets the count */
+    int adds = 0;
+    until = t_mono_ns() + 5000000000LL;
+    while (waiters(ns, 0) != 0 && t_mono_ns() < until) {
+        CHECK_EQ(add1(ns, 0), 1);
+        CHECK_EQ(take1(ns, 0), 1);
+        adds++;
+        nanosleep(&(struct timespec){0, 10000000}, NULL);
+    }
+    CHECK_EQ(waiters(ns, 0), 0);
+    printf("killed watcher: count reset by add #%d\n", adds);
+    mq_ur_free(r);
+    mq_free(ns);
+    close(fd);
+}
+
+int main(int argc, char **argv) {
+    int stress_only = argc > 1 && strcmp(argv[1], "stress") == 0;
+    if (stress_only) { argc--; argv++; }
+    long n = argc > 1 ? atol(argv[1]) : 20000;
+    alarm(300);   /* a hang is a failure too */
+    int ok = mq_ur_probe();
+    printf("io_uring: %s\n", ok ? "yes" : "no");
+    if (!ok) {
+        printf("refused: %s\n", strerror(mq_last_errno()));
+        printf("%d passed, %d failed\n", passed, failed);
+        return 0;
+    }
+    if (!stress_only) {
+        t_basic();
+        t_lost();
+        t_many_queues();
+        t_fork();
+    }
+    t_stress(n);
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
