@@ -311,6 +311,28 @@ def test_sync_close_under_waiters_is_noticed(amake: Any) -> None:
     run(main())
 
 
+def test_destroy_under_waiters_is_noticed(amake: Any, ns: str) -> None:
+    """The namespace destroyed by another process while tasks wait on it: they
+    get NamespaceLostError at once (the destroy's wake-up), nothing hangs."""
+
+    async def main() -> None:
+        mq = await amake(["name=q", "name=r"])
+        waiters = [asyncio.create_task(mq["qr"[i % 2]].fetch(None)) for i in range(6)]
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        p = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", f"import mqueue; mqueue.destroy({ns!r})"
+        )
+        assert await p.wait() == 0
+        for w in waiters:
+            with pytest.raises(mqueue.NamespaceLostError):
+                await asyncio.wait_for(w, 5)
+        assert time.monotonic() - t0 < 4
+        await mq.close()
+
+    run(main())
+
+
 # --------------------------------------------------- cancellation: exactly once
 CANCEL_PRODUCER = """
 n = int(sys.argv[3]); rng = random.Random(7); i = 0
