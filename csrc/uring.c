@@ -502,21 +502,18 @@ int mq_ur_forget_ns(mq_uring *r, mq_ns *ns) {
     return n;
 }
 
-int mq_ur_armed(mq_uring *r) {
+/* r->failed (which = 1) or r->armed (0), read under the lock; or ur_lock's code. */
+static int ur_read(mq_uring *r, int which) {
     int rc = ur_lock(r);
     if (rc) return rc;
-    int n = r->armed;
+    int v = which ? r->failed : r->armed;
     pthread_mutex_unlock(&r->mu);
-    return n;
+    return v;
 }
 
-int mq_ur_failed(mq_uring *r) {
-    int rc = ur_lock(r);
-    if (rc) return rc;
-    int f = r->failed;
-    pthread_mutex_unlock(&r->mu);
-    return f;
-}
+int mq_ur_armed(mq_uring *r) { return ur_read(r, 0); }
+
+int mq_ur_failed(mq_uring *r) { return ur_read(r, 1); }
 
 void mq_ur_free(mq_uring *r) {
     if (!r) return;

@@ -715,11 +715,19 @@ def test_loops_in_several_threads_share_the_notifier(amake: Any, ns: str) -> Non
 
 FORKED = """
 import asyncio, multiprocessing as mp, sys, mqueue, mqueue.asyncio as amq
+from mqueue import _aio_notify
+URING = _aio_notify.mode() == "io_uring"
+
+def armed(ring):
+    return _aio_notify.lib.mq_ur_armed(ring.r) if URING else 1
 
 def child(ns):
+    assert not _aio_notify._rings   # the parent's ring is not this process's
     async def main():
         mq = await amq.attach(ns)
         it = await asyncio.wait_for(mq["q"].fetch(None), 10)
+        if URING:   # a ring of its own, no thread
+            assert amq.notifier_threads() == 0 and len(_aio_notify._rings) == 1
         await mq.close()
         return it
     it = asyncio.run(main())
@@ -728,14 +736,17 @@ def child(ns):
 async def parent(ns):
     mq = await amq.create(ns, ["name=q", "name=p"])
     try:
-        w = asyncio.create_task(mq["p"].fetch(None))   # the parent's notifier runs
+        w = asyncio.create_task(mq["p"].fetch(None))   # the parent's ring or notifier waits
         await asyncio.sleep(0.05)
+        ring = _aio_notify.loop_waiters(asyncio.get_running_loop()).ring
+        assert armed(ring) == 1
         p = mp.get_context("fork").Process(target=child, args=(ns,))
         p.start()
         await asyncio.sleep(0.3)
         await mq["q"].add("k", "for the child")
         await asyncio.get_running_loop().run_in_executor(None, p.join, 20)
         assert p.exitcode == 0, p.exitcode
+        assert armed(ring) == 1   # the child's exit left the parent's wait armed
         await mq["p"].add("k", "for the parent")
         assert await asyncio.wait_for(w, 10) == ("k", "for the parent")
     finally:

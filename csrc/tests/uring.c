@@ -23,50 +23,8 @@
 #include <unistd.h>
 
 #include "lock.h"          /* WAITERS_MASK; mq_internal.h: the queue header */
-#define mono_ns t_mono_ns  /* check.h has its own copy of mq_internal.h's clock */
 #include "check.h"
-#undef mono_ns
-
-/* A formatted namespace of nq queues in a memfd; *fd_out gets the fd. */
-static mq_ns *ns_new(uint32_t nq, int *fd_out) {
-    struct mq_qparam *p = calloc(nq, sizeof *p);
-    if (!p) exit(2);
-    for (uint32_t i = 0; i < nq; i++) p[i].capacity = 4096;
-    uint64_t sz;
-    if (mq_segment_size(nq, p, 0, &sz) != 0) exit(2);
-    int fd = memfd_create("mq-uring", 0);
-    if (fd < 0 || ftruncate(fd, (off_t)sz) != 0) { perror("memfd"); exit(2); }
-    mq_ns *ns;
-    if (mq_create(fd, nq, p, NULL, 0, &ns) != 0) { fprintf(stderr, "mq_create\n"); exit(2); }
-    free(p);
-    *fd_out = fd;
-    return ns;
-}
-
-/* A second handle on the same segment (its own liveness slot). */
-static mq_ns *ns_other(int fd) {
-    char path[64];
-    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-    int f = open(path, O_RDWR);
-    mq_ns *ns;
-    if (f < 0 || mq_attach(f, &ns) != 0) { fprintf(stderr, "attach\n"); exit(2); }
-    close(f);   /* the handle keeps its own duplicate */
-    return ns;
-}
-
-static int add1(mq_ns *ns, uint32_t q) { return mq_add(ns, q, "k", 1, "v", 1, 0); }
-
-static int take1(mq_ns *ns, uint32_t q) {
-    char buf[64];
-    uint32_t meta[3];
-    return mq_fetch(ns, q, 0, buf, sizeof buf, meta);
-}
-
-static uint32_t seq_of(mq_ns *ns, uint32_t q) {
-    uint32_t s = 0;
-    CHECK_EQ(mq_seq(ns, q, &s), 0);
-    return s;
-}
+#include "aio_common.h"
 
 /* Waiters counted on queue q (the low bits of data_waiters). */
 static uint32_t waiters(mq_ns *ns, uint32_t q) {
@@ -81,22 +39,13 @@ static int readable(int fd, int ms) {
 
 /* Collects for up to ms: the number of cookies put in got (max 16). */
 static int collect_for(mq_uring *r, int ms, uint64_t *got) {
-    int64_t until = t_mono_ns() + (int64_t)ms * 1000000LL;
+    int64_t until = mono_ns() + (int64_t)ms * 1000000LL;
     int n = 0;
-    while (n == 0 && t_mono_ns() < until) {
+    while (n == 0 && mono_ns() < until) {
         readable(mq_ur_fd(r), 10);
         n = mq_ur_collect(r, got, 16);
     }
     return n;
-}
-
-struct detacher { mq_ns *ns; int64_t took; };
-static void *detach_thread(void *arg) {
-    struct detacher *d = arg;
-    int64_t t0 = t_mono_ns();
-    mq_detach(d->ns);
-    d->took = t_mono_ns() - t0;
-    return NULL;
 }
 
 static void t_basic(void) {
@@ -219,10 +168,10 @@ static void t_lost(void) {
     mq_uring *r = mq_ur_new();
     uint64_t got[16];
     CHECK(mq_ur_watch(r, ns, 0, seq_of(ns, 0), 5) >= 0);
-    int64_t t0 = t_mono_ns();
+    int64_t t0 = mono_ns();
     CHECK_EQ(mq_mark_lost(fd), 0);
     CHECK_EQ(collect_for(r, 2000, got), 1);
-    CHECK(t_mono_ns() - t0 < 50000000LL);   /* the wake-up, not the periodic check */
+    CHECK(mono_ns() - t0 < 50000000LL);   /* the wake-up, not the periodic check */
     CHECK_EQ(mq_ur_watch(r, ns, 0, 0, 6), MQ_ELOST);
     CHECK_EQ(mq_ur_armed(r), 0);
     mq_ur_free(r);
@@ -241,12 +190,7 @@ static void t_many_queues(void) {
     for (uint32_t q = 0; q < NQ; q++) CHECK(mq_ur_watch(r, ns, q, seq_of(ns, q), 1000 + q) >= 0);
     CHECK_EQ(mq_ur_armed(r), NQ);
     uint32_t order[NQ];
-    for (uint32_t i = 0; i < NQ; i++) order[i] = i;
-    for (uint32_t i = NQ - 1; i > 0; i--) {
-        uint32_t j = (uint32_t)(rnd() % (i + 1)), t = order[i];
-        order[i] = order[j];
-        order[j] = t;
-    }
+    shuffled(order, NQ);
     int wrong = 0;
     for (uint32_t i = 0; i < NQ; i++) {
         uint32_t q = order[i];
@@ -280,27 +224,22 @@ static void t_many_queues(void) {
     close(fd);
 }
 
-/* The asyncio protocol against a producer thread with its own handle: read
- * seq, look, arm with that seq, wait for the ring.  A lost wake-up shows as a
- * 3 s wait (with -DUR_SLICE_NS=60 s, the periodic check cannot hide it).
- * Some waits are abandoned (unwatch) as a cancelled task does. */
-struct prod { int fd; long n; };
-static volatile int stop_producer;
-static void *producer(void *arg) {
-    struct prod *p = arg;
-    mq_ns *ns = ns_other(p->fd);
-    for (long i = 0; i < p->n; i++) {
-        while (add1(ns, 0) != 1 && !stop_producer) {   /* full: the consumer catches up */
-            struct timespec z = {0, 100000};
-            nanosleep(&z, NULL);
-        }
-        if (rnd() % 4 == 0) {
-            struct timespec z = {0, (long)(rnd() % 200000)};
-            nanosleep(&z, NULL);
-        }
+/* The asyncio protocol (aio_common.h) through a ring; with -DUR_SLICE_NS=60 s
+ * the periodic check cannot hide a lost wake-up. */
+static int ur_arm(void *ctx, mq_ns *ns, uint32_t seq, uint64_t cookie) {
+    return mq_ur_watch(ctx, ns, 0, seq, cookie);
+}
+
+static void ur_disarm(void *ctx, int slot, uint64_t cookie) { mq_ur_unwatch(ctx, slot, cookie); }
+
+static int ur_await(void *ctx, uint64_t cookie, int ms) {
+    uint64_t buf[16];
+    for (;;) {
+        if (!readable(mq_ur_fd(ctx), ms)) return 0;
+        int k = mq_ur_collect(ctx, buf, 16);
+        for (int i = 0; i < k; i++)
+            if (buf[i] == cookie) return 1;
     }
-    mq_free(ns);
-    return NULL;
 }
 
 static void t_stress(long n) {
@@ -308,37 +247,8 @@ static void t_stress(long n) {
     int fd;
     mq_ns *ns = ns_new(1, &fd);
     mq_uring *r = mq_ur_new();
-    struct prod p = {fd, n};
-    stop_producer = 0;
-    pthread_t th;
-    if (pthread_create(&th, NULL, producer, &p) != 0) exit(2);
-    long got = 0, lost = 0, waits = 0;
-    uint64_t cookie = 0, buf[16];
-    while (got < n && lost == 0) {
-        uint32_t s = seq_of(ns, 0);
-        int rc = take1(ns, 0);
-        if (rc == 1) { got++; continue; }
-        int slot = mq_ur_watch(r, ns, 0, s, ++cookie);
-        if (slot == MQ_EAGAIN) continue;
-        if (slot < 0) { CHECK(slot >= 0); break; }
-        waits++;
-        if (rnd() % 8 == 0) {            /* a cancelled waiter */
-            mq_ur_unwatch(r, slot, cookie);
-            continue;
-        }
-        int mine = 0;
-        while (!mine) {
-            if (!readable(mq_ur_fd(r), 3000)) break;
-            int k = mq_ur_collect(r, buf, 16);
-            for (int i = 0; i < k; i++) mine |= buf[i] == cookie;
-        }
-        if (!mine) { lost++; break; }
-    }
-    stop_producer = 1;
-    CHECK_EQ(lost, 0);
-    CHECK_EQ(got, n);
-    CHECK(waits > 0);
-    pthread_join(th, NULL);
+    struct waitway w = {ur_arm, ur_disarm, ur_await, r};
+    stress_protocol(fd, ns, &w, n);
     CHECK_EQ(mq_ur_armed(r), 0);
     CHECK_EQ(waiters(ns, 0), 0);
     mq_ur_free(r);
@@ -369,9 +279,9 @@ static void t_fork(void) {
         bad |= cr == NULL;
         uint32_t s = 0;
         if (cr && mq_seq(mine, 1, &s) == 0 && mq_ur_watch(cr, mine, 1, s, 3) >= 0) {
-            int64_t until = t_mono_ns() + 5000000000LL;
+            int64_t until = mono_ns() + 5000000000LL;
             int n = 0;
-            while (n == 0 && t_mono_ns() < until) {
+            while (n == 0 && mono_ns() < until) {
                 readable(mq_ur_fd(cr), 10);
                 n = mq_ur_collect(cr, got, 16);
             }
@@ -406,8 +316,8 @@ static void t_fork(void) {
         if (!cr || mq_seq(mine, 0, &s) != 0 || mq_ur_watch(cr, mine, 0, s, 1) < 0) _exit(3);
         for (;;) pause();
     }
-    int64_t until = t_mono_ns() + 5000000000LL;
-    while (waiters(ns, 0) == 0 && t_mono_ns() < until) nanosleep(&(struct timespec){0, 1000000}, NULL);
+    int64_t until = mono_ns() + 5000000000LL;
+    while (waiters(ns, 0) == 0 && mono_ns() < until) nanosleep(&(struct timespec){0, 1000000}, NULL);
     CHECK_EQ(waiters(ns, 0), 1);
     kill(pid, SIGKILL);
     CHECK_EQ(waitpid(pid, &st, 0), pid);
@@ -416,8 +326,8 @@ static void t_fork(void) {
      * then its wait may absorb an add's wake-up; the first add that wakes
      * nobody resets the count */
     int adds = 0;
-    until = t_mono_ns() + 5000000000LL;
-    while (waiters(ns, 0) != 0 && t_mono_ns() < until) {
+    until = mono_ns() + 5000000000LL;
+    while (waiters(ns, 0) != 0 && mono_ns() < until) {
         CHECK_EQ(add1(ns, 0), 1);
         CHECK_EQ(take1(ns, 0), 1);
         adds++;
@@ -431,16 +341,13 @@ static void t_fork(void) {
 }
 
 int main(int argc, char **argv) {
-    int stress_only = argc > 1 && strcmp(argv[1], "stress") == 0;
-    if (stress_only) { argc--; argv++; }
-    long n = argc > 1 ? atol(argv[1]) : 20000;
-    alarm(300);   /* a hang is a failure too */
+    int stress_only;
+    long n = test_args(argc, argv, &stress_only);
     int ok = mq_ur_probe();
     printf("io_uring: %s\n", ok ? "yes" : "no");
     if (!ok) {
         printf("refused: %s\n", strerror(mq_last_errno()));
-        printf("%d passed, %d failed\n", passed, failed);
-        return 0;
+        return test_report();
     }
     if (!stress_only) {
         t_basic();
@@ -449,6 +356,5 @@ int main(int argc, char **argv) {
         t_fork();
     }
     t_stress(n);
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return test_report();
 }
