@@ -555,7 +555,7 @@ int mq_ur_probe(void) {
         if (ur_submit(r, &s) == 0) {
             long n = ur_enter(r->fd, 0, 1, UR_ENTER_GETEVENTS);
             while (n < 0 && errno == EINTR) n = ur_enter(r->fd, 0, 1, UR_ENTER_GETEVENTS);
-            /* acquire: as in mq_ur_collect */
+            /* head relaxed: nobody else consumes; tail acquire: as in mq_ur_collect */
             uint32_t head = atomic_load_explicit(r->cq_head, memory_order_relaxed);
             if (n >= 0 && atomic_load_explicit(r->cq_tail, memory_order_acquire) != head) {
                 ok = r->cqes[head & r->cq_mask].res == -EAGAIN;
