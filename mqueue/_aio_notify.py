@@ -103,11 +103,11 @@ class _Ring:
 
     def close(self) -> None:
         """Uncount the armed watches and close the ring (idempotent)."""
-        with _rings_lock:
+        with _rings_lock:  # held while freeing: forget_ns never meets a freed ring
             _rings.discard(self)
             r, self.r = self.r, ffi.NULL
-        if r != ffi.NULL:
-            lib.mq_ur_free(r)
+            if r != ffi.NULL:
+                lib.mq_ur_free(r)
 
 
 _rings: set[_Ring] = set()
