@@ -64,7 +64,8 @@ def test_uring_c(tmp_path: Path, sanitize: bool) -> None:
     """csrc/uring.c by csrc/tests/uring.c: argument checks, one-shot watches
     counted and uncounted, removal, forget_ns, a namespace detached (not
     waited for) or destroyed while watched, 300 queues on one ring, a storm of
-    100,000 watch/unwatch pairs, fork (the child cannot use the parent's ring,
+    100,000 watch/unwatch pairs, 6,000 completions at once (more than the
+    completion ring holds), fork (the child cannot use the parent's ring,
     the parent's wait survives), a SIGKILLed watcher's count healed, and the
     asyncio protocol against a producer thread."""
     exe = compile_c("uring", tmp_path, sanitize=sanitize)
