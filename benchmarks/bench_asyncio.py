@@ -36,6 +36,7 @@ import common
 
 import mqueue
 import mqueue.asyncio as amq
+from mqueue import _aio_notify
 
 END = "END"
 
@@ -221,13 +222,47 @@ def pipe_floor(samples: int) -> list[int]:
     return lat
 
 
+NOTIFIER_ROW = "asyncio await fetch(timeout=None), notifier threads (MQUEUE_AIO_NO_URING=1)"
+
+
+def _async_latency(ns: str, p: Any, samples: int, lat: list[int], notifier: bool) -> None:
+    """The asyncio consumer of latency(); ``notifier``: its loop waits through
+    the notifier threads even where io_uring is used (the mode is chosen per
+    loop when it first waits)."""
+
+    async def main() -> None:
+        amqh = await amq.attach(ns)
+        aq = amqh["q"]
+        p.start()
+        for _ in range(samples):
+            it = await aq.fetch(None)
+            lat.append(time.monotonic_ns() - int(it.value))  # type: ignore[union-attr, arg-type]
+        await amqh.close()
+
+    saved = os.environ.get("MQUEUE_AIO_NO_URING")
+    if notifier:
+        os.environ["MQUEUE_AIO_NO_URING"] = "1"
+    try:
+        asyncio.run(main())
+    finally:
+        if saved is None:
+            os.environ.pop("MQUEUE_AIO_NO_URING", None)
+        else:
+            os.environ["MQUEUE_AIO_NO_URING"] = saved
+
+
 def latency(samples: int) -> list[dict[str, Any]]:
+    """Rows: sync, asyncio (this process's wait mode), the floor, and where
+    that mode is io_uring, asyncio through the notifier threads (same run)."""
     out = []
-    for name in (
+    names = [
         "sync fetch(timeout=None)",
-        "asyncio await fetch(timeout=None)",
+        f"asyncio await fetch(timeout=None), {_aio_notify.mode()}",
         "asyncio floor: loop woken by a pipe the producer writes (no mqueue)",
-    ):
+    ]
+    if _aio_notify.mode() == "io_uring":
+        names.append(NOTIFIER_ROW)
+    for name in names:
         if name.startswith("asyncio floor"):
             lat = pipe_floor(samples)
             out.append(_lat_row(name, lat))
@@ -244,17 +279,7 @@ def latency(samples: int) -> list[dict[str, Any]]:
                     it = q.fetch(None)
                     lat.append(time.monotonic_ns() - int(it.value))  # type: ignore[union-attr, arg-type]
             else:
-
-                async def main(ns: str = ns, p: Any = p, lat: list[int] = lat) -> None:
-                    amqh = await amq.attach(ns)
-                    aq = amqh["q"]
-                    p.start()
-                    for _ in range(samples):
-                        it = await aq.fetch(None)
-                        lat.append(time.monotonic_ns() - int(it.value))  # type: ignore[union-attr, arg-type]
-                    await amqh.close()
-
-                asyncio.run(main())
+                _async_latency(ns, p, samples, lat, name == NOTIFIER_ROW)
             p.join()
         finally:
             mq.close()
@@ -262,6 +287,17 @@ def latency(samples: int) -> list[dict[str, Any]]:
         out.append(_lat_row(name, lat))
     common.progress_done()
     return out
+
+
+def _ratios(lat: list[dict[str, Any]]) -> str:
+    """asyncio/sync, floor/sync (and notifier/sync) p50 and p99 ratios, one line."""
+    parts = [("asyncio/sync", lat[1]), ("floor/sync", lat[2])]
+    if len(lat) > 3:
+        parts.append(("notifier/sync", lat[3]))
+    return "; ".join(
+        f"{label} p50 {r['p50'] / lat[0]['p50']:.2f}x p99 {r['p99'] / lat[0]['p99']:.2f}x"
+        for label, r in parts
+    )
 
 
 def _lat_row(name: str, lat: list[int]) -> dict[str, Any]:
@@ -322,16 +358,17 @@ def main() -> None:
         "--latency", type=int, metavar="RUNS", help="only the wake-up latency, RUNS times"
     )
     args = ap.parse_args()
+    print(f"asyncio waits: {_aio_notify.mode()} (MQUEUE_AIO_NO_URING=1: notifier threads)")
     if args.latency:
         print(common.machine_line())
         for _ in range(args.latency):
             lat = latency(1000 if args.quick else 5000)
             print(
-                "  ".join(f"{r['case'][:24]}: p50 {r['p50']:.1f} p99 {r['p99']:.1f}" for r in lat)
-                + f"  | asyncio/sync p50 {lat[1]['p50'] / lat[0]['p50']:.2f}x"
-                f" p99 {lat[1]['p99'] / lat[0]['p99']:.2f}x; floor/sync p50"
-                f" {lat[2]['p50'] / lat[0]['p50']:.2f}x p99 {lat[2]['p99'] / lat[0]['p99']:.2f}x;"
-                f" load {os.getloadavg()[0]:.1f}"
+                "  ".join(
+                    f"{label}: p50 {r['p50']:.1f} p99 {r['p99']:.1f}"
+                    for label, r in zip(("sync", "asyncio", "floor", "notifier"), lat, strict=False)
+                )
+                + f"  | {_ratios(lat)}; load {os.getloadavg()[0]:.1f}"
             )
         return
     n = 200_000 if args.quick else 300_000
@@ -361,11 +398,7 @@ def main() -> None:
             f"| {r['p99']:.1f} | {r['max']:.0f} |"
         )
     ratio = lat[1]["p99"] / lat[0]["p99"]
-    print(
-        f"asyncio / sync: p50 {lat[1]['p50'] / lat[0]['p50']:.2f}x, p99 {ratio:.2f}x; "
-        f"floor / sync: p50 {lat[2]['p50'] / lat[0]['p50']:.2f}x, "
-        f"p99 {lat[2]['p99'] / lat[0]['p99']:.2f}x; load average {os.getloadavg()[0]:.1f}"
-    )
+    print(f"{_ratios(lat)}; load average {os.getloadavg()[0]:.1f}")
     print(
         f"\n1,000 tasks awaiting fetch(timeout=None) on 8 queues: "
         f"+{idle['threads_added_python']} Python threads (+{idle['threads_added_os']} OS), "
@@ -378,6 +411,7 @@ def main() -> None:
             "latency": lat,
             "p99_ratio": ratio,
             "idle": idle,
+            "wait_mode": _aio_notify.mode(),
             "argv": sys.argv[1:],
             "pid": os.getpid(),
         },

@@ -117,10 +117,26 @@ int mq_ws_forget_ns(mq_waitset *, mq_ns *);
 int mq_ws_armed(mq_waitset *);
 """
 
+# ---- asyncio waits through io_uring (csrc/uring.c) ----
+CDEF += """
+typedef struct mq_uring mq_uring;
+int mq_ur_probe(void);
+mq_uring *mq_ur_new(void);
+int mq_ur_fd(const mq_uring *);
+int mq_ur_watch(mq_uring *, mq_ns *, uint32_t, uint32_t, uint64_t);
+int mq_ur_unwatch(mq_uring *, int, uint64_t);
+int mq_ur_collect(mq_uring *, uint64_t *, int);
+int mq_ur_forget_ns(mq_uring *, mq_ns *);
+int mq_ur_armed(mq_uring *);
+int mq_ur_failed(mq_uring *);
+void mq_ur_free(mq_uring *);
+void mq_ur_abandon(mq_uring *);
+"""
+
 # The engine's sources, relative to the project root (setup.py runs from
 # there); the naive lock of the tests replaces lock.c in the negative-control
 # build (tests/ctools.py builds the C tests from this list too).
-ENGINE_SOURCES = ["csrc/mq.c", "csrc/lock.c", "csrc/live.c", "csrc/adapters.c"]
+ENGINE_SOURCES = ["csrc/mq.c", "csrc/lock.c", "csrc/live.c", "csrc/adapters.c", "csrc/uring.c"]
 NAIVE_LOCK_SOURCE = "csrc/tests/naive_lock.c"
 
 

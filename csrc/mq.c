@@ -1800,6 +1800,11 @@ int mq_seq(mq_ns *ns, uint32_t qi, uint32_t *out) {
     return rc;
 }
 
+/* csrc/uring.c's way in (see mq_internal.h). */
+int aio_enter(mq_ns *ns) { return ns_enter(ns); }
+void aio_leave(mq_ns *ns) { ns_leave(ns); }
+int aio_queue(mq_ns *ns, uint32_t qi, const struct mq_q **q) { return q_index(ns, qi, q); }
+
 int mq_wake_one(mq_ns *ns, uint32_t qi) {
     const struct mq_q *q;
     int rc = ns_enter(ns);

@@ -370,4 +370,45 @@ int mq_ws_forget_ns(mq_waitset *ws, mq_ns *ns);
 /* Armed watches (tests, diagnostics); MQ_EINVAL, MQ_ESYS. */
 int mq_ws_armed(mq_waitset *ws);
 
+/* ---- asyncio waits through io_uring (mqueue.asyncio; csrc/uring.c) ----
+ * One ring per event loop, its fd a reader on the loop: no notifier thread.
+ * Every function except mq_ur_free/mq_ur_abandon returns MQ_ECLOSED in a
+ * forked child (the ring is the parent's) and MQ_EINVAL for a NULL ring. */
+typedef struct mq_uring mq_uring;
+/* 1 when a ring can be made and a futex wait through it works (Linux 6.7+,
+ * io_uring allowed by the sysctl and seccomp), else 0 (mq_last_errno: why). */
+int mq_ur_probe(void);
+/* A new ring, or NULL (mq_last_errno: EPERM/ENOSYS refused, EOPNOTSUPP an
+ * opcode missing, ENOMEM ...) with nothing left open. */
+mq_uring *mq_ur_new(void);
+/* The ring's fd: readable when mq_ur_collect has something; -1 for NULL. */
+int mq_ur_fd(const mq_uring *r);
+/* Arms a one-shot watch: when q's seq word is no longer seq0, the ring
+ * becomes readable and mq_ur_collect gives `cookie`.  Counted as a waiter of
+ * q until then; does not hold ns (mq_detach does not wait for it).  Returns
+ * the watch's slot (>= 0); MQ_EAGAIN when seq is already not seq0 (look at the
+ * queue again); MQ_ESYS (mq_last_errno) when the ring refuses (use the
+ * notifier then); MQ_ERANGE, MQ_ECLOSED, MQ_ENOMEM; nothing armed on failure. */
+int mq_ur_watch(mq_uring *r, mq_ns *ns, uint32_t q, uint32_t seq0, uint64_t cookie);
+/* Removes the watch in `slot` if it is still the one named `cookie` (armed,
+ * or fired and not collected: it is then not reported).  Returns 1 removed,
+ * 0 not there; MQ_EINVAL. */
+int mq_ur_unwatch(mq_uring *r, int slot, uint64_t cookie);
+/* Takes the ring's completions: the cookies of fired watches, up to max
+ * (call again while it returns max).  Returns how many; MQ_EINVAL. */
+int mq_ur_collect(mq_uring *r, uint64_t *cookies, int max);
+/* Fires every armed watch on ns (before closing it).  Returns how many. */
+int mq_ur_forget_ns(mq_uring *r, mq_ns *ns);
+/* Armed watches (tests, diagnostics). */
+int mq_ur_armed(mq_uring *r);
+/* 0, or the errno with which the kernel refused a request (new watches then
+ * get MQ_ESYS: the caller falls back to the notifier). */
+int mq_ur_failed(mq_uring *r);
+/* Uncounts the armed watches and closes the ring (the kernel cancels its
+ * waits).  In a forked child: mq_ur_abandon.  Never fails. */
+void mq_ur_free(mq_uring *r);
+/* A forked child's copy of a parent's ring: closes its fd and frees its
+ * memory, touching nothing the parent uses.  Never fails. */
+void mq_ur_abandon(mq_uring *r);
+
 #endif

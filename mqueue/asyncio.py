@@ -20,9 +20,11 @@ Semantics, return values and exceptions are those of the sync API
 Shared memory: operations that do not wait run inline on the loop (one engine
 call, microseconds under the queue's lock).  A fetch with a timeout first
 looks at once; only when the queue is empty does it wait, without a thread of
-its own and without polling: one notifier thread per process (per 127 queues
-with waiting tasks; see :mod:`mqueue._aio_notify`) sleeps on every watched
-queue at once with ``futex_waitv`` and wakes the loop through an eventfd.
+its own and without polling: on Linux 6.7+ the loop's io_uring holds a futex
+wait on each watched queue and the kernel wakes the loop, no thread at all;
+elsewhere one notifier thread per process (per 127 queues with waiting tasks)
+sleeps on every watched queue at once with ``futex_waitv`` and wakes the loop
+through an eventfd (see :mod:`mqueue._aio_notify`).
 
 Redis: redis-py's asyncio client running the sync backend's scripts, with
 its operation ids and retries (:mod:`mqueue._aio_redis`); no thread.  The
@@ -542,7 +544,8 @@ def _close_lost(mq: _SyncMQueue) -> None:
 
 
 def notifier_threads() -> int:
-    """Notifier threads this process runs now for shared-memory waits (diagnostics)."""
+    """Notifier threads this process runs now for shared-memory waits
+    (diagnostics; 0 while loops wait through io_uring)."""
     return _an.registry().threads()
 
 

@@ -76,6 +76,19 @@ def amake(ns: str) -> Iterator[Any]:
             mqueue.destroy(ns)
 
 
+@pytest.fixture(autouse=True, params=["io_uring", "notifier"])
+def aio_mode(request: Any, monkeypatch: Any) -> str:
+    """Every test here runs twice: loops waiting through io_uring (where the
+    kernel allows it), and through the notifier threads (the fallback)."""
+    if request.param == "io_uring":
+        monkeypatch.delenv("MQUEUE_AIO_NO_URING", raising=False)
+        if not _aio_notify.uring_wanted():
+            pytest.skip("io_uring futex waits are not available here")
+    else:
+        monkeypatch.setenv("MQUEUE_AIO_NO_URING", "1")
+    return str(request.param)
+
+
 # ------------------------------------------------------------------ semantics
 def test_same_results_as_sync(amake: Any, ns: str) -> None:
     async def main() -> None:
@@ -298,6 +311,28 @@ def test_sync_close_under_waiters_is_noticed(amake: Any) -> None:
     run(main())
 
 
+def test_destroy_under_waiters_is_noticed(amake: Any, ns: str) -> None:
+    """The namespace destroyed by another process while tasks wait on it: they
+    get NamespaceLostError at once (the destroy's wake-up), nothing hangs."""
+
+    async def main() -> None:
+        mq = await amake(["name=q", "name=r"])
+        waiters = [asyncio.create_task(mq["qr"[i % 2]].fetch(None)) for i in range(6)]
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        p = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", f"import mqueue; mqueue.destroy({ns!r})"
+        )
+        assert await p.wait() == 0
+        for w in waiters:
+            with pytest.raises(mqueue.NamespaceLostError):
+                await asyncio.wait_for(w, 5)
+        assert time.monotonic() - t0 < 4
+        await mq.close()
+
+    run(main())
+
+
 # --------------------------------------------------- cancellation: exactly once
 CANCEL_PRODUCER = """
 n = int(sys.argv[3]); rng = random.Random(7); i = 0
@@ -495,11 +530,12 @@ def test_loop_never_stalls_under_a_flood(amake: Any, ns: str, record_property: A
 
 
 # --------------------------------------------- threads and CPU of 1,000 waiters
-def test_thousand_waiters_few_threads_no_cpu(amake: Any) -> None:
+def test_thousand_waiters_few_threads_no_cpu(amake: Any, aio_mode: str) -> None:
     async def main() -> None:
         async with await amake([f"name=q{i}" for i in range(8)]) as mq:
             await asyncio.sleep(0)
             before_py, before_os = threading.active_count(), os_threads()
+            notifiers0 = amq.notifier_threads()  # left by earlier tests of this process
             tasks = [asyncio.create_task(mq[f"q{i % 8}"].fetch(None)) for i in range(1000)]
             await asyncio.sleep(0.2)
             extra_py = threading.active_count() - before_py
@@ -515,7 +551,9 @@ def test_thousand_waiters_few_threads_no_cpu(amake: Any) -> None:
                 f"\n1000 waiters: +{extra_py} Python threads, +{extra_os} OS threads, "
                 f"{cpu * 1000:.2f} ms CPU in {wall:.2f} s idle"
             )
-            if _aio_notify.registry().use_waitv:
+            if aio_mode == "io_uring":
+                assert extra_py == 0 and extra_os == 0 and notifiers == notifiers0
+            elif _aio_notify.registry().use_waitv:
                 assert extra_py <= 1 and extra_os <= 1 and notifiers <= 1
             else:
                 assert extra_py <= 8 and extra_os <= 8
@@ -572,7 +610,7 @@ asyncio.run(main())
 def test_fallback_without_futex_waitv(ns: str) -> None:
     """MQUEUE_AIO_NO_WAITV=1 (as on kernels before 5.16): one thread per queue
     with waiting tasks, not per waiter; same results."""
-    env = dict(os.environ, MQUEUE_AIO_NO_WAITV="1")
+    env = dict(os.environ, MQUEUE_AIO_NO_WAITV="1", MQUEUE_AIO_NO_URING="1")
     r = subprocess.run(
         [sys.executable, "-c", FALLBACK, ns], capture_output=True, text=True, env=env, timeout=120
     )
@@ -609,6 +647,7 @@ def test_no_fd_or_watch_left_by_finished_loops(amake: Any, ns: str) -> None:
         assert fds() <= start + 2
         armed = sum(_aio_notify.lib.mq_ws_armed(ws) for ws in _aio_notify.registry().waitsets())
         assert armed == 0
+        assert not _aio_notify._rings  # every finished loop's ring closed
     finally:
         mq0.close()
 
@@ -676,11 +715,19 @@ def test_loops_in_several_threads_share_the_notifier(amake: Any, ns: str) -> Non
 
 FORKED = """
 import asyncio, multiprocessing as mp, sys, mqueue, mqueue.asyncio as amq
+from mqueue import _aio_notify
+URING = _aio_notify.mode() == "io_uring"
+
+def armed(ring):
+    return _aio_notify.lib.mq_ur_armed(ring.r) if URING else 1
 
 def child(ns):
+    assert not _aio_notify._rings   # the parent's ring is not this process's
     async def main():
         mq = await amq.attach(ns)
         it = await asyncio.wait_for(mq["q"].fetch(None), 10)
+        if URING:   # a ring of its own, no thread
+            assert amq.notifier_threads() == 0 and len(_aio_notify._rings) == 1
         await mq.close()
         return it
     it = asyncio.run(main())
@@ -689,14 +736,17 @@ def child(ns):
 async def parent(ns):
     mq = await amq.create(ns, ["name=q", "name=p"])
     try:
-        w = asyncio.create_task(mq["p"].fetch(None))   # the parent's notifier runs
+        w = asyncio.create_task(mq["p"].fetch(None))   # the parent's ring or notifier waits
         await asyncio.sleep(0.05)
+        ring = _aio_notify.loop_waiters(asyncio.get_running_loop()).ring
+        assert armed(ring) == 1
         p = mp.get_context("fork").Process(target=child, args=(ns,))
         p.start()
         await asyncio.sleep(0.3)
         await mq["q"].add("k", "for the child")
         await asyncio.get_running_loop().run_in_executor(None, p.join, 20)
         assert p.exitcode == 0, p.exitcode
+        assert armed(ring) == 1   # the child's exit left the parent's wait armed
         await mq["p"].add("k", "for the parent")
         assert await asyncio.wait_for(w, 10) == ("k", "for the parent")
     finally:

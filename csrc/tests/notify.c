@@ -24,40 +24,7 @@
 #include "mq.h"
 
 #include "check.h"
-
-/* A formatted namespace of nq queues in a memfd; *fd_out gets the fd. */
-static mq_ns *ns_new(uint32_t nq, int *fd_out) {
-    struct mq_qparam *p = calloc(nq, sizeof *p);
-    if (!p) exit(2);
-    for (uint32_t i = 0; i < nq; i++) p[i].capacity = 4096;
-    uint64_t sz;
-    if (mq_segment_size(nq, p, 0, &sz) != 0) exit(2);
-    int fd = memfd_create("mq-notify", 0);
-    if (fd < 0 || ftruncate(fd, (off_t)sz) != 0) { perror("memfd"); exit(2); }
-    mq_ns *ns;
-    if (mq_create(fd, nq, p, NULL, 0, &ns) != 0) { fprintf(stderr, "mq_create\n"); exit(2); }
-    free(p);
-    *fd_out = fd;
-    return ns;
-}
-
-/* A second handle on the same segment (its own liveness slot). */
-static mq_ns *ns_other(int fd) {
-    char path[64];
-    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-    int f = open(path, O_RDWR);
-    mq_ns *ns;
-    if (f < 0 || mq_attach(f, &ns) != 0) { fprintf(stderr, "attach\n"); exit(2); }
-    return ns;   /* f stays open for the handle's life (closed at exit) */
-}
-
-static int add1(mq_ns *ns, uint32_t q) { return mq_add(ns, q, "k", 1, "v", 1, 0); }
-
-static int take1(mq_ns *ns, uint32_t q) {
-    char buf[64];
-    uint32_t meta[3];
-    return mq_fetch(ns, q, 0, buf, sizeof buf, meta);
-}
+#include "aio_common.h"
 
 /* 1 when efd becomes readable within ms (then drained), else 0. */
 static int readable(int efd, int ms) {
@@ -89,21 +56,6 @@ static void runner_end(struct runner *r) {
     pthread_join(r->th, NULL);
     CHECK_EQ(r->rc, 0);
     mq_ws_free(r->ws);
-}
-
-static uint32_t seq_of(mq_ns *ns, uint32_t q) {
-    uint32_t s = 0;
-    CHECK_EQ(mq_seq(ns, q, &s), 0);
-    return s;
-}
-
-struct detacher { mq_ns *ns; int64_t took; };
-static void *detach_thread(void *arg) {
-    struct detacher *d = arg;
-    int64_t t0 = mono_ns();
-    mq_detach(d->ns);
-    d->took = mono_ns() - t0;
-    return NULL;
 }
 
 static void t_basic(int use_waitv) {
@@ -232,12 +184,7 @@ static void t_many_queues(void) {
         CHECK(mq_ws_watch(r[q / MQ_WS_MAX].ws, ns, q, seq_of(ns, q), efd, 1000 + q) >= 0);
     CHECK_EQ(mq_ws_watch(r[0].ws, ns, 0, seq_of(ns, 0), efd, 1), MQ_ESLOTS);
     uint32_t order[NQ];
-    for (uint32_t i = 0; i < NQ; i++) order[i] = i;
-    for (uint32_t i = NQ - 1; i > 0; i--) {
-        uint32_t j = (uint32_t)(rnd() % (i + 1)), t = order[i];
-        order[i] = order[j];
-        order[j] = t;
-    }
+    shuffled(order, NQ);
     int wrong = 0;
     for (uint32_t i = 0; i < NQ; i++) {
         uint32_t q = order[i];
@@ -261,26 +208,28 @@ static void t_many_queues(void) {
     close(fd);
 }
 
-/* The asyncio protocol against a producer thread with its own handle: read
- * seq, look, arm with that seq, wait for the eventfd.  A lost wake-up shows as
- * a 3 s wait.  Some waits are abandoned (unwatch) as a cancelled task does. */
-struct prod { int fd; long n; };
-static volatile int stop_producer;
-static void *producer(void *arg) {
-    struct prod *p = arg;
-    mq_ns *ns = ns_other(p->fd);
-    for (long i = 0; i < p->n; i++) {
-        while (add1(ns, 0) != 1 && !stop_producer) {   /* full: the consumer catches up */
-            struct timespec z = {0, 100000};
-            nanosleep(&z, NULL);
-        }
-        if (rnd() % 4 == 0) {
-            struct timespec z = {0, (long)(rnd() % 200000)};
-            nanosleep(&z, NULL);
-        }
+/* The asyncio protocol (aio_common.h) through a waitset and its eventfd. */
+struct ws_way { mq_waitset *ws; int efd; };
+
+static int ws_arm(void *ctx, mq_ns *ns, uint32_t seq, uint64_t cookie) {
+    struct ws_way *w = ctx;
+    return mq_ws_watch(w->ws, ns, 0, seq, w->efd, cookie);
+}
+
+static void ws_disarm(void *ctx, int slot, uint64_t cookie) {
+    struct ws_way *w = ctx;
+    mq_ws_unwatch(w->ws, slot, cookie);
+}
+
+static int ws_await(void *ctx, uint64_t cookie, int ms) {
+    struct ws_way *w = ctx;
+    uint64_t buf[4];
+    for (;;) {
+        if (!readable(w->efd, ms)) return 0;
+        int k = mq_ws_collect(w->ws, w->efd, buf, 4);
+        for (int i = 0; i < k; i++)
+            if (buf[i] == cookie) return 1;
     }
-    mq_free(ns);
-    return NULL;
 }
 
 static void t_stress(int use_waitv, long n) {
@@ -289,42 +238,11 @@ static void t_stress(int use_waitv, long n) {
     mq_ns *ns = ns_new(1, &fd);
     struct runner r;
     runner_start(&r, use_waitv);
-    int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    struct prod p = {fd, n};
-    stop_producer = 0;
-    pthread_t th;
-    if (pthread_create(&th, NULL, producer, &p) != 0) exit(2);
-    long got = 0, lost = 0, waits = 0;
-    uint64_t cookie = 0, buf[4];
-    while (got < n && lost == 0) {
-        uint32_t s = seq_of(ns, 0);
-        int rc = take1(ns, 0);
-        if (rc == 1) { got++; continue; }
-        int slot = mq_ws_watch(r.ws, ns, 0, s, efd, ++cookie);
-        if (slot == MQ_EAGAIN) continue;
-        if (slot < 0) { CHECK(slot >= 0); break; }
-        waits++;
-        if (rnd() % 8 == 0) {            /* a cancelled waiter */
-            mq_ws_unwatch(r.ws, slot, cookie);
-            continue;
-        }
-        /* wait for this watch's cookie (an abandoned watch may have fired
-         * before it was removed: its eventfd write is stale, as in a loop) */
-        int mine = 0;
-        while (!mine) {
-            if (!readable(efd, 3000)) break;
-            int k = mq_ws_collect(r.ws, efd, buf, 4);
-            for (int i = 0; i < k; i++) mine |= buf[i] == cookie;
-        }
-        if (!mine) { lost++; break; }
-    }
-    stop_producer = 1;
-    CHECK_EQ(lost, 0);
-    CHECK_EQ(got, n);
-    CHECK(waits > 0);
-    pthread_join(th, NULL);
+    struct ws_way way = {r.ws, eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)};
+    struct waitway w = {ws_arm, ws_disarm, ws_await, &way};
+    stress_protocol(fd, ns, &w, n);
     runner_end(&r);
-    close(efd);
+    close(way.efd);
     mq_free(ns);
     close(fd);
 }
@@ -333,10 +251,8 @@ int main(int argc, char **argv) {
     /* "./notify stress N": the protocol parts only, for a build with a very
      * long -DWS_SLICE_NS, where a lost wake-up cannot hide behind the
      * notifier's 100 ms re-check and fails the 3 s wait */
-    int stress_only = argc > 1 && strcmp(argv[1], "stress") == 0;
-    if (stress_only) { argc--; argv++; }
-    long n = argc > 1 ? atol(argv[1]) : 20000;
-    alarm(300);   /* a hang is a failure too */
+    int stress_only;
+    long n = test_args(argc, argv, &stress_only);
     int waitv = mq_ws_waitv_supported();
     printf("futex_waitv: %s\n", waitv ? "yes" : "no");
     if (stress_only) {
@@ -345,8 +261,7 @@ int main(int argc, char **argv) {
             t_stress(1, n);
         }
         t_stress(0, n / 4);
-        printf("%d passed, %d failed\n", passed, failed);
-        return failed ? 1 : 0;
+        return test_report();
     }
     if (waitv) {
         t_basic(1);
@@ -355,6 +270,5 @@ int main(int argc, char **argv) {
     }
     t_basic(0);
     t_stress(0, n / 4);
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return test_report();
 }
