@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 
 from . import _aio_notify as _an
 from . import _aio_redis as _ar
-from ._core import Data, Item, QueueMap, QueueStats, check_count
+from ._core import Data, Item, QueueMap, QueueStats, _queue_of, check_count
 from ._core import MQueue as _SyncMQueue
 from ._core import Queue as _SyncQueue
 from ._defs import QueueDef
@@ -90,6 +90,11 @@ class Queue:
         """The sync :class:`mqueue.Queue` this handle wraps (same held item)."""
         self.name = sync.name
         self.definition: QueueDef = sync.definition
+
+    def __reduce__(self) -> tuple[Callable[[QueueMap[Queue], str], Queue], tuple[MQueue, str]]:
+        """Pickle as "this queue of that namespace", as the sync handle does
+        (see :meth:`MQueue.__reduce__`): no held item on the other side."""
+        return (_queue_of, (self._amq, self.name))
 
     # -- held item ------------------------------------------------------------
     @property
@@ -383,6 +388,14 @@ class MQueue(QueueMap[Queue]):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    def __reduce__(self) -> tuple[Callable[[_SyncMQueue], MQueue], tuple[_SyncMQueue]]:
+        """Pickle as "attach to this namespace by name", as the sync handle
+        does (:meth:`mqueue.MQueue.__reduce__`, whose attach runs while
+        unpickling): the receiving process gets an asyncio handle of its own,
+        with its own Redis client and connections, made on first use.  A
+        closed handle raises MQueueError."""
+        return (_wrap, (self.sync,))
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self._queues)} queues"
