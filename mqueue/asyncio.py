@@ -43,6 +43,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
 
+from . import DEFAULT_MODE
 from . import _aio_notify as _an
 from . import _aio_redis as _ar
 from ._core import Data, Item, QueueMap, QueueStats, _queue_of, check_count
@@ -508,7 +509,7 @@ async def create(
     definitions: Iterable[str | QueueDef],
     *,
     db_url: str | None = None,
-    mode: int = 0o600,
+    mode: int = DEFAULT_MODE,
     exist_ok: bool = False,
     url: str | None = None,
 ) -> MQueue:
