@@ -51,7 +51,7 @@ _WORK_SECONDS = 0.0001  # a worker's "slow work" per event
 DEFAULT_RATE = 4000.0  # steady call events per second
 FLOOD_FACTOR = 6  # during the flood the listener adds this many times faster
 FLOOD_SECONDS = 1.0
-_WIDTH = 80  # columns: every line the demo prints fits a terminal this wide
+_WIDTH = 80  # columns the summary is wrapped to (the live figures are 75 wide)
 
 
 def flood_window(seconds: float) -> tuple[float, float]:
