@@ -332,7 +332,7 @@ class Queue:
         ns = self._mq.namespace
         return f"<mqueue.Queue {self.name!r} of {ns!r} ({self.definition.to_modparam()})>"
 
-    def __reduce__(self) -> tuple[Callable[[MQueue, str], Queue], tuple[MQueue, str]]:
+    def __reduce__(self) -> tuple[Callable[[QueueMap[Queue], str], Queue], tuple[MQueue, str]]:
         """Pickle as "this queue of that namespace": the namespace handle
         pickles as an attach by name (see :meth:`MQueue.__reduce__`), so the
         receiving process gets its own handle with no held item.  Handles
@@ -614,8 +614,9 @@ def _attach_by_name(namespace: str, url: str | None) -> MQueue:
     return mqueue.attach(namespace, url=url)
 
 
-def _queue_of(mq: MQueue, name: str) -> Queue:
-    """Unpickling a :class:`Queue`: the queue of that name of an attached namespace."""
+def _queue_of(mq: QueueMap[_Q], name: str) -> _Q:
+    """Unpickling a queue handle (sync or asyncio): the queue of that name of
+    an attached namespace."""
     return mq[name]
 
 

@@ -31,6 +31,7 @@ import random
 import re
 import signal
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ _WORK_SECONDS = 0.0001  # a worker's "slow work" per event
 DEFAULT_RATE = 4000.0  # steady call events per second
 FLOOD_FACTOR = 6  # during the flood the listener adds this many times faster
 FLOOD_SECONDS = 1.0
+_WIDTH = 80  # columns the summary is wrapped to (the live figures are 75 wide)
 
 
 def flood_window(seconds: float) -> tuple[float, float]:
@@ -465,13 +467,27 @@ def format_summary(s: dict[str, Any]) -> str:
             f"summary ({s['seconds']:g} s, queue {s['queue']!r}):",
             f"  added    {s['added']:>10}  ({s['added_per_second']}/s by 1 listener, "
             f"which never waited)",
-            f"  fetched  {s['fetched']:>10}  ({s['fetched_per_second']}/s by {s['workers']} "
-            f"worker(s): {workers})",
+            *_fit(
+                f"  fetched  {s['fetched']:>10}  ({s['fetched_per_second']}/s by "
+                f"{s['workers']} worker(s): {workers})",
+                indent=25,
+            ),
             f"  evicted  {s['evicted']:>10}  (oldest events dropped while the queue was full)",
             f"  left     {s['left']:>10}  (still queued)",
             f"  high-water mark {s['high_water']}, lock recoveries {s['recoveries']}, "
             f"order errors {s['order_errors']}",
-            f"  check: added == fetched + evicted + left: "
-            f"{s['added']} == {s['fetched']} + {s['evicted']} + {s['left']}: {check}",
+            *_fit(
+                f"  check: added == fetched + evicted + left: "
+                f"{s['added']} == {s['fetched']} + {s['evicted']} + {s['left']}: {check}",
+                indent=9,
+            ),
         ]
+    )
+
+
+def _fit(line: str, indent: int) -> list[str]:
+    """``line`` wrapped at spaces to ``_WIDTH`` columns, the continuation lines
+    indented by ``indent`` spaces (a line that fits is returned as it is)."""
+    return textwrap.wrap(
+        line, width=_WIDTH, subsequent_indent=" " * indent, break_on_hyphens=False
     )

@@ -45,9 +45,10 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
 
+from . import DEFAULT_MODE
 from . import _aio_notify as _an
 from . import _aio_redis as _ar
-from ._core import Data, Item, QueueMap, QueueStats, check_count
+from ._core import Data, Item, QueueMap, QueueStats, _queue_of, check_count
 from ._core import MQueue as _SyncMQueue
 from ._core import Queue as _SyncQueue
 from ._defs import QueueDef
@@ -92,6 +93,11 @@ class Queue:
         """The sync :class:`mqueue.Queue` this handle wraps (same held item)."""
         self.name = sync.name
         self.definition: QueueDef = sync.definition
+
+    def __reduce__(self) -> tuple[Callable[[QueueMap[Queue], str], Queue], tuple[MQueue, str]]:
+        """Pickle as "this queue of that namespace", as the sync handle does
+        (see :meth:`MQueue.__reduce__`): no held item on the other side."""
+        return (_queue_of, (self._amq, self.name))
 
     # -- held item ------------------------------------------------------------
     @property
@@ -386,6 +392,14 @@ class MQueue(QueueMap[Queue]):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def __reduce__(self) -> tuple[Callable[[_SyncMQueue], MQueue], tuple[_SyncMQueue]]:
+        """Pickle as "attach to this namespace by name", as the sync handle
+        does (:meth:`mqueue.MQueue.__reduce__`, whose attach runs while
+        unpickling): the receiving process gets an asyncio handle of its own,
+        with its own Redis client and connections, made on first use.  A
+        closed handle raises MQueueError."""
+        return (_wrap, (self.sync,))
+
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self._queues)} queues"
         return f"<mqueue.asyncio.MQueue {self.namespace!r} ({self.url or 'shm'}, {state})>"
@@ -497,7 +511,7 @@ async def create(
     definitions: Iterable[str | QueueDef],
     *,
     db_url: str | None = None,
-    mode: int = 0o600,
+    mode: int = DEFAULT_MODE,
     exist_ok: bool = False,
     url: str | None = None,
 ) -> MQueue:

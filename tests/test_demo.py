@@ -86,6 +86,16 @@ def _children_of(pid: int) -> list[int]:
     return out
 
 
+def _signal_state(pid: int) -> str:
+    """The Sig* lines of /proc/PID/status (pending, blocked, ignored, caught masks)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError as e:
+        return f"no /proc/{pid}/status: {e}"
+    wanted = [line.replace("\t", " ") for line in lines if line.startswith(("Sig", "ShdPnd"))]
+    return ", ".join(wanted)
+
+
 def test_demo_as_program() -> None:
     p = subprocess.run(
         [sys.executable, "-m", "mqueue", "demo", "--seconds", "1", "--workers", "1"],
@@ -115,13 +125,14 @@ def test_demo_ctrl_c_cleans_up() -> None:
                 break
         children = _children_of(p.pid)
         assert children
+        sig_state = _signal_state(p.pid)  # for the message, should the SIGINT be lost
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=60)
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
-    assert p.returncode != 0
+    assert p.returncode != 0, f"the SIGINT was lost ({sig_state}); the demo's stderr:\n{err}"
     assert "interrupted" in err
     assert _gone(namespace)
     assert _shm_entries(namespace) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -205,3 +206,29 @@ def test_demo_lines_fit_80_columns() -> None:
     lines = (r.stderr + r.stdout).splitlines()
     assert len(lines) > 8
     assert max(len(line) for line in lines) <= 80, max(lines, key=len)
+
+
+def test_summary_lines_fit_80_columns_with_many_workers() -> None:
+    """``--workers 24``: the per-worker counts wrap instead of one long line."""
+    counts = [123456 + i for i in range(24)]
+    s = {
+        "seconds": 10.181,
+        "queue": _demo.DEFINITION,
+        "added": 9_876_543_210,
+        "added_per_second": 987_654_321,
+        "fetched": sum(counts),
+        "fetched_per_second": 296_300,
+        "workers": len(counts),
+        "worker_fetched": counts,
+        "evicted": 9_876_543_210 - sum(counts),
+        "left": 0,
+        "high_water": _demo.QUEUE_SIZE,
+        "recoveries": 0,
+        "order_errors": 0,
+        "balanced": True,
+    }
+    lines = _demo.format_summary(s).splitlines()
+    assert max(len(line) for line in lines) <= 80, max(lines, key=len)
+    shown = re.findall(r"\d+", "\n".join(lines))
+    assert all(str(n) in shown for n in counts)  # every worker's count is still shown
+    assert lines[-1].endswith("OK")

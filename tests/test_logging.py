@@ -16,6 +16,7 @@ import pytest
 from conftest import MakeMQ
 
 import mqueue
+import mqueue.asyncio as amqueue
 from mqueue import _log, _shm
 
 
@@ -160,11 +161,12 @@ def test_persisted_message(caplog: pytest.LogCaptureFixture) -> None:
     ]
 
 
-def test_default_mode_shows_in_octal() -> None:
+@pytest.mark.parametrize("create", [mqueue.create, amqueue.create], ids=["sync", "asyncio"])
+def test_default_mode_shows_in_octal(create: object) -> None:
     import inspect
     import pydoc
 
     assert mqueue.DEFAULT_MODE == 0o600
-    assert "mode: 'int' = 0o600" in str(inspect.signature(mqueue.create))
-    assert "mode: 'int' = 0o600" in pydoc.render_doc(mqueue.create)
-    assert "384" not in pydoc.render_doc(mqueue.create)
+    assert "mode: 'int' = 0o600" in str(inspect.signature(create))  # type: ignore[arg-type]
+    assert "mode: 'int' = 0o600" in pydoc.render_doc(create)
+    assert "384" not in pydoc.render_doc(create)

@@ -4,11 +4,14 @@ An ``MQueue`` or ``Queue`` handle pickles as "attach to this namespace by name":
 the receiving process gets a handle of its own (its own liveness slot, no held
 item), never the creator's role.  Tested with ``multiprocessing`` spawn and
 forkserver, ``concurrent.futures.ProcessPoolExecutor`` and the Kamailio facade,
-on shared memory and on Redis (skipped without a server, as in test_redis.py).
+on shared memory and on Redis (skipped without a server, as in test_redis.py);
+namespace handles and ``mqueue.asyncio`` handles on every backend (a Redis Cluster
+too).
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import multiprocessing as mp
@@ -20,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REDIS_URL, MakeMQ, backend_url, destroy_quietly, new_namespace
+from conftest import REDIS_URL, Backend, MakeMQ, backend_url, destroy_quietly, new_namespace
 
 import mqueue
+import mqueue.asyncio as amqueue
 from mqueue import kamailio
 
 JOIN_S = 60.0  # generous: spawn imports the interpreter afresh on a loaded machine
@@ -79,6 +83,18 @@ def _kamailio_child(m: kamailio.MQueueModule) -> None:
     m.close()
 
 
+def _async_child(q: amqueue.Queue, mq: amqueue.MQueue) -> None:
+    """Receive asyncio handles: take one item from q, answer on mq["answers"]."""
+
+    async def main() -> None:
+        item = await q.fetch(timeout=10)
+        got = None if item is None else tuple(item)
+        await mq["answers"].add("report", repr((q.held is not None, mq.is_creator, got)))
+        await mq.close()
+
+    asyncio.run(main())
+
+
 def _run(ctx_name: str, target: Callable[..., None], *args: Any) -> None:
     ctx = mp.get_context(ctx_name)
     p = ctx.Process(target=target, args=args)
@@ -116,8 +132,8 @@ def test_queue_handle_crosses_to_child(make_mq: MakeMQ, method: str) -> None:
 
 
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
-def test_namespace_handle_crosses_to_child(make_mq: MakeMQ, method: str) -> None:
-    mq = make_mq(["name=in", "name=out;size=10"])
+def test_namespace_handle_crosses_to_child(make_on_backend: MakeMQ, method: str) -> None:
+    mq = make_on_backend(["name=in", "name=out;size=10"])
     mq["in"].add_many([("a", "alpha"), ("b", "beta")])
     _run(method, _child_namespace, mq)
     assert mq["out"].fetch_many(10) == [("a", "ALPHA"), ("b", "BETA")]
@@ -221,6 +237,35 @@ def test_uninitialised_kamailio_module_pickles() -> None:
     m.modparam("mqueue", "name=myq;size=20")
     m2 = pickle.loads(pickle.dumps(m))
     assert m2.definitions == m.definitions and m2.namespace is None
+
+
+# ------------------------------------------------------------------ asyncio
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_asyncio_handles_cross_to_child(backend: Backend, ns: str, method: str) -> None:
+    """asyncio handles pickle as attach by name too, also once they have been
+    used (a Redis handle then has a client, connections and locks of its own)."""
+
+    async def main() -> None:
+        mq = await amqueue.create(ns, ["name=jobs", "name=answers"], url=backend.url)
+        try:
+            q = mq["jobs"]
+            await q.add("held-by-parent", "x")
+            await q.fetch()
+            await q.add("call-1", "INVITE")
+            await asyncio.to_thread(_run, method, _async_child, q, mq)
+            ans = await mq["answers"].fetch(timeout=5)
+            assert ans is not None and ans.key == "report"
+            assert eval(str(ans.value)) == (True, False, ("call-1", "INVITE"))
+            assert q.held == ("held-by-parent", "x")
+        finally:
+            await mq.close()
+            await amqueue.destroy(ns, url=backend.url)
+        with pytest.raises(mqueue.MQueueError, match="closed"):
+            pickle.dumps(mq["jobs"])
+
+    asyncio.run(main())
 
 
 # -------------------------------------------------------------------- Redis
