@@ -14,6 +14,13 @@
 - ``make_on_backend``: ``make_mq`` on the test's ``backend``; at teardown it
   also checks that the namespace left nothing behind (no ``/dev/shm``
   segment, no Redis key).
+- SIGINT as at a terminal: a shell ignores SIGINT for the commands it starts in
+  the background (POSIX), and an ignored signal stays ignored across fork and
+  exec, so a suite started that way would hand every child it starts an
+  ignored Ctrl-C (a Python child then never raises KeyboardInterrupt: the tests
+  that interrupt a child would fail for a reason of the caller's shell).  The
+  test processes take Python's own SIGINT handler back; children get the
+  default disposition at exec.
 - A session check: when the whole run (all xdist workers included) is over,
   no ``/dev/shm/mqueue.t<pid>_*`` segment made by one of this run's pytest
   processes may remain.  Leftovers are reported, removed, and fail the run.
@@ -28,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -36,6 +44,9 @@ from typing import Any
 import pytest
 
 import mqueue
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # see the module docstring
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 SHM_DIR = "/dev/shm"
 _SEG_RE = re.compile(r"^mqueue\.t(\d+)_")
