@@ -357,7 +357,18 @@ def main() -> None:
     ap.add_argument(
         "--latency", type=int, metavar="RUNS", help="only the wake-up latency, RUNS times"
     )
+    ap.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the event loop of every asyncio row (uvloop: pip install uvloop)",
+    )
     args = ap.parse_args()
+    if args.loop == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())  # asyncio.run uses it
+    print(f"event loop: {args.loop}")
     print(f"asyncio waits: {_aio_notify.mode()} (MQUEUE_AIO_NO_URING=1: notifier threads)")
     if args.latency:
         print(common.machine_line())
