@@ -974,7 +974,10 @@ static int add_one(const struct mq_q *q, struct q_state *s, const char *key, siz
                    const char *val, size_t vlen, uint32_t flags, uint64_t R, struct undo *u) {
     uint64_t hash = 0, killed = 0;
     if (q->buckets) {
-        uint64_t found;
+        /* 0 only for the compiler: idx_find sets it whenever it returns 1,
+         * the one case it is read, but gcc 12's LTO inlining loses track of
+         * that and -Werror=maybe-uninitialized stops the build */
+        uint64_t found = 0;
         hash = fnv1a(key, klen);
         int rc = idx_find(q, hash, key, klen, s->p.head, s->p.tail, &found);
         if (rc == 0 && q->addmode == 1 && s->p.rsv_n)   /* reserved, not gone: refused too */
