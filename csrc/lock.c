@@ -28,7 +28,18 @@
 #include "lock.h"
 
 #define LOCK_SLICE_NS  10000000LL    /* 10 ms: bounds how long a dead owner blocks others */
-#define LOCK_SPINS     500           /* pause loops a lock waiter spins before sleeping (a few us) */
+#define LOCK_SPINS     500           /* pauses a lock waiter spins before sleeping (a few us) */
+/* The most pauses between two looks at a held lock's owner word.  A waiter
+ * looks after 1, 2, 4, ... pauses (exponential backoff), not after every
+ * one: each look pulls the lock's line, which the holder writes again
+ * before it is done (the state index, the wake-up word of an add, the
+ * release), back to the waiter's core and makes the holder fetch it back,
+ * so looking at every pause stretched every hold under contention, and the
+ * two sides took strict turns (2 processes, one adding, one fetching: ~0.9
+ * failed CAS per operation on each side, ~10 pauses per wait, ~1.2 M items/s
+ * against ~3.8 M/s with backoff: benchmarks/README.md, issue 10).  64: 32 and 16 gave less back, 128 and 256 no more; a pause is
+ * 10-50 ns depending on the CPU, so the longest gap is ~0.6-3 us. */
+#define LOCK_BACKOFF_MAX 64
 
 /* glibc abort()s ("The futex facility returned an unexpected error code")
  * when a semaphore's private word is garbage, as it may be in a damaged
@@ -106,6 +117,7 @@ int lock_acquire(const mq_ns *ns, struct q_hdr *h) {
     int64_t started = 0;     /* when this call began to sleep (MQ_EAGAIN after a while) */
     /* locks are held for well under a microsecond: spin first (multi-CPU only) */
     int spins = multi_cpu() ? LOCK_SPINS : 0;
+    int backoff = 1;         /* pauses before the next look at the owner word */
     for (;;) {
         uint64_t expected = 0;
         /* acquire: pairs with the release in lock_release */
@@ -113,9 +125,12 @@ int lock_acquire(const mq_ns *ns, struct q_hdr *h) {
                                                     memory_order_acquire, memory_order_relaxed))
             return 0;
         if (spins > 0) {
-            /* relaxed: only a hint that the CAS above may now succeed */
-            while (--spins > 0 && atomic_load_explicit(&h->owner, memory_order_relaxed) != 0)
-                cpu_relax();
+            do {
+                for (int k = 0; k < backoff; k++) cpu_relax();
+                spins -= backoff;
+                if (backoff < LOCK_BACKOFF_MAX) backoff *= 2;
+                /* relaxed: only a hint that the CAS above may now succeed */
+            } while (spins > 0 && atomic_load_explicit(&h->owner, memory_order_relaxed) != 0);
             continue;
         }
         /* seq_cst: see lock_release */
