@@ -575,6 +575,16 @@ static void t_fuzz(int iterations) {
     printf("fuzz: %d iterations, %d attached, %d refused\n", iterations, attached, refused);
 }
 
+/* seg_full, mapped: sets *fd, *size and *qtab (its queue table).  Returns the
+ * mapping (exits on failure). */
+static uint8_t *seg_full_mapped(int *fd, uint64_t *size, struct q_hdr **qtab) {
+    *fd = seg_full(size);
+    uint8_t *m = mmap(NULL, *size, PROT_READ | PROT_WRITE, MAP_SHARED, *fd, 0);
+    if (m == MAP_FAILED) exit(2);
+    *qtab = (struct q_hdr *)(m + ((struct seg_hdr *)m)->qtable_off);
+    return m;
+}
+
 /* A damaged process-shared semaphore (its bytes are in the segment like
  * everything else) next to a dead owner word: taking the lock must recover
  * or return a documented code.  glibc's sem_clockwait abort()s the process
@@ -583,10 +593,9 @@ static void t_fuzz(int iterations) {
 static void t_damaged_sem(void) {
     current = "damaged-sem";
     uint64_t size;
-    int fd = seg_full(&size);
-    uint8_t *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (m == MAP_FAILED) exit(2);
-    struct q_hdr *qh = (struct q_hdr *)(m + ((struct seg_hdr *)m)->qtable_off);
+    int fd;
+    struct q_hdr *qh;
+    uint8_t *m = seg_full_mapped(&fd, &size, &qh);
     memset(&qh->sem, 0x5a, sizeof qh->sem);                   /* garbage flags word ... */
     memset(&qh->sem, 0, 8);                                   /* ... count 0: must wait */
     atomic_store(&qh->owner, ((uint64_t)12345 << 16) | 7);    /* a dead owner (stale gen) */
@@ -613,10 +622,9 @@ static void t_damaged_sem(void) {
 static void t_sem_tokens(long tokens) {
     current = "sem-tokens";
     uint64_t size;
-    int fd = seg_full(&size);
-    uint8_t *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (m == MAP_FAILED) exit(2);
-    struct q_hdr *qh = (struct q_hdr *)(m + ((struct seg_hdr *)m)->qtable_off);
+    int fd;
+    struct q_hdr *qh;
+    uint8_t *m = seg_full_mapped(&fd, &size, &qh);
     mq_ns *ns = NULL;
     int f2 = reopen(fd);
     CHECK_EQ(mq_attach(f2, &ns), 0);
@@ -648,11 +656,10 @@ static void t_sem_tokens(long tokens) {
 static void t_held_lock_waiter(void) {
     current = "held-lock-waiter";
     uint64_t size;
-    int fd = seg_full(&size);
-    uint8_t *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (m == MAP_FAILED) exit(2);
+    int fd;
+    struct q_hdr *qh;
+    uint8_t *m = seg_full_mapped(&fd, &size, &qh);
     struct seg_hdr *sh = (struct seg_hdr *)m;
-    struct q_hdr *qh = (struct q_hdr *)(m + sh->qtable_off);
     mq_ns *ns = NULL;
     int f2 = reopen(fd);
     CHECK_EQ(mq_attach(f2, &ns), 0);
