@@ -48,7 +48,9 @@
  * count, so it varies less on a shared machine; both sides spin rather than
  * sleep while the other is busy, so it is close to the wall time per item
  * when nothing else runs); how often the producer found the ring full, and
- * the consumer's longest gap between two successful fetches.
+ * the consumer's longest gap between two looks at the clock, which it takes
+ * every GAP_EVERY items (a clock read per item would cost ~20 ns per item;
+ * every consumer, the floors' too, does the same bookkeeping).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -84,7 +86,7 @@ struct shared {                     /* one page, MAP_SHARED between the three pr
     _Atomic int go;
     _Atomic int64_t t_start, t_end;
     _Atomic long fulls;             /* producer calls refused with MQ_EFULL */
-    _Atomic int64_t max_gap;        /* consumer: longest ns between two takes */
+    _Atomic int64_t max_gap;        /* consumer: longest ns between two clock reads (gap_tick) */
     _Atomic int bad;                /* consumer: an item out of order, or an error */
     _Atomic int64_t cpu[2];         /* CPU ns used by the producer, the consumer */
 };
@@ -135,6 +137,23 @@ static mq_ns *attach(pid_t parent, int memfd) {
  * it waits for). */
 static void full_pause(void) {
     for (int k = 0; k < 256; k++) __builtin_ia32_pause();
+}
+
+/* The consumer's longest gap: a clock read every GAP_EVERY items taken. */
+#define GAP_EVERY 64
+struct gap { int64_t last, max; uint64_t next; };
+
+/* Starts g at the run's start time t0; returns nothing. */
+static void gap_start(struct gap *g, int64_t t0) { *g = (struct gap){t0, 0, GAP_EVERY}; }
+
+/* After `got` items in all: reads the clock when GAP_EVERY more were taken
+ * since the last read and keeps the longest gap; returns nothing. */
+static void gap_tick(struct gap *g, uint64_t got) {
+    if (got < g->next) return;
+    int64_t t = now_ns();
+    if (t - g->last > g->max) g->max = t - g->last;
+    g->last = t;
+    g->next = got + GAP_EVERY;
 }
 
 static void start(struct shared *sh) {
@@ -195,19 +214,16 @@ static void consumer(const struct opts *o, struct shared *sh, mq_ns *ns, uint64_
     uint32_t *meta = malloc(3 * sizeof *meta * (size_t)o->batch);
     if (!buf || !meta) _exit(2);
     uint64_t expect = 0, got = 0, skipped = 0;
-    int64_t last = 0, gap = 0;
+    struct gap gap;
     start(sh);
-    last = now_ns();
-    atomic_store(&sh->t_start, last);
+    gap_start(&gap, now_ns());
+    atomic_store(&sh->t_start, gap.last);
     while (got < (uint64_t)o->items) {
         int64_t n = o->batch_mode
             ? mq_fetch_many(ns, 0, (uint32_t)o->batch, -1, buf, bufsize, meta)
             : mq_fetch(ns, 0, -1, buf, bufsize, meta);
         if (n == MQ_EAGAIN || n == MQ_EINTR || n == 0) continue;
         if (n < 0) { fprintf(stderr, "fetch: %ld\n", (long)n); atomic_store(&sh->bad, 1); break; }
-        int64_t t = now_ns();
-        if (t - last > gap) gap = t - last;
-        last = t;
         const char *p = buf;
         for (int64_t j = 0; j < n; j++) {
             uint64_t id;
@@ -218,9 +234,10 @@ static void consumer(const struct opts *o, struct shared *sh, mq_ns *ns, uint64_
             expect++;
             got++;
         }
+        gap_tick(&gap, got);
     }
     atomic_store(&sh->t_end, now_ns());
-    atomic_store(&sh->max_gap, gap);
+    atomic_store(&sh->max_gap, gap.max);
     free(meta);
     free(buf);
 }
@@ -283,13 +300,14 @@ static int go_and_reap(struct shared *sh, const pid_t kids[2]) {
     return ok;
 }
 
-/* A run's figures from sh: sets *fulls and *cpu_item (CPU ns per item of the
- * busier child).  Returns items per second, or -1 when !ok, when an item was
- * wrong or when no time passed. */
+/* A run's figures from sh: sets *fulls, *gap_ms (the consumer's longest gap)
+ * and *cpu_item (CPU ns per item of the busier child).  Returns items per
+ * second, or -1 when !ok, when an item was wrong or when no time passed. */
 static double figures(const struct opts *o, struct shared *sh, int ok, long *fulls,
-                      double *cpu_item) {
+                      double *gap_ms, double *cpu_item) {
     double secs = (double)(atomic_load(&sh->t_end) - atomic_load(&sh->t_start)) * 1e-9;
     *fulls = atomic_load(&sh->fulls);
+    *gap_ms = (double)atomic_load(&sh->max_gap) * 1e-6;
     int64_t c0 = atomic_load(&sh->cpu[0]), c1 = atomic_load(&sh->cpu[1]);
     *cpu_item = (double)(c0 > c1 ? c0 : c1) / (double)o->items;
     if (atomic_load(&sh->bad)) ok = 0;
@@ -489,13 +507,16 @@ static void floor_consumer(const struct opts *o, struct shared *sh, const struct
     char buf[4096];
     uint64_t tail_seen = 0;
     int bad = 0;
+    struct gap gap;
     start(sh);
-    atomic_store(&sh->t_start, now_ns());
+    gap_start(&gap, now_ns());
+    atomic_store(&sh->t_start, gap.last);
     for (uint64_t i = 0; i < (uint64_t)o->items;) {
-        if (floor_get(o, f, i, buf, &tail_seen, &bad)) i++;
+        if (floor_get(o, f, i, buf, &tail_seen, &bad)) gap_tick(&gap, ++i);
         else __builtin_ia32_pause();
     }
     atomic_store(&sh->t_end, now_ns());
+    atomic_store(&sh->max_gap, gap.max);
     if (bad) atomic_store(&sh->bad, 1);
 }
 
@@ -551,7 +572,7 @@ static double one_process(const struct opts *o) {
 /* One run of a floor mode: as run() below, on a fresh anonymous shared
  * mapping instead of a segment.  Returns items per second, or -1 (as run(),
  * a failed fork leaves the mappings and a first child waiting: main exits). */
-static double floor_run(const struct opts *o, long *fulls, double *cpu_item) {
+static double floor_run(const struct opts *o, long *fulls, double *gap_ms, double *cpu_item) {
     struct shared *sh = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (sh == MAP_FAILED) return -1;
     size_t size = FLOOR_DATA + (size_t)o->cap;
@@ -571,7 +592,7 @@ static double floor_run(const struct opts *o, long *fulls, double *cpu_item) {
         }
     }
     int ok = go_and_reap(sh, kids);
-    double rate = figures(o, sh, ok, fulls, cpu_item);
+    double rate = figures(o, sh, ok, fulls, gap_ms, cpu_item);
     munmap(base, size);
     munmap(sh, 4096);
     return rate;
@@ -608,8 +629,7 @@ static double run(const struct opts *o, long *fulls, double *gap_ms, double *cpu
     if (mq_stats(ns, 0, &s) || s.count != 0 || s.added != s.fetched) ok = 0;
     mq_free(ns);
     close(memfd);
-    *gap_ms = (double)atomic_load(&sh->max_gap) * 1e-6;
-    double rate = figures(o, sh, ok, fulls, cpu_item);
+    double rate = figures(o, sh, ok, fulls, gap_ms, cpu_item);
     munmap(sh, 4096);
     return rate;
 }
@@ -685,7 +705,7 @@ int main(int argc, char **argv) {
                 cpu[j][i] = one_process(&o);
                 r[j][i] = cpu[j][i] > 0 ? 1e9 / cpu[j][i] : -1;
             } else {
-                r[j][i] = o.batch_mode >= M_SPSC ? floor_run(&o, &fulls, &cpu[j][i])
+                r[j][i] = o.batch_mode >= M_SPSC ? floor_run(&o, &fulls, &gap, &cpu[j][i])
                                                  : run(&o, &fulls, &gap, &cpu[j][i]);
             }
             if (r[j][i] < 0) {

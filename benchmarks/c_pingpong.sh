@@ -3,9 +3,7 @@
 #
 #   benchmarks/c_pingpong.sh -m single -c 0,1          # options: see c_pingpong.c
 #   CSRC=/other/tree/csrc benchmarks/c_pingpong.sh ...  # another engine (a baseline)
-#   EXTRA_CFLAGS=-Wno-error=maybe-uninitialized benchmarks/c_pingpong.sh ...
-#       (gcc 12's LTO warns that add_one's 'found' may be used uninitialized: a
-#       false positive, it is set whenever idx_find returns 1)
+#   EXTRA_CFLAGS=... benchmarks/c_pingpong.sh ...       # more compiler flags
 #
 # The binary goes to a temporary directory, removed at exit.
 set -eu

@@ -28,7 +28,25 @@
 #include "lock.h"
 
 #define LOCK_SLICE_NS  10000000LL    /* 10 ms: bounds how long a dead owner blocks others */
-#define LOCK_SPINS     500           /* pause loops a lock waiter spins before sleeping (a few us) */
+/* How long a lock waiter spins before it sleeps on the semaphore, counted
+ * from when its backoff reaches LOCK_BACKOFF_MAX (a clock read per look from
+ * then on, none before): about the fetch's SPIN_NS (live.c).  Measured in
+ * time, not pauses: a pause is 10 ns on some CPUs and 50 on others, and a
+ * budget of 500 pauses ended before a 256-item batch released the lock here,
+ * so waiters slept and were woken by sem_post (issue 10). */
+#define LOCK_SPIN_NS   20000LL
+/* The most pauses between two looks at a held lock's owner word.  A waiter
+ * looks after 1, 2, 4, ... pauses (exponential backoff), not after every
+ * one: each look pulls the lock's line, which the holder writes again
+ * before it is done (the state index, the wake-up word of an add, the
+ * release), back to the waiter's core and makes the holder fetch it back,
+ * so looking at every pause stretched every hold under contention, and the
+ * two sides took strict turns (2 processes, one adding, one fetching: ~0.9
+ * failed CAS per operation on each side, ~10 pauses per wait, ~1.2 M items/s
+ * against ~3.8 M/s with backoff: benchmarks/README.md, issue 10).  64: 32
+ * and 16 gave less back, 128 and 256 no more; a pause is 10-50 ns depending
+ * on the CPU, so the longest gap between looks is ~0.6-3 us. */
+#define LOCK_BACKOFF_MAX 64
 
 /* glibc abort()s ("The futex facility returned an unexpected error code")
  * when a semaphore's private word is garbage, as it may be in a damaged
@@ -104,18 +122,24 @@ void lock_release(struct q_hdr *h) {
 int lock_acquire(const mq_ns *ns, struct q_hdr *h) {
     int64_t slice_end = 0;   /* when the current owner is next checked for liveness */
     int64_t started = 0;     /* when this call began to sleep (MQ_EAGAIN after a while) */
-    /* locks are held for well under a microsecond: spin first (multi-CPU only) */
-    int spins = multi_cpu() ? LOCK_SPINS : 0;
+    /* locks are held for a few microseconds at most: spin first (multi-CPU only) */
+    int spinning = multi_cpu();
+    int backoff = 1;         /* pauses before the next look at the owner word */
+    int64_t spin_end = 0;    /* when spinning stops (0: backoff not at its cap yet) */
     for (;;) {
         uint64_t expected = 0;
         /* acquire: pairs with the release in lock_release */
         if (atomic_compare_exchange_strong_explicit(&h->owner, &expected, ns->map->me,
                                                     memory_order_acquire, memory_order_relaxed))
             return 0;
-        if (spins > 0) {
-            /* relaxed: only a hint that the CAS above may now succeed */
-            while (--spins > 0 && atomic_load_explicit(&h->owner, memory_order_relaxed) != 0)
-                cpu_relax();
+        if (spinning) {
+            do {
+                for (int k = 0; k < backoff; k++) cpu_relax();
+                if (backoff < LOCK_BACKOFF_MAX) backoff *= 2;
+                else if (spin_end == 0) spin_end = mono_ns() + LOCK_SPIN_NS;
+                else if (mono_ns() >= spin_end) spinning = 0;   /* one more CAS, then sleep */
+                /* relaxed: only a hint that the CAS above may now succeed */
+            } while (spinning && atomic_load_explicit(&h->owner, memory_order_relaxed) != 0);
             continue;
         }
         /* seq_cst: see lock_release */

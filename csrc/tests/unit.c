@@ -575,6 +575,16 @@ static void t_fuzz(int iterations) {
     printf("fuzz: %d iterations, %d attached, %d refused\n", iterations, attached, refused);
 }
 
+/* seg_full, mapped: sets *fd, *size and *qtab (its queue table).  Returns the
+ * mapping (exits on failure). */
+static uint8_t *seg_full_mapped(int *fd, uint64_t *size, struct q_hdr **qtab) {
+    *fd = seg_full(size);
+    uint8_t *m = mmap(NULL, *size, PROT_READ | PROT_WRITE, MAP_SHARED, *fd, 0);
+    if (m == MAP_FAILED) exit(2);
+    *qtab = (struct q_hdr *)(m + ((struct seg_hdr *)m)->qtable_off);
+    return m;
+}
+
 /* A damaged process-shared semaphore (its bytes are in the segment like
  * everything else) next to a dead owner word: taking the lock must recover
  * or return a documented code.  glibc's sem_clockwait abort()s the process
@@ -583,10 +593,9 @@ static void t_fuzz(int iterations) {
 static void t_damaged_sem(void) {
     current = "damaged-sem";
     uint64_t size;
-    int fd = seg_full(&size);
-    uint8_t *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (m == MAP_FAILED) exit(2);
-    struct q_hdr *qh = (struct q_hdr *)(m + ((struct seg_hdr *)m)->qtable_off);
+    int fd;
+    struct q_hdr *qh;
+    uint8_t *m = seg_full_mapped(&fd, &size, &qh);
     memset(&qh->sem, 0x5a, sizeof qh->sem);                   /* garbage flags word ... */
     memset(&qh->sem, 0, 8);                                   /* ... count 0: must wait */
     atomic_store(&qh->owner, ((uint64_t)12345 << 16) | 7);    /* a dead owner (stale gen) */
@@ -613,10 +622,9 @@ static void t_damaged_sem(void) {
 static void t_sem_tokens(long tokens) {
     current = "sem-tokens";
     uint64_t size;
-    int fd = seg_full(&size);
-    uint8_t *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (m == MAP_FAILED) exit(2);
-    struct q_hdr *qh = (struct q_hdr *)(m + ((struct seg_hdr *)m)->qtable_off);
+    int fd;
+    struct q_hdr *qh;
+    uint8_t *m = seg_full_mapped(&fd, &size, &qh);
     mq_ns *ns = NULL;
     int f2 = reopen(fd);
     CHECK_EQ(mq_attach(f2, &ns), 0);
@@ -633,6 +641,46 @@ static void t_sem_tokens(long tokens) {
     double took = (double)(mono_ns() - t0) / 1e9;
     printf("sem-tokens: %d tokens (%.0f ns per add), recovery took %.3f s\n", val, per_op, took);
     CHECK(took < 1.0);
+    munmap(m, size);
+    mq_free(ns);
+    close(f2);
+    close(fd);
+}
+
+/* A lock waiter behind a live owner that keeps the lock spins only briefly
+ * (multi-CPU: ~20 us after its backoff, lock.c's LOCK_SPIN_NS), then sleeps
+ * on the semaphore: the add gives up with MQ_EAGAIN after its 100 ms return
+ * slice having used a few ms of CPU at most, never robs the owner, and the
+ * lock is taken at once when it is free again.  The owner word names this
+ * process's own slot and claim, so it is alive. */
+static void t_held_lock_waiter(void) {
+    current = "held-lock-waiter";
+    uint64_t size;
+    int fd;
+    struct q_hdr *qh;
+    uint8_t *m = seg_full_mapped(&fd, &size, &qh);
+    struct seg_hdr *sh = (struct seg_hdr *)m;
+    mq_ns *ns = NULL;
+    int f2 = reopen(fd);
+    CHECK_EQ(mq_attach(f2, &ns), 0);
+    int slot = mq_slot(ns);
+    uint64_t gen = atomic_load(&sh->slot_gen[slot]) & 0xffffffffffffULL;
+    uint64_t live = (gen << 16) | (uint64_t)(slot + 1);
+    atomic_store(&qh[1].owner, live);
+    struct timespec c0, c1;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+    int64_t t0 = mono_ns();
+    int rc = mq_add(ns, 1, "held", 4, "v", 1, 0);
+    double wall_ms = (double)(mono_ns() - t0) / 1e6;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+    double cpu_ms = (double)(c1.tv_sec - c0.tv_sec) * 1e3 + (double)(c1.tv_nsec - c0.tv_nsec) / 1e6;
+    printf("held-lock-waiter: rc %d after %.1f ms, %.2f ms of CPU\n", rc, wall_ms, cpu_ms);
+    CHECK_EQ(rc, MQ_EAGAIN);
+    CHECK(wall_ms >= 90);
+    CHECK(cpu_ms < 20);                                /* asleep, not spinning */
+    CHECK_EQ(atomic_load(&qh[1].owner), live);         /* not robbed */
+    atomic_store(&qh[1].owner, 0);                     /* the owner lets go */
+    CHECK_EQ(mq_add(ns, 1, "held", 4, "v", 1, 0), 1);
     munmap(m, size);
     mq_free(ns);
     close(f2);
@@ -1066,6 +1114,7 @@ int main(int argc, char **argv) {
     t_reserve_addmode1();
     t_reserve_addmode1_many();
     t_bad_segments();
+    t_held_lock_waiter();
     t_lifecycle();
     t_fuzz(iterations);
     printf("%d passed, %d failed\n", passed, failed);
