@@ -61,6 +61,13 @@ def _drop(c: Any) -> None:
         c._writer = c._reader = None
 
 
+def _cancel_requests(task: asyncio.Task[Any] | None) -> int:
+    """The cancellations requested of ``task`` and not withdrawn (Python
+    3.11+: ``Task.cancelling``; 0 where it does not exist)."""
+    f = getattr(task, "cancelling", None)
+    return int(f()) if f is not None else 0
+
+
 def _expire(fut: asyncio.Future[bool]) -> None:
     if not fut.done():
         fut.set_result(False)
@@ -479,15 +486,29 @@ class Ops:
             return [] if it is None else [it]
         return list(sq._deliver_many(n))
 
+    def _honour_cancel(self, task: asyncio.Task[Any] | None, c0: int, items: list[Item]) -> None:
+        """Raise CancelledError if ``task`` was cancelled since it had ``c0``
+        requests, and something below swallowed it (a timeout helper in a
+        client library can turn a cancel that meets its own deadline into a
+        connection fault, which is then retried): the items taken meanwhile
+        go first to the handle's next fetch."""
+        if _cancel_requests(task) > c0:
+            if items:
+                self.sq._undelivered[0:0] = items
+            raise asyncio.CancelledError
+
     async def take(self, n: int, timeout: float | None) -> list[Item]:
         """Up to n items, waiting up to ``timeout`` s (None: forever) while
         the queue is empty; [] at the deadline (after one last look)."""
+        task = asyncio.current_task()
+        c0 = _cancel_requests(task)
         if self.settling:
             await self._collect()
         kept = self._kept(n)
         if kept:
             return kept
         items = await self._take_once(n, 0.0)
+        self._honour_cancel(task, c0, items)
         if items or timeout == 0:
             return items
         loop = asyncio.get_running_loop()
@@ -509,6 +530,7 @@ class Ops:
                         return []
                     w = max(min(left, WAIT_SLICE_S), 0.001)
                 items = await self._take_once(n, w)
+                self._honour_cancel(task, c0, items)
                 if items:
                     return items
         finally:

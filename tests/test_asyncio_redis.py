@@ -520,3 +520,58 @@ def test_redis_pool_bounds_connections(url: str, rns: str) -> None:
             assert 1 <= most <= AR.POOL_SIZE
 
     asyncio.run(main())
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.cancelling() is Python 3.11+")
+def test_redis_cancellation_swallowed_below_is_honoured(
+    url: str, rns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancellation that something below the backend turns into a
+    connection fault (as a timeout helper in a client library can, when the
+    cancel and its own deadline meet) must still end the fetch: seen in CI as
+    a cancelled consumer that went on waiting in fetch(None) forever.  The
+    cancelled waiter ends with CancelledError, and an item the swallowed
+    attempt took is not lost: the next fetch gets it."""
+    real_send = AR.RedisLink.send
+    swallow = {"on": False}
+
+    async def send(self: AR.RedisLink, *a: Any, **kw: Any) -> list[Any]:
+        try:
+            return await real_send(self, *a, **kw)
+        except asyncio.CancelledError:
+            if not swallow["on"]:
+                raise
+            raise redis.exceptions.ConnectionError("cancel turned into a fault") from None
+
+    monkeypatch.setattr(AR.RedisLink, "send", send)
+
+    async def main() -> tuple[bool, Any, list[Any]]:
+        mq = await amq.create(rns, ["name=q"], url=url)
+        try:
+            q = mq["q"]
+            swallow["on"] = True
+            t = asyncio.create_task(q.fetch(None))
+            await asyncio.sleep(0.3)  # waiting on the empty queue
+            t.cancel()
+            try:
+                await asyncio.wait_for(asyncio.shield(t), 5)
+                ended = False
+            except asyncio.CancelledError:
+                ended = True
+            except asyncio.TimeoutError:
+                ended = False
+                t.cancel()
+                swallow["on"] = False
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(t, 5)
+            swallow["on"] = False
+            await q.add("k", "v")
+            got = await q.fetch(2)
+            rest = await q.fetch_many(10)
+            return ended, got, rest
+        finally:
+            await mq.close()
+
+    ended, got, rest = asyncio.run(main())
+    assert ended, "the cancelled fetch went on waiting"
+    assert got is not None and got.key == "k" and rest == []
