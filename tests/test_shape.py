@@ -44,6 +44,7 @@ def test_password_hidden_and_host_kept_in_redis_messages() -> None:
     """One redaction for every URL in a message: the password is hidden and the
     host is shown as written (an IPv6 host keeps its brackets; the Redis
     backend's own copy printed ``::1:1``)."""
+    pytest.importorskip("redis", reason="the Redis client (extra 'redis') is not installed")
     with pytest.raises(mqueue.BackendError) as exc:
         mqueue.attach(new_namespace(), url="redis://user:s3cret@[::1]:1/0")
     text = str(exc.value)
