@@ -102,16 +102,6 @@ MQ_HIDDEN const char *mq_kill_point(void);
 #else
 #define DIE_IN_CREATE(name) do { } while (0)
 #define KILLPOINT(name) do { } while (0)
-/* ------------------------------------------------------------ mq.c for uring.c */
-/* Counts a call in flight on ns (mq_detach waits for it) and checks that it
- * is open.  Returns 0, or MQ_ERANGE (NULL), MQ_ECLOSED, MQ_ELOST,
- * MQ_ECORRUPT, a broken handle's code: not counted then. */
-MQ_HIDDEN int aio_enter(mq_ns *ns);
-/* Ends aio_enter's count.  Never fails. */
-MQ_HIDDEN void aio_leave(mq_ns *ns);
-/* Queue qi of ns (in flight).  Returns 0 and *q, or MQ_ERANGE. */
-MQ_HIDDEN int aio_queue(mq_ns *ns, uint32_t qi, const struct mq_q **q);
-
 #endif
 
 /* ------------------------------------------------------------ mq.c for adapters.c */

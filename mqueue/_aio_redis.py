@@ -301,12 +301,20 @@ class RedisRun:
         cmds = [R._resp([_BLPOP, keys[3], f"{wait:.3f}"]), cmd] if wait else [cmd]
         ask: Any = None
         att = R._Attempts(sq, op is not None)
+        task = asyncio.current_task()
+        cancels = _cancel_requests(task)
         while True:
             try:
                 replies = await link.send(keys[0], cmds, ask, wait=bool(wait))
             except asyncio.CancelledError:
                 raise
             except Exception as e:
+                if _cancel_requests(task) > cancels:
+                    # the task was cancelled and something below turned it
+                    # into a fault (a timeout helper of the client library
+                    # can, when the cancel meets its own deadline): a
+                    # cancellation, not a fault to retry
+                    raise asyncio.CancelledError from e
                 if link.closed:
                     return await self.after_close(op)
                 att.failed(e)
@@ -486,29 +494,15 @@ class Ops:
             return [] if it is None else [it]
         return list(sq._deliver_many(n))
 
-    def _honour_cancel(self, task: asyncio.Task[Any] | None, c0: int, items: list[Item]) -> None:
-        """Raise CancelledError if ``task`` was cancelled since it had ``c0``
-        requests, and something below swallowed it (a timeout helper in a
-        client library can turn a cancel that meets its own deadline into a
-        connection fault, which is then retried): the items taken meanwhile
-        go first to the handle's next fetch."""
-        if _cancel_requests(task) > c0:
-            if items:
-                self.sq._undelivered[0:0] = items
-            raise asyncio.CancelledError
-
     async def take(self, n: int, timeout: float | None) -> list[Item]:
         """Up to n items, waiting up to ``timeout`` s (None: forever) while
         the queue is empty; [] at the deadline (after one last look)."""
-        task = asyncio.current_task()
-        c0 = _cancel_requests(task)
         if self.settling:
             await self._collect()
         kept = self._kept(n)
         if kept:
             return kept
         items = await self._take_once(n, 0.0)
-        self._honour_cancel(task, c0, items)
         if items or timeout == 0:
             return items
         loop = asyncio.get_running_loop()
@@ -530,7 +524,6 @@ class Ops:
                         return []
                     w = max(min(left, WAIT_SLICE_S), 0.001)
                 items = await self._take_once(n, w)
-                self._honour_cancel(task, c0, items)
                 if items:
                     return items
         finally:
